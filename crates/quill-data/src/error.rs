@@ -1,0 +1,100 @@
+//! The one error type of `quill-data`.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong between a path on disk and a batch of tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The corpus path does not exist.
+    #[error("corpus not found: {0}")]
+    NotFound(PathBuf),
+    /// An I/O error while reading or writing `path`.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A directory corpus holds no `*.txt` file.
+    #[error("no *.txt files in directory {0}")]
+    NoTextFiles(PathBuf),
+    /// The corpus has no characters.
+    #[error("corpus is empty: {0}")]
+    Empty(PathBuf),
+    /// The corpus is not valid UTF-8.
+    #[error("{path}: not valid UTF-8 at byte offset {offset}")]
+    NotUtf8 {
+        /// The file involved.
+        path: PathBuf,
+        /// Byte offset (in that file) of the first invalid byte.
+        offset: usize,
+    },
+    /// A downloaded or cached file does not have the expected checksum.
+    #[error("checksum mismatch for {path}: expected sha256 {expected}, got {actual}")]
+    Checksum {
+        /// The file involved.
+        path: PathBuf,
+        /// The expected sha256 (hex).
+        expected: String,
+        /// The sha256 (hex) actually found.
+        actual: String,
+    },
+    /// The download failed.
+    #[error("download of {url} failed: {reason}")]
+    Download {
+        /// Where from.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A character that the vocabulary does not contain.
+    #[error("character {ch:?} at position {position} is not in the vocabulary")]
+    UnknownChar {
+        /// The character.
+        ch: char,
+        /// Its position (in characters) in the encoded text.
+        position: usize,
+    },
+    /// A token id outside the vocabulary.
+    #[error("token id {id} at position {position} is outside the vocabulary (size {vocab_size})")]
+    UnknownToken {
+        /// The id.
+        id: u32,
+        /// Its position in the decoded sequence.
+        position: usize,
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
+    /// A saved vocabulary could not be parsed.
+    #[error("invalid vocabulary: {0}")]
+    BadVocab(String),
+    /// The validation fraction is not strictly between 0 and 1.
+    #[error("validation fraction must be strictly between 0 and 1, got {0}")]
+    BadValFraction(f64),
+    /// A batch or block size of zero.
+    #[error("{0} must be at least 1")]
+    ZeroSize(&'static str),
+    /// A split is too short to draw even one block from.
+    #[error(
+        "the {split} split has {len} tokens, but block_size {block_size} needs at least {}",
+        block_size + 1
+    )]
+    TooShort {
+        /// "train" or "val".
+        split: &'static str,
+        /// Tokens in that split.
+        len: usize,
+        /// The block size asked for.
+        block_size: usize,
+    },
+}
+
+impl DataError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! # quill-data
+//!
+//! Everything quill knows about text before it becomes a tensor:
+//!
+//! - [`corpus`]: read a UTF-8 corpus (a file, or every `*.txt` of a directory), and fetch
+//!   and verify the default tiny Shakespeare corpus.
+//! - [`tokenizer`]: the character-level [`CharTokenizer`].
+//! - [`batch`]: the train/val [`Split`] and the seeded [`BatchSampler`] that draws
+//!   `(x, y)` training batches.
+//! - [`rng`]: the small, seedable, serialisable random generator used by the batch
+//!   sampler and by sampling from models, so runs can be resumed exactly.
+//!
+//! ```
+//! use quill_data::{CharTokenizer, Split};
+//!
+//! let text = "hello world, hello quill\n".repeat(8);
+//! let tok = CharTokenizer::from_text(&text).unwrap();
+//! let ids = tok.encode(&text).unwrap();
+//! assert_eq!(tok.decode(&ids).unwrap(), text);
+//! let split = Split::new(ids, 0.1).unwrap();
+//! assert_eq!(split.train.len() + split.val.len(), text.chars().count());
+//! ```
+
+pub mod batch;
+pub mod corpus;
+pub mod error;
+pub mod rng;
+pub mod tokenizer;
+
+pub use batch::{BatchSampler, Split};
+pub use corpus::{Corpus, TINY_SHAKESPEARE};
+pub use error::DataError;
+pub use rng::Rng;
+pub use tokenizer::CharTokenizer;

@@ -1,0 +1,49 @@
+//! The seed notebook's bigram model, grown by a position embedding: every position
+//! predicts the next token from its own token and position only.
+
+use burn::module::Module;
+use burn::nn::{Embedding, Linear};
+use burn::tensor::{Int, Tensor, backend::Backend};
+use quill_data::Rng;
+
+use crate::BigramConfig;
+use crate::init::{INIT_STD, embedding, linear};
+
+/// Token embedding + position embedding → linear LM head.
+#[derive(Module, Debug)]
+pub struct Bigram<B: Backend> {
+    /// `[V, n_embd]`.
+    pub token_embedding_table: Embedding<B>,
+    /// `[block_size, n_embd]`.
+    pub position_embedding_table: Embedding<B>,
+    /// `n_embd → V`, with bias.
+    pub lm_head: Linear<B>,
+    block_size: usize,
+}
+
+impl<B: Backend> Bigram<B> {
+    /// A freshly initialised model (`N(0, 0.02²)` weights, zero bias).
+    pub fn new(config: &BigramConfig, rng: &mut Rng, device: &B::Device) -> Self {
+        let (v, c) = (config.vocab_size, config.n_embd);
+        Self {
+            token_embedding_table: embedding(v, c, rng, device),
+            position_embedding_table: embedding(config.block_size, c, rng, device),
+            lm_head: linear(c, v, true, INIT_STD, rng, device),
+            block_size: config.block_size,
+        }
+    }
+
+    /// Maximum context length.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// `[B, T]` token ids → `[B, T, V]` logits.
+    pub fn forward(&self, idx: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [_, t] = idx.dims();
+        let pos = Tensor::<B, 1, Int>::arange(0..t as i64, &idx.device()).reshape([1, t]);
+        let x =
+            self.token_embedding_table.forward(idx) + self.position_embedding_table.forward(pos);
+        self.lm_head.forward(x) // [B, T, V]
+    }
+}

@@ -1,0 +1,62 @@
+//! [`LanguageModel`]: the bigram model or the GPT behind one type, and the loss.
+
+use burn::module::Module;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, backend::Backend};
+
+use crate::{Bigram, Gpt, ModelError};
+
+/// Either model; what the trainer, the sampler and checkpoints work with.
+#[derive(Module, Debug)]
+pub enum LanguageModel<B: Backend> {
+    /// The seed's bigram model.
+    Bigram(Bigram<B>),
+    /// nanoGPT's GPT.
+    Gpt(Gpt<B>),
+}
+
+impl<B: Backend> LanguageModel<B> {
+    /// Maximum context length.
+    pub fn block_size(&self) -> usize {
+        match self {
+            LanguageModel::Bigram(m) => m.block_size(),
+            LanguageModel::Gpt(m) => m.block_size(),
+        }
+    }
+
+    /// `[B, T]` token ids → `[B, T, V]` logits. An empty input or one longer than
+    /// block_size is an error.
+    pub fn forward(&self, idx: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {
+        let [_, t] = idx.dims();
+        if t == 0 {
+            return Err(ModelError::Empty);
+        }
+        if t > self.block_size() {
+            return Err(ModelError::TooLong {
+                len: t,
+                block_size: self.block_size(),
+            });
+        }
+        Ok(match self {
+            LanguageModel::Bigram(m) => m.forward(idx),
+            LanguageModel::Gpt(m) => m.forward(idx),
+        })
+    }
+
+    /// Mean cross-entropy of predicting `targets` `[B, T]` from `idx` `[B, T]`; shape `[1]`.
+    pub fn loss(
+        &self,
+        idx: Tensor<B, 2, Int>,
+        targets: Tensor<B, 2, Int>,
+    ) -> Result<Tensor<B, 1>, ModelError> {
+        Ok(cross_entropy(self.forward(idx)?, targets))
+    }
+}
+
+/// Mean cross-entropy over all `B·T` positions: logits `[B, T, V]`, targets `[B, T]`.
+pub fn cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    let [b, t, v] = logits.dims();
+    let log_probs = log_softmax(logits.reshape([b * t, v]), 1); // [B·T, V]
+    let picked = log_probs.gather(1, targets.reshape([b * t, 1])); // [B·T, 1]
+    picked.mean().neg()
+}

@@ -1,0 +1,325 @@
+//! Sampling the next token from logits (temperature, top-k, top-p) and autoregressive
+//! generation.
+//!
+//! Sampling happens on the host in `f64` from the last position's logits, with quill's
+//! own seeded [`Rng`], so a seed gives the same text on every backend that computes the
+//! same logits.
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use quill_data::Rng;
+use quill_data::batch::ids_to_tensor;
+
+use crate::{LanguageModel, ModelError};
+
+/// How to pick each next token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingOptions {
+    /// Logits are divided by this; `0` means greedy (argmax).
+    pub temperature: f64,
+    /// Keep only the `k` most likely tokens (ties with the k-th are kept).
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of most likely tokens whose probability reaches `p`.
+    pub top_p: Option<f64>,
+    /// Seed of the sampling generator.
+    pub seed: u64,
+}
+
+impl Default for SamplingOptions {
+    fn default() -> Self {
+        SamplingOptions {
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            seed: 1337,
+        }
+    }
+}
+
+impl SamplingOptions {
+    /// Always the most likely token.
+    pub fn greedy() -> Self {
+        SamplingOptions {
+            temperature: 0.0,
+            ..Default::default()
+        }
+    }
+
+    /// Checks the ranges: temperature ≥ 0 and finite, top_k ≥ 1, top_p in (0, 1].
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(ModelError::Sampling(format!(
+                "temperature must be a finite number ≥ 0, got {}",
+                self.temperature
+            )));
+        }
+        if self.top_k == Some(0) {
+            return Err(ModelError::Sampling("top_k must be at least 1".into()));
+        }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(ModelError::Sampling(format!(
+                "top_p must be in (0, 1], got {p}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Index of the largest logit (the first one on ties).
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The probabilities `sample_token` draws from: softmax of `logits / temperature`,
+/// restricted to top-k, then to top-p, renormalised. `temperature` must be > 0.
+pub fn probabilities(logits: &[f32], options: &SamplingOptions) -> Vec<f64> {
+    let mut scaled: Vec<f64> = logits
+        .iter()
+        .map(|&l| l as f64 / options.temperature)
+        .collect();
+    if let Some(k) = options.top_k.filter(|&k| k < scaled.len()) {
+        let mut sorted = scaled.clone();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let kth = sorted[k - 1];
+        scaled
+            .iter_mut()
+            .filter(|l| **l < kth)
+            .for_each(|l| *l = f64::NEG_INFINITY);
+    }
+    let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let mut probs: Vec<f64> = scaled.iter().map(|&l| (l - max).exp()).collect();
+    if let Some(p) = options.top_p.filter(|&p| p < 1.0) {
+        let total: f64 = probs.iter().sum();
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let mut cumulative = 0.0;
+        let mut keep = order.len();
+        for (rank, &i) in order.iter().enumerate() {
+            cumulative += probs[i] / total;
+            if cumulative >= p {
+                keep = rank + 1;
+                break;
+            }
+        }
+        order[keep..].iter().for_each(|&i| probs[i] = 0.0);
+    }
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|q| *q /= total);
+    probs
+}
+
+/// Picks the next token from one position's logits.
+pub fn sample_token(logits: &[f32], options: &SamplingOptions, rng: &mut Rng) -> u32 {
+    if options.temperature == 0.0 {
+        return argmax(logits);
+    }
+    let probs = probabilities(logits, options);
+    let u = rng.next_f64();
+    let mut cumulative = 0.0;
+    let mut last_possible = 0;
+    for (i, &q) in probs.iter().enumerate() {
+        if q > 0.0 {
+            cumulative += q;
+            last_possible = i;
+            if u < cumulative {
+                return i as u32;
+            }
+        }
+    }
+    last_possible as u32 // rounding left u ≥ the total: the last possible token
+}
+
+/// Continues each of `prompts` (all of one non-zero length) by `max_new_tokens` tokens,
+/// as one batch, recomputing the context (cropped to block_size) at every step.
+///
+/// After each step `on_step` gets the new token of every row; returning `false` stops
+/// generation early. Returns the prompts with their continuations.
+pub fn generate<B: Backend>(
+    model: &LanguageModel<B>,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+    options: &SamplingOptions,
+    mut on_step: impl FnMut(&[u32]) -> bool,
+) -> Result<Vec<Vec<u32>>, ModelError> {
+    options.validate()?;
+    let len = prompts.first().map_or(0, Vec::len);
+    if len == 0 || prompts.iter().any(|p| p.len() != len) {
+        return Err(ModelError::Sampling(
+            "prompts must be non-empty and of equal length".into(),
+        ));
+    }
+    let device = model.devices().into_iter().next().unwrap_or_default();
+    let mut rng = Rng::new(options.seed);
+    let mut rows: Vec<Vec<u32>> = prompts.to_vec();
+    for _ in 0..max_new_tokens {
+        let t = rows[0].len().min(model.block_size());
+        let context: Vec<u32> = rows
+            .iter()
+            .flat_map(|r| r[r.len() - t..].iter().copied())
+            .collect();
+        let logits = model.forward(ids_to_tensor(&context, [rows.len(), t], &device))?;
+        let last = last_position(logits);
+        let next: Vec<u32> = last
+            .chunks(last.len() / rows.len())
+            .map(|l| sample_token(l, options, &mut rng))
+            .collect();
+        rows.iter_mut().zip(&next).for_each(|(r, &n)| r.push(n));
+        if !on_step(&next) {
+            break;
+        }
+    }
+    Ok(rows)
+}
+
+/// The logits of the last position, `[B, T, V] → B·V` floats on the host.
+fn last_position<B: Backend>(logits: burn::tensor::Tensor<B, 3>) -> Vec<f32> {
+    let [b, t, v] = logits.dims();
+    logits
+        .narrow(1, t - 1, 1)
+        .reshape([b, v])
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 logits")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn softmax(logits: &[f32]) -> Vec<f64> {
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let e: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+        let s: f64 = e.iter().sum();
+        e.iter().map(|x| x / s).collect()
+    }
+
+    const LOGITS: [f32; 6] = [1.0, 2.5, -0.5, 0.3, 2.0, -2.0];
+
+    #[test]
+    fn temperature_zero_is_argmax_and_deterministic() {
+        let mut rng = Rng::new(0);
+        for _ in 0..10 {
+            assert_eq!(
+                sample_token(&LOGITS, &SamplingOptions::greedy(), &mut rng),
+                1
+            );
+        }
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let options = SamplingOptions {
+            top_k: Some(1),
+            ..Default::default()
+        };
+        let mut rng = Rng::new(5);
+        for _ in 0..100 {
+            assert_eq!(sample_token(&LOGITS, &options, &mut rng), 1);
+        }
+    }
+
+    #[test]
+    fn empirical_distribution_matches_softmax() {
+        let options = SamplingOptions::default();
+        let mut rng = Rng::new(123);
+        let mut counts = [0usize; 6];
+        let n = 20_000;
+        for _ in 0..n {
+            counts[sample_token(&LOGITS, &options, &mut rng) as usize] += 1;
+        }
+        for (count, p) in counts.iter().zip(softmax(&LOGITS)) {
+            let freq = *count as f64 / n as f64;
+            assert!(
+                (freq - p).abs() < 0.01,
+                "{counts:?} vs {:?}",
+                softmax(&LOGITS)
+            );
+        }
+    }
+
+    #[test]
+    fn temperature_scales_the_logits() {
+        let options = SamplingOptions {
+            temperature: 0.5,
+            ..Default::default()
+        };
+        let doubled: Vec<f32> = LOGITS.iter().map(|l| l * 2.0).collect();
+        let got = probabilities(&LOGITS, &options);
+        for (g, e) in got.iter().zip(softmax(&doubled)) {
+            assert!((g - e).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn top_k_keeps_the_k_largest() {
+        let options = SamplingOptions {
+            top_k: Some(2),
+            ..Default::default()
+        };
+        let p = probabilities(&LOGITS, &options);
+        let e = softmax(&[2.5, 2.0]);
+        assert_eq!(p.iter().filter(|&&q| q > 0.0).count(), 2);
+        assert!((p[1] - e[0]).abs() < 1e-12 && (p[4] - e[1]).abs() < 1e-12);
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_nucleus() {
+        // softmax(LOGITS) sorted: 0.4997 (idx 1), 0.3031 (4), 0.1115 (0), 0.0554 (3), ...
+        let full = softmax(&LOGITS);
+        let options = SamplingOptions {
+            top_p: Some(0.7),
+            ..Default::default()
+        };
+        let p = probabilities(&LOGITS, &options);
+        let kept: Vec<usize> = (0..6).filter(|&i| p[i] > 0.0).collect();
+        assert_eq!(kept, vec![1, 4]);
+        let z = full[1] + full[4];
+        assert!((p[1] - full[1] / z).abs() < 1e-12);
+        let options = SamplingOptions {
+            top_p: Some(0.85),
+            ..Default::default()
+        };
+        let kept = probabilities(&LOGITS, &options)
+            .iter()
+            .filter(|&&q| q > 0.0)
+            .count();
+        assert_eq!(kept, 3);
+    }
+
+    #[test]
+    fn bad_options_are_errors() {
+        for options in [
+            SamplingOptions {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingOptions {
+                temperature: f64::NAN,
+                ..Default::default()
+            },
+            SamplingOptions {
+                top_k: Some(0),
+                ..Default::default()
+            },
+            SamplingOptions {
+                top_p: Some(0.0),
+                ..Default::default()
+            },
+            SamplingOptions {
+                top_p: Some(1.5),
+                ..Default::default()
+            },
+        ] {
+            assert!(options.validate().is_err(), "{options:?}");
+        }
+    }
+}

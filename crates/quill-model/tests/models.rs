@@ -1,0 +1,395 @@
+//! Behaviour of the bigram model and the GPT on the CPU backend.
+
+use std::collections::BTreeMap;
+
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+use burn_autodiff::Autodiff;
+use burn_ndarray::NdArray;
+use quill_data::Rng;
+use quill_model::params::{export, import};
+use quill_model::{
+    BigramConfig, GptConfig, LanguageModel, ModelConfig, ModelError, SamplingOptions, generate,
+};
+
+type B = NdArray<f32>;
+type AB = Autodiff<NdArray<f32>>;
+
+fn gpt_config(vocab_size: usize, tie_weights: bool) -> GptConfig {
+    GptConfig {
+        vocab_size,
+        block_size: 8,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 16,
+        dropout: 0.0,
+        bias: true,
+        tie_weights,
+    }
+}
+
+fn ids<BB: Backend>(rows: &[&[u32]]) -> Tensor<BB, 2, Int> {
+    let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    quill_data::batch::ids_to_tensor(&flat, [rows.len(), rows[0].len()], &Default::default())
+}
+
+fn random_ids(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
+}
+
+fn to_vec<BB: Backend, const D: usize>(t: Tensor<BB, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+#[test]
+fn future_tokens_never_change_past_logits() {
+    let model = ModelConfig::Gpt(gpt_config(11, true))
+        .init::<B>(1, &Default::default())
+        .unwrap();
+    let mut rng = Rng::new(2);
+    let a = random_ids(&mut rng, 8, 11);
+    for t in 0..7 {
+        let mut b = a.clone();
+        for x in &mut b[t + 1..] {
+            *x = (*x + 1 + rng.below(10) as u32) % 11;
+        }
+        let la = to_vec(model.forward(ids(&[&a])).unwrap()); // [1, 8, 11]
+        let lb = to_vec(model.forward(ids(&[&b])).unwrap());
+        let past = (t + 1) * 11;
+        for i in 0..past {
+            assert!(
+                (la[i] - lb[i]).abs() < 1e-6,
+                "position ≤ {t} changed at {i}"
+            );
+        }
+        let changed = (past..la.len()).any(|i| (la[i] - lb[i]).abs() > 1e-4);
+        assert!(changed, "a change at t+1.. must change later logits");
+    }
+}
+
+#[test]
+fn loss_at_init_is_about_ln_vocab_size() {
+    let mut rng = Rng::new(3);
+    let x = random_ids(&mut rng, 4 * 8, 65);
+    let y = random_ids(&mut rng, 4 * 8, 65);
+    let to_t = |v: &[u32]| -> Tensor<B, 2, Int> {
+        quill_data::batch::ids_to_tensor(v, [4, 8], &Default::default())
+    };
+    let bigram = ModelConfig::Bigram(BigramConfig {
+        vocab_size: 65,
+        block_size: 8,
+        n_embd: 32,
+    });
+    for config in [
+        bigram,
+        ModelConfig::Gpt(gpt_config(65, true)),
+        ModelConfig::Gpt(gpt_config(65, false)),
+    ] {
+        let model = config.init::<B>(0, &Default::default()).unwrap();
+        let loss = model.loss(to_t(&x), to_t(&y)).unwrap().into_scalar();
+        assert!((loss - 65f32.ln()).abs() < 0.1, "{config:?}: loss {loss}");
+    }
+}
+
+#[test]
+fn inputs_longer_than_block_size_or_empty_are_errors() {
+    let model = ModelConfig::Gpt(gpt_config(11, true))
+        .init::<B>(1, &Default::default())
+        .unwrap();
+    let too_long = vec![1u32; 9];
+    assert_eq!(
+        model.forward(ids(&[&too_long])).unwrap_err(),
+        ModelError::TooLong {
+            len: 9,
+            block_size: 8
+        }
+    );
+    let empty = Tensor::<B, 2, Int>::zeros([1, 0], &Default::default());
+    assert_eq!(model.forward(empty).unwrap_err(), ModelError::Empty);
+}
+
+#[test]
+fn parameter_count_matches_the_closed_form() {
+    let (v, t, l, c) = (65, 256, 6, 384);
+    let config = GptConfig {
+        vocab_size: v,
+        block_size: t,
+        n_layer: l,
+        n_head: 6,
+        n_embd: c,
+        dropout: 0.2,
+        bias: true,
+        tie_weights: true,
+    };
+    let per_block = 2 * c // ln_1
+        + (c * 3 * c + 3 * c) // c_attn
+        + (c * c + c) // attn.c_proj
+        + 2 * c // ln_2
+        + (c * 4 * c + 4 * c) // c_fc
+        + (4 * c * c + c); // mlp.c_proj
+    let closed_form = v * c + t * c + l * per_block + 2 * c;
+    assert_eq!(closed_form, 10_770_816);
+    let model = ModelConfig::Gpt(config.clone())
+        .init::<B>(0, &Default::default())
+        .unwrap();
+    assert_eq!(model.num_params(), closed_form);
+    // Untied adds the head, [C, V] without bias; no bias removes 2C per LayerNorm and
+    // every Linear bias: nanoGPT's 10.65M (it does not count wpe).
+    let untied = GptConfig {
+        tie_weights: false,
+        ..config.clone()
+    };
+    let untied = ModelConfig::Gpt(untied)
+        .init::<B>(0, &Default::default())
+        .unwrap();
+    assert_eq!(untied.num_params(), closed_form + c * v);
+    let no_bias = GptConfig {
+        bias: false,
+        ..config
+    };
+    let no_bias = ModelConfig::Gpt(no_bias)
+        .init::<B>(0, &Default::default())
+        .unwrap();
+    assert_eq!(no_bias.num_params() - t * c, 10_646_784);
+}
+
+#[test]
+fn tiny_gpt_overfits_one_batch() {
+    let device = Default::default();
+    let config = GptConfig {
+        n_embd: 32,
+        ..gpt_config(11, true)
+    };
+    let mut model = ModelConfig::Gpt(config).init::<AB>(4, &device).unwrap();
+    let mut rng = Rng::new(5);
+    let x = random_ids(&mut rng, 4 * 8, 11);
+    let y = random_ids(&mut rng, 4 * 8, 11);
+    let to_t =
+        |v: &[u32]| -> Tensor<AB, 2, Int> { quill_data::batch::ids_to_tensor(v, [4, 8], &device) };
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut loss = f32::INFINITY;
+    for step in 0..300 {
+        let l = model.loss(to_t(&x), to_t(&y)).unwrap();
+        loss = l.clone().into_scalar();
+        if loss < 0.1 {
+            eprintln!("loss {loss} after {step} steps");
+            break;
+        }
+        let grads = GradientsParams::from_grads(l.backward(), &model);
+        model = optim.step(3e-3, model, grads);
+    }
+    assert!(loss < 0.1, "loss {loss} after 300 steps");
+}
+
+/// Adds `delta` to element `index` of the parameter with id `id`.
+struct Nudge {
+    id: burn::module::ParamId,
+    index: usize,
+    delta: f64,
+}
+
+impl<BB: Backend> ModuleMapper<BB> for Nudge {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<BB, D>>) -> Param<Tensor<BB, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let tensor = if id == self.id {
+            let shape = tensor.dims();
+            let mut bump = vec![0.0f64; shape.iter().product()];
+            bump[self.index] = self.delta;
+            tensor.clone() + Tensor::from_data(TensorData::new(bump, shape), &tensor.device())
+        } else {
+            tensor
+        };
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+#[test]
+fn autodiff_gradients_match_central_differences() {
+    type F = NdArray<f64>;
+    type AF = Autodiff<F>;
+    let device = Default::default();
+    let config = GptConfig {
+        n_embd: 8,
+        vocab_size: 7,
+        ..gpt_config(7, false)
+    };
+    let model = ModelConfig::Gpt(config).init::<AF>(6, &device).unwrap();
+    let mut rng = Rng::new(7);
+    let x = random_ids(&mut rng, 2 * 8, 7);
+    let y = random_ids(&mut rng, 2 * 8, 7);
+    let to_t =
+        |v: &[u32]| -> Tensor<AF, 2, Int> { quill_data::batch::ids_to_tensor(v, [2, 8], &device) };
+    let grads = model.loss(to_t(&x), to_t(&y)).unwrap().backward();
+
+    let LanguageModel::Gpt(gpt) = &model else {
+        unreachable!()
+    };
+    let params = [
+        (gpt.h[0].attn.c_attn.weight.clone(), "c_attn.weight"),
+        (gpt.h[1].mlp.c_fc.weight.clone(), "c_fc.weight"),
+        (gpt.wte.weight.clone(), "wte.weight"),
+        (
+            gpt.lm_head.as_ref().unwrap().weight.clone(),
+            "lm_head.weight",
+        ),
+    ];
+    let inner = model.valid();
+    let loss_of = |m: &LanguageModel<F>| -> f64 {
+        let to_i = |v: &[u32]| -> Tensor<F, 2, Int> {
+            quill_data::batch::ids_to_tensor(v, [2, 8], &device)
+        };
+        m.loss(to_i(&x), to_i(&y)).unwrap().into_scalar()
+    };
+    let eps = 1e-5;
+    for (param, name) in params {
+        let analytic: Vec<f64> = param
+            .val()
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        for index in [0, 3, analytic.len() / 2, analytic.len() - 1] {
+            let mut plus = Nudge {
+                id: param.id,
+                index,
+                delta: eps,
+            };
+            let mut minus = Nudge {
+                id: param.id,
+                index,
+                delta: -eps,
+            };
+            let numeric = (loss_of(&inner.clone().map(&mut plus))
+                - loss_of(&inner.clone().map(&mut minus)))
+                / (2.0 * eps);
+            let err = (numeric - analytic[index]).abs();
+            assert!(
+                err < 1e-7 + 1e-5 * numeric.abs(),
+                "{name}[{index}]: autodiff {} vs numeric {numeric}",
+                analytic[index]
+            );
+        }
+    }
+}
+
+#[test]
+fn parameters_round_trip_through_pytorch_names() {
+    let device = Default::default();
+    let config = ModelConfig::Gpt(gpt_config(11, true));
+    let source = config.init::<B>(1, &device).unwrap();
+    let exported = export(&source);
+    let names: Vec<&str> = exported.iter().map(|t| t.name.as_str()).collect();
+    for expected in [
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+        "transformer.h.0.ln_1.weight",
+        "transformer.h.0.ln_1.bias",
+        "transformer.h.1.attn.c_attn.weight",
+        "transformer.h.1.attn.c_proj.bias",
+        "transformer.h.1.mlp.c_fc.weight",
+        "transformer.ln_f.weight",
+        "lm_head.weight",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let c_attn = exported
+        .iter()
+        .find(|t| t.name == "transformer.h.0.attn.c_attn.weight")
+        .unwrap();
+    assert_eq!(
+        c_attn.shape,
+        vec![48, 16],
+        "Linear weights are [out, in] like torch"
+    );
+
+    let map: BTreeMap<String, _> = exported
+        .iter()
+        .map(|t| (t.name.clone(), t.clone()))
+        .collect();
+    let target = import(config.init::<B>(2, &device).unwrap(), &map).unwrap();
+    let input = ids::<B>(&[&[1, 2, 3, 4]]);
+    assert_eq!(
+        to_vec(source.forward(input.clone()).unwrap()),
+        to_vec(target.forward(input).unwrap())
+    );
+
+    let mut missing = map.clone();
+    missing.remove("transformer.ln_f.bias");
+    let err = import(config.init::<B>(2, &device).unwrap(), &missing).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "parameters do not fit the model: missing tensor transformer.ln_f.bias"
+    );
+
+    let wider = ModelConfig::Gpt(gpt_config(12, true))
+        .init::<B>(2, &device)
+        .unwrap();
+    let err = import(wider, &map).unwrap_err().to_string();
+    assert!(
+        err.contains("transformer.wte.weight has shape [11, 16], the model needs [12, 16]"),
+        "{err}"
+    );
+
+    let bigram = ModelConfig::Bigram(BigramConfig {
+        vocab_size: 11,
+        block_size: 8,
+        n_embd: 16,
+    });
+    let err = import(bigram.init::<B>(0, &device).unwrap(), &map)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("missing tensor token_embedding_table.weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn generation_is_seeded_and_greedy_is_argmax() {
+    let model = ModelConfig::Gpt(gpt_config(11, true))
+        .init::<B>(8, &Default::default())
+        .unwrap();
+    let prompt = vec![vec![1u32, 2, 3]];
+    let sampled = |seed| {
+        let options = SamplingOptions {
+            seed,
+            ..Default::default()
+        };
+        generate(&model, &prompt, 20, &options, |_| true).unwrap()
+    };
+    assert_eq!(sampled(1), sampled(1));
+    assert_ne!(sampled(1), sampled(2));
+
+    let greedy = generate(&model, &prompt, 12, &SamplingOptions::greedy(), |_| true).unwrap();
+    let top1 = SamplingOptions {
+        top_k: Some(1),
+        seed: 99,
+        ..Default::default()
+    };
+    assert_eq!(
+        generate(&model, &prompt, 12, &top1, |_| true).unwrap(),
+        greedy
+    );
+    // Each greedy token is the argmax of the model's logits for its (cropped) context.
+    let row = &greedy[0];
+    for n in 3..row.len() {
+        let start = n.saturating_sub(8);
+        let logits = to_vec(model.forward(ids(&[&row[start..n]])).unwrap());
+        let last = &logits[logits.len() - 11..];
+        let argmax = (0..11).fold(0, |best, i| if last[i] > last[best] { i } else { best });
+        assert_eq!(row[n] as usize, argmax);
+    }
+    // Stopping early.
+    let mut steps = 0;
+    let out = generate(&model, &prompt, 50, &SamplingOptions::default(), |_| {
+        steps += 1;
+        steps < 5
+    })
+    .unwrap();
+    assert_eq!(out[0].len(), 3 + 5);
+}
