@@ -85,6 +85,12 @@ impl CharTokenizer {
         self.ids.get(&ch).copied()
     }
 
+    /// The token generation starts from when there is no prompt: the newline
+    /// character's id, or 0 when the vocabulary has no newline.
+    pub fn start_token(&self) -> u32 {
+        self.id('\n').unwrap_or(0)
+    }
+
     /// Encodes `text`; a character outside the vocabulary is an error naming it and its
     /// position (in characters).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
@@ -169,6 +175,13 @@ mod tests {
                 vocab_size: 3
             })
         ));
+    }
+
+    #[test]
+    fn start_token_is_newline_or_zero() {
+        // '\t' sorts before '\n', so the newline is id 1 here.
+        assert_eq!(CharTokenizer::from_text("x\t\n").unwrap().start_token(), 1);
+        assert_eq!(CharTokenizer::from_text("ab").unwrap().start_token(), 0);
     }
 
     #[test]

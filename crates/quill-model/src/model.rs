@@ -24,6 +24,11 @@ impl<B: Backend> LanguageModel<B> {
         }
     }
 
+    /// Whether the LM head is the token embedding (a tied GPT).
+    pub fn ties_weights(&self) -> bool {
+        matches!(self, LanguageModel::Gpt(g) if g.lm_head.is_none())
+    }
+
     /// `[B, T]` token ids → `[B, T, V]` logits. An empty input or one longer than
     /// block_size is an error.
     pub fn forward(&self, idx: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {

@@ -48,6 +48,13 @@ impl ParamPath {
         self.stack.pop();
     }
 
+    /// Whether the current parameter is an embedding table.
+    pub fn is_embedding(&self) -> bool {
+        self.stack
+            .last()
+            .is_some_and(|(_, c)| c == "Struct:Embedding")
+    }
+
     /// The current parameter's PyTorch name, and whether it is a Linear weight (stored
     /// transposed relative to PyTorch).
     pub fn name(&self) -> (String, bool) {
@@ -108,7 +115,7 @@ pub fn export<B: Backend>(model: &LanguageModel<B>) -> Vec<NamedTensor> {
         out: Vec::new(),
     };
     model.visit(&mut exporter);
-    if matches!(model, LanguageModel::Gpt(g) if g.lm_head.is_none())
+    if model.ties_weights()
         && let Some(wte) = exporter.out.iter().find(|t| t.name == TIED_SOURCE)
     {
         let head = NamedTensor {
@@ -175,7 +182,7 @@ pub fn import<B: Backend>(
         used: BTreeSet::new(),
         errors: Vec::new(),
     };
-    let tied = matches!(&model, LanguageModel::Gpt(g) if g.lm_head.is_none());
+    let tied = model.ties_weights();
     let model = model.map(&mut importer);
     let unused = tensors
         .keys()

@@ -1,1 +1,37 @@
-//! placeholder
+//! # quill-train
+//!
+//! Training for quill's models, nanoGPT-style:
+//!
+//! - [`config`]: [`TrainConfig`], the presets and their overrides.
+//! - [`schedule`]: warmup + cosine learning rate.
+//! - [`optim`]: AdamW with decay groups, global-norm clipping, gradient accumulation.
+//! - [`trainer`]: the loop, [`estimate_loss`], samples at each evaluation.
+//! - [`checkpoint`]: self-contained, atomically written checkpoint directories.
+//! - [`metrics`]: `metrics.jsonl` and `loss.svg`.
+//!
+//! ```no_run
+//! use burn_autodiff::Autodiff;
+//! use burn_flex::Flex;
+//! use quill_train::{Dataset, Run, TrainConfig, train};
+//!
+//! let text = std::fs::read_to_string("data/tinyshakespeare/input.txt").unwrap();
+//! let mut config = TrainConfig::preset("cpu").unwrap();
+//! config.max_iters = 100;
+//! let dataset = Dataset::new(&text, config.val_fraction).unwrap();
+//! let run = Run { config, dataset: &dataset, out: "runs/demo".into(), resume: None, stop: None };
+//! let outcome = train::<Autodiff<Flex>>(run, &Default::default(), &mut ()).unwrap();
+//! println!("{outcome:?}");
+//! ```
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use checkpoint::{Checkpoint, RunConfig};
+pub use config::{TrainConfig, TrainOverrides};
+pub use error::TrainError;
+pub use trainer::{Dataset, Observer, Outcome, Run, StepReport, estimate_loss, sample_text, train};

@@ -1,0 +1,269 @@
+//! Self-contained checkpoints: one directory that holds everything needed to sample,
+//! evaluate or resume, written atomically.
+//!
+//! | file | content |
+//! |---|---|
+//! | `model.safetensors` | weights, f32, PyTorch names and layout ([`quill_model::params`]) |
+//! | `optimizer.safetensors` | AdamW moments, `exp_avg.<param>` and `exp_avg_sq.<param>` |
+//! | `config.json` | `{"model": ModelConfig, "train": TrainConfig}` |
+//! | `vocab.json` | the tokenizer, `{"vocab": "…"}` |
+//! | `state.json` | format tag, iteration, optimizer steps, best val loss, batch-sampler RNG |
+//!
+//! A checkpoint is written into a temporary sibling directory and renamed into place,
+//! so at any moment the directory is either absent or complete.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use quill_data::{CharTokenizer, Rng};
+use quill_model::params::{NamedTensor, export, import};
+use quill_model::{LanguageModel, ModelConfig};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::{TrainConfig, TrainError};
+
+/// The `format` tag of `state.json`.
+pub const FORMAT: &str = "quill-checkpoint-v1";
+
+const MODEL_FILE: &str = "model.safetensors";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const CONFIG_FILE: &str = "config.json";
+const VOCAB_FILE: &str = "vocab.json";
+const STATE_FILE: &str = "state.json";
+
+/// Progress of a run, saved in `state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// The next optimizer step to take (= steps taken).
+    pub iter: usize,
+    /// AdamW's step count.
+    pub optimizer_steps: u64,
+    /// Lowest validation loss seen so far.
+    pub best_val_loss: Option<f32>,
+    /// The training batch sampler's generator.
+    pub sampler_rng: Rng,
+    /// Training wall time so far, in seconds.
+    pub elapsed_s: f64,
+}
+
+/// `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// The model's shape.
+    pub model: ModelConfig,
+    /// The training settings.
+    pub train: TrainConfig,
+}
+
+/// A checkpoint in memory, on the host.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Model and training settings.
+    pub config: RunConfig,
+    /// The vocabulary.
+    pub tokenizer: CharTokenizer,
+    /// Weights by name.
+    pub weights: BTreeMap<String, NamedTensor>,
+    /// Optimizer moments by name.
+    pub optimizer: BTreeMap<String, NamedTensor>,
+    /// Progress.
+    pub state: TrainState,
+}
+
+impl Checkpoint {
+    /// Gathers a checkpoint from a live model.
+    pub fn capture<B: Backend>(
+        config: RunConfig,
+        tokenizer: CharTokenizer,
+        model: &LanguageModel<B>,
+        optimizer: Vec<NamedTensor>,
+        state: TrainState,
+    ) -> Self {
+        let by_name = |ts: Vec<NamedTensor>| ts.into_iter().map(|t| (t.name.clone(), t)).collect();
+        Checkpoint {
+            config,
+            tokenizer,
+            weights: by_name(export(model)),
+            optimizer: by_name(optimizer),
+            state,
+        }
+    }
+
+    /// Builds the model on `device` with the saved weights.
+    pub fn model<B: Backend>(&self, device: &B::Device) -> Result<LanguageModel<B>, TrainError> {
+        let model = self.config.model.init::<B>(0, device)?;
+        Ok(import(model, &self.weights)?)
+    }
+
+    /// Writes the checkpoint to `dir` atomically, replacing what was there.
+    pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let pid = std::process::id();
+        let tmp = parent.join(format!(".{name}.tmp-{pid}"));
+        let old = parent.join(format!(".{name}.old-{pid}"));
+        let _ = fs::remove_dir_all(&tmp);
+        let written = self.write_files(&tmp);
+        if let Err(e) = written {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if dir.exists() {
+            fs::rename(dir, &old).map_err(|e| TrainError::io(dir, e))?;
+        }
+        fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))?;
+        let _ = fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    fn write_files(&self, dir: &Path) -> Result<(), TrainError> {
+        fs::create_dir(dir).map_err(|e| TrainError::io(dir, e))?;
+        let files: [(&str, Vec<u8>); 5] = [
+            (MODEL_FILE, to_safetensors(self.weights.values(), dir)?),
+            (
+                OPTIMIZER_FILE,
+                to_safetensors(self.optimizer.values(), dir)?,
+            ),
+            (CONFIG_FILE, to_json(&self.config)),
+            (VOCAB_FILE, self.tokenizer.to_json().into_bytes()),
+            (STATE_FILE, to_json(&self.state)),
+        ];
+        for (name, bytes) in files {
+            let path = dir.join(name);
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut file = fs::File::create(&path)?;
+                file.write_all(&bytes)?;
+                file.sync_all()
+            };
+            write().map_err(|e| TrainError::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads and checks the checkpoint in `dir`.
+    pub fn load(dir: &Path) -> Result<Checkpoint, TrainError> {
+        let bad = |reason: String| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        if !dir.is_dir() {
+            return Err(bad("no such directory".into()));
+        }
+        let read = |name: &str| fs::read(dir.join(name)).map_err(|e| bad(format!("{name}: {e}")));
+        let state: TrainState = parse_json(STATE_FILE, &read(STATE_FILE)?).map_err(&bad)?;
+        if state.format != FORMAT {
+            return Err(bad(format!(
+                "format {:?}, expected {FORMAT:?}",
+                state.format
+            )));
+        }
+        let config: RunConfig = parse_json(CONFIG_FILE, &read(CONFIG_FILE)?).map_err(&bad)?;
+        let vocab =
+            String::from_utf8(read(VOCAB_FILE)?).map_err(|e| bad(format!("{VOCAB_FILE}: {e}")))?;
+        let tokenizer =
+            CharTokenizer::from_json(&vocab).map_err(|e| bad(format!("{VOCAB_FILE}: {e}")))?;
+        if tokenizer.vocab_size() != config.model.vocab_size() {
+            return Err(bad(format!(
+                "{VOCAB_FILE} has {} characters but the model's vocab_size is {}",
+                tokenizer.vocab_size(),
+                config.model.vocab_size()
+            )));
+        }
+        let checkpoint = Checkpoint {
+            weights: from_safetensors(MODEL_FILE, &read(MODEL_FILE)?).map_err(&bad)?,
+            optimizer: from_safetensors(OPTIMIZER_FILE, &read(OPTIMIZER_FILE)?).map_err(&bad)?,
+            config,
+            tokenizer,
+            state,
+        };
+        Ok(checkpoint)
+    }
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(name: &str, bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("{name}: {e}"))
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(value).expect("checkpoint metadata always serialises")
+}
+
+/// Serialises named f32 tensors as safetensors (with `{"format": "pt"}` metadata).
+pub fn to_safetensors<'a>(
+    tensors: impl Iterator<Item = &'a NamedTensor>,
+    dir: &Path,
+) -> Result<Vec<u8>, TrainError> {
+    let tensors: Vec<&NamedTensor> = tensors.collect();
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            Ok((
+                t.name.clone(),
+                TensorView::new(Dtype::F32, t.shape.clone(), b)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>();
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    views
+        .and_then(|views| safetensors::serialize(views, Some(metadata)))
+        .map_err(|e| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// Parses safetensors bytes holding f32 tensors.
+pub fn from_safetensors(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, NamedTensor>, String> {
+    let file = SafeTensors::deserialize(bytes).map_err(|e| format!("{name}: {e}"))?;
+    file.tensors()
+        .into_iter()
+        .map(|(tensor_name, view)| {
+            if view.dtype() != Dtype::F32 {
+                return Err(format!(
+                    "{name}: tensor {tensor_name} is {:?}, expected F32",
+                    view.dtype()
+                ));
+            }
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let tensor = NamedTensor {
+                name: tensor_name.clone(),
+                shape: view.shape().to_vec(),
+                values,
+            };
+            Ok((tensor_name, tensor))
+        })
+        .collect()
+}
+
+/// Where a run keeps its checkpoints: `<out>/last` and `<out>/best`.
+pub fn last_dir(out: &Path) -> PathBuf {
+    out.join("last")
+}
+
+/// See [`last_dir`].
+pub fn best_dir(out: &Path) -> PathBuf {
+    out.join("best")
+}

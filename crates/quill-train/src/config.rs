@@ -1,0 +1,375 @@
+//! Training configuration: presets, overridden by a TOML file, overridden by flags.
+
+use serde::{Deserialize, Serialize};
+
+use quill_model::{BigramConfig, GptConfig, ModelConfig};
+
+use crate::TrainError;
+
+/// Which model a run trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// [`quill_model::Bigram`].
+    Bigram,
+    /// [`quill_model::Gpt`].
+    Gpt,
+}
+
+/// How the learning rate changes over a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// `lr` throughout.
+    Constant,
+    /// Linear warmup over `warmup_iters`, then cosine from `lr` to `min_lr` at `max_iters`.
+    Cosine,
+}
+
+/// Declares [`TrainConfig`], its all-optional twin [`TrainOverrides`] (what a TOML file
+/// or the command line may change), and [`TrainConfig::apply`], from one field list.
+macro_rules! train_config {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty ),* $(,)?) => {
+        /// Every setting of a training run. Saved in each checkpoint's `config.json`.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub struct TrainConfig {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        /// Changes to a [`TrainConfig`]: the keys of a `--config` TOML file and the
+        /// flags of `quill train`, named as in nanoGPT (kebab-case on the command line).
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[cfg_attr(feature = "clap", derive(clap::Args))]
+        pub struct TrainOverrides {
+            $( $(#[doc = $doc])* #[cfg_attr(feature = "clap", arg(long))] pub $field: Option<$ty>, )*
+        }
+
+        impl TrainConfig {
+            /// Replaces every field that `overrides` sets.
+            pub fn apply(&mut self, overrides: &TrainOverrides) {
+                $( if let Some(value) = &overrides.$field { self.$field = value.clone(); } )*
+            }
+        }
+    };
+}
+
+train_config! {
+    /// Model family.
+    model: ModelKind,
+    /// Transformer blocks (GPT).
+    n_layer: usize,
+    /// Attention heads per block (GPT).
+    n_head: usize,
+    /// Embedding width.
+    n_embd: usize,
+    /// Context length in characters.
+    block_size: usize,
+    /// Dropout probability while training (GPT).
+    dropout: f64,
+    /// Biases in Linear and LayerNorm layers (GPT).
+    bias: bool,
+    /// Share the token embedding with the LM head (GPT).
+    tie_weights: bool,
+    /// Sequences per micro-batch.
+    batch_size: usize,
+    /// Micro-batches per optimizer step.
+    grad_accum: usize,
+    /// Optimizer steps.
+    max_iters: usize,
+    /// Evaluate (and checkpoint) every this many steps.
+    eval_interval: usize,
+    /// Batches per split in each periodic evaluation.
+    eval_iters: usize,
+    /// Batches per split in the evaluation after the last step.
+    final_eval_iters: usize,
+    /// Peak learning rate.
+    lr: f64,
+    /// Final learning rate of the cosine schedule.
+    min_lr: f64,
+    /// Learning-rate schedule.
+    schedule: Schedule,
+    /// Linear warmup steps (cosine schedule).
+    warmup_iters: usize,
+    /// AdamW decoupled weight decay (on ≥2-D weights only).
+    weight_decay: f64,
+    /// AdamW β1.
+    beta1: f64,
+    /// AdamW β2.
+    beta2: f64,
+    /// AdamW ε.
+    eps: f64,
+    /// Clip the global gradient norm to this (0 disables).
+    grad_clip: f64,
+    /// Seed of weights, batches, dropout and samples.
+    seed: u64,
+    /// Fraction of the corpus held out for validation (its end).
+    val_fraction: f64,
+    /// Characters sampled and shown at each evaluation (0 disables).
+    sample_chars: usize,
+}
+
+/// Names of the built-in presets.
+pub const PRESETS: [&str; 4] = ["bigram", "lecture", "shakespeare-char", "cpu"];
+
+impl TrainConfig {
+    /// The preset called `name`, or an error listing the presets.
+    pub fn preset(name: &str) -> Result<TrainConfig, TrainError> {
+        let shakespeare_char = TrainConfig {
+            model: ModelKind::Gpt,
+            n_layer: 6,
+            n_head: 6,
+            n_embd: 384,
+            block_size: 256,
+            dropout: 0.2,
+            bias: false,
+            tie_weights: true,
+            batch_size: 64,
+            grad_accum: 1,
+            max_iters: 5000,
+            eval_interval: 250,
+            eval_iters: 200,
+            final_eval_iters: 200,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            schedule: Schedule::Cosine,
+            warmup_iters: 100,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            seed: 1337,
+            val_fraction: 0.1,
+            sample_chars: 200,
+        };
+        // The lecture's PyTorch defaults: AdamW(lr) with β2 0.999, weight decay 0.01, no clipping.
+        let lecture = TrainConfig {
+            tie_weights: false,
+            bias: true,
+            eval_interval: 500,
+            lr: 3e-4,
+            min_lr: 3e-4,
+            schedule: Schedule::Constant,
+            warmup_iters: 0,
+            weight_decay: 0.01,
+            beta2: 0.999,
+            grad_clip: 0.0,
+            ..shakespeare_char.clone()
+        };
+        Ok(match name {
+            "shakespeare-char" => shakespeare_char,
+            "lecture" => lecture,
+            "bigram" => TrainConfig {
+                model: ModelKind::Bigram,
+                n_layer: 0,
+                n_head: 0,
+                n_embd: 32,
+                block_size: 8,
+                dropout: 0.0,
+                batch_size: 32,
+                max_iters: 10_000,
+                lr: 1e-3,
+                min_lr: 1e-3,
+                ..lecture
+            },
+            "cpu" => TrainConfig {
+                n_layer: 4,
+                n_head: 4,
+                n_embd: 128,
+                block_size: 64,
+                dropout: 0.0,
+                batch_size: 12,
+                max_iters: 2000,
+                eval_interval: 250,
+                eval_iters: 20,
+                ..shakespeare_char
+            },
+            other => {
+                return Err(TrainError::Config(format!(
+                    "unknown preset {other:?}; the presets are {}",
+                    PRESETS.join(", ")
+                )));
+            }
+        })
+    }
+
+    /// Reads overrides from a TOML file's text (keys as in [`TrainOverrides`]).
+    pub fn overrides_from_toml(text: &str) -> Result<TrainOverrides, TrainError> {
+        toml::from_str(text)
+            .map_err(|e| TrainError::Config(format!("config file: {}", e.message())))
+    }
+
+    /// Checks the training settings (the model's are checked by [`ModelConfig`]).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let positive = [
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+            ("eval_interval", self.eval_interval),
+            ("eval_iters", self.eval_iters),
+            ("final_eval_iters", self.final_eval_iters),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(TrainError::Config(format!("{name} must be at least 1")));
+        }
+        let checks = [
+            (
+                self.lr > 0.0 && self.lr.is_finite(),
+                "lr must be a positive number",
+            ),
+            (
+                self.min_lr >= 0.0 && self.min_lr <= self.lr,
+                "min_lr must be in [0, lr]",
+            ),
+            (self.weight_decay >= 0.0, "weight_decay must be ≥ 0"),
+            ((0.0..1.0).contains(&self.beta1), "beta1 must be in [0, 1)"),
+            ((0.0..1.0).contains(&self.beta2), "beta2 must be in [0, 1)"),
+            (self.eps > 0.0, "eps must be > 0"),
+            (
+                self.grad_clip >= 0.0,
+                "grad_clip must be ≥ 0 (0 disables clipping)",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(TrainError::Config(message.to_string())),
+            None => self.model_config(1).validate().map_err(TrainError::from),
+        }
+    }
+
+    /// The model these settings describe, for a vocabulary of `vocab_size`.
+    pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
+        match self.model {
+            ModelKind::Bigram => ModelConfig::Bigram(BigramConfig {
+                vocab_size,
+                block_size: self.block_size,
+                n_embd: self.n_embd,
+            }),
+            ModelKind::Gpt => ModelConfig::Gpt(GptConfig {
+                vocab_size,
+                block_size: self.block_size,
+                n_layer: self.n_layer,
+                n_head: self.n_head,
+                n_embd: self.n_embd,
+                dropout: self.dropout,
+                bias: self.bias,
+                tie_weights: self.tie_weights,
+            }),
+        }
+    }
+
+    /// Training tokens per optimizer step.
+    pub fn tokens_per_iter(&self) -> usize {
+        self.batch_size * self.block_size * self.grad_accum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_match_the_table() {
+        let cpu = TrainConfig::preset("cpu").unwrap();
+        assert_eq!(
+            (
+                cpu.n_layer,
+                cpu.n_head,
+                cpu.n_embd,
+                cpu.block_size,
+                cpu.batch_size,
+                cpu.max_iters
+            ),
+            (4, 4, 128, 64, 12, 2000)
+        );
+        assert_eq!(
+            (cpu.eval_interval, cpu.eval_iters, cpu.dropout),
+            (250, 20, 0.0)
+        );
+        assert!(cpu.tie_weights);
+        let sc = TrainConfig::preset("shakespeare-char").unwrap();
+        assert_eq!(
+            (sc.lr, sc.min_lr, sc.warmup_iters, sc.beta2, sc.weight_decay),
+            (1e-3, 1e-4, 100, 0.99, 0.1)
+        );
+        assert_eq!(sc.schedule, Schedule::Cosine);
+        let lecture = TrainConfig::preset("lecture").unwrap();
+        assert_eq!(
+            (
+                lecture.lr,
+                lecture.schedule,
+                lecture.tie_weights,
+                lecture.eval_interval
+            ),
+            (3e-4, Schedule::Constant, false, 500)
+        );
+        let bigram = TrainConfig::preset("bigram").unwrap();
+        assert_eq!(
+            (
+                bigram.model,
+                bigram.n_embd,
+                bigram.block_size,
+                bigram.batch_size,
+                bigram.max_iters
+            ),
+            (ModelKind::Bigram, 32, 8, 32, 10_000)
+        );
+        for name in PRESETS {
+            TrainConfig::preset(name).unwrap().validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn unknown_preset_lists_the_presets() {
+        let err = TrainConfig::preset("gpt5").unwrap_err().to_string();
+        assert!(
+            err.contains("bigram, lecture, shakespeare-char, cpu"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn file_then_flags_override_the_preset() {
+        let mut config = TrainConfig::preset("cpu").unwrap();
+        let file = TrainConfig::overrides_from_toml(
+            "max_iters = 10\nlr = 0.01\nschedule = \"constant\"\n",
+        )
+        .unwrap();
+        config.apply(&file);
+        let flags = TrainOverrides {
+            lr: Some(0.02),
+            ..Default::default()
+        };
+        config.apply(&flags);
+        assert_eq!(
+            (config.max_iters, config.lr, config.schedule),
+            (10, 0.02, Schedule::Constant)
+        );
+        assert_eq!(config.n_embd, 128);
+    }
+
+    #[test]
+    fn bad_files_and_values_are_errors() {
+        let err = TrainConfig::overrides_from_toml("max_itres = 10")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_itres"), "{err}");
+        assert!(TrainConfig::overrides_from_toml("max_iters = \"ten\"").is_err());
+        let mut config = TrainConfig::preset("cpu").unwrap();
+        config.n_head = 3;
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("divisible")
+        );
+        let mut config = TrainConfig::preset("cpu").unwrap();
+        config.batch_size = 0;
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "invalid configuration: batch_size must be at least 1"
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! The one error type of `quill-train`.
+
+use std::path::PathBuf;
+
+use quill_data::DataError;
+use quill_model::ModelError;
+
+/// Everything that can stop training, evaluation or a checkpoint load.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// A bad setting.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// From the data pipeline.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// From the model.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// An I/O error on `path`.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A checkpoint that is incomplete, corrupt, or not quill's.
+    #[error("{path}: not a valid quill checkpoint: {reason}")]
+    Checkpoint {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Data whose vocabulary differs from the checkpoint's.
+    #[error(
+        "the data's vocabulary ({data} characters) differs from the checkpoint's ({checkpoint} characters)"
+    )]
+    VocabMismatch {
+        /// Vocabulary size of the data.
+        data: usize,
+        /// Vocabulary size of the checkpoint.
+        checkpoint: usize,
+    },
+    /// The loss became NaN or infinite.
+    #[error(
+        "the loss became {loss} at iteration {iter}; stopping (the last good checkpoint is kept)"
+    )]
+    NonFinite {
+        /// The iteration.
+        iter: usize,
+        /// The loss value.
+        loss: f32,
+    },
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TrainError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! AdamW with decay groups, global-norm gradient clipping and gradient accumulation,
+//! matching PyTorch's `torch.optim.AdamW` and `clip_grad_norm_`.
+//!
+//! Burn's own AdamW has other defaults and clips per tensor; this one follows nanoGPT:
+//!
+//! - **Decay groups.** Weight decay applies to ≥2-D weights (Linear weights) only; never
+//!   to biases or LayerNorm parameters. Embedding tables do not decay (minGPT's rule:
+//!   they are lookup tables), except a tied `wte`, which is also the LM head's weight
+//!   and decays like the other Linear weights.
+//! - **Clipping.** One norm over all gradients; every gradient is scaled by
+//!   `min(1, clip / (norm + 1e-6))`.
+//! - **Accumulation.** Gradients of `grad_accum` micro-batches are summed in
+//!   [`GradBuffer`] and divided by their count before the step.
+//!
+//! State is keyed by parameter name ([`quill_model::params`]), so it saves and loads
+//! with checkpoints.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use quill_model::LanguageModel;
+use quill_model::params::{NamedTensor, ParamPath};
+
+/// Summed gradients by parameter name, flattened, on the inner (non-autodiff) backend.
+#[derive(Debug, Clone)]
+pub struct GradBuffer<B: Backend> {
+    grads: BTreeMap<String, Tensor<B, 1>>,
+    micro_batches: usize,
+}
+
+impl<B: Backend> Default for GradBuffer<B> {
+    fn default() -> Self {
+        GradBuffer {
+            grads: BTreeMap::new(),
+            micro_batches: 0,
+        }
+    }
+}
+
+impl<B: Backend> GradBuffer<B> {
+    /// Adds the gradients of one micro-batch's backward pass.
+    pub fn accumulate<AB>(&mut self, model: &LanguageModel<AB>, grads: &AB::Gradients)
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+    {
+        struct Collect<'a, AB: AutodiffBackend> {
+            path: ParamPath,
+            grads: &'a AB::Gradients,
+            out: &'a mut BTreeMap<String, Tensor<AB::InnerBackend, 1>>,
+        }
+        impl<AB: AutodiffBackend> ModuleVisitor<AB> for Collect<'_, AB> {
+            fn enter_module(&mut self, name: &str, container_type: &str) {
+                self.path.enter(name, container_type);
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.path.exit();
+            }
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+                let Some(grad) = param.val().grad(self.grads) else {
+                    return;
+                };
+                let n = grad.shape().num_elements();
+                let grad = grad.reshape([n]);
+                let name = self.path.name().0;
+                let sum = match self.out.remove(&name) {
+                    Some(previous) => previous + grad,
+                    None => grad,
+                };
+                self.out.insert(name, sum);
+            }
+        }
+        model.visit(&mut Collect::<AB> {
+            path: ParamPath::default(),
+            grads,
+            out: &mut self.grads,
+        });
+        self.micro_batches += 1;
+    }
+
+    /// The global L2 norm of the mean gradient.
+    pub fn global_norm(&self) -> f64 {
+        let squares: Vec<Tensor<B, 1>> = self
+            .grads
+            .values()
+            .map(|g| g.clone().powi_scalar(2).sum())
+            .collect();
+        if squares.is_empty() {
+            return 0.0;
+        }
+        let total: f64 = Tensor::cat(squares, 0).sum().into_scalar().elem();
+        total.sqrt() / self.micro_batches.max(1) as f64
+    }
+}
+
+/// Hyper-parameters of one step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOptions {
+    /// Learning rate.
+    pub lr: f64,
+    /// Global-norm clip (0 disables).
+    pub grad_clip: f64,
+}
+
+/// AdamW (decoupled weight decay, bias-corrected moments), as PyTorch computes it.
+#[derive(Debug, Clone)]
+pub struct AdamW<B: Backend> {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    step: u64,
+    moments: BTreeMap<String, (Tensor<B, 1>, Tensor<B, 1>)>,
+}
+
+const EXP_AVG: &str = "exp_avg.";
+const EXP_AVG_SQ: &str = "exp_avg_sq.";
+
+impl<B: Backend> AdamW<B> {
+    /// A fresh optimizer.
+    pub fn new(beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Self {
+        AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step: 0,
+            moments: BTreeMap::new(),
+        }
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Updates every parameter of `model` that has a gradient in `grads`; returns the
+    /// model and the gradient norm before clipping.
+    pub fn step<AB>(
+        &mut self,
+        model: LanguageModel<AB>,
+        grads: GradBuffer<B>,
+        options: StepOptions,
+    ) -> (LanguageModel<AB>, f64)
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+    {
+        let norm = grads.global_norm();
+        let mut scale = 1.0 / grads.micro_batches.max(1) as f64;
+        if options.grad_clip > 0.0 {
+            scale *= (options.grad_clip / (norm + 1e-6)).min(1.0);
+        }
+        self.step += 1;
+        let tied = model.ties_weights();
+        let mut update = Update {
+            optim: self,
+            path: ParamPath::default(),
+            grads: grads.grads,
+            scale,
+            lr: options.lr,
+            tied,
+        };
+        (model.map(&mut update), norm)
+    }
+
+    /// The moments as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`).
+    pub fn state(&self) -> Vec<NamedTensor> {
+        let host = |name: String, t: &Tensor<B, 1>| NamedTensor {
+            name,
+            shape: t.dims().to_vec(),
+            values: t.to_data().convert::<f32>().to_vec().expect("f32 data"),
+        };
+        self.moments
+            .iter()
+            .flat_map(|(name, (m, v))| {
+                [
+                    host(format!("{EXP_AVG}{name}"), m),
+                    host(format!("{EXP_AVG_SQ}{name}"), v),
+                ]
+            })
+            .collect()
+    }
+
+    /// Restores moments saved by [`AdamW::state`] and the step count.
+    pub fn load_state(
+        &mut self,
+        tensors: &BTreeMap<String, NamedTensor>,
+        step: u64,
+        device: &B::Device,
+    ) -> Result<(), String> {
+        let upload = |t: &NamedTensor| {
+            Tensor::<B, 1>::from_data(TensorData::new(t.values.clone(), [t.values.len()]), device)
+        };
+        self.moments.clear();
+        for (key, m) in tensors {
+            let Some(name) = key.strip_prefix(EXP_AVG) else {
+                if !key.starts_with(EXP_AVG_SQ) {
+                    return Err(format!("unexpected optimizer tensor {key}"));
+                }
+                continue;
+            };
+            let v = tensors
+                .get(&format!("{EXP_AVG_SQ}{name}"))
+                .ok_or(format!("optimizer state lacks {EXP_AVG_SQ}{name}"))?;
+            self.moments
+                .insert(name.to_string(), (upload(m), upload(v)));
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// Whether the parameter called `name` decays (see the module docs).
+fn decays(name: &str, dims: usize, is_embedding: bool, tied: bool) -> bool {
+    dims >= 2 && (!is_embedding || (tied && name == "transformer.wte.weight"))
+}
+
+struct Update<'a, B: Backend> {
+    optim: &'a mut AdamW<B>,
+    path: ParamPath,
+    grads: BTreeMap<String, Tensor<B, 1>>,
+    scale: f64,
+    lr: f64,
+    tied: bool,
+}
+
+impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Update<'_, B> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let name = self.path.name().0;
+        let Some(grad) = self.grads.remove(&name) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let shape = tensor.shape();
+        let decay = decays(&name, D, self.path.is_embedding(), self.tied);
+        let p = tensor.inner().reshape([shape.num_elements()]); // [n]
+        let o = &mut *self.optim;
+        let g = grad * self.scale;
+        let (m, v) = match o.moments.remove(&name) {
+            Some((m, v)) => (
+                m * o.beta1 + g.clone() * (1.0 - o.beta1),
+                v * o.beta2 + g.powi_scalar(2) * (1.0 - o.beta2),
+            ),
+            None => (
+                g.clone() * (1.0 - o.beta1),
+                g.powi_scalar(2) * (1.0 - o.beta2),
+            ),
+        };
+        let t = o.step as i32;
+        let bias_correction1 = 1.0 - o.beta1.powi(t);
+        let bias_correction2 = 1.0 - o.beta2.powi(t);
+        let p = if decay && o.weight_decay > 0.0 {
+            p * (1.0 - self.lr * o.weight_decay)
+        } else {
+            p
+        };
+        let denom = v.clone().sqrt() / bias_correction2.sqrt() + o.eps;
+        let p = p - m.clone() / denom * (self.lr / bias_correction1);
+        o.moments.insert(name, (m, v));
+        let updated = Tensor::<AB, D>::from_inner(p.reshape(shape)).require_grad();
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decay_groups() {
+        assert!(decays("transformer.h.0.attn.c_attn.weight", 2, false, true));
+        assert!(decays("lm_head.weight", 2, false, false));
+        assert!(!decays("transformer.h.0.attn.c_attn.bias", 1, false, true));
+        assert!(!decays("transformer.ln_f.weight", 1, false, true));
+        assert!(!decays("transformer.wpe.weight", 2, true, true));
+        assert!(!decays("transformer.wte.weight", 2, true, false));
+        assert!(decays("transformer.wte.weight", 2, true, true));
+    }
+}

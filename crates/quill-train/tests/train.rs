@@ -1,0 +1,366 @@
+//! The trainer end to end on a small corpus and model (CPU backend): exact resume,
+//! interruption, atomic and validated checkpoints, NaN handling.
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn_autodiff::Autodiff;
+use burn_flex::Flex;
+use quill_train::checkpoint::{Checkpoint, last_dir};
+use quill_train::config::{ModelKind, Schedule};
+use quill_train::metrics::EvalRecord;
+use quill_train::{Dataset, Observer, Outcome, Run, StepReport, TrainConfig, TrainError, train};
+
+/// Flex, not NdArray: NdArray's multi-threaded reductions are not deterministic run to
+/// run (two identical runs differed in the last bits here), Flex's are.
+type AB = Autodiff<Flex>;
+
+fn corpus() -> String {
+    let verse = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n\
+                 First Citizen:\nYou are all resolved rather to die than to famish?\n\n";
+    verse.repeat(40)
+}
+
+fn config() -> TrainConfig {
+    TrainConfig {
+        model: ModelKind::Gpt,
+        n_layer: 1,
+        n_head: 2,
+        n_embd: 16,
+        block_size: 16,
+        dropout: 0.0,
+        batch_size: 4,
+        max_iters: 8,
+        eval_interval: 4,
+        eval_iters: 2,
+        final_eval_iters: 3,
+        warmup_iters: 2,
+        schedule: Schedule::Cosine,
+        sample_chars: 10,
+        ..TrainConfig::preset("cpu").unwrap()
+    }
+}
+
+#[derive(Default)]
+struct Record {
+    losses: Vec<(usize, f32)>,
+    evals: Vec<EvalRecord>,
+    samples: Vec<String>,
+    stop_after: Option<(usize, &'static AtomicBool)>,
+}
+
+impl Observer for Record {
+    fn on_step(&mut self, step: &StepReport) {
+        self.losses.push((step.iter, step.loss));
+        if let Some((n, flag)) = self.stop_after
+            && step.iter == n
+        {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+    fn on_eval(&mut self, record: &EvalRecord, sample: Option<&str>) {
+        self.evals.push(record.clone());
+        self.samples.extend(sample.map(str::to_string));
+    }
+}
+
+fn run_to(
+    config: TrainConfig,
+    out: &Path,
+    resume: Option<Checkpoint>,
+    stop: Option<&'static AtomicBool>,
+    observer: &mut Record,
+) -> Result<Outcome, TrainError> {
+    let dataset = Dataset::new(&corpus(), config.val_fraction).unwrap();
+    let run = Run {
+        config,
+        dataset: &dataset,
+        out: out.to_path_buf(),
+        resume,
+        stop,
+    };
+    train::<AB>(run, &Default::default(), observer)
+}
+
+#[test]
+fn training_lowers_the_loss_and_writes_the_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = Record::default();
+    let config = TrainConfig {
+        max_iters: 40,
+        eval_interval: 20,
+        lr: 1e-2,
+        ..config()
+    };
+    let Outcome::Finished(last) = run_to(config, dir.path(), None, None, &mut rec).unwrap() else {
+        panic!("not finished")
+    };
+    assert_eq!(rec.losses.len(), 40);
+    assert_eq!(
+        rec.evals.iter().map(|r| r.iter).collect::<Vec<_>>(),
+        vec![0, 20, 40]
+    );
+    assert!(
+        last.val_loss < rec.evals[0].val_loss - 0.5,
+        "{:?}",
+        rec.evals
+    );
+    assert_eq!(rec.samples.len(), 3);
+    assert!(rec.samples.iter().all(|s| s.chars().count() == 10));
+    for file in [
+        "metrics.jsonl",
+        "loss.svg",
+        "last/model.safetensors",
+        "best/model.safetensors",
+        "last/config.json",
+        "last/vocab.json",
+        "last/optimizer.safetensors",
+        "last/state.json",
+    ] {
+        assert!(dir.path().join(file).is_file(), "{file}");
+    }
+    assert_eq!(
+        fs::read_to_string(dir.path().join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    let checkpoint = Checkpoint::load(&last_dir(dir.path())).unwrap();
+    assert_eq!(checkpoint.state.iter, 40);
+    assert_eq!(checkpoint.state.best_val_loss, Some(last.val_loss));
+}
+
+/// Trains `config()` into `out`, stopped (as by Ctrl-C) after `stop_after` steps, then
+/// resumes from `out/last`; returns the losses of both parts and the final outcome.
+fn interrupted_then_resumed(
+    out: &Path,
+    stop_after: usize,
+    flag: &'static AtomicBool,
+) -> (Vec<(usize, f32)>, Outcome) {
+    let mut first = Record {
+        stop_after: Some((stop_after, flag)),
+        ..Default::default()
+    };
+    let outcome = run_to(config(), out, None, Some(flag), &mut first).unwrap();
+    assert_eq!(outcome, Outcome::Interrupted(stop_after));
+    let checkpoint = Checkpoint::load(&out.join("last")).unwrap();
+    assert_eq!(checkpoint.state.iter, stop_after);
+    let mut second = Record::default();
+    let outcome = run_to(config(), out, Some(checkpoint), None, &mut second).unwrap();
+    let mut losses = first.losses;
+    losses.extend(second.losses);
+    (losses, outcome)
+}
+
+#[test]
+fn resume_continues_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut full = Record::default();
+    let Outcome::Finished(expected) =
+        run_to(config(), &dir.path().join("full"), None, None, &mut full).unwrap()
+    else {
+        panic!("not finished")
+    };
+    assert_eq!(full.losses.len(), 8);
+
+    // Stopped right after the evaluation at step 4, and between evaluations at step 3.
+    static AT_EVAL: AtomicBool = AtomicBool::new(false);
+    static BETWEEN: AtomicBool = AtomicBool::new(false);
+    for (name, stop_after, flag) in [("at-eval", 4, &AT_EVAL), ("between", 3, &BETWEEN)] {
+        let out = dir.path().join(name);
+        let (losses, outcome) = interrupted_then_resumed(&out, stop_after, flag);
+        assert_eq!(losses, full.losses, "{name}");
+        let Outcome::Finished(got) = outcome else {
+            panic!("not finished")
+        };
+        assert_eq!(
+            (got.iter, got.train_loss, got.val_loss, got.lr),
+            (
+                expected.iter,
+                expected.train_loss,
+                expected.val_loss,
+                expected.lr
+            )
+        );
+        // metrics.jsonl has each evaluation once.
+        let iters: Vec<usize> = quill_train::metrics::read(&out.join("metrics.jsonl"))
+            .iter()
+            .map(|r| r.iter)
+            .collect();
+        assert_eq!(iters, vec![0, 4, 8], "{name}");
+    }
+}
+
+#[test]
+fn checkpoints_are_written_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    run_to(config(), dir.path(), None, None, &mut Record::default()).unwrap();
+    let last = last_dir(dir.path());
+    let good = Checkpoint::load(&last).unwrap();
+    // Nothing but the finished checkpoints is left beside them.
+    let mut names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["best", "last", "loss.svg", "metrics.jsonl"]);
+
+    // A save that fails part-way (its temporary directory cannot be created) leaves the
+    // previous checkpoint complete.
+    let blocker = dir.path().join(format!(".last.tmp-{}", std::process::id()));
+    fs::write(&blocker, "in the way").unwrap();
+    let mut newer = good.clone();
+    newer.state.iter = 999;
+    assert!(newer.save(&last).is_err());
+    let after = Checkpoint::load(&last).unwrap();
+    assert_eq!(after.state, good.state);
+    assert_eq!(after.weights, good.weights);
+    fs::remove_file(&blocker).unwrap();
+    newer.save(&last).unwrap();
+    assert_eq!(Checkpoint::load(&last).unwrap().state.iter, 999);
+}
+
+#[test]
+fn corrupt_truncated_and_foreign_checkpoints_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    run_to(config(), dir.path(), None, None, &mut Record::default()).unwrap();
+    let last = last_dir(dir.path());
+    let copy = |name: &str| {
+        let to = dir.path().join(name);
+        fs::create_dir_all(&to).unwrap();
+        for entry in fs::read_dir(&last).unwrap() {
+            let entry = entry.unwrap();
+            fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+        to
+    };
+    let error = |path: &Path| Checkpoint::load(path).unwrap_err().to_string();
+
+    let truncated = copy("truncated");
+    let bytes = fs::read(truncated.join("model.safetensors")).unwrap();
+    fs::write(
+        truncated.join("model.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    let e = error(&truncated);
+    assert!(
+        e.contains("not a valid quill checkpoint: model.safetensors:"),
+        "{e}"
+    );
+
+    let corrupt = copy("corrupt");
+    fs::write(corrupt.join("config.json"), "{ not json").unwrap();
+    assert!(error(&corrupt).contains("config.json:"));
+
+    let foreign = copy("foreign");
+    let state = fs::read_to_string(foreign.join("state.json")).unwrap();
+    fs::write(
+        foreign.join("state.json"),
+        state.replace("quill-checkpoint-v1", "nanogpt"),
+    )
+    .unwrap();
+    assert!(error(&foreign).contains("format \"nanogpt\", expected \"quill-checkpoint-v1\""));
+
+    let missing = copy("missing");
+    fs::remove_file(missing.join("vocab.json")).unwrap();
+    assert!(error(&missing).contains("vocab.json:"));
+
+    let e = error(&dir.path().join("nowhere"));
+    assert!(
+        e.ends_with("not a valid quill checkpoint: no such directory"),
+        "{e}"
+    );
+
+    // Weights of another shape: loads, but building the model says which tensor.
+    let other = dir.path().join("other");
+    run_to(
+        TrainConfig {
+            n_embd: 8,
+            ..config()
+        },
+        &other,
+        None,
+        None,
+        &mut Record::default(),
+    )
+    .unwrap();
+    let mixed = copy("mixed");
+    fs::copy(
+        other.join("last/model.safetensors"),
+        mixed.join("model.safetensors"),
+    )
+    .unwrap();
+    let e = Checkpoint::load(&mixed)
+        .unwrap()
+        .model::<Flex>(&Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("has shape") && e.contains("the model needs"),
+        "{e}"
+    );
+}
+
+#[test]
+fn data_with_another_vocabulary_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    run_to(config(), dir.path(), None, None, &mut Record::default()).unwrap();
+    let checkpoint = Checkpoint::load(&last_dir(dir.path())).unwrap();
+    let err = Dataset::with_tokenizer("only these letters", checkpoint.tokenizer.clone(), 0.1)
+        .unwrap_err();
+    assert!(
+        matches!(err, TrainError::VocabMismatch { data: 10, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with("the data's vocabulary (10 characters) differs from the checkpoint's (")
+    );
+    // Resuming with a different model shape is refused too.
+    let err = run_to(
+        TrainConfig {
+            n_layer: 2,
+            ..config()
+        },
+        dir.path(),
+        Some(checkpoint),
+        None,
+        &mut Record::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("model settings differ"), "{err}");
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = TrainConfig {
+        lr: 1e30,
+        min_lr: 0.0,
+        warmup_iters: 0,
+        grad_clip: 0.0,
+        ..config()
+    };
+    let err = run_to(config, dir.path(), None, None, &mut Record::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TrainError::NonFinite {
+                iter: 1 | 2 | 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let checkpoint = Checkpoint::load(&last_dir(dir.path())).unwrap();
+    assert_eq!(checkpoint.state.iter, 0);
+    assert!(
+        checkpoint
+            .weights
+            .values()
+            .all(|t| t.values.iter().all(|v| v.is_finite()))
+    );
+}
