@@ -1,1 +1,80 @@
-fn main() {}
+//! `cargo xtask`: project automation.
+//!
+//! - `cargo xtask data [--from FILE]`: fetch (or copy from FILE) tiny Shakespeare to
+//!   `data/tinyshakespeare/input.txt` and verify its sha256 (through `quill data`).
+//! - `cargo xtask ci`: everything CI checks: rustfmt, clippy (warnings are errors),
+//!   the tests, and the docs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const CORPUS: &str = "data/tinyshakespeare/input.txt";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::env::set_current_dir(&root).context("cd to the workspace root")?;
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["data"] => data(None),
+        ["data", "--from", file] => data(Some(PathBuf::from(file))),
+        ["ci"] => ci(),
+        _ => bail!("usage: cargo xtask data [--from FILE] | cargo xtask ci"),
+    }
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with_env(args, &[])
+}
+
+fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .context("run cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Puts the corpus in place; `quill data` then verifies the checksum (and downloads
+/// it when it is still missing).
+fn data(from: Option<PathBuf>) -> Result<()> {
+    if let Some(from) = from {
+        std::fs::create_dir_all(Path::new(CORPUS).parent().unwrap())?;
+        std::fs::copy(&from, CORPUS).with_context(|| format!("copy {}", from.display()))?;
+    }
+    cargo(&["run", "--release", "--bin", "quill", "--", "data"]).inspect_err(|_| {
+        if from.is_some() {
+            let _ = std::fs::remove_file(CORPUS);
+        }
+    })
+}
+
+fn ci() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    // clippy and doc share one check build of the dependencies (same profile).
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&["test", "--release", "--workspace"])?;
+    cargo_with_env(
+        &["doc", "--release", "--workspace", "--no-deps"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )
+}

@@ -1,1 +1,24 @@
-fn main() {}
+//! `quill`: download data, train, sample and evaluate character-level GPTs.
+//!
+//! This file only parses and dispatches; the work is in the library crates.
+
+mod backend;
+mod cli;
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let message = format!("{error:#}").replace('\n', " ");
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

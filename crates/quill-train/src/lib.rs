@@ -6,6 +6,7 @@
 //! - [`schedule`]: warmup + cosine learning rate.
 //! - [`optim`]: AdamW with decay groups, global-norm clipping, gradient accumulation.
 //! - [`trainer`]: the loop, [`estimate_loss`], samples at each evaluation.
+//! - [`inference`]: prompts, stop sequences and streaming for sampling.
 //! - [`checkpoint`]: self-contained, atomically written checkpoint directories.
 //! - [`metrics`]: `metrics.jsonl` and `loss.svg`.
 //!
@@ -26,6 +27,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod inference;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
@@ -34,4 +36,5 @@ pub mod trainer;
 pub use checkpoint::{Checkpoint, RunConfig};
 pub use config::{TrainConfig, TrainOverrides};
 pub use error::TrainError;
+pub use inference::{SampleRequest, sample_texts};
 pub use trainer::{Dataset, Observer, Outcome, Run, StepReport, estimate_loss, sample_text, train};

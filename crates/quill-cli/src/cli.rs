@@ -1,0 +1,137 @@
+//! The command line, declared with clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use quill_train::TrainOverrides;
+
+use crate::backend::DeviceChoice;
+
+/// Train and sample character-level GPT language models (nanoGPT in Rust, on Burn).
+#[derive(Debug, Parser)]
+#[command(name = "quill", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the corpus: size, first characters, vocabulary, split sizes.
+    Data(DataArgs),
+    /// Train a model (default: the `cpu` preset on tiny Shakespeare), then print a sample.
+    Train(TrainArgs),
+    /// Generate text from a checkpoint.
+    Sample(SampleArgs),
+    /// Measure train and val loss of a checkpoint.
+    Eval(EvalArgs),
+}
+
+/// Where the corpus comes from.
+#[derive(Debug, Args)]
+pub struct DataSource {
+    /// A UTF-8 text file, or a directory of *.txt files [default: tiny Shakespeare at
+    /// data/tinyshakespeare/input.txt, downloaded if missing]
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+}
+
+/// `quill data`.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    #[command(flatten)]
+    pub source: DataSource,
+    /// Fraction of the corpus held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `quill train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Preset: bigram, lecture, shakespeare-char or cpu [default: cpu]
+    #[arg(long, conflicts_with = "resume")]
+    pub preset: Option<String>,
+    /// TOML file of settings (keys as the flags, in snake_case), applied over the preset.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: DataSource,
+    /// Run directory for checkpoints and metrics [default: runs/<preset>, or the resumed
+    /// checkpoint's run]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue from this checkpoint directory (e.g. runs/cpu/last), exactly where it stopped.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Device: auto, cpu, flex, ndarray.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub overrides: TrainOverrides,
+}
+
+/// `quill sample`.
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// Checkpoint directory (e.g. runs/cpu/best).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+    /// Text to continue [default: start from a newline].
+    #[arg(long, conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from this file.
+    #[arg(long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
+    /// Characters to generate per sample.
+    #[arg(long, default_value_t = 500)]
+    pub max_new_tokens: usize,
+    /// Softmax temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Sample only from the k most likely characters.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample only from the most likely characters totalling this probability.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Number of samples, generated as one batch.
+    #[arg(long, default_value_t = 1)]
+    pub num_samples: usize,
+    /// Stop a sample once it has produced this text.
+    #[arg(long)]
+    pub stop: Option<String>,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Device: auto, cpu, flex, ndarray.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+/// `quill eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Checkpoint directory.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub source: DataSource,
+    /// Batches per split [default: the checkpoint's final_eval_iters].
+    #[arg(long)]
+    pub eval_iters: Option<usize>,
+    /// Seed of the evaluation batches.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Device: auto, cpu, flex, ndarray.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,83 @@
+//! `quill sample`: stream text from a checkpoint.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use quill_model::SamplingOptions;
+use quill_train::{Checkpoint, SampleRequest, sample_texts};
+
+use crate::backend::{self, Job};
+use crate::cli::SampleArgs;
+
+pub fn run(args: SampleArgs) -> Result<()> {
+    let checkpoint = Checkpoint::load(&args.checkpoint)?;
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (_, Some(file)) => {
+            std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?
+        }
+        (Some(prompt), None) => prompt.clone(),
+        (None, None) => String::new(),
+    };
+    let request = SampleRequest {
+        prompt,
+        max_new_tokens: args.max_new_tokens,
+        num_samples: args.num_samples,
+        options: SamplingOptions {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stop: args.stop,
+    };
+    request.options.validate()?;
+    checkpoint
+        .tokenizer
+        .encode(&request.prompt)
+        .context("prompt")?;
+    backend::run(
+        args.device,
+        SampleJob {
+            checkpoint,
+            request,
+        },
+    )
+}
+
+struct SampleJob {
+    checkpoint: Checkpoint,
+    request: SampleRequest,
+}
+
+impl Job for SampleJob {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let model = self.checkpoint.model::<B::InnerBackend>(&device)?;
+        let mut stdout = std::io::stdout().lock();
+        let streaming = self.request.num_samples == 1;
+        if streaming {
+            write!(stdout, "{}", self.request.prompt)?;
+            stdout.flush()?;
+        }
+        let texts = sample_texts(
+            &model,
+            &self.checkpoint.tokenizer,
+            &self.request,
+            |_, piece| {
+                if streaming {
+                    // A closed stdout (e.g. `| head`) just ends the stream.
+                    let _ = write!(stdout, "{piece}").and_then(|_| stdout.flush());
+                }
+            },
+        )?;
+        if streaming {
+            writeln!(stdout)?;
+        } else {
+            for text in texts {
+                writeln!(stdout, "{}{text}\n---------------", self.request.prompt)?;
+            }
+        }
+        Ok(())
+    }
+}

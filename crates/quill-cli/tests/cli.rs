@@ -1,0 +1,277 @@
+//! The `quill` binary end to end, on a small corpus and a tiny model.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn quill(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quill"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("quill runs")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The one-line `error: …` a failing command must print, without a panic.
+fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "should have failed");
+    let stderr = String::from_utf8(out.stderr.clone()).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let line = stderr.lines().last().unwrap().to_string();
+    assert!(line.starts_with("error: "), "{stderr}");
+    line
+}
+
+const TINY: &[&str] = &[
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--max-iters",
+    "6",
+    "--eval-interval",
+    "3",
+    "--eval-iters",
+    "1",
+    "--final-eval-iters",
+    "2",
+    "--sample-chars",
+    "20",
+];
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let verse =
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n";
+    fs::write(dir.path().join("corpus.txt"), verse.repeat(50)).unwrap();
+    dir
+}
+
+fn train(dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["train", "--data", "corpus.txt", "--out", "run"];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    stdout(&quill(&args, dir))
+}
+
+#[test]
+fn data_prints_the_seed_summary_and_json() {
+    let dir = setup();
+    let text = stdout(&quill(&["data", "--data", "corpus.txt"], dir.path()));
+    assert!(
+        text.starts_with(
+            "length of dataset in characters: 4150\nfirst 100 characters:\nFirst Citizen:"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("vocab_size: 28\n"), "{text}");
+    assert!(
+        text.contains("train tokens: 3735, val tokens: 415"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout(&quill(
+        &["data", "--data", "corpus.txt", "--json"],
+        dir.path(),
+    )))
+    .unwrap();
+    assert_eq!(json["n_chars"], 4150);
+    assert_eq!(json["vocab_size"], 28);
+    assert_eq!(json["vocab"], "\n ,.:ABCFSadefhiklmnoprstuyz");
+    assert_eq!(
+        (json["train_tokens"].as_u64(), json["val_tokens"].as_u64()),
+        (Some(3735), Some(415))
+    );
+}
+
+#[test]
+fn train_sample_eval_round_trip() {
+    let dir = setup();
+    let out = train(dir.path(), &[]);
+    assert!(
+        out.contains("# effective configuration (preset cpu)\nmodel = \"gpt\"\nn_layer = 1\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("step 0: train loss")
+            && out.contains("step 3: train loss")
+            && out.contains("step 6: train loss"),
+        "{out}"
+    );
+    assert!(out.contains("done: 6 iterations"), "{out}");
+    assert!(out.contains("--- a sample from run/best ---"), "{out}");
+    for file in [
+        "run/metrics.jsonl",
+        "run/loss.svg",
+        "run/last/model.safetensors",
+        "run/best/vocab.json",
+    ] {
+        assert!(dir.path().join(file).is_file(), "{file}");
+    }
+
+    let sample = |seed: &str| {
+        stdout(&quill(
+            &[
+                "sample",
+                "--checkpoint",
+                "run/best",
+                "--prompt",
+                "Speak",
+                "--max-new-tokens",
+                "30",
+                "--seed",
+                seed,
+            ],
+            dir.path(),
+        ))
+    };
+    let a = sample("1");
+    assert_eq!(a, sample("1"));
+    assert_ne!(a, sample("2"));
+    assert!(
+        a.starts_with("Speak") && a.trim_end_matches('\n').chars().count() == 35,
+        "{a:?}"
+    );
+
+    let batch = stdout(&quill(
+        &[
+            "sample",
+            "--checkpoint",
+            "run/best",
+            "--num-samples",
+            "3",
+            "--max-new-tokens",
+            "10",
+            "--prompt",
+            "A",
+        ],
+        dir.path(),
+    ));
+    assert_eq!(batch.matches("---------------").count(), 3, "{batch}");
+
+    let eval = |seed: &str| {
+        let json = stdout(&quill(
+            &[
+                "eval",
+                "--checkpoint",
+                "run/best",
+                "--data",
+                "corpus.txt",
+                "--eval-iters",
+                "3",
+                "--seed",
+                seed,
+                "--json",
+            ],
+            dir.path(),
+        ));
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()
+    };
+    let e = eval("5");
+    assert!(e["train_loss"].as_f64().unwrap() > 0.0 && e["val_loss"].as_f64().unwrap() > 0.0);
+    assert_eq!(e, eval("5"));
+    assert_ne!(e, eval("6"));
+}
+
+#[test]
+fn resume_and_config_files() {
+    let dir = setup();
+    fs::write(dir.path().join("more.toml"), "max_iters = 9\n").unwrap();
+    train(dir.path(), &["--max-iters", "3"]);
+    let out = stdout(&quill(
+        &[
+            "train",
+            "--resume",
+            "run/last",
+            "--data",
+            "corpus.txt",
+            "--config",
+            "more.toml",
+        ],
+        dir.path(),
+    ));
+    assert!(
+        out.contains("resumed from run/last")
+            && out.contains("max_iters = 9")
+            && out.contains("done: 9 iterations"),
+        "{out}"
+    );
+    let metrics = fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    let iters: Vec<u64> = metrics
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["iter"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(iters, vec![0, 3, 6, 9]);
+}
+
+#[test]
+fn bad_input_gets_one_error_line() {
+    let dir = setup();
+    let e = |args: &[&str]| error_line(&quill(args, dir.path()));
+    assert_eq!(
+        e(&["data", "--data", "missing.txt"]),
+        "error: corpus not found: missing.txt"
+    );
+    fs::write(dir.path().join("binary.txt"), b"ok\xff").unwrap();
+    assert_eq!(
+        e(&["data", "--data", "binary.txt"]),
+        "error: binary.txt: not valid UTF-8 at byte offset 2"
+    );
+    assert!(
+        e(&["train", "--preset", "nope", "--data", "corpus.txt"])
+            .contains("unknown preset \"nope\"")
+    );
+    assert!(
+        e(&["train", "--data", "corpus.txt", "--n-head", "3"])
+            .contains("n_embd (128) must be divisible by n_head (3)")
+    );
+    assert!(e(&["train", "--data", "corpus.txt", "--device", "wgpu"]).contains("--features wgpu"));
+    assert!(
+        e(&["train", "--data", "corpus.txt", "--block-size", "1000"])
+            .contains("the val split has 415 tokens, but block_size 1000 needs at least 1001")
+    );
+    fs::write(dir.path().join("bad.toml"), "n_layers = 2").unwrap();
+    assert!(e(&["train", "--data", "corpus.txt", "--config", "bad.toml"]).contains("n_layers"));
+    assert!(
+        e(&["sample", "--checkpoint", "nowhere"])
+            .contains("nowhere: not a valid quill checkpoint: no such directory")
+    );
+
+    train(dir.path(), &["--max-iters", "1"]);
+    assert!(
+        e(&["sample", "--checkpoint", "run/last", "--prompt", "Speak!"])
+            .ends_with("character '!' at position 5 is not in the vocabulary")
+    );
+    assert!(
+        e(&["sample", "--checkpoint", "run/last", "--temperature", "-1"])
+            .contains("temperature must be")
+    );
+    fs::write(dir.path().join("other.txt"), "a different corpus entirely").unwrap();
+    assert!(
+        e(&["eval", "--checkpoint", "run/last", "--data", "other.txt"])
+            .contains("differs from the checkpoint's (28 characters)")
+    );
+    fs::write(dir.path().join("run/last/model.safetensors"), b"garbage").unwrap();
+    assert!(
+        e(&["eval", "--checkpoint", "run/last", "--data", "corpus.txt"])
+            .contains("not a valid quill checkpoint: model.safetensors")
+    );
+}
