@@ -49,9 +49,9 @@ fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
 /// Puts the corpus in place; `quill data` then verifies the checksum (and downloads
 /// it when it is still missing).
 fn data(from: Option<PathBuf>) -> Result<()> {
-    if let Some(from) = from {
+    if let Some(from) = &from {
         std::fs::create_dir_all(Path::new(CORPUS).parent().unwrap())?;
-        std::fs::copy(&from, CORPUS).with_context(|| format!("copy {}", from.display()))?;
+        std::fs::copy(from, CORPUS).with_context(|| format!("copy {}", from.display()))?;
     }
     cargo(&["run", "--release", "--bin", "quill", "--", "data"]).inspect_err(|_| {
         if from.is_some() {

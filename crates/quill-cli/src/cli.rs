@@ -22,7 +22,7 @@ pub enum Command {
     /// Show the corpus: size, first characters, vocabulary, split sizes.
     Data(DataArgs),
     /// Train a model (default: the `cpu` preset on tiny Shakespeare), then print a sample.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Generate text from a checkpoint.
     Sample(SampleArgs),
     /// Measure train and val loss of a checkpoint.

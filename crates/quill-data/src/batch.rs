@@ -58,6 +58,9 @@ pub struct BatchSampler {
     rng: Rng,
 }
 
+/// Inputs `x` and targets `y`, both `[batch, block]` token ids on a device.
+pub type TokenBatch<B> = (Tensor<B, 2, Int>, Tensor<B, 2, Int>);
+
 /// One batch on the host: `x` and `y` are `batch_size · block_size` ids, row-major, and
 /// `y` is `x` shifted left by one token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +126,7 @@ impl BatchSampler {
         &mut self,
         data: &[u32],
         device: &B::Device,
-    ) -> Result<(Tensor<B, 2, Int>, Tensor<B, 2, Int>), DataError> {
+    ) -> Result<TokenBatch<B>, DataError> {
         let batch = self.sample_host(data)?;
         let shape = [self.batch_size, self.block_size];
         Ok((

@@ -89,7 +89,7 @@ impl GptConfig {
         nonzero("n_layer", self.n_layer)?;
         nonzero("n_head", self.n_head)?;
         nonzero("n_embd", self.n_embd)?;
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(ModelError::Config(format!(
                 "n_embd ({}) must be divisible by n_head ({})",
                 self.n_embd, self.n_head
@@ -185,7 +185,8 @@ mod tests {
 
     #[test]
     fn invalid_configs_say_why() {
-        let cases: [(fn(&mut GptConfig), &str); 5] = [
+        type Change = fn(&mut GptConfig);
+        let cases: [(Change, &str); 5] = [
             (
                 |c| c.n_head = 5,
                 "n_embd (384) must be divisible by n_head (5)",

@@ -7,6 +7,9 @@ use burn::tensor::{Int, Tensor, backend::Backend};
 use crate::{Bigram, Gpt, ModelError};
 
 /// Either model; what the trainer, the sampler and checkpoints work with.
+// One value per process, moved rarely: the size difference between variants is moot,
+// and Burn's `Module` derive does not see through a `Box`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum LanguageModel<B: Backend> {
     /// The seed's bigram model.

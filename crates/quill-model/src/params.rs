@@ -186,7 +186,7 @@ pub fn import<B: Backend>(
     let model = model.map(&mut importer);
     let unused = tensors
         .keys()
-        .filter(|k| !importer.used.contains(*k) && !(tied && k.as_str() == TIED_HEAD));
+        .filter(|k| !(importer.used.contains(*k) || tied && k.as_str() == TIED_HEAD));
     importer
         .errors
         .extend(unused.map(|k| format!("unexpected tensor {k}")));

@@ -193,61 +193,50 @@ pub fn train<AB: AutodiffBackend>(
             (model, state)
         }
     };
-    let mut history = metrics::read(&metrics_path);
     let start = state.iter;
     let clock = Instant::now();
     let elapsed_before = state.elapsed_s;
     let mut since_eval = (Instant::now(), 0usize);
     observer.on_start(start, config.max_iters);
 
-    let save = |model: &LanguageModel<AB>,
-                optim: &AdamW<AB::InnerBackend>,
-                state: &TrainState,
-                dir: &Path| {
-        Checkpoint::capture(
-            run_config.clone(),
-            tokenizer.clone(),
-            model,
-            optim.state(),
-            state.clone(),
-        )
-        .save(dir)
+    let mut recorder = Recorder {
+        run: &run,
+        run_config,
+        history: metrics::read(&metrics_path),
     };
 
     let mut lr = learning_rate(config, start);
-    for iter in start..config.max_iters {
+    for iter in start.. {
+        state.iter = iter;
         state.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
         state.sampler_rng = sampler.rng().clone();
         state.optimizer_steps = optim.steps();
-        let resumed_here = run.resume.is_some() && iter == start;
-        if iter % config.eval_interval == 0 && !resumed_here {
-            let tokens = since_eval.1 * config.tokens_per_iter();
-            let tokens_per_s = tokens as f64 / since_eval.0.elapsed().as_secs_f64().max(1e-9);
-            let record = evaluate(
-                &model.valid(),
-                config,
-                run.dataset,
+        let last = iter >= config.max_iters;
+        // A resumed run already evaluated at its first step, unless that is the end.
+        let resumed_here = run.resume.is_some() && iter == start && !last;
+        if (last || iter % config.eval_interval == 0) && !resumed_here {
+            let eval_iters = if last {
+                config.final_eval_iters
+            } else {
+                config.eval_iters
+            };
+            let seconds = since_eval.0.elapsed().as_secs_f64().max(1e-9);
+            let tokens_per_s = (since_eval.1 * config.tokens_per_iter()) as f64 / seconds;
+            let record = EvalRecord {
                 iter,
-                config.eval_iters,
                 lr,
                 tokens_per_s,
-                state.elapsed_s,
-            )?;
-            after_eval(
-                &run,
-                &model,
-                &optim,
-                &mut state,
-                &record,
-                &mut history,
-                observer,
-                &save,
-            )?;
+                elapsed_s: state.elapsed_s,
+                ..evaluate(&model.valid(), config, run.dataset, iter, eval_iters)?
+            };
+            recorder.after_eval(&model, &optim, &mut state, &record, observer)?;
+            if last {
+                return Ok(Outcome::Finished(record));
+            }
             since_eval = (Instant::now(), 0);
         }
         if run.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
-            state.iter = iter;
-            save(&model, &optim, &state, &last_dir(&run.out))?;
+            recorder.save(&model, &optim, &state, &last_dir(&run.out))?;
             return Ok(Outcome::Interrupted(iter));
         }
 
@@ -268,14 +257,11 @@ pub fn train<AB: AutodiffBackend>(
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { iter, loss });
         }
-        let (updated, grad_norm) = optim.step(
-            model,
-            grads,
-            StepOptions {
-                lr,
-                grad_clip: config.grad_clip,
-            },
-        );
+        let options = StepOptions {
+            lr,
+            grad_clip: config.grad_clip,
+        };
+        let (updated, grad_norm) = optim.step(model, grads, options);
         model = updated;
         since_eval.1 += 1;
         let seconds = step_start.elapsed().as_secs_f64().max(1e-9);
@@ -287,118 +273,97 @@ pub fn train<AB: AutodiffBackend>(
             tokens_per_s: config.tokens_per_iter() as f64 / seconds,
         });
     }
-
-    state.iter = config.max_iters.max(start);
-    state.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
-    state.sampler_rng = sampler.rng().clone();
-    state.optimizer_steps = optim.steps();
-    let tokens = since_eval.1 * config.tokens_per_iter();
-    let tokens_per_s = tokens as f64 / since_eval.0.elapsed().as_secs_f64().max(1e-9);
-    let record = evaluate(
-        &model.valid(),
-        config,
-        run.dataset,
-        state.iter,
-        config.final_eval_iters,
-        lr,
-        tokens_per_s,
-        state.elapsed_s,
-    )?;
-    after_eval(
-        &run,
-        &model,
-        &optim,
-        &mut state,
-        &record,
-        &mut history,
-        observer,
-        &save,
-    )?;
-    Ok(Outcome::Finished(record))
+    unreachable!("the loop returns at max_iters")
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Train and val loss at step `iter` (the other fields are left zero).
 fn evaluate<B: Backend>(
     model: &LanguageModel<B>,
     config: &TrainConfig,
     dataset: &Dataset,
     iter: usize,
     eval_iters: usize,
-    lr: f64,
-    tokens_per_s: f64,
-    elapsed_s: f64,
 ) -> Result<EvalRecord, TrainError> {
     let seed = eval_seed(config.seed, iter);
+    let loss = |data: &[u32]| estimate_loss(model, data, config.batch_size, eval_iters, seed);
     Ok(EvalRecord {
         iter,
-        train_loss: estimate_loss(
-            model,
-            &dataset.split.train,
-            config.batch_size,
-            eval_iters,
-            seed,
-        )?,
-        val_loss: estimate_loss(
-            model,
-            &dataset.split.val,
-            config.batch_size,
-            eval_iters,
-            seed,
-        )?,
-        lr,
-        tokens_per_s,
-        elapsed_s,
+        train_loss: loss(&dataset.split.train)?,
+        val_loss: loss(&dataset.split.val)?,
+        lr: 0.0,
+        tokens_per_s: 0.0,
+        elapsed_s: 0.0,
     })
 }
 
-/// Records an evaluation (metrics, plot, sample) and checkpoints `last/` (and `best/`
-/// when the validation loss improved).
-#[allow(clippy::too_many_arguments)]
-fn after_eval<AB: AutodiffBackend>(
-    run: &Run<'_>,
-    model: &LanguageModel<AB>,
-    optim: &AdamW<AB::InnerBackend>,
-    state: &mut TrainState,
-    record: &EvalRecord,
-    history: &mut Vec<EvalRecord>,
-    observer: &mut dyn Observer,
-    save: &dyn Fn(
-        &LanguageModel<AB>,
-        &AdamW<AB::InnerBackend>,
-        &TrainState,
-        &Path,
-    ) -> Result<(), TrainError>,
-) -> Result<(), TrainError> {
-    metrics::append(&run.out.join("metrics.jsonl"), record)?;
-    history.push(record.clone());
-    quill_data::corpus::write_atomic(
-        &run.out.join("loss.svg"),
-        metrics::loss_svg(history).as_bytes(),
-    )
-    .map_err(|e| TrainError::Config(e.to_string()))?;
-    let sample = (run.config.sample_chars > 0)
-        .then(|| {
-            sample_text(
-                &model.valid(),
-                &run.dataset.tokenizer,
-                run.config.sample_chars,
-                run.config.seed ^ record.iter as u64,
-            )
-        })
-        .transpose()?;
-    observer.on_eval(record, sample.as_deref());
-    state.iter = record.iter;
-    let improved = state
-        .best_val_loss
-        .is_none_or(|best| record.val_loss < best);
-    if improved {
-        state.best_val_loss = Some(record.val_loss);
+/// Writes what a run leaves behind: metrics, the loss plot, checkpoints.
+struct Recorder<'a> {
+    run: &'a Run<'a>,
+    run_config: RunConfig,
+    history: Vec<EvalRecord>,
+}
+
+impl Recorder<'_> {
+    fn save<AB: AutodiffBackend>(
+        &self,
+        model: &LanguageModel<AB>,
+        optim: &AdamW<AB::InnerBackend>,
+        state: &TrainState,
+        dir: &Path,
+    ) -> Result<(), TrainError> {
+        let tokenizer = self.run.dataset.tokenizer.clone();
+        Checkpoint::capture(
+            self.run_config.clone(),
+            tokenizer,
+            model,
+            optim.state(),
+            state.clone(),
+        )
+        .save(dir)
     }
-    save(model, optim, state, &last_dir(&run.out))?;
-    if improved {
-        save(model, optim, state, &best_dir(&run.out))?;
+
+    /// Records an evaluation (metrics, plot, sample) and checkpoints `last/` (and
+    /// `best/` when the validation loss improved).
+    fn after_eval<AB: AutodiffBackend>(
+        &mut self,
+        model: &LanguageModel<AB>,
+        optim: &AdamW<AB::InnerBackend>,
+        state: &mut TrainState,
+        record: &EvalRecord,
+        observer: &mut dyn Observer,
+    ) -> Result<(), TrainError> {
+        let (out, config) = (&self.run.out, &self.run.config);
+        metrics::append(&out.join("metrics.jsonl"), record)?;
+        self.history.push(record.clone());
+        quill_data::corpus::write_atomic(
+            &out.join("loss.svg"),
+            metrics::loss_svg(&self.history).as_bytes(),
+        )
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+        let sample = (config.sample_chars > 0)
+            .then(|| {
+                sample_text(
+                    &model.valid(),
+                    &self.run.dataset.tokenizer,
+                    config.sample_chars,
+                    config.seed ^ record.iter as u64,
+                )
+            })
+            .transpose()?;
+        observer.on_eval(record, sample.as_deref());
+        state.iter = record.iter;
+        let improved = state
+            .best_val_loss
+            .is_none_or(|best| record.val_loss < best);
+        if improved {
+            state.best_val_loss = Some(record.val_loss);
+        }
+        self.save(model, optim, state, &last_dir(out))?;
+        if improved {
+            self.save(model, optim, state, &best_dir(out))?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// `n` characters sampled (temperature 1) after the newline token.

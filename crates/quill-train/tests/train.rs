@@ -346,13 +346,7 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     };
     let err = run_to(config, dir.path(), None, None, &mut Record::default()).unwrap_err();
     assert!(
-        matches!(
-            err,
-            TrainError::NonFinite {
-                iter: 1 | 2 | 3,
-                ..
-            }
-        ),
+        matches!(err, TrainError::NonFinite { iter: 1..=3, .. }),
         "{err}"
     );
     let checkpoint = Checkpoint::load(&last_dir(dir.path())).unwrap();

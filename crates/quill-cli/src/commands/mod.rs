@@ -14,7 +14,7 @@ use crate::cli::{Cli, Command, DataSource};
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(args) => data::run(args),
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
     }
