@@ -62,7 +62,7 @@ pub struct TrainArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub source: DataSource,
-    /// Run directory for checkpoints and metrics [default: runs/<preset>, or the resumed
+    /// Run directory for checkpoints and metrics [default: runs/PRESET, or the resumed
     /// checkpoint's run]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
