@@ -145,6 +145,22 @@ fn train_sample_eval_round_trip() {
         "{a:?}"
     );
 
+    // Beyond the block (16), without the cache: the same text.
+    let long = |extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            "run/best",
+            "--max-new-tokens",
+            "40",
+            "--seed",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        stdout(&quill(&args, dir.path()))
+    };
+    assert_eq!(long(&[]), long(&["--no-kv-cache"]));
+
     let batch = stdout(&quill(
         &[
             "sample",
@@ -271,5 +287,40 @@ fn bad_input_gets_one_error_line() {
     assert!(
         e(&["eval", "--checkpoint", "run/last", "--data", "corpus.txt"])
             .contains("not a valid quill checkpoint: model.safetensors")
+    );
+}
+
+#[test]
+fn bench_reports_sampling_speed_as_json() {
+    let dir = setup();
+    let out = stdout(&quill(
+        &[
+            "bench",
+            "--preset",
+            "cpu",
+            "--sample-tokens",
+            "12",
+            "--json",
+        ],
+        dir.path(),
+    ));
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for key in [
+        "sample_tokens_per_s",
+        "sample_tokens_per_s_no_cache",
+        "kv_cache_speedup",
+    ] {
+        assert!(json[key].as_f64().unwrap() > 0.0, "{key}: {json}");
+    }
+    assert_eq!(json["identical_tokens"], true);
+    assert_eq!(
+        (
+            json["sample_new_tokens"].as_u64(),
+            json["block_size"].as_u64()
+        ),
+        (Some(12), Some(64))
+    );
+    assert!(
+        error_line(&quill(&["bench", "--preset", "gpt5"], dir.path())).contains("unknown preset")
     );
 }

@@ -7,6 +7,7 @@ use burn::tensor::{Int, Tensor, backend::Backend};
 use quill_data::Rng;
 
 use crate::BigramConfig;
+use crate::gpt::position_embedding;
 use crate::init::{INIT_STD, embedding, linear};
 
 /// Token embedding + position embedding → linear LM head.
@@ -38,12 +39,11 @@ impl<B: Backend> Bigram<B> {
         self.block_size
     }
 
-    /// `[B, T]` token ids → `[B, T, V]` logits.
-    pub fn forward(&self, idx: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let [_, t] = idx.dims();
-        let pos = Tensor::<B, 1, Int>::arange(0..t as i64, &idx.device()).reshape([1, t]);
-        let x =
-            self.token_embedding_table.forward(idx) + self.position_embedding_table.forward(pos);
+    /// `[B, T]` token ids at positions `past..past + T` → `[B, T, V]` logits. (Each
+    /// position sees only its own token, so generation needs no cache, only `past`.)
+    pub fn forward(&self, idx: Tensor<B, 2, Int>, past: usize) -> Tensor<B, 3> {
+        let pos = position_embedding(&self.position_embedding_table, &idx, past); // [1, T, C]
+        let x = self.token_embedding_table.forward(idx) + pos; // [B, T, C]
         self.lm_head.forward(x) // [B, T, V]
     }
 }

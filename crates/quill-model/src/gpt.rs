@@ -1,7 +1,11 @@
 //! nanoGPT's GPT, top-down: causal self-attention → MLP → block → model.
 //!
 //! Shapes use `B` batch, `T` time (≤ block_size), `C` = n_embd, `nh` heads of `hs` =
-//! head_dim, `V` vocab_size.
+//! head_dim, `V` vocab_size, `P` positions already in a [`KvCache`].
+//!
+//! Every forward pass takes an optional [`KvCache`]: training passes none; generation
+//! passes one, so each new token attends to the cached keys and values of the tokens
+//! before it instead of recomputing them.
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
@@ -36,8 +40,10 @@ impl<B: Backend> CausalSelfAttention<B> {
         }
     }
 
-    /// `[B, T, C] → [B, T, C]`; position `t` attends to positions `≤ t` only.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `[B, T, C] → [B, T, C]`; position `t` attends to positions `≤ t` only. With a
+    /// cache `layer` holding `P` earlier positions, the `T` new positions also attend to
+    /// those, and their keys and values are appended to it.
+    pub fn forward(&self, x: Tensor<B, 3>, layer: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
         let [b, t, c] = x.dims();
         let (nh, hs) = (self.n_head, c / self.n_head);
         let heads = |m: Tensor<B, 3>| m.reshape([b, t, nh, hs]).swap_dims(1, 2);
@@ -45,10 +51,19 @@ impl<B: Backend> CausalSelfAttention<B> {
         let q = heads(qkv.clone().narrow(2, 0, c)); // [B, nh, T, hs]
         let k = heads(qkv.clone().narrow(2, c, c));
         let v = heads(qkv.narrow(2, 2 * c, c));
+        let (k, v, past) = match layer {
+            Some(layer) => layer.append(k, v), // [B, nh, P + T, hs]
+            None => (k, v, 0),
+        };
 
-        let att = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hs as f64).sqrt()); // [B, nh, T, T]
-        let future = causal_mask::<B>(t, &att.device()).expand([b, nh, t, t]);
-        let att = att.mask_fill(future, f32::NEG_INFINITY);
+        let total = past + t;
+        let att = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hs as f64).sqrt()); // [B, nh, T, P + T]
+        let att = if t > 1 {
+            let future = causal_mask::<B>(t, past, &att.device()).expand([b, nh, t, total]);
+            att.mask_fill(future, f32::NEG_INFINITY)
+        } else {
+            att // one new position sees every earlier one
+        };
         let att = self.attn_dropout.forward(softmax(att, 3));
 
         let y = att.matmul(v); // [B, nh, T, hs]
@@ -57,10 +72,76 @@ impl<B: Backend> CausalSelfAttention<B> {
     }
 }
 
-/// `[1, 1, T, T]`, `true` above the diagonal: the future positions to hide.
-/// (Burn's `tril_mask` marks the masked part, the strict upper triangle.)
-pub fn causal_mask<B: Backend>(t: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
-    Tensor::<B, 2, Bool>::tril_mask([t, t], 0, device).reshape([1, 1, t, t])
+/// `[1, 1, T, P + T]`, `true` where new position `i` (absolute `P + i`) would see a
+/// later position: the future to hide. (Burn's `tril_mask` marks the masked part: the
+/// entries above the diagonal shifted right by `P`.)
+pub fn causal_mask<B: Backend>(t: usize, past: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+    let total = past + t;
+    Tensor::<B, 2, Bool>::tril_mask([t, total], past as i64, device).reshape([1, 1, t, total])
+}
+
+/// The cached keys and values of one attention layer, `[B, nh, P, hs]` each.
+#[derive(Debug, Clone, Default)]
+pub struct LayerKv<B: Backend> {
+    kv: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+}
+
+impl<B: Backend> LayerKv<B> {
+    /// Appends the new positions' keys and values; returns all of them and the number
+    /// of positions cached before.
+    fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, usize) {
+        let (k, v, past) = match self.kv.take() {
+            Some((pk, pv)) => {
+                let past = pk.dims()[2];
+                (
+                    Tensor::cat(vec![pk, k], 2),
+                    Tensor::cat(vec![pv, v], 2),
+                    past,
+                )
+            }
+            None => (k, v, 0),
+        };
+        self.kv = Some((k.clone(), v.clone()));
+        (k, v, past)
+    }
+}
+
+/// A key/value cache for a whole model: one [`LayerKv`] per block and the number of
+/// positions it holds.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<LayerKv<B>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache.
+    pub fn new() -> Self {
+        KvCache {
+            layers: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Counts `t` more positions without storing anything (models without attention).
+    pub(crate) fn skip(&mut self, t: usize) {
+        self.len += t;
+    }
+
+    /// Forgets everything (e.g. when the context window shifts).
+    pub fn clear(&mut self) {
+        *self = KvCache::new();
+    }
 }
 
 /// Residual projections are scaled down by `√(2·n_layer)` (GPT-2).
@@ -118,9 +199,9 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    /// `[B, T, C] → [B, T, C]`.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x));
+    /// `[B, T, C] → [B, T, C]`, with this block's cache when generating.
+    pub fn forward(&self, x: Tensor<B, 3>, layer: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), layer);
         x.clone() + self.mlp.forward(self.ln_2.forward(x))
     }
 }
@@ -164,20 +245,37 @@ impl<B: Backend> Gpt<B> {
         self.block_size
     }
 
-    /// `[B, T]` token ids → `[B, T, V]` logits. `T` must not exceed block_size (the
-    /// caller checks; see [`crate::LanguageModel::forward`]).
-    pub fn forward(&self, idx: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let x = self.embed(idx); // [B, T, C]
-        let x = self.h.iter().fold(x, |x, block| block.forward(x));
+    /// `[B, T]` token ids → `[B, T, V]` logits. Without a cache the tokens are
+    /// positions `0..T`; with one, they follow the `P` cached positions and are added to
+    /// it. `P + T` must not exceed block_size (the caller checks; see
+    /// [`crate::LanguageModel::forward`]).
+    pub fn forward(&self, idx: Tensor<B, 2, Int>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        let [_, t] = idx.dims();
+        let x = match cache {
+            None => {
+                let x = self.embed(idx, 0); // [B, T, C]
+                self.h.iter().fold(x, |x, block| block.forward(x, None))
+            }
+            Some(cache) => {
+                let x = self.embed(idx, cache.len);
+                cache.layers.resize_with(self.h.len(), LayerKv::default);
+                let x = self
+                    .h
+                    .iter()
+                    .zip(&mut cache.layers)
+                    .fold(x, |x, (block, layer)| block.forward(x, Some(layer)));
+                cache.len += t;
+                x
+            }
+        };
         self.head(self.ln_f.forward(x))
     }
 
-    /// Token plus position embeddings, with dropout: `[B, T] → [B, T, C]`.
-    fn embed(&self, idx: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let [_, t] = idx.dims();
-        let pos = Tensor::<B, 1, Int>::arange(0..t as i64, &idx.device()).reshape([1, t]);
-        let x = self.wte.forward(idx) + self.wpe.forward(pos); // [B, T, C] + [1, T, C]
-        self.drop.forward(x)
+    /// Token plus position embeddings for positions `past..past + T`, with dropout:
+    /// `[B, T] → [B, T, C]`.
+    fn embed(&self, idx: Tensor<B, 2, Int>, past: usize) -> Tensor<B, 3> {
+        let pos = position_embedding(&self.wpe, &idx, past); // [1, T, C]
+        self.drop.forward(self.wte.forward(idx) + pos) // [B, T, C]
     }
 
     /// `[B, T, C] → [B, T, V]`, through `lm_head` or the tied `wteᵀ`.
@@ -190,4 +288,17 @@ impl<B: Backend> Gpt<B> {
             }
         }
     }
+}
+
+/// Position embeddings `[1, T, C]` of positions `past..past + T`, for the tokens `idx`
+/// `[B, T]`.
+pub fn position_embedding<B: Backend>(
+    wpe: &Embedding<B>,
+    idx: &Tensor<B, 2, Int>,
+    past: usize,
+) -> Tensor<B, 3> {
+    let [_, t] = idx.dims();
+    let range = past as i64..(past + t) as i64;
+    let pos = Tensor::<B, 1, Int>::arange(range, &idx.device()).reshape([1, t]);
+    wpe.forward(pos)
 }

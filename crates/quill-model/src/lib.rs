@@ -4,9 +4,11 @@
 //!
 //! - [`config`]: [`GptConfig`], [`BigramConfig`] and the [`ModelConfig`] that picks one.
 //! - [`bigram`]: the seed's [`Bigram`] model (token + position embedding → LM head).
-//! - [`gpt`]: nanoGPT's [`Gpt`]: causal self-attention → MLP → block → model.
+//! - [`gpt`]: nanoGPT's [`Gpt`]: causal self-attention → MLP → block → model, and the
+//!   [`KvCache`] generation uses.
 //! - [`model`]: [`LanguageModel`], either of the two behind one type, with its loss.
-//! - [`sampling`]: temperature, top-k and top-p sampling from logits, and [`generate`].
+//! - [`sampling`]: temperature, top-k and top-p sampling from logits, and [`generate`]
+//!   (with or without the KV cache, same tokens either way).
 //! - [`params`]: parameters by their PyTorch (nanoGPT) names, for checkpoints.
 //!
 //! ```
@@ -32,6 +34,6 @@ pub mod sampling;
 
 pub use bigram::Bigram;
 pub use config::{BigramConfig, GptConfig, ModelConfig, ModelError};
-pub use gpt::Gpt;
+pub use gpt::{Gpt, KvCache};
 pub use model::{LanguageModel, cross_entropy};
-pub use sampling::{SamplingOptions, generate, sample_token};
+pub use sampling::{SamplingOptions, generate, sample_token, window_start};

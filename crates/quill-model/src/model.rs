@@ -4,6 +4,7 @@ use burn::module::Module;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, backend::Backend};
 
+use crate::gpt::KvCache;
 use crate::{Bigram, Gpt, ModelError};
 
 /// Either model; what the trainer, the sampler and checkpoints work with.
@@ -35,19 +36,35 @@ impl<B: Backend> LanguageModel<B> {
     /// `[B, T]` token ids → `[B, T, V]` logits. An empty input or one longer than
     /// block_size is an error.
     pub fn forward(&self, idx: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {
+        self.forward_cached(idx, None)
+    }
+
+    /// [`LanguageModel::forward`] for tokens that follow the `P` positions held in
+    /// `cache` (and are added to it); `P + T` must not exceed block_size.
+    pub fn forward_cached(
+        &self,
+        idx: Tensor<B, 2, Int>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
         let [_, t] = idx.dims();
+        let past = cache.as_ref().map_or(0, |c| c.len());
         if t == 0 {
             return Err(ModelError::Empty);
         }
-        if t > self.block_size() {
+        if past + t > self.block_size() {
             return Err(ModelError::TooLong {
-                len: t,
+                len: past + t,
                 block_size: self.block_size(),
             });
         }
         Ok(match self {
-            LanguageModel::Bigram(m) => m.forward(idx),
-            LanguageModel::Gpt(m) => m.forward(idx),
+            LanguageModel::Bigram(m) => {
+                if let Some(cache) = cache {
+                    cache.skip(t);
+                }
+                m.forward(idx, past)
+            }
+            LanguageModel::Gpt(m) => m.forward(idx, cache),
         })
     }
 

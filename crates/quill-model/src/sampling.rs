@@ -10,6 +10,7 @@ use burn::tensor::backend::Backend;
 use quill_data::Rng;
 use quill_data::batch::ids_to_tensor;
 
+use crate::gpt::KvCache;
 use crate::{LanguageModel, ModelError};
 
 /// How to pick each next token.
@@ -23,6 +24,9 @@ pub struct SamplingOptions {
     pub top_p: Option<f64>,
     /// Seed of the sampling generator.
     pub seed: u64,
+    /// Generate with the key/value cache (the default) instead of recomputing the
+    /// whole context for every token; both give the same tokens.
+    pub kv_cache: bool,
 }
 
 impl Default for SamplingOptions {
@@ -32,6 +36,7 @@ impl Default for SamplingOptions {
             top_k: None,
             top_p: None,
             seed: 1337,
+            kv_cache: true,
         }
     }
 }
@@ -137,9 +142,28 @@ pub fn sample_token(logits: &[f32], options: &SamplingOptions, rng: &mut Rng) ->
     last_possible as u32 // rounding left u ≥ the total: the last possible token
 }
 
-/// Continues each of `prompts` (all of one non-zero length) by `max_new_tokens` tokens,
-/// as one batch, recomputing the context (cropped to block_size) at every step.
+/// Where the context window starts, given `len` tokens so far: the window holds at
+/// most `block_size` tokens; when one more would not fit, it shifts so that only the
+/// last `block_size / 2` tokens (at least 1) stay, and then grows again.
 ///
+/// This is quill's context policy for text longer than the model's block. Both
+/// generation paths follow it, so the cached path computes exactly what full recompute
+/// does: when the window shifts, every position changes, and the cache is rebuilt from
+/// the kept tokens — once per `block_size / 2` tokens rather than once per token (which
+/// is what cropping to the last `block_size` tokens at every step would cost).
+pub fn window_start(previous_start: usize, len: usize, block_size: usize) -> usize {
+    if len - previous_start <= block_size {
+        previous_start
+    } else {
+        len - (block_size / 2).max(1)
+    }
+}
+
+/// Continues each of `prompts` (all of one non-zero length) by `max_new_tokens` tokens,
+/// as one batch, within the context window of [`window_start`].
+///
+/// With `options.kv_cache` each step feeds only the newest token and attends to cached
+/// keys and values; without, it recomputes the whole window. Both give the same tokens.
 /// After each step `on_step` gets the new token of every row; returning `false` stops
 /// generation early. Returns the prompts with their continuations.
 pub fn generate<B: Backend>(
@@ -159,13 +183,27 @@ pub fn generate<B: Backend>(
     let device = model.devices().into_iter().next().unwrap_or_default();
     let mut rng = Rng::new(options.seed);
     let mut rows: Vec<Vec<u32>> = prompts.to_vec();
+    let mut cache = KvCache::new();
+    let mut start = len.saturating_sub(model.block_size());
     for _ in 0..max_new_tokens {
-        let t = rows[0].len().min(model.block_size());
-        let context: Vec<u32> = rows
+        let len = rows[0].len();
+        let new_start = window_start(start, len, model.block_size());
+        if new_start != start {
+            cache.clear();
+            start = new_start;
+        }
+        // Cached: the tokens the cache lacks (the window, or just the newest token).
+        let from = if options.kv_cache {
+            start + cache.len()
+        } else {
+            start
+        };
+        let tokens: Vec<u32> = rows
             .iter()
-            .flat_map(|r| r[r.len() - t..].iter().copied())
+            .flat_map(|r| r[from..].iter().copied())
             .collect();
-        let logits = model.forward(ids_to_tensor(&context, [rows.len(), t], &device))?;
+        let idx = ids_to_tensor(&tokens, [rows.len(), len - from], &device);
+        let logits = model.forward_cached(idx, options.kv_cache.then_some(&mut cache))?;
         let last = last_position(logits);
         let next: Vec<u32> = last
             .chunks(last.len() / rows.len())

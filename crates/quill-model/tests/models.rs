@@ -11,6 +11,7 @@ use quill_data::Rng;
 use quill_model::params::{export, import};
 use quill_model::{
     BigramConfig, GptConfig, LanguageModel, ModelConfig, ModelError, SamplingOptions, generate,
+    window_start,
 };
 
 type B = NdArray<f32>;
@@ -375,10 +376,11 @@ fn generation_is_seeded_and_greedy_is_argmax() {
         generate(&model, &prompt, 12, &top1, |_| true).unwrap(),
         greedy
     );
-    // Each greedy token is the argmax of the model's logits for its (cropped) context.
+    // Each greedy token is the argmax of the model's logits for its context window.
     let row = &greedy[0];
+    let mut start = 0;
     for n in 3..row.len() {
-        let start = n.saturating_sub(8);
+        start = window_start(start, n, 8);
         let logits = to_vec(model.forward(ids(&[&row[start..n]])).unwrap());
         let last = &logits[logits.len() - 11..];
         let argmax = (0..11).fold(0, |best, i| if last[i] > last[best] { i } else { best });

@@ -1,5 +1,6 @@
 //! One module per subcommand: each turns parsed arguments into library calls.
 
+mod bench;
 mod data;
 mod eval;
 mod sample;
@@ -17,6 +18,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

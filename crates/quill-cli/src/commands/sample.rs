@@ -28,6 +28,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
             top_k: args.top_k,
             top_p: args.top_p,
             seed: args.seed,
+            kv_cache: !args.no_kv_cache,
         },
         stop: args.stop,
     };
