@@ -9,7 +9,7 @@
 //! - [`inference`]: prompts, stop sequences and streaming for sampling.
 //! - [`checkpoint`]: self-contained, atomically written checkpoint directories.
 //! - [`metrics`]: `metrics.jsonl` and `loss.svg`.
-//! - [`bench`]: throughput measurements for `quill bench`.
+//! - [`bench`](mod@bench): throughput measurements for `quill bench`.
 //!
 //! ```no_run
 //! use burn_autodiff::Autodiff;
