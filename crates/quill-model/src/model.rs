@@ -28,6 +28,11 @@ impl<B: Backend> LanguageModel<B> {
         }
     }
 
+    /// The device the weights are on.
+    pub fn device(&self) -> B::Device {
+        self.devices().into_iter().next().unwrap_or_default()
+    }
+
     /// Whether the LM head is the token embedding (a tied GPT).
     pub fn ties_weights(&self) -> bool {
         matches!(self, LanguageModel::Gpt(g) if g.lm_head.is_none())

@@ -5,7 +5,6 @@
 //! own seeded [`Rng`], so a seed gives the same text on every backend that computes the
 //! same logits.
 
-use burn::module::Module;
 use burn::tensor::backend::Backend;
 use quill_data::Rng;
 use quill_data::batch::ids_to_tensor;
@@ -180,7 +179,7 @@ pub fn generate<B: Backend>(
             "prompts must be non-empty and of equal length".into(),
         ));
     }
-    let device = model.devices().into_iter().next().unwrap_or_default();
+    let device = model.device();
     let mut rng = Rng::new(options.seed);
     let mut rows: Vec<Vec<u32>> = prompts.to_vec();
     let mut cache = KvCache::new();

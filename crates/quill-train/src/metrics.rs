@@ -53,8 +53,7 @@ pub fn rewrite(path: &Path, records: &[EvalRecord]) -> Result<(), TrainError> {
         .iter()
         .map(|r| serde_json::to_string(r).expect("a record always serialises") + "\n")
         .collect();
-    quill_data::corpus::write_atomic(path, text.as_bytes())
-        .map_err(|e| TrainError::Config(e.to_string()))
+    Ok(quill_data::corpus::write_atomic(path, text.as_bytes())?)
 }
 
 /// Draws train and val loss against iteration as an SVG document.

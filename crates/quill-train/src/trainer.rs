@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
+use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use quill_data::{BatchSampler, CharTokenizer, Split};
 use quill_model::{LanguageModel, SamplingOptions, generate};
@@ -111,25 +112,13 @@ pub fn estimate_loss<B: Backend>(
     seed: u64,
 ) -> Result<f32, TrainError> {
     let mut sampler = BatchSampler::new(batch_size, model.block_size(), seed)?;
-    let device = burn::module::Module::devices(model)
-        .into_iter()
-        .next()
-        .unwrap_or_default();
+    let device = model.device();
     let mut total = 0.0f64;
     for _ in 0..eval_iters {
         let (x, y) = sampler.sample::<B>(data, &device)?;
-        total += model.loss(x, y)?.into_scalar().to_f64();
+        total += model.loss(x, y)?.into_scalar().elem::<f64>();
     }
     Ok((total / eval_iters as f64) as f32)
-}
-
-trait ToF64 {
-    fn to_f64(self) -> f64;
-}
-impl<E: burn::tensor::ElementConversion> ToF64 for E {
-    fn to_f64(self) -> f64 {
-        self.elem()
-    }
 }
 
 /// Evaluation batches differ between evaluations but are fixed by the seed.
@@ -250,7 +239,7 @@ pub fn train<AB: AutodiffBackend>(
         for _ in 0..config.grad_accum {
             let (x, y) = sampler.sample::<AB>(&run.dataset.split.train, device)?;
             let loss = model.loss(x, y)?;
-            loss_sum += loss.clone().into_scalar().to_f64();
+            loss_sum += loss.clone().into_scalar().elem::<f64>();
             grads.accumulate(&model, &loss.backward());
         }
         let loss = (loss_sum / config.grad_accum as f64) as f32;
@@ -338,8 +327,7 @@ impl Recorder<'_> {
         quill_data::corpus::write_atomic(
             &out.join("loss.svg"),
             metrics::loss_svg(&self.history).as_bytes(),
-        )
-        .map_err(|e| TrainError::Config(e.to_string()))?;
+        )?;
         let sample = (config.sample_chars > 0)
             .then(|| {
                 sample_text(
