@@ -144,7 +144,7 @@ pub fn train<AB: AutodiffBackend>(
         AdamW::<AB::InnerBackend>::new(config.beta1, config.beta2, config.eps, config.weight_decay);
     let mut sampler = BatchSampler::new(config.batch_size, config.block_size, config.seed)?;
     let metrics_path = run.out.join("metrics.jsonl");
-    let (mut model, mut state) = match &run.resume {
+    let (mut model, mut state, history) = match &run.resume {
         Some(checkpoint) => {
             if checkpoint.config.model != run_config.model {
                 return Err(TrainError::Config(
@@ -165,7 +165,7 @@ pub fn train<AB: AutodiffBackend>(
                 .filter(|r| r.iter <= checkpoint.state.iter)
                 .collect();
             metrics::rewrite(&metrics_path, &kept)?;
-            (model, checkpoint.state.clone())
+            (model, checkpoint.state.clone(), kept)
         }
         None => {
             std::fs::create_dir_all(&run.out).map_err(|e| TrainError::io(&run.out, e))?;
@@ -179,7 +179,7 @@ pub fn train<AB: AutodiffBackend>(
                 sampler_rng: sampler.rng().clone(),
                 elapsed_s: 0.0,
             };
-            (model, state)
+            (model, state, Vec::new())
         }
     };
     let start = state.iter;
@@ -191,7 +191,7 @@ pub fn train<AB: AutodiffBackend>(
     let mut recorder = Recorder {
         run: &run,
         run_config,
-        history: metrics::read(&metrics_path),
+        history,
     };
 
     let mut lr = learning_rate(config, start);
@@ -339,7 +339,6 @@ impl Recorder<'_> {
             })
             .transpose()?;
         observer.on_eval(record, sample.as_deref());
-        state.iter = record.iter;
         let improved = state
             .best_val_loss
             .is_none_or(|best| record.val_loss < best);
