@@ -4,6 +4,10 @@
 //!   `data/tinyshakespeare/input.txt` and verify its sha256 (through `quill data`).
 //! - `cargo xtask ci`: everything CI checks: rustfmt, clippy (warnings are errors),
 //!   the tests, and the docs.
+//! - `cargo xtask bench`: the standard benchmark matrix for this machine, written to
+//!   `BENCHMARKS.md` (see [`bench`]).
+
+mod bench;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,11 +29,14 @@ fn main() -> Result<()> {
         ["data"] => data(None),
         ["data", "--from", file] => data(Some(PathBuf::from(file))),
         ["ci"] => ci(),
-        _ => bail!("usage: cargo xtask data [--from FILE] | cargo xtask ci"),
+        ["bench", rest @ ..] => bench::run(rest),
+        _ => bail!(
+            "usage: cargo xtask data [--from FILE] | cargo xtask ci | cargo xtask bench [--iters N] [--quick]"
+        ),
     }
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     cargo_with_env(args, &[])
 }
 

@@ -291,13 +291,21 @@ fn bad_input_gets_one_error_line() {
 }
 
 #[test]
-fn bench_reports_sampling_speed_as_json() {
+fn bench_reports_training_eval_and_sampling_speed_as_json() {
     let dir = setup();
     let out = stdout(&quill(
         &[
             "bench",
             "--preset",
             "cpu",
+            "--data",
+            "corpus.txt",
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--eval-iters",
+            "1",
             "--sample-tokens",
             "12",
             "--json",
@@ -306,21 +314,54 @@ fn bench_reports_sampling_speed_as_json() {
     ));
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     for key in [
+        "train_tokens_per_s",
+        "ms_per_iter",
+        "first_step_s",
+        "achieved_tflops",
+        "eval_tokens_per_s",
+        "peak_rss_mb",
         "sample_tokens_per_s",
         "sample_tokens_per_s_no_cache",
         "kv_cache_speedup",
     ] {
         assert!(json[key].as_f64().unwrap() > 0.0, "{key}: {json}");
     }
+    // tokens/s and ms/iter describe the same steps: 12 x 64 tokens per step.
+    let per_s = json["train_tokens_per_s"].as_f64().unwrap();
+    let ms = json["ms_per_iter"].as_f64().unwrap();
+    assert!((per_s * ms / 1e3 - 768.0).abs() < 1e-6, "{json}");
+    // nanoGPT's 6N + 12·L·C·T for the cpu preset (no bias, tied) on this vocabulary.
+    let text = fs::read_to_string(dir.path().join("corpus.txt")).unwrap();
+    let v = text
+        .chars()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as f64;
+    let (l, c, t) = (4.0, 128.0, 64.0);
+    let n = v * c + l * (12.0 * c * c + 2.0 * c) + c;
+    assert_eq!(
+        json["flops_per_token"].as_f64(),
+        Some(6.0 * n + 12.0 * l * c * t)
+    );
+    // The loss of the first steps is about ln(vocab).
+    let loss = json["mean_loss"].as_f64().unwrap();
+    assert!((loss - v.ln()).abs() < 0.5, "{loss} vs ln {v}");
     assert_eq!(json["identical_tokens"], true);
     assert_eq!(
         (
             json["sample_new_tokens"].as_u64(),
-            json["block_size"].as_u64()
+            json["block_size"].as_u64(),
+            json["iters"].as_u64(),
         ),
-        (Some(12), Some(64))
+        (Some(12), Some(64), Some(2))
     );
     assert!(
         error_line(&quill(&["bench", "--preset", "gpt5"], dir.path())).contains("unknown preset")
+    );
+    assert!(
+        error_line(&quill(
+            &["bench", "--data", "corpus.txt", "--iters", "0"],
+            dir.path()
+        ))
+        .contains("--iters")
     );
 }

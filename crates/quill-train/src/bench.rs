@@ -1,12 +1,149 @@
 //! Benchmarks (measured by `quill bench`, never asserted in timed tests).
+//!
+//! [`bench_training`] times the training step the trainer runs (same batches, model,
+//! AdamW and clipping), the evaluation forward pass, and reports nanoGPT's model FLOPs
+//! per token; [`bench_sampling`] times generation with and without the KV cache.
 
 use std::time::Instant;
 
-use burn::tensor::backend::Backend;
-use quill_model::{LanguageModel, SamplingOptions, generate};
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use quill_data::BatchSampler;
+use quill_model::{LanguageModel, ModelConfig, SamplingOptions, generate};
 use serde::Serialize;
 
-use crate::TrainError;
+use crate::optim::AdamW;
+use crate::schedule::learning_rate;
+use crate::trainer::{Dataset, estimate_loss, train_step};
+use crate::{TrainConfig, TrainError};
+
+/// Training and evaluation speed of one configuration on one device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainBench {
+    /// Seconds from nothing (before the model is initialised) to the end of the first
+    /// optimizer step: the cold start, kernel compilation and autotuning included.
+    pub first_step_s: f64,
+    /// Untimed steps after the first, before timing starts.
+    pub warmup_iters: usize,
+    /// Timed steps.
+    pub iters: usize,
+    /// Mean wall time of a timed step, in milliseconds (device synchronised).
+    pub ms_per_iter: f64,
+    /// Training tokens (batch_size · block_size · grad_accum per step) per second.
+    pub train_tokens_per_s: f64,
+    /// Model FLOPs per trained token (forward and backward), nanoGPT's estimate
+    /// `6·N + 12·n_layer·n_embd·block_size`, N the parameters without `wpe`.
+    pub flops_per_token: f64,
+    /// `flops_per_token · train_tokens_per_s`, in TFLOP/s.
+    pub achieved_tflops: f64,
+    /// Tokens per second of the evaluation forward pass (no autodiff, no dropout).
+    pub eval_tokens_per_s: f64,
+    /// The mean loss of the timed steps (a sanity check: about ln(vocab) at the start).
+    pub mean_loss: f32,
+}
+
+/// nanoGPT's `estimate_mfu` numerator: FLOPs per token for a forward and backward pass.
+/// `num_params` counts every parameter; the position table is subtracted here.
+pub fn flops_per_token(model: &ModelConfig, num_params: usize) -> f64 {
+    match model {
+        ModelConfig::Gpt(g) => {
+            let n = (num_params - g.block_size * g.n_embd) as f64;
+            6.0 * n + 12.0 * (g.n_layer * g.n_embd * g.block_size) as f64
+        }
+        ModelConfig::Bigram(_) => 6.0 * num_params as f64,
+    }
+}
+
+/// Trains `1 + warmup + iters` steps of `config` on `dataset`'s train split from
+/// freshly initialised weights and times them: the first step from before
+/// initialisation (cold start), then `iters` steps after `warmup` more; then times
+/// `eval_batches` evaluation batches of the val split.
+pub fn bench_training<AB: AutodiffBackend>(
+    config: &TrainConfig,
+    dataset: &Dataset,
+    device: &AB::Device,
+    warmup: usize,
+    iters: usize,
+    eval_batches: usize,
+) -> Result<TrainBench, TrainError> {
+    if iters == 0 || eval_batches == 0 {
+        return Err(TrainError::Config(
+            "the benchmark needs at least one timed step and one eval batch".into(),
+        ));
+    }
+    config.validate()?;
+    let data = &dataset.split.train;
+    dataset.split.check_block_size(config.block_size)?;
+    let sync =
+        || AB::sync(device).map_err(|e| TrainError::Device(e.to_string().replace('\n', " ")));
+
+    let cold = Instant::now();
+    let model_config = config.model_config(dataset.tokenizer.vocab_size());
+    let mut model = model_config.init::<AB>(config.seed, device)?;
+    let num_params = model.num_params();
+    let mut optim =
+        AdamW::<AB::InnerBackend>::new(config.beta1, config.beta2, config.eps, config.weight_decay);
+    let mut sampler = BatchSampler::new(config.batch_size, config.block_size, config.seed)?;
+    let mut step = |model, iter| {
+        let lr = learning_rate(config, iter);
+        train_step(
+            model,
+            &mut optim,
+            &mut sampler,
+            config,
+            data,
+            device,
+            iter,
+            lr,
+        )
+    };
+    (model, _, _) = step(model, 0)?;
+    sync()?;
+    let first_step_s = cold.elapsed().as_secs_f64();
+    for iter in 1..=warmup {
+        (model, _, _) = step(model, iter)?;
+    }
+    sync()?;
+
+    let start = Instant::now();
+    let mut loss_sum = 0.0f64;
+    for iter in warmup + 1..=warmup + iters {
+        let (updated, loss, _) = step(model, iter)?;
+        model = updated;
+        loss_sum += loss as f64;
+    }
+    sync()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let train_tokens_per_s = (iters * config.tokens_per_iter()) as f64 / seconds;
+    let flops_per_token = flops_per_token(&model_config, num_params);
+
+    let valid = model.valid();
+    let val = &dataset.split.val;
+    estimate_loss(&valid, val, config.batch_size, 1, config.seed)?; // warm-up
+    let start = Instant::now();
+    estimate_loss(&valid, val, config.batch_size, eval_batches, config.seed)?;
+    sync()?;
+    let eval_tokens = eval_batches * config.batch_size * config.block_size;
+    Ok(TrainBench {
+        first_step_s,
+        warmup_iters: warmup,
+        iters,
+        ms_per_iter: seconds * 1e3 / iters as f64,
+        train_tokens_per_s,
+        flops_per_token,
+        achieved_tflops: flops_per_token * train_tokens_per_s / 1e12,
+        eval_tokens_per_s: eval_tokens as f64 / start.elapsed().as_secs_f64(),
+        mean_loss: (loss_sum / iters as f64) as f32,
+    })
+}
+
+/// The peak resident set size of this process in MiB (`VmHWM`), where the OS reports it.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
 
 /// Sampling throughput with and without the key/value cache.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -55,4 +192,23 @@ pub fn bench_sampling<B: Backend>(
         kv_cache_speedup: with / without,
         identical_tokens: cached == recomputed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Module;
+    use burn_flex::Flex;
+
+    use super::*;
+
+    #[test]
+    fn flops_per_token_is_nanogpts_for_shakespeare_char() {
+        // nanoGPT's shakespeare-char: 10.65M parameters without wpe, 6 layers of 384 over
+        // a 256 block: 6 · 10,646,784 + 12 · 6 · 384 · 256.
+        let model = TrainConfig::preset("shakespeare-char")
+            .unwrap()
+            .model_config(65);
+        let params = model.init::<Flex>(0, &Default::default()).unwrap();
+        assert_eq!(flops_per_token(&model, params.num_params()), 70_958_592.0);
+    }
 }

@@ -43,6 +43,9 @@ pub enum TrainError {
         /// Vocabulary size of the checkpoint.
         checkpoint: usize,
     },
+    /// The device failed while running work (e.g. a GPU kernel error).
+    #[error("the device failed: {0}")]
+    Device(String),
     /// The loss became NaN or infinite.
     #[error(
         "the loss became {loss} at iteration {iter}; stopping (the last good checkpoint is kept)"

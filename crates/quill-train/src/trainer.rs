@@ -230,27 +230,17 @@ pub fn train<AB: AutodiffBackend>(
         }
 
         lr = learning_rate(config, iter);
-        if config.dropout > 0.0 {
-            AB::seed(device, config.seed.wrapping_add(iter as u64));
-        }
         let step_start = Instant::now();
-        let mut grads = GradBuffer::default();
-        let mut loss_sum = 0.0f64;
-        for _ in 0..config.grad_accum {
-            let (x, y) = sampler.sample::<AB>(&run.dataset.split.train, device)?;
-            let loss = model.loss(x, y)?;
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
-            grads.accumulate(&model, &loss.backward());
-        }
-        let loss = (loss_sum / config.grad_accum as f64) as f32;
-        if !loss.is_finite() {
-            return Err(TrainError::NonFinite { iter, loss });
-        }
-        let options = StepOptions {
+        let (updated, loss, grad_norm) = train_step(
+            model,
+            &mut optim,
+            &mut sampler,
+            config,
+            &run.dataset.split.train,
+            device,
+            iter,
             lr,
-            grad_clip: config.grad_clip,
-        };
-        let (updated, grad_norm) = optim.step(model, grads, options);
+        )?;
         model = updated;
         since_eval.1 += 1;
         let seconds = step_start.elapsed().as_secs_f64().max(1e-9);
@@ -263,6 +253,43 @@ pub fn train<AB: AutodiffBackend>(
         });
     }
     unreachable!("the loop returns at max_iters")
+}
+
+/// One optimizer step at step `iter`: the gradients of `grad_accum` micro-batches of
+/// `data`, then AdamW at learning rate `lr`. Returns the updated model, the mean loss
+/// and the global gradient norm before clipping.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_step<AB: AutodiffBackend>(
+    model: LanguageModel<AB>,
+    optim: &mut AdamW<AB::InnerBackend>,
+    sampler: &mut BatchSampler,
+    config: &TrainConfig,
+    data: &[u32],
+    device: &AB::Device,
+    iter: usize,
+    lr: f64,
+) -> Result<(LanguageModel<AB>, f32, f64), TrainError> {
+    if config.dropout > 0.0 {
+        AB::seed(device, config.seed.wrapping_add(iter as u64));
+    }
+    let mut grads = GradBuffer::default();
+    let mut loss_sum = 0.0f64;
+    for _ in 0..config.grad_accum {
+        let (x, y) = sampler.sample::<AB>(data, device)?;
+        let loss = model.loss(x, y)?;
+        loss_sum += loss.clone().into_scalar().elem::<f64>();
+        grads.accumulate(&model, &loss.backward());
+    }
+    let loss = (loss_sum / config.grad_accum as f64) as f32;
+    if !loss.is_finite() {
+        return Err(TrainError::NonFinite { iter, loss });
+    }
+    let options = StepOptions {
+        lr,
+        grad_clip: config.grad_clip,
+    };
+    let (model, grad_norm) = optim.step(model, grads, options);
+    Ok((model, loss, grad_norm))
 }
 
 /// Train and val loss at step `iter` (the other fields are left zero).

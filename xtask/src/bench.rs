@@ -1,0 +1,265 @@
+//! `cargo xtask bench [--iters N] [--quick]`: the standard benchmark matrix for this
+//! machine, written to `BENCHMARKS.md`.
+//!
+//! - The `cpu` preset on each CPU backend (flex, ndarray); the `shakespeare-char` preset
+//!   on CUDA when `nvidia-smi` sees a GPU (the binary is then built with `--features cuda`).
+//! - The PyTorch comparator `bench/reference.py` on the same preset, settings and data,
+//!   when `$PYTHON` (default `python3`) can `import torch`; the table then shows the
+//!   quill/PyTorch ratio of training tokens/s, measured in the same run.
+//! - `--quick` runs few steps (a smoke test of the harness, not a measurement).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+const OUT: &str = "BENCHMARKS.md";
+const CORPUS: &str = "data/tinyshakespeare/input.txt";
+
+/// One benchmark to run: a preset on a device.
+struct Case {
+    preset: &'static str,
+    device: &'static str,
+}
+
+pub fn run(args: &[&str]) -> Result<()> {
+    let (iters, warmup, sample_tokens) = match args {
+        [] => (50, 5, 500),
+        ["--iters", n] => (n.parse().context("--iters N")?, 5, 500),
+        ["--quick"] => (3, 1, 20),
+        _ => bail!("usage: cargo xtask bench [--iters N] [--quick]"),
+    };
+    let gpu = has_nvidia_gpu();
+    let mut build = vec!["build", "--release", "-p", "quill-cli"];
+    if gpu {
+        build.extend(["--features", "cuda"]);
+    }
+    crate::cargo(&build)?;
+    if !Path::new(CORPUS).exists() {
+        crate::cargo(&["run", "--release", "--bin", "quill", "--", "data"])?;
+    }
+    let mut cases = vec![
+        Case {
+            preset: "cpu",
+            device: "flex",
+        },
+        Case {
+            preset: "cpu",
+            device: "ndarray",
+        },
+    ];
+    if gpu {
+        cases.push(Case {
+            preset: "shakespeare-char",
+            device: "cuda",
+        });
+    }
+    let counts = [
+        "--iters".to_string(),
+        iters.to_string(),
+        "--warmup".into(),
+        warmup.to_string(),
+    ];
+    let mut rows: Vec<(Value, Option<Value>)> = Vec::new();
+    for case in &cases {
+        let report = quill_bench(case, &counts, sample_tokens)?;
+        // One PyTorch run per preset; every backend's row is compared with it.
+        let same_preset = rows.iter().find(|(q, _)| q["preset"] == report["preset"]);
+        let reference = match same_preset {
+            Some((_, reference)) => reference.clone(),
+            None => pytorch(case, &report, &counts)?,
+        };
+        rows.push((report, reference));
+    }
+    let markdown = render(&rows, iters, warmup)?;
+    std::fs::write(OUT, &markdown).with_context(|| format!("write {OUT}"))?;
+    println!("{markdown}");
+    eprintln!("wrote {OUT}");
+    Ok(())
+}
+
+fn has_nvidia_gpu() -> bool {
+    Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+}
+
+/// Runs a command and parses the last line of its stdout as JSON.
+fn json_of(command: &mut Command) -> Result<Value> {
+    eprintln!("$ {command:?}");
+    let out = command
+        .output()
+        .with_context(|| format!("run {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8(out.stdout)?;
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("parse the output of {command:?}"))
+}
+
+fn quill_bench(case: &Case, counts: &[String], sample_tokens: usize) -> Result<Value> {
+    json_of(
+        Command::new("target/release/quill")
+            .args(["bench", "--json", "--preset", case.preset])
+            .args(["--device", case.device])
+            .args(counts)
+            .args(["--sample-tokens", &sample_tokens.to_string()]),
+    )
+}
+
+/// The PyTorch comparator on the same settings, when torch is importable (CPU cases only).
+fn pytorch(case: &Case, report: &Value, counts: &[String]) -> Result<Option<Value>> {
+    if case.device == "cuda" {
+        return Ok(None);
+    }
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_torch = Command::new(&python)
+        .args(["-c", "import torch"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_torch {
+        eprintln!("{python} cannot import torch: no PyTorch comparison");
+        return Ok(None);
+    }
+    let config = Path::new("target/bench").join(format!("{}.json", case.preset));
+    std::fs::create_dir_all("target/bench")?;
+    std::fs::write(&config, report["config"].to_string())?;
+    let threads = report["num_threads"].to_string();
+    json_of(
+        Command::new(&python)
+            .arg("bench/reference.py")
+            .arg("--config")
+            .arg(&config)
+            .args(["--data", CORPUS, "--threads", &threads])
+            .args(counts),
+    )
+    .map(Some)
+}
+
+fn num(v: &Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or(f64::NAN)
+}
+
+fn render(rows: &[(Value, Option<Value>)], iters: usize, warmup: usize) -> Result<String> {
+    let mut md = String::from("# Benchmarks\n\n");
+    md += "Written by `cargo xtask bench`; every figure below was measured in one run on the machine described.\n\n";
+    md += &machine()?;
+    md += &format!(
+        "\nEach row: `quill bench --json` (or `bench/reference.py`) with {iters} timed training steps after {warmup} warm-up steps, \
+         random-offset batches of tiny Shakespeare, freshly initialised weights. tokens/s = batch_size x block_size / step time; \
+         FLOP/s from nanoGPT's 6N + 12·L·C·T per token.\n\n"
+    );
+    md += "| preset | backend | first step (s) | ms/iter | train tokens/s | vs PyTorch | TFLOP/s | eval tokens/s | sample tokens/s (KV cache / none) | peak RSS (MiB) |\n";
+    md += "|---|---|---|---|---|---|---|---|---|---|\n";
+    let mut shown: Vec<Value> = Vec::new();
+    for (quill, torch) in rows {
+        let ratio = torch.as_ref().map_or("—".to_string(), |t| {
+            format!(
+                "{:.2}x",
+                num(quill, "train_tokens_per_s") / num(t, "train_tokens_per_s")
+            )
+        });
+        md += &row(quill, &ratio, true);
+        if let Some(t) = torch.as_ref().filter(|t| !shown.contains(t)) {
+            shown.push(t.clone());
+            let mut t = t.clone();
+            t["preset"] = quill["preset"].clone();
+            md += &row(&t, "1.00x", false);
+        }
+    }
+    Ok(md)
+}
+
+fn row(v: &Value, ratio: &str, sampled: bool) -> String {
+    let sample = if sampled && v.get("sample_tokens_per_s").is_some() {
+        format!(
+            "{:.0} / {:.0}",
+            num(v, "sample_tokens_per_s"),
+            num(v, "sample_tokens_per_s_no_cache")
+        )
+    } else {
+        "—".into()
+    };
+    format!(
+        "| {} | {} | {:.2} | {:.1} | {:.0} | {} | {:.4} | {:.0} | {} | {:.0} |\n",
+        v["preset"].as_str().unwrap_or("?"),
+        v["backend"].as_str().unwrap_or("?"),
+        num(v, "first_step_s"),
+        num(v, "ms_per_iter"),
+        num(v, "train_tokens_per_s"),
+        ratio,
+        num(v, "achieved_tflops"),
+        num(v, "eval_tokens_per_s"),
+        sample,
+        num(v, "peak_rss_mb"),
+    )
+}
+
+/// CPU model, cores, memory, OS and commit, from /proc and git.
+fn machine() -> Result<String> {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let field = |text: &str, key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let cpuinfo = read("/proc/cpuinfo");
+    let mem_kb: f64 = field(&read("/proc/meminfo"), "MemTotal")
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap_or(0.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let flags = field(&cpuinfo, "flags");
+    let simd: Vec<&str> = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"]
+        .into_iter()
+        .filter(|f| flags.split_whitespace().any(|x| x == *f))
+        .collect();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let gpu = Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=name,memory.total,driver_version",
+            "--format=csv,noheader",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    Ok(format!(
+        "- CPU: {} ({cores} cores available; {})\n- memory: {:.1} GiB\n- GPU: {}\n- OS: {}\n- quill: commit {}{}, {}\n",
+        field(&cpuinfo, "model name"),
+        simd.join(", "),
+        mem_kb / 1024.0 / 1024.0,
+        gpu.unwrap_or_else(|| "none".into()),
+        os_name(),
+        git(&["rev-parse", "--short", "HEAD"]),
+        if git(&["status", "--porcelain"]).is_empty() {
+            ""
+        } else {
+            " (with uncommitted changes)"
+        },
+        git(&["log", "-1", "--format=%cd", "--date=short"]),
+    ))
+}
+
+fn os_name() -> String {
+    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| std::env::consts::OS.to_string())
+}
