@@ -2,8 +2,9 @@
 //!
 //! - `cargo xtask data [--from FILE]`: fetch (or copy from FILE) tiny Shakespeare to
 //!   `data/tinyshakespeare/input.txt` and verify its sha256 (through `quill data`).
-//! - `cargo xtask ci`: everything CI checks: rustfmt, clippy (warnings are errors),
-//!   the tests, and the docs.
+//! - `cargo xtask ci`: everything CI checks: rustfmt, clippy (warnings are errors) with
+//!   the default and with all backends (CUDA included), the tests with WGPU (they need a
+//!   Vulkan driver: Mesa's `mesa-vulkan-drivers` on Debian), and the docs.
 //! - `cargo xtask bench`: the standard benchmark matrix for this machine, written to
 //!   `BENCHMARKS.md` (see [`bench`]).
 
@@ -67,19 +68,26 @@ fn data(from: Option<PathBuf>) -> Result<()> {
     })
 }
 
+/// The GPU features CI compiles: WGPU (tested for real on a software Vulkan adapter)
+/// and CUDA (compiled only: CI has no GPU).
+const WGPU: &str = "quill-cli/wgpu";
+const ALL_BACKENDS: &str = "quill-cli/wgpu,quill-cli/cuda";
+
 fn ci() -> Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
-    // clippy and doc share one check build of the dependencies (same profile).
-    cargo(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--release",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
-    cargo(&["test", "--release", "--workspace"])?;
+    // clippy and doc share one check build of the dependencies (same profile). Lint the
+    // default build and the build with every backend (which compiles the CUDA feature).
+    let clippy = ["clippy", "--workspace", "--all-targets", "--release"];
+    cargo(&[&clippy[..], &["--", "-D", "warnings"]].concat())?;
+    cargo(
+        &[
+            &clippy[..],
+            &["--features", ALL_BACKENDS, "--", "-D", "warnings"],
+        ]
+        .concat(),
+    )?;
+    // The tests include backend parity on WGPU (Mesa's lavapipe in CI).
+    cargo(&["test", "--release", "--workspace", "--features", WGPU])?;
     cargo_with_env(
         &["doc", "--release", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],

@@ -1,14 +1,22 @@
 //! Backend selection: the only place that names concrete Burn backends.
+//!
+//! `--device` picks a backend and device ([`DeviceChoice`]), `--dtype` its float type
+//! ([`DType`]); [`run`] resolves both against what this binary was compiled with and
+//! the devices present, says what it picked, and runs a [`Job`] there.
 
+use std::fmt;
 use std::str::FromStr;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use burn::tensor::backend::AutodiffBackend;
+
+#[cfg(feature = "wgpu")]
+use crate::devices::wgpu::raw_adapters;
 
 /// What `--device` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChoice {
-    /// The best device compiled in and present.
+    /// CUDA if compiled in and a GPU is present, else a hardware WGPU adapter, else CPU.
     Auto,
     /// The default CPU backend.
     Cpu,
@@ -17,29 +25,69 @@ pub enum DeviceChoice {
     /// The NdArray CPU backend.
     NdArray,
     /// A WGPU adapter.
-    Wgpu,
+    Wgpu(WgpuChoice),
     /// CUDA device N.
     Cuda(usize),
+}
+
+/// Which WGPU adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WgpuChoice {
+    /// wgpu's default (a high-power GPU first; `CUBECL_WGPU_DEFAULT_DEVICE` overrides).
+    Default,
+    /// The software (CPU) adapter, e.g. Mesa's lavapipe.
+    Cpu,
+    /// Discrete GPU N.
+    Discrete(usize),
 }
 
 impl FromStr for DeviceChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        let parse_index = |n: &str| n.parse::<usize>().ok();
         Ok(match s {
             "auto" => DeviceChoice::Auto,
             "cpu" => DeviceChoice::Cpu,
             "flex" => DeviceChoice::Flex,
             "ndarray" => DeviceChoice::NdArray,
-            "wgpu" => DeviceChoice::Wgpu,
+            "wgpu" => DeviceChoice::Wgpu(WgpuChoice::Default),
+            "wgpu:cpu" => DeviceChoice::Wgpu(WgpuChoice::Cpu),
             "cuda" => DeviceChoice::Cuda(0),
-            other => match other.strip_prefix("cuda:").map(str::parse) {
-                Some(Ok(n)) => DeviceChoice::Cuda(n),
+            other => match (other.split_once(':'), other) {
+                (Some(("cuda", n)), _) if parse_index(n).is_some() => {
+                    DeviceChoice::Cuda(parse_index(n).unwrap_or_default())
+                }
+                (Some(("wgpu", n)), _) if parse_index(n).is_some() => {
+                    DeviceChoice::Wgpu(WgpuChoice::Discrete(parse_index(n).unwrap_or_default()))
+                }
                 _ => {
                     return Err(format!(
-                        "unknown device {other:?}; use auto, cpu, flex, ndarray, wgpu, cuda or cuda:N"
+                        "unknown device {other:?}; use auto, cpu, flex, ndarray, wgpu, wgpu:cpu, wgpu:N, cuda or cuda:N"
                     ));
                 }
             },
+        })
+    }
+}
+
+/// What `--dtype` asks for: the float type of parameters and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DType {
+    /// 32-bit float (every backend).
+    #[default]
+    F32,
+    /// bfloat16 (CUDA).
+    Bf16,
+    /// IEEE half (CUDA; WGPU where the adapter has 16-bit float shaders).
+    F16,
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::Bf16 => "bf16",
+            DType::F16 => "f16",
         })
     }
 }
@@ -55,54 +103,216 @@ pub trait Job {
 #[cfg(not(any(feature = "flex", feature = "ndarray")))]
 compile_error!("quill needs a CPU backend: enable the `flex` or `ndarray` feature");
 
-/// The backends compiled into this binary.
-enum Compiled {
+/// A backend compiled into this binary, with its device.
+#[derive(Debug, Clone, PartialEq)]
+enum Target {
     #[cfg(feature = "flex")]
     Flex,
     #[cfg(feature = "ndarray")]
     NdArray,
+    #[cfg(feature = "wgpu")]
+    Wgpu(burn_wgpu::WgpuDevice),
+    #[cfg(feature = "cuda")]
+    Cuda(usize),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            #[cfg(feature = "flex")]
+            Target::Flex => f.write_str("cpu (flex backend)"),
+            #[cfg(feature = "ndarray")]
+            Target::NdArray => f.write_str("cpu (ndarray backend)"),
+            #[cfg(feature = "wgpu")]
+            Target::Wgpu(device) => write!(f, "wgpu ({device:?})"),
+            #[cfg(feature = "cuda")]
+            Target::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl Target {
+    /// WGPU or CUDA: a CubeCL backend, which compiles and autotunes kernels.
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    fn is_gpu(&self) -> bool {
+        match self {
+            #[cfg(feature = "wgpu")]
+            Target::Wgpu(_) => true,
+            #[cfg(feature = "cuda")]
+            Target::Cuda(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// The error for a backend that this binary was built without.
+#[cfg(not(all(
+    feature = "flex",
+    feature = "ndarray",
+    feature = "wgpu",
+    feature = "cuda"
+)))]
 fn not_compiled(name: &str) -> anyhow::Error {
     anyhow::anyhow!(
         "the {name} backend is not compiled in; rebuild with `cargo build --release --features {name}`"
     )
 }
 
-/// Maps `--device` to a compiled-in backend. The default CPU backend is Flex: it is
-/// deterministic run to run (NdArray's threaded reductions are not).
-fn resolve(choice: DeviceChoice) -> Result<Compiled> {
+/// The default CPU backend: Flex, measured faster than NdArray here and deterministic
+/// run to run (NdArray's threaded reductions are not).
+fn default_cpu() -> Target {
+    #[cfg(feature = "flex")]
+    return Target::Flex;
+    #[cfg(not(feature = "flex"))]
+    Target::NdArray
+}
+
+/// Maps `--device` to a compiled-in backend and a device that is present.
+fn resolve(choice: DeviceChoice) -> Result<Target> {
     match choice {
-        DeviceChoice::Wgpu => Err(not_compiled("wgpu")),
-        DeviceChoice::Cuda(_) => Err(not_compiled("cuda")),
+        DeviceChoice::Auto => Ok(auto()),
+        DeviceChoice::Cpu => Ok(default_cpu()),
         #[cfg(feature = "flex")]
-        DeviceChoice::Auto | DeviceChoice::Cpu | DeviceChoice::Flex => Ok(Compiled::Flex),
+        DeviceChoice::Flex => Ok(Target::Flex),
         #[cfg(not(feature = "flex"))]
         DeviceChoice::Flex => Err(not_compiled("flex")),
         #[cfg(feature = "ndarray")]
-        DeviceChoice::NdArray => Ok(Compiled::NdArray),
-        #[cfg(all(feature = "ndarray", not(feature = "flex")))]
-        DeviceChoice::Auto | DeviceChoice::Cpu => Ok(Compiled::NdArray),
+        DeviceChoice::NdArray => Ok(Target::NdArray),
         #[cfg(not(feature = "ndarray"))]
         DeviceChoice::NdArray => Err(not_compiled("ndarray")),
+        #[cfg(feature = "wgpu")]
+        DeviceChoice::Wgpu(which) => wgpu_device(which).map(Target::Wgpu),
+        #[cfg(not(feature = "wgpu"))]
+        DeviceChoice::Wgpu(_) => Err(not_compiled("wgpu")),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(n) => {
+            let devices = crate::devices::cuda::devices().map_err(|why| anyhow::anyhow!(why))?;
+            if n >= devices.len() {
+                bail!(
+                    "no CUDA device {n}: the driver sees {} device(s)",
+                    devices.len()
+                );
+            }
+            Ok(Target::Cuda(n))
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda(_) => Err(not_compiled("cuda")),
     }
 }
 
-/// Resolves `choice` to a compiled-in backend, says which on stderr, and runs `job` there.
-pub fn run<J: Job>(choice: DeviceChoice, job: J) -> Result<J::Output> {
-    match resolve(choice)? {
-        #[cfg(feature = "flex")]
-        Compiled::Flex => {
-            eprintln!("device: cpu (flex backend)");
-            job.run::<burn_autodiff::Autodiff<burn_flex::Flex>>(burn_flex::FlexDevice)
+/// `--device auto`: the seed's "cuda, else mps, else cpu".
+fn auto() -> Target {
+    #[cfg(feature = "cuda")]
+    if crate::devices::cuda::devices().is_ok_and(|d| !d.is_empty()) {
+        return Target::Cuda(0);
+    }
+    #[cfg(feature = "wgpu")]
+    if raw_adapters()
+        .iter()
+        .any(|a| a.device_type != wgpu::DeviceType::Cpu)
+    {
+        return Target::Wgpu(burn_wgpu::WgpuDevice::DefaultDevice);
+    }
+    default_cpu()
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_device(which: WgpuChoice) -> Result<burn_wgpu::WgpuDevice> {
+    use burn_wgpu::WgpuDevice;
+    let adapters = raw_adapters();
+    let count = |t: wgpu::DeviceType| adapters.iter().filter(|a| a.device_type == t).count();
+    match which {
+        WgpuChoice::Default if adapters.is_empty() => {
+            bail!("wgpu found no adapter (no Vulkan/Metal/DX12/GL driver)")
         }
+        WgpuChoice::Default => Ok(WgpuDevice::DefaultDevice),
+        WgpuChoice::Cpu if count(wgpu::DeviceType::Cpu) == 0 => bail!(
+            "wgpu found no software (CPU) adapter; on Debian/Ubuntu install mesa-vulkan-drivers"
+        ),
+        WgpuChoice::Cpu => Ok(WgpuDevice::Cpu),
+        WgpuChoice::Discrete(n) if n >= count(wgpu::DeviceType::DiscreteGpu) => bail!(
+            "no discrete GPU {n}: wgpu sees {}",
+            count(wgpu::DeviceType::DiscreteGpu)
+        ),
+        WgpuChoice::Discrete(n) => Ok(WgpuDevice::DiscreteGpu(n)),
+    }
+}
+
+/// Whether the WGPU adapter `device` has 16-bit float shaders.
+#[cfg(feature = "wgpu")]
+fn wgpu_has_f16(device: &burn_wgpu::WgpuDevice) -> bool {
+    use burn_wgpu::WgpuDevice;
+    let adapters = raw_adapters();
+    let of_type = |t: wgpu::DeviceType| adapters.iter().filter(move |a| a.device_type == t);
+    match device {
+        WgpuDevice::Cpu => of_type(wgpu::DeviceType::Cpu).any(|a| a.f16),
+        WgpuDevice::DiscreteGpu(n) => of_type(wgpu::DeviceType::DiscreteGpu)
+            .nth(*n)
+            .is_some_and(|a| a.f16),
+        _ => adapters.iter().all(|a| a.f16),
+    }
+}
+
+/// Resolves `choice` and `dtype` to a compiled-in backend, says which on stderr, and
+/// runs `job` there.
+pub fn run<J: Job>(choice: DeviceChoice, dtype: DType, job: J) -> Result<J::Output> {
+    use burn_autodiff::Autodiff;
+    let target = resolve(choice)?;
+    eprintln!("device: {target}, {dtype}");
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if target.is_gpu() {
+        let dir = crate::gpu_cache::configure();
+        eprintln!("kernel and autotune cache: {}", dir.display());
+    }
+    match (target, dtype) {
+        #[cfg(feature = "flex")]
+        (Target::Flex, DType::F32) => job.run::<Autodiff<burn_flex::Flex>>(burn_flex::FlexDevice),
         #[cfg(feature = "ndarray")]
-        Compiled::NdArray => {
-            eprintln!("device: cpu (ndarray backend)");
-            job.run::<burn_autodiff::Autodiff<burn_ndarray::NdArray>>(
-                burn_ndarray::NdArrayDevice::Cpu,
-            )
+        (Target::NdArray, DType::F32) => {
+            job.run::<Autodiff<burn_ndarray::NdArray>>(burn_ndarray::NdArrayDevice::Cpu)
+        }
+        #[cfg(feature = "wgpu")]
+        (Target::Wgpu(device), DType::F32) => job.run::<Autodiff<burn_wgpu::Wgpu<f32>>>(device),
+        #[cfg(feature = "wgpu")]
+        (Target::Wgpu(device), DType::F16) if wgpu_has_f16(&device) => {
+            job.run::<Autodiff<burn_wgpu::Wgpu<burn::tensor::f16>>>(device)
+        }
+        #[cfg(feature = "cuda")]
+        (Target::Cuda(n), DType::F32) => {
+            job.run::<Autodiff<burn_cuda::Cuda<f32>>>(burn_cuda::CudaDevice::new(n))
+        }
+        #[cfg(feature = "cuda")]
+        (Target::Cuda(n), DType::Bf16) => {
+            job.run::<Autodiff<burn_cuda::Cuda<burn::tensor::bf16>>>(burn_cuda::CudaDevice::new(n))
+        }
+        #[cfg(feature = "cuda")]
+        (Target::Cuda(n), DType::F16) => {
+            job.run::<Autodiff<burn_cuda::Cuda<burn::tensor::f16>>>(burn_cuda::CudaDevice::new(n))
+        }
+        (target, dtype) => bail!(
+            "--dtype {dtype} is not supported on {target}; supported: f32 everywhere, bf16 and f16 on cuda, f16 on wgpu adapters with 16-bit float shaders"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse() {
+        assert_eq!("auto".parse(), Ok(DeviceChoice::Auto));
+        assert_eq!("cuda".parse(), Ok(DeviceChoice::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
+        assert_eq!("wgpu".parse(), Ok(DeviceChoice::Wgpu(WgpuChoice::Default)));
+        assert_eq!("wgpu:cpu".parse(), Ok(DeviceChoice::Wgpu(WgpuChoice::Cpu)));
+        assert_eq!(
+            "wgpu:1".parse(),
+            Ok(DeviceChoice::Wgpu(WgpuChoice::Discrete(1)))
+        );
+        for bad in ["gpu", "cuda:x", "cuda:", "wgpu:big", "mps"] {
+            let err = bad.parse::<DeviceChoice>().unwrap_err();
+            assert!(err.contains("unknown device"), "{bad}: {err}");
         }
     }
 }

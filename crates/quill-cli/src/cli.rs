@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use quill_train::TrainOverrides;
 
-use crate::backend::DeviceChoice;
+use crate::backend::{DType, DeviceChoice};
 
 /// Train and sample character-level GPT language models (nanoGPT in Rust, on Burn).
 #[derive(Debug, Parser)]
@@ -29,6 +29,24 @@ pub enum Command {
     Eval(EvalArgs),
     /// Measure speed: training steps, evaluation and sampling (with and without the KV cache).
     Bench(BenchArgs),
+    /// List the backends compiled in and the devices each can see.
+    Devices(DevicesArgs),
+    /// Check that `--device` computes the same losses as the CPU backend: same initial
+    /// weights, same batches, then AdamW steps.
+    Parity(ParityArgs),
+}
+
+/// Where the work runs: `--device` and `--dtype`.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// Device: auto (CUDA, else a hardware WGPU adapter, else CPU), cpu, flex, ndarray,
+    /// wgpu, wgpu:cpu, wgpu:N, cuda, cuda:N. `quill devices` lists what is available.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Float type: f32 everywhere; bf16 and f16 on CUDA; f16 on WGPU adapters with
+    /// 16-bit float shaders.
+    #[arg(long, value_enum, default_value_t = DType::F32)]
+    pub dtype: DType,
 }
 
 /// Where the corpus comes from.
@@ -71,9 +89,8 @@ pub struct TrainArgs {
     /// Continue from this checkpoint directory (e.g. runs/cpu/last), exactly where it stopped.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
-    /// Device: auto, cpu, flex, ndarray.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub target: DeviceArgs,
     #[command(flatten)]
     pub overrides: TrainOverrides,
 }
@@ -115,9 +132,8 @@ pub struct SampleArgs {
     /// cache (same text, slower).
     #[arg(long)]
     pub no_kv_cache: bool,
-    /// Device: auto, cpu, flex, ndarray.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub target: DeviceArgs,
 }
 
 /// `quill eval`.
@@ -134,9 +150,8 @@ pub struct EvalArgs {
     /// Seed of the evaluation batches.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
-    /// Device: auto, cpu, flex, ndarray.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub target: DeviceArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -164,9 +179,41 @@ pub struct BenchArgs {
     /// skips sampling.
     #[arg(long, default_value_t = 200)]
     pub sample_tokens: usize,
-    /// Device: auto, cpu, flex, ndarray.
-    #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub target: DeviceArgs,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `quill devices`.
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `quill parity`.
+#[derive(Debug, Args)]
+pub struct ParityArgs {
+    /// Use this preset's model (dropout set to 0) instead of the small default model
+    /// (the `cpu` preset with 2 layers, 2 heads, n_embd 32, block 32, batch 4, no warm-up).
+    #[arg(long)]
+    pub preset: Option<String>,
+    #[command(flatten)]
+    pub source: DataSource,
+    /// AdamW steps after the initial loss.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Largest allowed difference of the initial loss.
+    #[arg(long, default_value_t = 1e-4)]
+    pub initial_tolerance: f32,
+    /// Largest allowed difference of the losses after each step.
+    #[arg(long, default_value_t = 1e-3)]
+    pub step_tolerance: f32,
+    #[command(flatten)]
+    pub target: DeviceArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

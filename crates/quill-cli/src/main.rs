@@ -5,6 +5,9 @@
 mod backend;
 mod cli;
 mod commands;
+mod devices;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod gpu_cache;
 mod progress;
 
 use std::process::ExitCode;

@@ -10,6 +10,7 @@
 //! - [`checkpoint`]: self-contained, atomically written checkpoint directories.
 //! - [`metrics`]: `metrics.jsonl` and `loss.svg`.
 //! - [`bench`](mod@bench): throughput measurements for `quill bench`.
+//! - [`parity`]: the same losses on every backend, for `quill parity`.
 //!
 //! ```no_run
 //! use burn_autodiff::Autodiff;
@@ -32,6 +33,7 @@ pub mod error;
 pub mod inference;
 pub mod metrics;
 pub mod optim;
+pub mod parity;
 pub mod schedule;
 pub mod trainer;
 

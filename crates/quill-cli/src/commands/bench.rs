@@ -39,11 +39,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         dataset,
         args: &args,
     };
-    let (backend, train, sample) = backend::run(args.device, job)?;
+    let (backend, train, sample) = backend::run(args.target.device, args.target.dtype, job)?;
     let report = Report {
         preset: args.preset.clone(),
         backend,
-        dtype: "f32".into(),
+        dtype: args.target.dtype.to_string(),
         batch_size: config.batch_size,
         block_size: config.block_size,
         tokens_per_iter: config.tokens_per_iter(),

@@ -20,7 +20,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let eval_iters = args.eval_iters.unwrap_or(train.final_eval_iters);
     anyhow::ensure!(eval_iters > 0, "--eval-iters must be at least 1");
     let (train_loss, val_loss) = backend::run(
-        args.device,
+        args.target.device,
+        args.target.dtype,
         EvalJob {
             checkpoint,
             dataset,

@@ -2,7 +2,9 @@
 
 mod bench;
 mod data;
+mod devices;
 mod eval;
+mod parity;
 mod sample;
 mod train;
 
@@ -19,6 +21,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Devices(args) => devices::run(args),
+        Command::Parity(args) => parity::run(args),
     }
 }
 

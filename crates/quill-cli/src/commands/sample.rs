@@ -38,7 +38,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
         .encode(&request.prompt)
         .context("prompt")?;
     backend::run(
-        args.device,
+        args.target.device,
+        args.target.dtype,
         SampleJob {
             checkpoint,
             request,

@@ -67,7 +67,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again quits at once)");
     });
     backend::run(
-        args.device,
+        args.target.device,
+        args.target.dtype,
         TrainJob {
             config,
             dataset,
