@@ -44,6 +44,6 @@ impl<B: Backend> Bigram<B> {
     pub fn forward(&self, idx: Tensor<B, 2, Int>, past: usize) -> Tensor<B, 3> {
         let pos = position_embedding(&self.position_embedding_table, &idx, past); // [1, T, C]
         let x = self.token_embedding_table.forward(idx) + pos; // [B, T, C]
-        self.lm_head.forward(x) // [B, T, V]
+        crate::gpt::linear_3d(&self.lm_head, x) // [B, T, V]
     }
 }

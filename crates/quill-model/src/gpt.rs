@@ -47,10 +47,20 @@ impl<B: Backend> CausalSelfAttention<B> {
         let [b, t, c] = x.dims();
         let (nh, hs) = (self.n_head, c / self.n_head);
         let heads = |m: Tensor<B, 3>| m.reshape([b, t, nh, hs]).swap_dims(1, 2);
-        let qkv = self.c_attn.forward(x); // [B, T, 3C]
-        let q = heads(qkv.clone().narrow(2, 0, c)); // [B, nh, T, hs]
-        let k = heads(qkv.clone().narrow(2, c, c));
-        let v = heads(qkv.narrow(2, 2 * c, c));
+        // q, k and v each from their third of c_attn's weight: slicing the [C, 3C]
+        // weight (not the [B, T, 3C] activations) keeps the backward pass from
+        // scattering three activation-sized gradients back into one.
+        let x = x.reshape([b * t, c]);
+        let project = |i: usize| {
+            let w = self.c_attn.weight.val().narrow(1, i * c, c); // [C, C]
+            let y = x.clone().matmul(w); // [B·T, C]
+            let y = match &self.c_attn.bias {
+                Some(bias) => y + bias.val().narrow(0, i * c, c).unsqueeze(),
+                None => y,
+            };
+            heads(y.reshape([b, t, c])) // [B, nh, T, hs]
+        };
+        let (q, k, v) = (project(0), project(1), project(2));
         let (k, v, past) = match layer {
             Some(layer) => layer.append(k, v), // [B, nh, P + T, hs]
             None => (k, v, 0),
@@ -68,8 +78,19 @@ impl<B: Backend> CausalSelfAttention<B> {
 
         let y = att.matmul(v); // [B, nh, T, hs]
         let y = y.swap_dims(1, 2).reshape([b, t, c]); // [B, T, C]
-        self.resid_dropout.forward(self.c_proj.forward(y))
+        self.resid_dropout.forward(linear_3d(&self.c_proj, y))
     }
+}
+
+/// `[B, T, in] → [B, T, out]` as one `[B·T, in] × [in, out]` product. (Burn's
+/// `Linear::forward` on a 3-D input multiplies `B` separate `[T, in]` blocks by the
+/// broadcast weight and sums `B` weight gradients afterwards; one 2-D product is one
+/// large matrix multiplication each way, which the CPU backends spread over all cores.)
+pub fn linear_3d<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, c] = x.dims();
+    let y = layer.forward(x.reshape([b * t, c])); // [B·T, out]
+    let out = y.dims()[1];
+    y.reshape([b, t, out])
 }
 
 /// `[1, 1, T, P + T]`, `true` where new position `i` (absolute `P + i`) would see a
@@ -171,8 +192,8 @@ impl<B: Backend> Mlp<B> {
 
     /// `[B, T, C] → [B, T, C]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = gelu(self.c_fc.forward(x)); // [B, T, 4C]
-        self.dropout.forward(self.c_proj.forward(h))
+        let h = gelu(linear_3d(&self.c_fc, x)); // [B, T, 4C]
+        self.dropout.forward(linear_3d(&self.c_proj, h))
     }
 }
 
@@ -281,10 +302,14 @@ impl<B: Backend> Gpt<B> {
     /// `[B, T, C] → [B, T, V]`, through `lm_head` or the tied `wteᵀ`.
     fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(lm_head) => lm_head.forward(x),
+            Some(lm_head) => linear_3d(lm_head, x),
             None => {
-                let [v, c] = self.wte.weight.dims();
-                x.matmul(self.wte.weight.val().transpose().reshape([1, c, v]))
+                let [b, t, c] = x.dims();
+                let v = self.wte.weight.dims()[0];
+                let logits = x
+                    .reshape([b * t, c])
+                    .matmul(self.wte.weight.val().transpose());
+                logits.reshape([b, t, v])
             }
         }
     }

@@ -8,13 +8,10 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use quill_data::BatchSampler;
 use quill_model::{LanguageModel, ModelConfig, SamplingOptions, generate};
 use serde::Serialize;
 
-use crate::optim::AdamW;
-use crate::schedule::learning_rate;
-use crate::trainer::{Dataset, estimate_loss, train_step};
+use crate::trainer::{Dataset, Stepper, estimate_loss};
 use crate::{TrainConfig, TrainError};
 
 /// Training and evaluation speed of one configuration on one device.
@@ -81,22 +78,8 @@ pub fn bench_training<AB: AutodiffBackend>(
     let model_config = config.model_config(dataset.tokenizer.vocab_size());
     let mut model = model_config.init::<AB>(config.seed, device)?;
     let num_params = model.num_params();
-    let mut optim =
-        AdamW::<AB::InnerBackend>::new(config.beta1, config.beta2, config.eps, config.weight_decay);
-    let mut sampler = BatchSampler::new(config.batch_size, config.block_size, config.seed)?;
-    let mut step = |model, iter| {
-        let lr = learning_rate(config, iter);
-        train_step(
-            model,
-            &mut optim,
-            &mut sampler,
-            config,
-            data,
-            device,
-            iter,
-            lr,
-        )
-    };
+    let mut stepper = Stepper::<AB>::new(config, data, device)?;
+    let mut step = |model, iter| stepper.step(model, iter);
     (model, _, _) = step(model, 0)?;
     sync()?;
     let first_step_s = cold.elapsed().as_secs_f64();

@@ -140,9 +140,7 @@ pub fn train<AB: AutodiffBackend>(
         model: config.model_config(tokenizer.vocab_size()),
         train: config.clone(),
     };
-    let mut optim =
-        AdamW::<AB::InnerBackend>::new(config.beta1, config.beta2, config.eps, config.weight_decay);
-    let mut sampler = BatchSampler::new(config.batch_size, config.block_size, config.seed)?;
+    let mut stepper = Stepper::<AB>::new(config, &run.dataset.split.train, device)?;
     let metrics_path = run.out.join("metrics.jsonl");
     let (mut model, mut state, history) = match &run.resume {
         Some(checkpoint) => {
@@ -152,14 +150,17 @@ pub fn train<AB: AutodiffBackend>(
                 ));
             }
             let model = checkpoint.model::<AB>(device)?;
-            optim
+            stepper
+                .optim
                 .load_state(
                     &checkpoint.optimizer,
                     checkpoint.state.optimizer_steps,
                     device,
                 )
                 .map_err(|reason| TrainError::Config(format!("optimizer state: {reason}")))?;
-            sampler.set_rng(checkpoint.state.sampler_rng.clone());
+            stepper
+                .sampler
+                .set_rng(checkpoint.state.sampler_rng.clone());
             let kept: Vec<EvalRecord> = metrics::read(&metrics_path)
                 .into_iter()
                 .filter(|r| r.iter <= checkpoint.state.iter)
@@ -176,7 +177,7 @@ pub fn train<AB: AutodiffBackend>(
                 iter: 0,
                 optimizer_steps: 0,
                 best_val_loss: None,
-                sampler_rng: sampler.rng().clone(),
+                sampler_rng: stepper.sampler.rng().clone(),
                 elapsed_s: 0.0,
             };
             (model, state, Vec::new())
@@ -198,8 +199,8 @@ pub fn train<AB: AutodiffBackend>(
     for iter in start.. {
         state.iter = iter;
         state.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
-        state.sampler_rng = sampler.rng().clone();
-        state.optimizer_steps = optim.steps();
+        state.sampler_rng = stepper.sampler.rng().clone();
+        state.optimizer_steps = stepper.optim.steps();
         let last = iter >= config.max_iters;
         // A resumed run already evaluated at its first step, unless that is the end.
         let resumed_here = run.resume.is_some() && iter == start && !last;
@@ -218,29 +219,20 @@ pub fn train<AB: AutodiffBackend>(
                 elapsed_s: state.elapsed_s,
                 ..evaluate(&model.valid(), config, run.dataset, iter, eval_iters)?
             };
-            recorder.after_eval(&model, &optim, &mut state, &record, observer)?;
+            recorder.after_eval(&model, &stepper.optim, &mut state, &record, observer)?;
             if last {
                 return Ok(Outcome::Finished(record));
             }
             since_eval = (Instant::now(), 0);
         }
         if run.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
-            recorder.save(&model, &optim, &state, &last_dir(&run.out))?;
+            recorder.save(&model, &stepper.optim, &state, &last_dir(&run.out))?;
             return Ok(Outcome::Interrupted(iter));
         }
 
         lr = learning_rate(config, iter);
         let step_start = Instant::now();
-        let (updated, loss, grad_norm) = train_step(
-            model,
-            &mut optim,
-            &mut sampler,
-            config,
-            &run.dataset.split.train,
-            device,
-            iter,
-            lr,
-        )?;
+        let (updated, loss, grad_norm) = stepper.step(model, iter)?;
         model = updated;
         since_eval.1 += 1;
         let seconds = step_start.elapsed().as_secs_f64().max(1e-9);
@@ -255,41 +247,65 @@ pub fn train<AB: AutodiffBackend>(
     unreachable!("the loop returns at max_iters")
 }
 
-/// One optimizer step at step `iter`: the gradients of `grad_accum` micro-batches of
-/// `data`, then AdamW at learning rate `lr`. Returns the updated model, the mean loss
-/// and the global gradient norm before clipping.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn train_step<AB: AutodiffBackend>(
-    model: LanguageModel<AB>,
-    optim: &mut AdamW<AB::InnerBackend>,
-    sampler: &mut BatchSampler,
-    config: &TrainConfig,
-    data: &[u32],
-    device: &AB::Device,
-    iter: usize,
-    lr: f64,
-) -> Result<(LanguageModel<AB>, f32, f64), TrainError> {
-    if config.dropout > 0.0 {
-        AB::seed(device, config.seed.wrapping_add(iter as u64));
+/// The trainer's optimizer step — shared by the training loop, the benchmark and the
+/// parity check, so all three measure the same work.
+pub(crate) struct Stepper<'a, AB: AutodiffBackend> {
+    config: &'a TrainConfig,
+    data: &'a [u32],
+    device: &'a AB::Device,
+    /// AdamW and its moments.
+    pub(crate) optim: AdamW<AB::InnerBackend>,
+    /// Draws the training batches.
+    pub(crate) sampler: BatchSampler,
+}
+
+impl<'a, AB: AutodiffBackend> Stepper<'a, AB> {
+    /// A fresh optimizer and a sampler seeded by `config`, over training tokens `data`.
+    pub(crate) fn new(
+        config: &'a TrainConfig,
+        data: &'a [u32],
+        device: &'a AB::Device,
+    ) -> Result<Self, TrainError> {
+        Ok(Stepper {
+            config,
+            data,
+            device,
+            optim: AdamW::new(config.beta1, config.beta2, config.eps, config.weight_decay),
+            sampler: BatchSampler::new(config.batch_size, config.block_size, config.seed)?,
+        })
     }
-    let mut grads = GradBuffer::default();
-    let mut loss_sum = 0.0f64;
-    for _ in 0..config.grad_accum {
-        let (x, y) = sampler.sample::<AB>(data, device)?;
-        let loss = model.loss(x, y)?;
-        loss_sum += loss.clone().into_scalar().elem::<f64>();
-        grads.accumulate(&model, &loss.backward());
+
+    /// Step `iter`: the gradients of `grad_accum` micro-batches, then AdamW at the
+    /// schedule's learning rate. Returns the updated model, the mean loss and the global
+    /// gradient norm before clipping.
+    pub(crate) fn step(
+        &mut self,
+        model: LanguageModel<AB>,
+        iter: usize,
+    ) -> Result<(LanguageModel<AB>, f32, f64), TrainError> {
+        let config = self.config;
+        if config.dropout > 0.0 {
+            AB::seed(self.device, config.seed.wrapping_add(iter as u64));
+        }
+        let mut grads = GradBuffer::default();
+        let mut loss_sum = 0.0f64;
+        for _ in 0..config.grad_accum {
+            let (x, y) = self.sampler.sample::<AB>(self.data, self.device)?;
+            let loss = model.loss(x, y)?;
+            loss_sum += loss.clone().into_scalar().elem::<f64>();
+            grads.accumulate(&model, &loss.backward());
+        }
+        let loss = (loss_sum / config.grad_accum as f64) as f32;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite { iter, loss });
+        }
+        let options = StepOptions {
+            lr: learning_rate(config, iter),
+            grad_clip: config.grad_clip,
+        };
+        let (model, grad_norm) = self.optim.step(model, grads, options);
+        Ok((model, loss, grad_norm))
     }
-    let loss = (loss_sum / config.grad_accum as f64) as f32;
-    if !loss.is_finite() {
-        return Err(TrainError::NonFinite { iter, loss });
-    }
-    let options = StepOptions {
-        lr,
-        grad_clip: config.grad_clip,
-    };
-    let (model, grad_norm) = optim.step(model, grads, options);
-    Ok((model, loss, grad_norm))
 }
 
 /// Train and val loss at step `iter` (the other fields are left zero).
