@@ -28,11 +28,11 @@ limit=${STEP_TIMEOUT:-240}
 
 step() {   # step NAME COMMAND...: stdout to NAME.json, stderr to NAME.log
   local name=$1; shift
-  local start=$(date +%s.%N)
+  local start=$(date +%s%N)
   timeout "$limit" "$@" > "$out/$name.json" 2> "$out/$name.log"
   local rc=$?
-  local secs=$(echo "$(date +%s.%N) - $start" | bc)
-  printf '%-12s rc=%-3s %6.1f s  %s\n' "$name" "$rc" "$secs" "$*" | tee -a "$out/summary.txt"
+  local ms=$(( ($(date +%s%N) - start) / 1000000 ))
+  printf '%-12s rc=%-3s %5d.%03d s  %s\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000)) "$*" | tee -a "$out/summary.txt"
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu.txt" 2>&1
