@@ -257,7 +257,29 @@ fn bad_input_gets_one_error_line() {
         e(&["train", "--data", "corpus.txt", "--n-head", "3"])
             .contains("n_embd (128) must be divisible by n_head (3)")
     );
-    assert!(e(&["train", "--data", "corpus.txt", "--device", "wgpu"]).contains("--features wgpu"));
+    // Backends and devices that are not there (which depends on the features compiled in).
+    let train_on = |device: &str, dtype: &str| {
+        e(&[
+            "train",
+            "--data",
+            "corpus.txt",
+            "--device",
+            device,
+            "--dtype",
+            dtype,
+        ])
+    };
+    if cfg!(feature = "wgpu") {
+        assert!(train_on("wgpu:7", "f32").contains("no discrete GPU 7"));
+    } else {
+        assert!(train_on("wgpu", "f32").contains("--features wgpu"));
+    }
+    if cfg!(feature = "cuda") {
+        assert!(train_on("cuda:99", "f32").contains("CUDA"));
+    } else {
+        assert!(train_on("cuda", "bf16").contains("--features cuda"));
+    }
+    assert!(train_on("cpu", "bf16").contains("--dtype bf16 is not supported on cpu"));
     assert!(
         e(&["train", "--data", "corpus.txt", "--block-size", "1000"])
             .contains("the val split has 410 tokens, but block_size 1000 needs at least 1001")
