@@ -6,7 +6,7 @@
 //!   the default and with all backends (CUDA included), the tests with WGPU (they need a
 //!   Vulkan driver: Mesa's `mesa-vulkan-drivers` on Debian), and the docs.
 //! - `cargo xtask bench`: the standard benchmark matrix for this machine, written to
-//!   `BENCHMARKS.md` (see [`bench`]).
+//!   `BENCHMARKS.md` (see [`bench`](mod@bench)).
 
 mod bench;
 
