@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{DType, ElementConversion, FloatDType, Tensor, TensorData};
 use quill_model::LanguageModel;
 use quill_model::params::{NamedTensor, ParamPath};
 
@@ -192,6 +192,7 @@ impl<B: Backend> AdamW<B> {
         let upload = |t: &NamedTensor| {
             Tensor::<B, 1>::from_data(TensorData::new(t.values.clone(), [t.values.len()]), device)
         };
+        let upload = |t: &NamedTensor| to_f32(upload(t));
         self.moments.clear();
         for (key, m) in tensors {
             let Some(name) = key.strip_prefix(EXP_AVG) else {
@@ -216,6 +217,15 @@ fn decays(name: &str, dims: usize, is_embedding: bool, tied: bool) -> bool {
     dims >= 2 && (!is_embedding || (tied && name == "transformer.wte.weight"))
 }
 
+/// `t` in f32 (no work when it already is).
+fn to_f32<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 1> {
+    if t.dtype() == DType::F32 {
+        t
+    } else {
+        t.cast(FloatDType::F32)
+    }
+}
+
 struct Update<'a, B: Backend> {
     optim: &'a mut AdamW<B>,
     path: ParamPath,
@@ -238,11 +248,13 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
         let Some(grad) = self.grads.remove(&name) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let shape = tensor.shape();
+        let (shape, dtype) = (tensor.shape(), tensor.dtype());
         let decay = decays(&name, D, self.path.is_embedding(), self.tied);
-        let p = tensor.inner().reshape([shape.num_elements()]); // [n]
+        // The update and the moments are f32 whatever the parameters' dtype: in f16,
+        // eps (1e-8) is 0 and a parameter without gradient would get 0/0.
+        let p = to_f32(tensor.inner().reshape([shape.num_elements()])); // [n]
         let o = &mut *self.optim;
-        let g = grad * self.scale;
+        let g = to_f32(grad) * self.scale;
         let (m, v) = match o.moments.remove(&name) {
             Some((m, v)) => (
                 m * o.beta1 + g.clone() * (1.0 - o.beta1),
@@ -264,6 +276,11 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
         let denom = v.clone().sqrt() / bias_correction2.sqrt() + o.eps;
         let p = p - m.clone() / denom * (self.lr / bias_correction1);
         o.moments.insert(name, (m, v));
+        let p = if dtype == DType::F32 {
+            p
+        } else {
+            p.cast(dtype)
+        };
         let updated = Tensor::<AB, D>::from_inner(p.reshape(shape)).require_grad();
         Param::from_mapped_value(id, updated, mapper)
     }
