@@ -44,7 +44,7 @@ pub enum WgpuChoice {
 impl FromStr for DeviceChoice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let parse_index = |n: &str| n.parse::<usize>().ok();
+        let index = |prefix: &str| s.strip_prefix(prefix)?.parse::<usize>().ok();
         Ok(match s {
             "auto" => DeviceChoice::Auto,
             "cpu" => DeviceChoice::Cpu,
@@ -53,13 +53,9 @@ impl FromStr for DeviceChoice {
             "wgpu" => DeviceChoice::Wgpu(WgpuChoice::Default),
             "wgpu:cpu" => DeviceChoice::Wgpu(WgpuChoice::Cpu),
             "cuda" => DeviceChoice::Cuda(0),
-            other => match (other.split_once(':'), other) {
-                (Some(("cuda", n)), _) if parse_index(n).is_some() => {
-                    DeviceChoice::Cuda(parse_index(n).unwrap_or_default())
-                }
-                (Some(("wgpu", n)), _) if parse_index(n).is_some() => {
-                    DeviceChoice::Wgpu(WgpuChoice::Discrete(parse_index(n).unwrap_or_default()))
-                }
+            other => match (index("cuda:"), index("wgpu:")) {
+                (Some(n), _) => DeviceChoice::Cuda(n),
+                (_, Some(n)) => DeviceChoice::Wgpu(WgpuChoice::Discrete(n)),
                 _ => {
                     return Err(format!(
                         "unknown device {other:?}; use auto, cpu, flex, ndarray, wgpu, wgpu:cpu, wgpu:N, cuda or cuda:N"
