@@ -9,12 +9,13 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 use quill_data::Rng;
 
 use crate::GptConfig;
-use crate::init::{INIT_STD, embedding, layer_norm, linear};
+use crate::init::{INIT_STD, LN_EPS, embedding, layer_norm, linear};
+use crate::kernels;
 
 /// Multi-head masked self-attention with one fused QKV projection.
 #[derive(Module, Debug)]
@@ -44,23 +45,29 @@ impl<B: Backend> CausalSelfAttention<B> {
     /// cache `layer` holding `P` earlier positions, the `T` new positions also attend to
     /// those, and their keys and values are appended to it.
     pub fn forward(&self, x: Tensor<B, 3>, layer: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
-        let [b, t, c] = x.dims();
+        let qkv = linear_3d(&self.c_attn, x); // [B, T, 3C]
+        let dropout_off = self.attn_dropout.prob == 0.0 || !B::ad_enabled(&qkv.device());
+        let y = match layer {
+            None if dropout_off => {
+                kernels::causal_attention(qkv, self.n_head, |qkv| self.attend(qkv, None))
+            }
+            layer => self.attend(qkv, layer),
+        }; // [B, T, C]
+        self.resid_dropout.forward(linear_3d(&self.c_proj, y))
+    }
+
+    /// The attention itself in Burn's tensor operations: `[B, T, 3C] → [B, T, C]`.
+    fn attend(&self, qkv: Tensor<B, 3>, layer: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
+        let [b, t, c3] = qkv.dims();
+        let c = c3 / 3;
         let (nh, hs) = (self.n_head, c / self.n_head);
-        let heads = |m: Tensor<B, 3>| m.reshape([b, t, nh, hs]).swap_dims(1, 2);
-        // q, k and v each from their third of c_attn's weight: slicing the [C, 3C]
-        // weight (not the [B, T, 3C] activations) keeps the backward pass from
-        // scattering three activation-sized gradients back into one.
-        let x = x.reshape([b * t, c]);
-        let project = |i: usize| {
-            let w = self.c_attn.weight.val().narrow(1, i * c, c); // [C, C]
-            let y = x.clone().matmul(w); // [B·T, C]
-            let y = match &self.c_attn.bias {
-                Some(bias) => y + bias.val().narrow(0, i * c, c).unsqueeze(),
-                None => y,
-            };
-            heads(y.reshape([b, t, c])) // [B, nh, T, hs]
+        let head = |i: usize| {
+            qkv.clone()
+                .narrow(2, i * c, c)
+                .reshape([b, t, nh, hs])
+                .swap_dims(1, 2)
         };
-        let (q, k, v) = (project(0), project(1), project(2));
+        let (q, k, v) = (head(0), head(1), head(2)); // [B, nh, T, hs]
         let (k, v, past) = match layer {
             Some(layer) => layer.append(k, v), // [B, nh, P + T, hs]
             None => (k, v, 0),
@@ -77,8 +84,7 @@ impl<B: Backend> CausalSelfAttention<B> {
         let att = self.attn_dropout.forward(softmax(att, 3));
 
         let y = att.matmul(v); // [B, nh, T, hs]
-        let y = y.swap_dims(1, 2).reshape([b, t, c]); // [B, T, C]
-        self.resid_dropout.forward(linear_3d(&self.c_proj, y))
+        y.swap_dims(1, 2).reshape([b, t, c]) // [B, T, C]
     }
 }
 
@@ -88,7 +94,7 @@ impl<B: Backend> CausalSelfAttention<B> {
 /// large matrix multiplication each way, which the CPU backends spread over all cores.)
 pub fn linear_3d<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [b, t, c] = x.dims();
-    let y = layer.forward(x.reshape([b * t, c])); // [B·T, out]
+    let y = kernels::linear(layer, x.reshape([b * t, c])); // [B·T, out]
     let out = y.dims()[1];
     y.reshape([b, t, out])
 }
@@ -192,7 +198,7 @@ impl<B: Backend> Mlp<B> {
 
     /// `[B, T, C] → [B, T, C]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = gelu(linear_3d(&self.c_fc, x)); // [B, T, 4C]
+        let h = kernels::gelu(linear_3d(&self.c_fc, x)); // [B, T, 4C]
         self.dropout.forward(linear_3d(&self.c_proj, h))
     }
 }
@@ -222,8 +228,11 @@ impl<B: Backend> Block<B> {
 
     /// `[B, T, C] → [B, T, C]`, with this block's cache when generating.
     pub fn forward(&self, x: Tensor<B, 3>, layer: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), layer);
-        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+        let x = x.clone()
+            + self
+                .attn
+                .forward(kernels::layer_norm(&self.ln_1, x, LN_EPS), layer);
+        x.clone() + self.mlp.forward(kernels::layer_norm(&self.ln_2, x, LN_EPS))
     }
 }
 
@@ -289,7 +298,7 @@ impl<B: Backend> Gpt<B> {
                 x
             }
         };
-        self.head(self.ln_f.forward(x))
+        self.head(kernels::layer_norm(&self.ln_f, x, LN_EPS))
     }
 
     /// Token plus position embeddings for positions `past..past + T`, with dropout:

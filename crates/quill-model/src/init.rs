@@ -63,10 +63,13 @@ pub fn embedding<B: Backend>(
     }
 }
 
-/// LayerNorm over `d` features (weight 1, bias 0), with PyTorch's epsilon 1e-5.
+/// PyTorch's LayerNorm epsilon, which every LayerNorm here is built with.
+pub const LN_EPS: f64 = 1e-5;
+
+/// LayerNorm over `d` features (weight 1, bias 0), with epsilon [`LN_EPS`].
 pub fn layer_norm<B: Backend>(d: usize, bias: bool, device: &B::Device) -> LayerNorm<B> {
     LayerNormConfig::new(d)
-        .with_epsilon(1e-5)
+        .with_epsilon(LN_EPS)
         .with_bias(bias)
         .init(device)
 }

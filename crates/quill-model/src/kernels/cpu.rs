@@ -1,0 +1,525 @@
+//! The fused kernels themselves: plain `f32` slices in, plain `f32` slices out, each one
+//! pass over its data where Burn's generic composition takes several. Work is split over
+//! rayon's threads by rows (LayerNorm, GELU) or by sequence (attention), and every task
+//! runs in [`simd`], compiled for AVX2 + FMA when the CPU has them.
+
+use rayon::prelude::*;
+
+/// Runs `f` compiled for AVX2 and FMA when this x86-64 CPU has them, else as built.
+/// (`f` and the `#[inline(always)]` helpers it calls are inlined into the
+/// `target_feature` function, so their loops are vectorised 8 lanes wide.)
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
+/// Rows per rayon task: about two tasks per thread, at least one row.
+fn rows_per_task(rows: usize) -> usize {
+    rows.div_ceil(2 * rayon::current_num_threads()).max(1)
+}
+
+// ---------------------------------------------------------------- element-wise math
+
+/// `eˣ` to within 2 ulp, branch-free so that loops over it vectorise (Cephes' `expf`:
+/// `x = n·ln 2 + r`, a degree-6 polynomial for `eʳ`, `2ⁿ` built in the exponent bits).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
+    let x = x.clamp(-87.3, 88.3); // 2ⁿ stays a normal number
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4; // x - n·ln 2 in two parts
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let er = p * r * r + r + 1.0;
+    let n = t.to_bits() as i32 - MAGIC.to_bits() as i32;
+    er * f32::from_bits(((n + 127) << 23) as u32)
+}
+
+/// `Φ(x)` (the standard normal CDF) and `e^(−x²/2)`, which GELU and its derivative
+/// share. `erf` by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5·10⁻⁷).
+#[inline(always)]
+fn normal_cdf(x: f32) -> (f32, f32) {
+    let a = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = 1.061_405_4;
+    let poly = poly * t - 1.453_152_1;
+    let poly = poly * t + 1.421_413_7;
+    let poly = poly * t - 0.284_496_74;
+    let poly = poly * t + 0.254_829_6;
+    let gauss = exp(-a * a); // e^(−x²/2)
+    let erf = (1.0 - poly * t * gauss).copysign(x);
+    (0.5 + 0.5 * erf, gauss)
+}
+
+/// `1/√(2π)`.
+const FRAC_1_SQRT_TAU: f32 = 0.398_942_3;
+
+/// GELU (the exact, erf form nanoGPT uses): `y = x·Φ(x)`.
+pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
+    let n = rows_per_task(x.len() / 64) * 64;
+    y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
+        simd(|| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * normal_cdf(x).0;
+            }
+        })
+    });
+}
+
+/// GELU's backward pass: `dx = dy·(Φ(x) + x·φ(x))`.
+pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let n = rows_per_task(x.len() / 64) * 64;
+    dx.par_chunks_mut(n)
+        .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
+        .for_each(|(dx, (x, dy))| {
+            simd(|| {
+                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                    let (cdf, gauss) = normal_cdf(x);
+                    *dx = dy * (cdf + x * FRAC_1_SQRT_TAU * gauss);
+                }
+            })
+        });
+}
+
+// ---------------------------------------------------------------- vector helpers
+
+/// `a·b`, in eight partial sums so that the loop vectorises.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (a, b) in a8.zip(b8) {
+        for l in 0..8 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `y += alpha·x`.
+#[inline(always)]
+fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
+}
+
+// ---------------------------------------------------------------- LayerNorm
+
+/// LayerNorm over rows of `c` features: `y = (x − mean)·rstd·γ + β` with
+/// `rstd = 1/√(var + eps)` (biased variance, as PyTorch). Writes each row's `mean` and
+/// `rstd` for the backward pass.
+pub fn layer_norm_forward(
+    x: &[f32],
+    gamma: &[f32],
+    beta: Option<&[f32]>,
+    eps: f32,
+    y: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+) {
+    let c = gamma.len();
+    let rows = rows_per_task(mean.len());
+    y.par_chunks_mut(rows * c)
+        .zip(x.par_chunks(rows * c))
+        .zip(mean.par_chunks_mut(rows).zip(rstd.par_chunks_mut(rows)))
+        .for_each(|((y, x), (mean, rstd))| {
+            simd(|| {
+                for (((y, x), mean), rstd) in y.chunks_mut(c).zip(x.chunks(c)).zip(mean).zip(rstd) {
+                    let m = x.iter().sum::<f32>() / c as f32;
+                    let var = x.iter().map(|&v| (v - m) * (v - m)).sum::<f32>() / c as f32;
+                    let r = 1.0 / (var + eps).sqrt();
+                    for ((y, &x), &g) in y.iter_mut().zip(x).zip(gamma) {
+                        *y = (x - m) * r * g;
+                    }
+                    if let Some(beta) = beta {
+                        axpy(y, 1.0, beta);
+                    }
+                    (*mean, *rstd) = (m, r);
+                }
+            })
+        });
+}
+
+/// LayerNorm's backward pass. With `x̂ = (x − mean)·rstd` and `g = dy·γ`:
+/// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))`, `dγ = Σ_rows dy·x̂`, `dβ = Σ_rows dy`.
+/// Returns `(dγ, dβ)`.
+pub fn layer_norm_backward(
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let c = gamma.len();
+    let rows = rows_per_task(mean.len());
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(rows * c)
+        .zip(x.par_chunks(rows * c).zip(dy.par_chunks(rows * c)))
+        .zip(mean.par_chunks(rows).zip(rstd.par_chunks(rows)))
+        .map(|((dx, (x, dy)), (mean, rstd))| {
+            simd(|| {
+                let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
+                let mut xhat = vec![0f32; c];
+                let rows = dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c));
+                for (((dx, x), dy), (&m, &r)) in rows.zip(mean.iter().zip(rstd)) {
+                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                    for ((xh, &x), (&dy, &g)) in xhat.iter_mut().zip(x).zip(dy.iter().zip(gamma)) {
+                        *xh = (x - m) * r;
+                        sum_g += dy * g;
+                        sum_gx += dy * g * *xh;
+                    }
+                    let (mean_g, mean_gx) = (sum_g / c as f32, sum_gx / c as f32);
+                    for (((dx, &xh), &dy), &g) in dx.iter_mut().zip(&xhat).zip(dy).zip(gamma) {
+                        *dx = r * (dy * g - mean_g - xh * mean_gx);
+                    }
+                    axpy(&mut dbeta, 1.0, dy);
+                    for ((dg, &xh), &dy) in dgamma.iter_mut().zip(&xhat).zip(dy) {
+                        *dg += dy * xh;
+                    }
+                }
+                (dgamma, dbeta)
+            })
+        })
+        .collect();
+    let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
+    for (dg, db) in partials {
+        axpy(&mut dgamma, 1.0, &dg);
+        axpy(&mut dbeta, 1.0, &db);
+    }
+    (dgamma, dbeta)
+}
+
+// ---------------------------------------------------------------- matrix products
+
+/// A strided matrix over a slice: `rows × cols`, element `(r, c)` at `r·rs + c·cs`.
+#[derive(Debug, Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// A row-major `rows × cols` matrix whose rows are `rs` apart.
+    fn rows(data: &'a [f32], rows: usize, cols: usize, rs: usize) -> Self {
+        View {
+            data,
+            rows,
+            cols,
+            rs,
+            cs: 1,
+        }
+    }
+
+    /// The transpose (no copy).
+    fn t(self) -> Self {
+        View {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+/// Whether every element of a `rows × cols` matrix with strides `rs`, `cs` lies in
+/// `len` elements.
+fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
+}
+
+/// `dst = scale·lhs·rhs` for a row-major `dst` (rows `dst_rs` apart), plus `dst`'s
+/// old values when `accumulate`. A bounds-checked front to the `gemm` crate (the matrix
+/// multiplication Flex itself uses); products of at least 192³ multiply-adds are
+/// spread over rayon's threads, smaller ones run on the calling thread.
+fn gemm(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, scale: f32, accumulate: bool) {
+    let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
+    assert_eq!(rhs.rows, k, "inner dimensions");
+    assert!(fits(dst.len(), m, n, dst_rs, 1), "dst out of bounds");
+    assert!(
+        fits(lhs.data.len(), m, k, lhs.rs, lhs.cs),
+        "lhs out of bounds"
+    );
+    assert!(
+        fits(rhs.data.len(), k, n, rhs.rs, rhs.cs),
+        "rhs out of bounds"
+    );
+    let parallelism = match m * n * k >= 192 * 192 * 192 {
+        true => ::gemm::Parallelism::Rayon(0),
+        false => ::gemm::Parallelism::None,
+    };
+    // SAFETY: the three matrices lie within their slices (asserted above), and `dst`
+    // is borrowed mutably, so it aliases neither input.
+    unsafe {
+        ::gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// `dst = scale·lhs·rhs`, overwriting `dst`.
+fn matmul(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, scale: f32) {
+    gemm(dst, dst_rs, lhs, rhs, scale, false);
+}
+
+// ---------------------------------------------------------------- Linear
+
+/// A linear layer on `n` rows: `y = x·W + b` for `x` `[n, in]`, `W` `[in, out]`, `b`
+/// `[out]`, with the bias written first and the product added onto it (no second
+/// pass). `y` is `[n, out]`.
+pub fn linear_forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d_in: usize, y: &mut [f32]) {
+    let d_out = w.len() / d_in;
+    let rows = x.len() / d_in;
+    if let Some(b) = b {
+        for row in y.chunks_mut(d_out) {
+            row.copy_from_slice(b);
+        }
+    }
+    let (x, w) = (
+        View::rows(x, rows, d_in, d_in),
+        View::rows(w, d_in, d_out, d_out),
+    );
+    gemm(y, d_out, x, w, 1.0, b.is_some());
+}
+
+/// The backward pass of [`linear_forward`] from `dy` `[n, out]`: writes `dx = dy·Wᵀ`
+/// and `dw = xᵀ·dy`, returns `db = Σ_rows dy`.
+pub fn linear_backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    d_in: usize,
+    dx: &mut [f32],
+    dw: &mut [f32],
+) -> Vec<f32> {
+    let d_out = w.len() / d_in;
+    let rows = x.len() / d_in;
+    let (x, w) = (
+        View::rows(x, rows, d_in, d_in),
+        View::rows(w, d_in, d_out, d_out),
+    );
+    let dyv = View::rows(dy, rows, d_out, d_out);
+    matmul(dx, d_in, dyv, w.t(), 1.0);
+    matmul(dw, d_out, x.t(), dyv, 1.0);
+    let mut db = vec![0f32; d_out];
+    simd(|| {
+        for row in dy.chunks(d_out) {
+            axpy(&mut db, 1.0, row);
+        }
+    });
+    db
+}
+
+// ---------------------------------------------------------------- causal attention
+
+/// The shape of one causal self-attention call: `qkv` is `[b, t, 3c]` (queries, keys,
+/// values side by side, as the fused `c_attn` projection writes them), the output
+/// `[b, t, c]`, with `n_head` heads of `c / n_head` features. (The batch size is the
+/// slices' length over one sequence's.)
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionDims {
+    /// Sequence length `T`.
+    pub t: usize,
+    /// Embedding width `C`.
+    pub c: usize,
+    /// Number of heads.
+    pub n_head: usize,
+}
+
+impl AttentionDims {
+    fn head_dim(&self) -> usize {
+        self.c / self.n_head
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim() as f32).sqrt()
+    }
+}
+
+/// One head of one sequence in a `[T, 3C]` block of `qkv`: its `q`, `k` and `v` as
+/// `[T, hs]` views (rows `3C` apart, no copies).
+fn head(qkv: &[f32], dims: AttentionDims, h: usize) -> [View<'_>; 3] {
+    let (t, c, hs) = (dims.t, dims.c, dims.head_dim());
+    [0, 1, 2].map(|part| View::rows(&qkv[part * c + h * hs..], t, hs, 3 * c))
+}
+
+/// `s = scale·q·kᵀ` `[T, T]`, then each row `i` turned into the causal softmax
+/// probabilities `p_ij = e^(s_ij − lse_i)` for `j ≤ i` and 0 after; `lse_i` is written
+/// when `fresh`, read otherwise (the backward pass recomputes `p` from it).
+#[inline(always)]
+fn probabilities(q: View, k: View, scale: f32, s: &mut [f32], lse: &mut [f32], fresh: bool) {
+    let t = q.rows;
+    matmul(s, t, q, k.t(), scale);
+    for (i, (row, lse)) in s.chunks_mut(t).zip(lse).enumerate() {
+        let (past, future) = row.split_at_mut(i + 1);
+        future.fill(0.0);
+        if fresh {
+            let max = past.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let sum: f32 = past.iter().map(|&s| exp(s - max)).sum();
+            *lse = max + sum.ln();
+        }
+        for p in past.iter_mut() {
+            *p = exp(*p - *lse);
+        }
+    }
+}
+
+/// Causal softmax attention, every head at once: `y_i = Σ_{j≤i} softmax_j(q_i·k_j/√hs)·v_j`.
+/// Reads `q`, `k` and `v` in place from `qkv` (no transposes of the activations),
+/// writes `y` `[B, T, C]` and each row's log-sum-exp `lse` `[B, nh, T]`, from which
+/// the backward pass recomputes the probabilities instead of storing `[B, nh, T, T]`
+/// of them. One rayon task per sequence; per head, two small matrix products.
+pub fn attention_forward(qkv: &[f32], dims: AttentionDims, y: &mut [f32], lse: &mut [f32]) {
+    let AttentionDims { t, c, n_head } = dims;
+    let (hs, scale) = (dims.head_dim(), dims.scale());
+    y.par_chunks_mut(t * c)
+        .zip(lse.par_chunks_mut(n_head * t))
+        .zip(qkv.par_chunks(t * 3 * c))
+        .for_each(|((y, lse), qkv)| {
+            simd(|| {
+                let mut p = vec![0f32; t * t];
+                for (h, lse) in lse.chunks_mut(t).enumerate() {
+                    let [q, k, v] = head(qkv, dims, h);
+                    probabilities(q, k, scale, &mut p, lse, true);
+                    matmul(&mut y[h * hs..], c, View::rows(&p, t, t, t), v, 1.0);
+                }
+            })
+        });
+}
+
+/// The backward pass of [`attention_forward`]: from `dy` `[B, T, C]` to `dqkv`
+/// `[B, T, 3C]`. With `p` recomputed from `lse`, `dp = dy·vᵀ`, `D_i = Σ_j p_ij·dp_ij`
+/// and `ds_ij = p_ij·(dp_ij − D_i)/√hs`: `dq = ds·k`, `dk = dsᵀ·q`, `dv = pᵀ·dy`.
+pub fn attention_backward(
+    qkv: &[f32],
+    lse: &[f32],
+    dy: &[f32],
+    dims: AttentionDims,
+    dqkv: &mut [f32],
+) {
+    let AttentionDims { t, c, n_head } = dims;
+    let (hs, scale) = (dims.head_dim(), dims.scale());
+    dqkv.par_chunks_mut(t * 3 * c)
+        .zip(qkv.par_chunks(t * 3 * c))
+        .zip(lse.par_chunks(n_head * t).zip(dy.par_chunks(t * c)))
+        .for_each(|((dqkv, qkv), (lse, dy))| {
+            simd(|| {
+                let (mut p, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
+                let mut lse = lse.to_vec();
+                for (h, lse) in lse.chunks_mut(t).enumerate() {
+                    let [q, k, v] = head(qkv, dims, h);
+                    let dy = View::rows(&dy[h * hs..], t, hs, c);
+                    probabilities(q, k, scale, &mut p, lse, false);
+                    matmul(&mut ds, t, dy, v.t(), 1.0); // dp
+                    for (p, ds) in p.chunks(t).zip(ds.chunks_mut(t)) {
+                        let d = dot(p, ds);
+                        for (ds, &p) in ds.iter_mut().zip(p) {
+                            *ds = p * (*ds - d) * scale;
+                        }
+                    }
+                    let (p, ds) = (View::rows(&p, t, t, t), View::rows(&ds, t, t, t));
+                    matmul(&mut dqkv[h * hs..], 3 * c, ds, k, 1.0);
+                    matmul(&mut dqkv[c + h * hs..], 3 * c, ds.t(), q, 1.0);
+                    matmul(&mut dqkv[2 * c + h * hs..], 3 * c, p.t(), dy, 1.0);
+                }
+            })
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference `erf` in f64 (Abramowitz & Stegun 7.1.28 is too coarse; use the
+    /// series / continued fraction through libm's `erf` via `f64` math in std? std has
+    /// none, so integrate the Gaussian numerically with Simpson's rule instead).
+    fn erf_ref(x: f64) -> f64 {
+        let n = 2000;
+        let h = x / n as f64;
+        let f = |t: f64| (-t * t).exp();
+        let mut s = f(0.0) + f(x);
+        for i in 1..n {
+            s += f(i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
+        }
+        s * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn exp_matches_std_to_a_few_ulp() {
+        for i in -8700..=8800 {
+            let x = i as f32 / 100.0;
+            let (got, want) = (exp(x), (x as f64).exp());
+            assert!(
+                ((got as f64 - want) / want).abs() < 3e-7,
+                "exp({x}) = {got}, want {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn gelu_matches_the_erf_definition() {
+        let xs: Vec<f32> = (-1000..=1000).map(|i| i as f32 / 100.0).collect();
+        let (mut y, mut dx) = (vec![0.0; xs.len()], vec![0.0; xs.len()]);
+        gelu_forward(&xs, &mut y);
+        gelu_backward(&xs, &vec![1.0; xs.len()], &mut dx);
+        for ((&x, &y), &dx) in xs.iter().zip(&y).zip(&dx) {
+            let x64 = x as f64;
+            let cdf = 0.5 * (1.0 + erf_ref(x64 / std::f64::consts::SQRT_2));
+            let pdf = (-x64 * x64 / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            assert!(
+                (y as f64 - x64 * cdf).abs() < 1e-6 * (1.0 + x64.abs()),
+                "gelu({x}) = {y}"
+            );
+            assert!(
+                (dx as f64 - (cdf + x64 * pdf)).abs() < 1e-6,
+                "gelu'({x}) = {dx}"
+            );
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! The fused kernels on Burn's Flex CPU backend, with and without autodiff: tensors are
+//! recognised by type at run time, their `f32` storage handed to [`super::cpu`], and
+//! under `Autodiff<Flex>` each kernel is one node of the graph with its own backward
+//! pass.
+
+use std::any::{Any, TypeId};
+use std::sync::Arc;
+
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive, backend::Backend, ops::FloatTensor};
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn_flex::{Flex, FlexTensor, Layout};
+
+use super::cpu::{self, AttentionDims};
+
+/// The autodiff backend the trainer uses on Flex.
+pub(super) type Tracked = Autodiff<Flex>;
+
+/// `x` as a `U` when `T` is `U`, else `x` back.
+fn cast<T: 'static, U: 'static>(x: T) -> Result<U, T> {
+    if TypeId::of::<T>() != TypeId::of::<U>() {
+        return Err(x);
+    }
+    let mut slot = Some(x);
+    match (&mut slot as &mut dyn Any).downcast_mut::<Option<U>>() {
+        Some(u) => u.take().ok_or_else(|| unreachable!("the slot was filled")),
+        None => unreachable!("T is U"),
+    }
+}
+
+/// Whether `B` is Flex or `Autodiff<Flex>`.
+pub(super) fn is_flex<B: Backend>() -> bool {
+    [TypeId::of::<Flex>(), TypeId::of::<Tracked>()].contains(&TypeId::of::<B>())
+}
+
+/// A tensor of any backend, sorted by whether the fused kernels can take it.
+pub(super) enum Route<B: Backend, const D: usize> {
+    /// A Flex `f32` tensor, no autodiff.
+    Plain(FlexTensor),
+    /// A Flex `f32` tensor under `Autodiff<Flex>`.
+    Tracked(FloatTensor<Tracked>),
+    /// Anything else: the generic path.
+    Other(Tensor<B, D>),
+}
+
+/// Sorts `x` (see [`Route`]).
+pub(super) fn route<B: Backend, const D: usize>(x: Tensor<B, D>) -> Route<B, D> {
+    if x.dtype() != DType::F32 {
+        return Route::Other(x);
+    }
+    let x = match cast::<_, Tensor<Flex, D>>(x) {
+        Ok(x) => return Route::Plain(x.into_primitive().tensor()),
+        Err(x) => x,
+    };
+    match cast::<_, Tensor<Tracked, D>>(x) {
+        Ok(x) => Route::Tracked(x.into_primitive().tensor()),
+        Err(x) => Route::Other(x),
+    }
+}
+
+/// Wraps a primitive of backend `F` (which the caller routed from `B`, so `F` is `B`).
+pub(super) fn output<B: Backend, F: Backend, const D: usize>(
+    primitive: F::FloatTensorPrimitive,
+) -> Tensor<B, D> {
+    let tensor = Tensor::<F, D>::from_primitive(TensorPrimitive::Float(primitive));
+    cast(tensor).unwrap_or_else(|_| unreachable!("routed from this backend"))
+}
+
+/// The primitive of `x`, a tensor of backend `F` (the caller knows `B` is `F`: it
+/// routed another tensor of `B` to `F`).
+pub(super) fn primitive<B: Backend, F: Backend, const D: usize>(
+    x: Tensor<B, D>,
+) -> F::FloatTensorPrimitive {
+    let x: Tensor<F, D> = cast(x).unwrap_or_else(|_| unreachable!("routed from this backend"));
+    x.into_primitive().tensor()
+}
+
+/// The values of `x` as `f32` in row-major order (copied only when `x` is a strided
+/// view or holds another dtype).
+fn values(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match x.as_slice::<f32>() {
+        Some(values) => values.into(),
+        None => x
+            .to_contiguous()
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .unwrap_or_default()
+            .into(),
+    }
+}
+
+/// A contiguous `f32` Flex tensor of `shape` holding `values`.
+fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::new(
+        burn::tensor::Bytes::from_elems(values),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
+/// The shape of a Flex tensor.
+fn shape(x: &FlexTensor) -> Shape {
+    x.layout().shape().clone()
+}
+
+// ---------------------------------------------------------------- GELU
+
+/// GELU forward on a Flex tensor.
+pub(super) fn gelu(x: &FlexTensor) -> FlexTensor {
+    let mut y = vec![0f32; x.layout().num_elements()];
+    cpu::gelu_forward(&values(x), &mut y);
+    tensor(y, shape(x))
+}
+
+#[derive(Debug)]
+struct GeluBackward;
+
+impl Backward<Flex, 1> for GeluBackward {
+    type State = FlexTensor; // the input
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let x = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |dy| {
+            let mut dx = vec![0f32; x.layout().num_elements()];
+            cpu::gelu_backward(&values(&x), &values(&dy), &mut dx);
+            tensor(dx, shape(&x))
+        });
+    }
+}
+
+/// GELU under autodiff: one graph node.
+pub(super) fn gelu_tracked(x: FloatTensor<Tracked>) -> FloatTensor<Tracked> {
+    let y = gelu(&x.primitive);
+    finish(GeluBackward, [&x], x.primitive.clone(), y)
+}
+
+// ---------------------------------------------------------------- LayerNorm
+
+/// What LayerNorm's backward pass needs.
+#[derive(Debug, Clone)]
+struct LayerNormState {
+    x: FlexTensor,
+    gamma: FlexTensor,
+    mean: Arc<Vec<f32>>,
+    rstd: Arc<Vec<f32>>,
+}
+
+/// LayerNorm forward over the last dimension; returns `y` and the backward state.
+fn layer_norm_with_state(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: Option<&FlexTensor>,
+    eps: f32,
+) -> (FlexTensor, LayerNormState) {
+    let rows = x.layout().num_elements() / gamma.layout().num_elements();
+    let (mut y, mut mean, mut rstd) = (
+        vec![0f32; x.layout().num_elements()],
+        vec![0f32; rows],
+        vec![0f32; rows],
+    );
+    let beta = beta.map(values);
+    cpu::layer_norm_forward(
+        &values(x),
+        &values(gamma),
+        beta.as_deref(),
+        eps,
+        &mut y,
+        &mut mean,
+        &mut rstd,
+    );
+    let state = LayerNormState {
+        x: x.clone(),
+        gamma: gamma.clone(),
+        mean: Arc::new(mean),
+        rstd: Arc::new(rstd),
+    };
+    (tensor(y, shape(x)), state)
+}
+
+/// LayerNorm forward on Flex tensors.
+pub(super) fn layer_norm(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: Option<&FlexTensor>,
+    eps: f32,
+) -> FlexTensor {
+    layer_norm_with_state(x, gamma, beta, eps).0
+}
+
+/// Parents: `x`, `γ` and, when `N` is 3, `β`.
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl<const N: usize> Backward<Flex, N> for LayerNormBackward {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<LayerNormState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let s = ops.state;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let mut dx = vec![0f32; s.x.layout().num_elements()];
+        let (dgamma, dbeta) = cpu::layer_norm_backward(
+            &values(&s.x),
+            &values(&s.gamma),
+            &s.mean,
+            &s.rstd,
+            &values(&dy),
+            &mut dx,
+        );
+        let c = Shape::new([dgamma.len()]);
+        let grads_of = [
+            tensor(dx, shape(&s.x)),
+            tensor(dgamma, c.clone()),
+            tensor(dbeta, c),
+        ];
+        for (parent, grad) in ops.parents.into_iter().zip(grads_of) {
+            if let Some(parent) = parent {
+                grads.register::<Flex>(parent.id, grad);
+            }
+        }
+    }
+}
+
+/// LayerNorm under autodiff, one graph node whose parents are `x`, `γ` and `β`.
+pub(super) fn layer_norm_tracked(
+    x: FloatTensor<Tracked>,
+    gamma: FloatTensor<Tracked>,
+    beta: Option<FloatTensor<Tracked>>,
+    eps: f32,
+) -> FloatTensor<Tracked> {
+    let (y, state) = layer_norm_with_state(
+        &x.primitive,
+        &gamma.primitive,
+        beta.as_ref().map(|b| &b.primitive),
+        eps,
+    );
+    match beta {
+        Some(beta) => finish(LayerNormBackward, [&x, &gamma, &beta], state, y),
+        None => finish(LayerNormBackward, [&x, &gamma], state, y),
+    }
+}
+
+/// Registers `y` as the output of a node with `parents`, keeping `state` for its
+/// backward pass when any parent needs a gradient.
+fn finish<O: Backward<Flex, N>, const N: usize>(
+    op: O,
+    parents: [&FloatTensor<Tracked>; N],
+    state: O::State,
+    y: FlexTensor,
+) -> FloatTensor<Tracked> {
+    match op
+        .prepare::<NoCheckpointing>(parents.map(|p| p.node.clone()))
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+// ---------------------------------------------------------------- Linear
+
+/// What a linear layer's backward pass needs: its input and weight.
+#[derive(Debug, Clone)]
+struct LinearState {
+    x: FlexTensor,
+    w: FlexTensor,
+}
+
+/// `x·W + b` for `x` `[n, in]`, `W` `[in, out]`: `[n, out]`.
+pub(super) fn linear(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor {
+    let [d_in, d_out] = shape(w).dims::<2>();
+    let rows = x.layout().num_elements() / d_in;
+    let mut y = vec![0f32; rows * d_out];
+    let b = b.map(values);
+    cpu::linear_forward(&values(x), &values(w), b.as_deref(), d_in, &mut y);
+    tensor(y, Shape::new([rows, d_out]))
+}
+
+/// Parents: `x`, `W` and, when `N` is 3, `b`.
+#[derive(Debug)]
+struct LinearBackward;
+
+impl<const N: usize> Backward<Flex, N> for LinearBackward {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<LinearState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let s = ops.state;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let [d_in, d_out] = shape(&s.w).dims::<2>();
+        let mut dx = vec![0f32; s.x.layout().num_elements()];
+        let mut dw = vec![0f32; d_in * d_out];
+        let db = cpu::linear_backward(
+            &values(&s.x),
+            &values(&s.w),
+            &values(&dy),
+            d_in,
+            &mut dx,
+            &mut dw,
+        );
+        let grads_of = [
+            tensor(dx, shape(&s.x)),
+            tensor(dw, shape(&s.w)),
+            tensor(db, Shape::new([d_out])),
+        ];
+        for (parent, grad) in ops.parents.into_iter().zip(grads_of) {
+            if let Some(parent) = parent {
+                grads.register::<Flex>(parent.id, grad);
+            }
+        }
+    }
+}
+
+/// A linear layer under autodiff, one graph node whose parents are `x`, `W` and `b`.
+pub(super) fn linear_tracked(
+    x: FloatTensor<Tracked>,
+    w: FloatTensor<Tracked>,
+    b: Option<FloatTensor<Tracked>>,
+) -> FloatTensor<Tracked> {
+    let y = linear(&x.primitive, &w.primitive, b.as_ref().map(|b| &b.primitive));
+    let state = LinearState {
+        x: x.primitive.clone(),
+        w: w.primitive.clone(),
+    };
+    match b {
+        Some(b) => finish(LinearBackward, [&x, &w, &b], state, y),
+        None => finish(LinearBackward, [&x, &w], state, y),
+    }
+}
+
+// ---------------------------------------------------------------- causal attention
+
+/// What attention's backward pass needs: the input and each row's log-sum-exp.
+#[derive(Debug, Clone)]
+struct AttentionState {
+    qkv: FlexTensor,
+    lse: Arc<Vec<f32>>,
+    dims: AttentionDims,
+}
+
+/// Causal attention forward on a `[B, T, 3C]` Flex tensor: `[B, T, C]` and the state.
+fn attention_with_state(qkv: &FlexTensor, n_head: usize) -> (FlexTensor, AttentionState) {
+    let [b, t, c3] = shape(qkv).dims::<3>();
+    let dims = AttentionDims {
+        t,
+        c: c3 / 3,
+        n_head,
+    };
+    let (mut y, mut lse) = (vec![0f32; b * t * dims.c], vec![0f32; b * n_head * t]);
+    cpu::attention_forward(&values(qkv), dims, &mut y, &mut lse);
+    let state = AttentionState {
+        qkv: qkv.clone(),
+        lse: Arc::new(lse),
+        dims,
+    };
+    (tensor(y, Shape::new([b, t, dims.c])), state)
+}
+
+/// Causal attention forward on Flex tensors.
+pub(super) fn attention(qkv: &FlexTensor, n_head: usize) -> FlexTensor {
+    attention_with_state(qkv, n_head).0
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 1> for AttentionBackward {
+    type State = AttentionState;
+
+    fn backward(self, ops: Ops<AttentionState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let s = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |dy| {
+            let mut dqkv = vec![0f32; s.qkv.layout().num_elements()];
+            cpu::attention_backward(&values(&s.qkv), &s.lse, &values(&dy), s.dims, &mut dqkv);
+            tensor(dqkv, shape(&s.qkv))
+        });
+    }
+}
+
+/// Causal attention under autodiff: one graph node.
+pub(super) fn attention_tracked(qkv: FloatTensor<Tracked>, n_head: usize) -> FloatTensor<Tracked> {
+    let (y, state) = attention_with_state(&qkv.primitive, n_head);
+    finish(AttentionBackward, [&qkv], state, y)
+}

@@ -1,0 +1,251 @@
+//! The fused Flex kernels (`quill_model::kernels`) under `Autodiff<Flex>`, as the
+//! trainer runs them: outputs and gradients against exact references (closed forms and
+//! central differences in f64) and against Burn's own LayerNorm.
+
+use burn::module::Param;
+use burn::nn::{LayerNormConfig, Linear};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Tensor, TensorData};
+use burn_autodiff::Autodiff;
+use burn_flex::Flex;
+use quill_model::kernels;
+
+type Fused = Autodiff<Flex>;
+
+/// `n` values from `N(0, std²)`, fixed by `seed`.
+fn random(n: usize, std: f64, seed: u64) -> Vec<f32> {
+    Flex::seed(&Default::default(), seed);
+    Tensor::<Flex, 1>::random([n], Distribution::Normal(0.0, std), &Default::default())
+        .into_data()
+        .to_vec()
+        .unwrap()
+}
+
+/// Largest absolute difference.
+fn max_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(&x, y)| (x as f64 - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// Runs `f` on `input` (shape `[b, t, c]`, a tracked leaf); returns the output and the
+/// gradient of `Σ output·weights` with respect to the input.
+fn run<AB: AutodiffBackend>(
+    input: &[f32],
+    shape: [usize; 3],
+    weights: &[f32],
+    f: impl Fn(Tensor<AB, 3>) -> Tensor<AB, 3>,
+) -> (Vec<f32>, Vec<f32>) {
+    let device = Default::default();
+    let x =
+        Tensor::<AB, 3>::from_data(TensorData::new(input.to_vec(), shape), &device).require_grad();
+    let y = f(x.clone());
+    let w = Tensor::<AB, 3>::from_data(TensorData::new(weights.to_vec(), y.dims()), &device);
+    let grads = (y.clone() * w).sum().backward();
+    let dx = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
+    (y.into_data().to_vec().unwrap(), dx)
+}
+
+/// `erf` in f64 by Simpson's rule on `2/√π·e^(−t²)` (error far below f32's precision).
+fn erf(x: f64) -> f64 {
+    let n = 2000;
+    let h = x / n as f64;
+    let f = |t: f64| (-t * t).exp();
+    let inner: f64 = (1..n).map(|i| f(i as f64 * h) * [2.0, 4.0][i % 2]).sum();
+    (f(0.0) + f(x) + inner) * h / 3.0 * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+#[test]
+fn gelu_and_its_gradient_are_exact() {
+    let shape = [3, 5, 64];
+    let n = shape.iter().product();
+    let (x, w) = (random(n, 3.0, 1), random(n, 1.0, 2));
+    let (y, dx) = run::<Fused>(&x, shape, &w, kernels::gelu);
+    let cdf = |x: f64| 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
+    let pdf = |x: f64| (-x * x / 2.0).exp() / std::f64::consts::TAU.sqrt();
+    let want_y: Vec<f64> = x.iter().map(|&x| x as f64 * cdf(x as f64)).collect();
+    let want_dx: Vec<f64> = (x.iter().zip(&w))
+        .map(|(&x, &w)| w as f64 * (cdf(x as f64) + x as f64 * pdf(x as f64)))
+        .collect();
+    let (ey, edx) = (max_diff(&y, &want_y), max_diff(&dx, &want_dx));
+    assert!(
+        ey < 2e-6 && edx < 2e-6,
+        "output off by {ey:e}, gradient by {edx:e}"
+    );
+}
+
+/// Causal attention in f64, the textbook way: `Σ_t Σ_c y·w` for `qkv` `[b, t, 3c]`.
+fn attention_loss(qkv: &[f64], w: &[f32], [b, t, c, nh]: [usize; 4]) -> f64 {
+    let hs = c / nh;
+    let mut total = 0.0;
+    for (bi, h, i) in
+        (0..b).flat_map(|bi| (0..nh).flat_map(move |h| (0..t).map(move |i| (bi, h, i))))
+    {
+        let at =
+            |r: usize, part: usize, d: usize| qkv[(bi * t + r) * 3 * c + part * c + h * hs + d];
+        let dot = |j: usize| (0..hs).map(|d| at(i, 0, d) * at(j, 1, d)).sum::<f64>();
+        let s: Vec<f64> = (0..=i).map(|j| dot(j) / (hs as f64).sqrt()).collect();
+        let max = s.iter().cloned().fold(f64::MIN, f64::max);
+        let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
+        let z: f64 = e.iter().sum();
+        for d in 0..hs {
+            let y: f64 = (0..=i).map(|j| e[j] / z * at(j, 2, d)).sum();
+            total += y * w[(bi * t + i) * c + h * hs + d] as f64;
+        }
+    }
+    total
+}
+
+#[test]
+fn causal_attention_and_its_gradient_are_exact() {
+    for (seed, [b, t, c, nh]) in [[2, 7, 12, 3], [1, 9, 8, 1], [3, 4, 16, 2]]
+        .into_iter()
+        .enumerate()
+    {
+        let dims = [b, t, c, nh];
+        let qkv = random(b * t * 3 * c, 1.0, seed as u64);
+        let w = random(b * t * c, 1.0, 100 + seed as u64);
+        let (y, dqkv) = run::<Fused>(&qkv, [b, t, 3 * c], &w, |qkv| {
+            kernels::causal_attention(qkv, nh, |_| panic!("Flex takes the fused path"))
+        });
+        let x: Vec<f64> = qkv.iter().map(|&v| v as f64).collect();
+        // Σ y·w with one-hot weights reads back single outputs.
+        let loss = attention_loss(&x, &w, dims);
+        let got: f64 = y.iter().zip(&w).map(|(&y, &w)| y as f64 * w as f64).sum();
+        assert!(
+            (got - loss).abs() < 1e-5,
+            "{dims:?}: Σ y·w = {got}, want {loss}"
+        );
+        let h = 1e-5;
+        let want: Vec<f64> = (0..x.len())
+            .map(|i| {
+                let (mut up, mut down) = (x.clone(), x.clone());
+                up[i] += h;
+                down[i] -= h;
+                (attention_loss(&up, &w, dims) - attention_loss(&down, &w, dims)) / (2.0 * h)
+            })
+            .collect();
+        let err = max_diff(&dqkv, &want);
+        assert!(err < 1e-5, "{dims:?}: gradient off by {err:e}");
+    }
+}
+
+#[test]
+fn layer_norm_matches_burns_with_and_without_bias() {
+    let (shape, c) = ([2, 6, 32], 32);
+    let n = shape.iter().product();
+    let (x, w) = (random(n, 2.0, 7), random(n, 1.0, 8));
+    let (gamma, beta) = (random(c, 0.5, 9), random(c, 0.5, 10));
+    assert!(
+        kernels::fused::<Fused>(),
+        "the fused kernels run on Autodiff<Flex>"
+    );
+    let device = Default::default();
+    let vector =
+        |v: &[f32]| Tensor::<Fused, 1>::from_data(TensorData::new(v.to_vec(), [c]), &device);
+    for bias in [true, false] {
+        // Outputs and gradients of x, γ and β (empty without bias), fused or Burn's.
+        let outputs = |fused: bool| {
+            let mut ln = LayerNormConfig::new(c)
+                .with_bias(bias)
+                .init::<Fused>(&device);
+            ln.gamma = Param::from_tensor(vector(&gamma).require_grad());
+            ln.beta = bias.then(|| Param::from_tensor(vector(&beta).require_grad()));
+            let xt = Tensor::<Fused, 3>::from_data(TensorData::new(x.clone(), shape), &device)
+                .require_grad();
+            let y = match fused {
+                true => kernels::layer_norm(&ln, xt.clone(), 1e-5),
+                false => ln.forward(xt.clone()),
+            };
+            let wt = Tensor::<Fused, 3>::from_data(TensorData::new(w.clone(), shape), &device);
+            let grads = (y.clone() * wt).sum().backward();
+            let values = |t: Option<Tensor<Autodiff<Flex>, 1>>| -> Vec<f32> {
+                t.map(|t| t.grad(&grads).unwrap().into_data().to_vec().unwrap())
+                    .unwrap_or_default()
+            };
+            [
+                y.into_data().to_vec().unwrap(),
+                xt.grad(&grads).unwrap().into_data().to_vec().unwrap(),
+                values(Some(ln.gamma.val())),
+                values(ln.beta.as_ref().map(|b| b.val())),
+            ]
+        };
+        let (fused, burn) = (outputs(true), outputs(false));
+        for (what, (a, b)) in ["y", "dx", "dγ", "dβ"].iter().zip(fused.iter().zip(&burn)) {
+            let b: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+            let err = max_diff(a, &b);
+            assert!(err < 1e-5, "bias {bias}: {what} off by {err:e}");
+        }
+        assert_eq!(fused[3].len(), if bias { c } else { 0 });
+    }
+}
+
+#[test]
+fn linear_matches_burns_matmul_plus_bias() {
+    let (rows, d_in, d_out) = (37, 24, 20);
+    let (x, w) = (random(rows * d_in, 1.0, 11), random(rows * d_out, 1.0, 12));
+    let (weight, bias) = (random(d_in * d_out, 0.3, 13), random(d_out, 1.0, 14));
+    assert!(
+        kernels::fused::<Fused>(),
+        "the fused kernels run on Autodiff<Flex>"
+    );
+    let device = Default::default();
+    for with_bias in [true, false] {
+        // Output and gradients of x, W and b (empty without bias), fused or Burn's.
+        let outputs = |fused: bool| {
+            let layer = Linear::<Fused> {
+                weight: Param::from_tensor(
+                    Tensor::from_data(TensorData::new(weight.clone(), [d_in, d_out]), &device)
+                        .require_grad(),
+                ),
+                bias: with_bias.then(|| {
+                    Param::from_tensor(
+                        Tensor::from_data(TensorData::new(bias.clone(), [d_out]), &device)
+                            .require_grad(),
+                    )
+                }),
+            };
+            let xt =
+                Tensor::<Fused, 2>::from_data(TensorData::new(x.clone(), [rows, d_in]), &device)
+                    .require_grad();
+            let y = match fused {
+                true => kernels::linear(&layer, xt.clone()),
+                false => {
+                    let y = xt.clone().matmul(layer.weight.val());
+                    match &layer.bias {
+                        Some(b) => y + b.val().unsqueeze(),
+                        None => y,
+                    }
+                }
+            };
+            let wt =
+                Tensor::<Fused, 2>::from_data(TensorData::new(w.clone(), [rows, d_out]), &device);
+            let grads = (y.clone() * wt).sum().backward();
+            let bias_grad = layer.bias.as_ref().map(|b| b.val().grad(&grads).unwrap());
+            [
+                y.into_data().to_vec::<f32>().unwrap(),
+                xt.grad(&grads).unwrap().into_data().to_vec().unwrap(),
+                layer
+                    .weight
+                    .val()
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .to_vec()
+                    .unwrap(),
+                bias_grad
+                    .map(|g| g.into_data().to_vec().unwrap())
+                    .unwrap_or_default(),
+            ]
+        };
+        let (fused, burn) = (outputs(true), outputs(false));
+        for (what, (a, b)) in ["y", "dx", "dW", "db"].iter().zip(fused.iter().zip(&burn)) {
+            let b: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+            let err = max_diff(a, &b);
+            assert!(err < 1e-5, "bias {with_bias}: {what} off by {err:e}");
+        }
+        assert_eq!(fused[3].len(), if with_bias { d_out } else { 0 });
+    }
+}
