@@ -2,6 +2,7 @@
 //!
 //! This file only parses and dispatches; the work is in the library crates.
 
+mod allocator;
 mod backend;
 mod cli;
 mod commands;
@@ -15,6 +16,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    allocator::keep_freed_memory();
     let cli = cli::Cli::parse();
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
