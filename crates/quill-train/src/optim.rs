@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, FloatDType, Tensor, TensorData};
-use quill_model::LanguageModel;
+use quill_model::{LanguageModel, kernels};
 use quill_model::params::{NamedTensor, ParamPath};
 
 /// Summed gradients by parameter name, flattened, on the inner (non-autodiff) backend.
@@ -81,6 +81,16 @@ impl<B: Backend> GradBuffer<B> {
 
     /// The global L2 norm of the mean gradient.
     pub fn global_norm(&self) -> f64 {
+        let squares_on_host: Option<f64> = (self.grads.values())
+            .map(|g| {
+                kernels::with_f32_values([g], |[g]| {
+                    g.iter().map(|&x| x as f64 * x as f64).sum::<f64>()
+                })
+            })
+            .sum();
+        if let Some(total) = squares_on_host {
+            return total.sqrt() / self.micro_batches.max(1) as f64;
+        }
         let squares: Vec<Tensor<B, 1>> = self
             .grads
             .values()
@@ -226,6 +236,58 @@ fn to_f32<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 1> {
     }
 }
 
+/// One AdamW step's constants for one parameter, as `f32` (the precision of the
+/// update).
+#[derive(Debug, Clone, Copy)]
+struct Hyper {
+    /// Gradient scale: 1 / micro-batches, times the clipping coefficient.
+    scale: f32,
+    beta1: f32,
+    beta2: f32,
+    /// `1 − lr·weight_decay` for decaying parameters, else 1.
+    decay: f32,
+    /// `lr / (1 − β₁ᵗ)`.
+    step_size: f32,
+    /// `√(1 − β₂ᵗ)`.
+    sqrt_bias_correction2: f32,
+    eps: f32,
+}
+
+impl Hyper {
+    /// The update in Burn tensor operations: `(p, m, v)` after the step.
+    fn update_tensors<B: Backend>(
+        &self,
+        p: Tensor<B, 1>,
+        g: Tensor<B, 1>,
+        m: Tensor<B, 1>,
+        v: Tensor<B, 1>,
+    ) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
+        let g = g * self.scale;
+        let m = m * self.beta1 + g.clone() * (1.0 - self.beta1);
+        let v = v * self.beta2 + g.powi_scalar(2) * (1.0 - self.beta2);
+        let denom = v.clone().sqrt() / self.sqrt_bias_correction2 + self.eps;
+        let p = p * self.decay - m.clone() / denom * self.step_size;
+        (p, m, v)
+    }
+
+    /// The same update in one pass over `f32` values (Flex's fast path): `[p, m, v]`.
+    #[inline(always)]
+    fn update(&self, p: &[f32], g: &[f32], m: &[f32], v: &[f32]) -> [Vec<f32>; 3] {
+        let mut out = [(); 3].map(|_| vec![0f32; p.len()]);
+        let [p2, m2, v2] = &mut out;
+        let outputs = p2.iter_mut().zip(m2.iter_mut()).zip(v2.iter_mut());
+        let inputs = p.iter().zip(g).zip(m.iter().zip(v));
+        for (((p2, m2), v2), ((&p, &g), (&m, &v))) in outputs.zip(inputs) {
+            let g = g * self.scale;
+            *m2 = m * self.beta1 + g * (1.0 - self.beta1);
+            *v2 = v * self.beta2 + g * g * (1.0 - self.beta2);
+            let denom = v2.sqrt() / self.sqrt_bias_correction2 + self.eps;
+            *p2 = p * self.decay - *m2 / denom * self.step_size;
+        }
+        out
+    }
+}
+
 struct Update<'a, B: Backend> {
     optim: &'a mut AdamW<B>,
     path: ParamPath,
@@ -254,27 +316,38 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
         // eps (1e-8) is 0 and a parameter without gradient would get 0/0.
         let p = to_f32(tensor.inner().reshape([shape.num_elements()])); // [n]
         let o = &mut *self.optim;
-        let g = to_f32(grad) * self.scale;
-        let (m, v) = match o.moments.remove(&name) {
-            Some((m, v)) => (
-                m * o.beta1 + g.clone() * (1.0 - o.beta1),
-                v * o.beta2 + g.powi_scalar(2) * (1.0 - o.beta2),
-            ),
-            None => (
-                g.clone() * (1.0 - o.beta1),
-                g.powi_scalar(2) * (1.0 - o.beta2),
-            ),
-        };
+        let g = to_f32(grad);
+        let (m, v) = o
+            .moments
+            .remove(&name)
+            .unwrap_or_else(|| (p.zeros_like(), p.zeros_like()));
         let t = o.step as i32;
-        let bias_correction1 = 1.0 - o.beta1.powi(t);
-        let bias_correction2 = 1.0 - o.beta2.powi(t);
-        let p = if decay && o.weight_decay > 0.0 {
-            p * (1.0 - self.lr * o.weight_decay)
-        } else {
-            p
+        let hyper = Hyper {
+            scale: self.scale as f32,
+            beta1: o.beta1 as f32,
+            beta2: o.beta2 as f32,
+            decay: match decay && o.weight_decay > 0.0 {
+                true => (1.0 - self.lr * o.weight_decay) as f32,
+                false => 1.0,
+            },
+            step_size: (self.lr / (1.0 - o.beta1.powi(t))) as f32,
+            sqrt_bias_correction2: (1.0 - o.beta2.powi(t)).sqrt() as f32,
+            eps: o.eps as f32,
         };
-        let denom = v.clone().sqrt() / bias_correction2.sqrt() + o.eps;
-        let p = p - m.clone() / denom * (self.lr / bias_correction1);
+        let fused = kernels::with_f32_values([&p, &g, &m, &v], |[p, g, m, v]| {
+            kernels::vectorized(|| hyper.update(p, g, m, v))
+        });
+        let (p, m, v) = match fused {
+            Some(new) => {
+                let device = p.device();
+                let [p, m, v] = new.map(|x| {
+                    let n = x.len();
+                    Tensor::<B, 1>::from_data(TensorData::new(x, [n]), &device)
+                });
+                (p, m, v)
+            }
+            None => hyper.update_tensors(p, g, m, v),
+        };
         o.moments.insert(name, (m, v));
         let p = if dtype == DType::F32 {
             p

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 /// (`f` and the `#[inline(always)]` helpers it calls are inlined into the
 /// `target_feature` function, so their loops are vectorised 8 lanes wide.)
 #[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,fma")]

@@ -78,9 +78,15 @@ pub(super) fn primitive<B: Backend, F: Backend, const D: usize>(
     x.into_primitive().tensor()
 }
 
+/// The Flex tensor behind `x` when `B` is plain Flex and `x` holds `f32`.
+pub(super) fn plain_f32<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<FlexTensor> {
+    let x = (x as &dyn Any).downcast_ref::<Tensor<Flex, D>>()?;
+    (x.dtype() == DType::F32).then(|| x.clone().into_primitive().tensor())
+}
+
 /// The values of `x` as `f32` in row-major order (copied only when `x` is a strided
 /// view or holds another dtype).
-fn values(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+pub(super) fn values(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match x.as_slice::<f32>() {
         Some(values) => values.into(),
         None => x

@@ -26,6 +26,26 @@ pub fn fused<B: Backend>() -> bool {
     flex::is_flex::<B>()
 }
 
+/// Runs `f` on the `f32` values of `tensors` (row-major; borrowed, not copied, when
+/// contiguous) when `B` is Flex without autodiff and every tensor holds `f32`, so that
+/// other crates can write their own fused CPU kernels (quill-train's AdamW update);
+/// `None` on every other backend or dtype.
+pub fn with_f32_values<B: Backend, const D: usize, const N: usize, R>(
+    tensors: [&Tensor<B, D>; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> Option<R> {
+    let flex: Vec<_> = tensors.iter().map(|t| flex::plain_f32(t)).collect::<Option<_>>()?;
+    let values: Vec<_> = flex.iter().map(flex::values).collect();
+    let slices: [&[f32]; N] = std::array::from_fn(|i| &*values[i]);
+    Some(f(slices))
+}
+
+/// Runs `f` compiled for AVX2 and FMA when the CPU has them (its loops, and the
+/// `#[inline]` functions it calls, are then vectorised eight lanes wide), else as built.
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    cpu::simd(f)
+}
+
 /// GELU, `x·Φ(x)` (the exact form, as nanoGPT's `nn.GELU()`), element-wise.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     match flex::route(x) {
