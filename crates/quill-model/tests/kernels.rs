@@ -249,3 +249,25 @@ fn linear_matches_burns_matmul_plus_bias() {
         assert_eq!(fused[3].len(), if with_bias { d_out } else { 0 });
     }
 }
+
+#[test]
+fn f32_values_reach_host_kernels_on_plain_flex_only() {
+    let device = Default::default();
+    let flex = Tensor::<Flex, 1>::from_data(TensorData::new(vec![1f32, 2.0, 3.0], [3]), &device);
+    let doubled = kernels::with_f32_values([&flex, &flex], |[a, b]| {
+        a.iter().zip(b).map(|(x, y)| x + y).collect::<Vec<_>>()
+    });
+    assert_eq!(doubled, Some(vec![2.0, 4.0, 6.0]));
+    // A strided view is read in row-major order.
+    let m =
+        Tensor::<Flex, 2>::from_data(TensorData::new(vec![1f32, 2.0, 3.0, 4.0], [2, 2]), &device);
+    let column_major = kernels::with_f32_values([&m.transpose()], |[v]| v.to_vec());
+    assert_eq!(column_major, Some(vec![1.0, 3.0, 2.0, 4.0]));
+    let other = Tensor::<burn_ndarray::NdArray, 1>::from_data(
+        TensorData::new(vec![1f32], [1]),
+        &Default::default(),
+    );
+    assert_eq!(kernels::with_f32_values([&other], |[v]| v.len()), None);
+    let tracked = Tensor::<Fused, 1>::from_data(TensorData::new(vec![1f32], [1]), &device);
+    assert_eq!(kernels::with_f32_values([&tracked], |[v]| v.len()), None);
+}

@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, FloatDType, Tensor, TensorData};
-use quill_model::{LanguageModel, kernels};
 use quill_model::params::{NamedTensor, ParamPath};
+use quill_model::{LanguageModel, kernels};
 
 /// Summed gradients by parameter name, flattened, on the inner (non-autodiff) backend.
 #[derive(Debug, Clone)]

@@ -1,11 +1,14 @@
 //! quill's AdamW against an independent host-side implementation of PyTorch's
-//! `AdamW` + `clip_grad_norm_`, on the bigram model.
+//! `AdamW` + `clip_grad_norm_`, on the bigram model: on Flex (the fused one-pass
+//! update) and on NdArray (the update in Burn tensor operations).
 
 use std::collections::BTreeMap;
 
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor};
 use burn_autodiff::Autodiff;
 use burn_flex::Flex;
+use burn_ndarray::NdArray;
 use quill_data::Rng;
 use quill_data::batch::ids_to_tensor;
 use quill_model::params::export;
@@ -22,15 +25,16 @@ const EPS: f64 = 1e-8;
 const CLIP: f64 = 0.01;
 
 /// Host copies of every gradient, in PyTorch names and layout.
-fn host_grads(
-    model: &LanguageModel<AB>,
-    grads: &<AB as burn::tensor::backend::AutodiffBackend>::Gradients,
+fn host_grads<A: AutodiffBackend>(
+    model: &LanguageModel<A>,
+    grads: &A::Gradients,
 ) -> BTreeMap<String, Vec<f64>> {
     let LanguageModel::Bigram(m) = model else {
         unreachable!()
     };
-    let v = |t: Tensor<Flex, 2>| t.into_data().convert::<f64>().to_vec::<f64>().unwrap();
-    let v1 = |t: Tensor<Flex, 1>| t.into_data().convert::<f64>().to_vec::<f64>().unwrap();
+    let v = |t: Tensor<A::InnerBackend, 2>| t.into_data().convert::<f64>().to_vec::<f64>().unwrap();
+    let v1 =
+        |t: Tensor<A::InnerBackend, 1>| t.into_data().convert::<f64>().to_vec::<f64>().unwrap();
     BTreeMap::from([
         (
             "token_embedding_table.weight".into(),
@@ -82,7 +86,7 @@ impl Reference {
     }
 }
 
-fn batch(rng: &mut Rng) -> (Tensor<AB, 2, Int>, Tensor<AB, 2, Int>) {
+fn batch<A: AutodiffBackend>(rng: &mut Rng) -> (Tensor<A, 2, Int>, Tensor<A, 2, Int>) {
     let ids: Vec<u32> = (0..2 * 4 * 6).map(|_| rng.below(9) as u32).collect();
     let device = Default::default();
     (
@@ -91,7 +95,7 @@ fn batch(rng: &mut Rng) -> (Tensor<AB, 2, Int>, Tensor<AB, 2, Int>) {
     )
 }
 
-fn params(model: &LanguageModel<AB>) -> BTreeMap<String, Vec<f64>> {
+fn params<A: AutodiffBackend>(model: &LanguageModel<A>) -> BTreeMap<String, Vec<f64>> {
     export(model)
         .into_iter()
         .map(|t| (t.name, t.values.iter().map(|&v| v as f64).collect()))
@@ -99,13 +103,22 @@ fn params(model: &LanguageModel<AB>) -> BTreeMap<String, Vec<f64>> {
 }
 
 #[test]
-fn matches_pytorch_adamw_with_global_norm_clipping() {
+fn fused_flex_update_matches_pytorch_adamw_with_global_norm_clipping() {
+    matches_pytorch_adamw_with_global_norm_clipping::<AB>();
+}
+
+#[test]
+fn tensor_op_update_matches_pytorch_adamw_with_global_norm_clipping() {
+    matches_pytorch_adamw_with_global_norm_clipping::<Autodiff<NdArray>>();
+}
+
+fn matches_pytorch_adamw_with_global_norm_clipping<A: AutodiffBackend>() {
     let config = ModelConfig::Bigram(BigramConfig {
         vocab_size: 9,
         block_size: 6,
         n_embd: 5,
     });
-    let mut model = config.init::<AB>(3, &Default::default()).unwrap();
+    let mut model = config.init::<A>(3, &Default::default()).unwrap();
     let mut reference = Reference {
         params: params(&model),
         m: BTreeMap::new(),
@@ -116,7 +129,7 @@ fn matches_pytorch_adamw_with_global_norm_clipping() {
     let mut rng = Rng::new(11);
     let mut clipped = 0;
     for step in 0..5 {
-        let (x, y) = batch(&mut rng);
+        let (x, y) = batch::<A>(&mut rng);
         let grads = model.loss(x, y).unwrap().backward();
         let host = host_grads(&model, &grads);
         let mut buffer = GradBuffer::default();

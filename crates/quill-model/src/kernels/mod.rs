@@ -34,7 +34,10 @@ pub fn with_f32_values<B: Backend, const D: usize, const N: usize, R>(
     tensors: [&Tensor<B, D>; N],
     f: impl FnOnce([&[f32]; N]) -> R,
 ) -> Option<R> {
-    let flex: Vec<_> = tensors.iter().map(|t| flex::plain_f32(t)).collect::<Option<_>>()?;
+    let flex: Vec<_> = tensors
+        .iter()
+        .map(|t| flex::plain_f32(t))
+        .collect::<Option<_>>()?;
     let values: Vec<_> = flex.iter().map(flex::values).collect();
     let slices: [&[f32]; N] = std::array::from_fn(|i| &*values[i]);
     Some(f(slices))
