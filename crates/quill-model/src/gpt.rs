@@ -45,29 +45,50 @@ impl<B: Backend> CausalSelfAttention<B> {
     /// cache `layer` holding `P` earlier positions, the `T` new positions also attend to
     /// those, and their keys and values are appended to it.
     pub fn forward(&self, x: Tensor<B, 3>, layer: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
-        let qkv = linear_3d(&self.c_attn, x); // [B, T, 3C]
-        let dropout_off = self.attn_dropout.prob == 0.0 || !B::ad_enabled(&qkv.device());
+        let dropout_off = self.attn_dropout.prob == 0.0 || !B::ad_enabled(&x.device());
         let y = match layer {
-            None if dropout_off => {
-                kernels::causal_attention(qkv, self.n_head, |qkv| self.attend(qkv, None))
+            None if dropout_off && kernels::fused::<B>() => {
+                let qkv = linear_3d(&self.c_attn, x); // [B, T, 3C]
+                kernels::causal_attention(qkv, self.n_head, |qkv| {
+                    let [b, t, c3] = qkv.dims();
+                    let c = c3 / 3;
+                    let head = |i: usize| self.split_heads(qkv.clone().narrow(2, i * c, c), b, t);
+                    self.attend([head(0), head(1), head(2)], None)
+                })
             }
-            layer => self.attend(qkv, layer),
+            layer => self.attend(self.project_heads(x), layer),
         }; // [B, T, C]
         self.resid_dropout.forward(linear_3d(&self.c_proj, y))
     }
 
-    /// The attention itself in Burn's tensor operations: `[B, T, 3C] → [B, T, C]`.
-    fn attend(&self, qkv: Tensor<B, 3>, layer: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
-        let [b, t, c3] = qkv.dims();
-        let c = c3 / 3;
-        let (nh, hs) = (self.n_head, c / self.n_head);
-        let head = |i: usize| {
-            qkv.clone()
-                .narrow(2, i * c, c)
-                .reshape([b, t, nh, hs])
-                .swap_dims(1, 2)
-        };
-        let (q, k, v) = (head(0), head(1), head(2)); // [B, nh, T, hs]
+    /// q, k and v, each `[B, nh, T, hs]`, each from its third of c_attn's weight:
+    /// slicing the `[C, 3C]` weight (not the `[B, T, 3C]` activations) keeps the backward
+    /// pass from scattering three activation-sized gradients back into one.
+    fn project_heads(&self, x: Tensor<B, 3>) -> [Tensor<B, 4>; 3] {
+        let [b, t, c] = x.dims();
+        let x = x.reshape([b * t, c]);
+        [0, 1, 2].map(|i| {
+            let w = self.c_attn.weight.val().narrow(1, i * c, c); // [C, C]
+            let y = x.clone().matmul(w); // [B·T, C]
+            let y = match &self.c_attn.bias {
+                Some(bias) => y + bias.val().narrow(0, i * c, c).unsqueeze(),
+                None => y,
+            };
+            self.split_heads(y, b, t)
+        })
+    }
+
+    /// `[B, T, C]` (or `[B·T, C]`) → `[B, nh, T, hs]`.
+    fn split_heads<const D: usize>(&self, x: Tensor<B, D>, b: usize, t: usize) -> Tensor<B, 4> {
+        let hs = x.dims()[D - 1] / self.n_head;
+        x.reshape([b, t, self.n_head, hs]).swap_dims(1, 2)
+    }
+
+    /// The attention itself in Burn's tensor operations: q, k, v `[B, nh, T, hs]` →
+    /// `[B, T, C]`.
+    fn attend(&self, [q, k, v]: [Tensor<B, 4>; 3], layer: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
+        let [b, nh, t, hs] = q.dims();
+        let c = nh * hs;
         let (k, v, past) = match layer {
             Some(layer) => layer.append(k, v), // [B, nh, P + T, hs]
             None => (k, v, 0),
