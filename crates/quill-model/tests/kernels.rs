@@ -30,6 +30,15 @@ fn max_diff(a: &[f32], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Asserts that each of the fused kernel's outputs is within 1e-5 of Burn's.
+fn assert_close(what: [&str; 4], fused: &[Vec<f32>; 4], burn: &[Vec<f32>; 4], bias: bool) {
+    for (what, (a, b)) in what.iter().zip(fused.iter().zip(burn)) {
+        let b: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+        let err = max_diff(a, &b);
+        assert!(err < 1e-5, "bias {bias}: {what} off by {err:e}");
+    }
+}
+
 /// Runs `f` on `input` (shape `[b, t, c]`, a tracked leaf); returns the output and the
 /// gradient of `Σ output·weights` with respect to the input.
 fn run<AB: AutodiffBackend>(
@@ -172,12 +181,8 @@ fn layer_norm_matches_burns_with_and_without_bias() {
                 values(ln.beta.as_ref().map(|b| b.val())),
             ]
         };
-        let (fused, burn) = (outputs(true), outputs(false));
-        for (what, (a, b)) in ["y", "dx", "dγ", "dβ"].iter().zip(fused.iter().zip(&burn)) {
-            let b: Vec<f64> = b.iter().map(|&v| v as f64).collect();
-            let err = max_diff(a, &b);
-            assert!(err < 1e-5, "bias {bias}: {what} off by {err:e}");
-        }
+        let fused = outputs(true);
+        assert_close(["y", "dx", "dγ", "dβ"], &fused, &outputs(false), bias);
         assert_eq!(fused[3].len(), if bias { c } else { 0 });
     }
 }
@@ -240,12 +245,8 @@ fn linear_matches_burns_matmul_plus_bias() {
                     .unwrap_or_default(),
             ]
         };
-        let (fused, burn) = (outputs(true), outputs(false));
-        for (what, (a, b)) in ["y", "dx", "dW", "db"].iter().zip(fused.iter().zip(&burn)) {
-            let b: Vec<f64> = b.iter().map(|&v| v as f64).collect();
-            let err = max_diff(a, &b);
-            assert!(err < 1e-5, "bias {with_bias}: {what} off by {err:e}");
-        }
+        let fused = outputs(true);
+        assert_close(["y", "dx", "dW", "db"], &fused, &outputs(false), with_bias);
         assert_eq!(fused[3].len(), if with_bias { d_out } else { 0 });
     }
 }

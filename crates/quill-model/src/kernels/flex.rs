@@ -205,27 +205,37 @@ impl<const N: usize> Backward<Flex, N> for LayerNormBackward {
     type State = LayerNormState;
 
     fn backward(self, ops: Ops<LayerNormState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let s = ops.state;
-        let dy = grads.consume::<Flex>(&ops.node);
-        let mut dx = vec![0f32; s.x.layout().num_elements()];
-        let (dgamma, dbeta) = cpu::layer_norm_backward(
-            &values(&s.x),
-            &values(&s.gamma),
-            &s.mean,
-            &s.rstd,
-            &values(&dy),
-            &mut dx,
-        );
-        let c = Shape::new([dgamma.len()]);
-        let grads_of = [
-            tensor(dx, shape(&s.x)),
-            tensor(dgamma, c.clone()),
-            tensor(dbeta, c),
-        ];
-        for (parent, grad) in ops.parents.into_iter().zip(grads_of) {
-            if let Some(parent) = parent {
-                grads.register::<Flex>(parent.id, grad);
-            }
+        to_parents(ops, grads, |s, dy| {
+            let mut dx = vec![0f32; s.x.layout().num_elements()];
+            let (dgamma, dbeta) = cpu::layer_norm_backward(
+                &values(&s.x),
+                &values(&s.gamma),
+                &s.mean,
+                &s.rstd,
+                &values(&dy),
+                &mut dx,
+            );
+            let c = Shape::new([dgamma.len()]);
+            [
+                tensor(dx, shape(&s.x)),
+                tensor(dgamma, c.clone()),
+                tensor(dbeta, c),
+            ]
+        });
+    }
+}
+
+/// The backward pass of a node with up to three parents: `f` maps the node's state
+/// and output gradient to its parents' gradients, in order.
+fn to_parents<S, const N: usize>(
+    ops: Ops<S, N>,
+    grads: &mut Gradients,
+    f: impl FnOnce(S, FlexTensor) -> [FlexTensor; 3],
+) {
+    let dy = grads.consume::<Flex>(&ops.node);
+    for (parent, grad) in ops.parents.into_iter().zip(f(ops.state, dy)) {
+        if let Some(parent) = parent {
+            grads.register::<Flex>(parent.id, grad);
         }
     }
 }
@@ -294,29 +304,18 @@ impl<const N: usize> Backward<Flex, N> for LinearBackward {
     type State = LinearState;
 
     fn backward(self, ops: Ops<LinearState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let s = ops.state;
-        let dy = grads.consume::<Flex>(&ops.node);
-        let [d_in, d_out] = shape(&s.w).dims::<2>();
-        let mut dx = vec![0f32; s.x.layout().num_elements()];
-        let mut dw = vec![0f32; d_in * d_out];
-        let db = cpu::linear_backward(
-            &values(&s.x),
-            &values(&s.w),
-            &values(&dy),
-            d_in,
-            &mut dx,
-            &mut dw,
-        );
-        let grads_of = [
-            tensor(dx, shape(&s.x)),
-            tensor(dw, shape(&s.w)),
-            tensor(db, Shape::new([d_out])),
-        ];
-        for (parent, grad) in ops.parents.into_iter().zip(grads_of) {
-            if let Some(parent) = parent {
-                grads.register::<Flex>(parent.id, grad);
-            }
-        }
+        to_parents(ops, grads, |s, dy| {
+            let [d_in, d_out] = shape(&s.w).dims::<2>();
+            let mut dx = vec![0f32; s.x.layout().num_elements()];
+            let mut dw = vec![0f32; d_in * d_out];
+            let (x, w) = (values(&s.x), values(&s.w));
+            let db = cpu::linear_backward(&x, &w, &values(&dy), d_in, &mut dx, &mut dw);
+            [
+                tensor(dx, shape(&s.x)),
+                tensor(dw, shape(&s.w)),
+                tensor(db, Shape::new([d_out])),
+            ]
+        });
     }
 }
 
