@@ -1,7 +1,11 @@
 //! The KV cache computes what full recompute computes: the same logits (to rounding)
-//! and exactly the same tokens, greedy and sampled, inside and beyond the block.
+//! and exactly the same tokens, greedy and sampled, inside and beyond the block. On
+//! NdArray both paths are Burn's generic attention; on Flex the full recompute takes the
+//! fused kernel and the cache the generic path.
 
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
+use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use quill_data::Rng;
 use quill_data::batch::ids_to_tensor;
@@ -10,12 +14,10 @@ use quill_model::{
     window_start,
 };
 
-type B = NdArray<f32>;
-
 const BLOCK: usize = 8;
 const VOCAB: usize = 13;
 
-fn model() -> LanguageModel<B> {
+fn model<B: Backend>() -> LanguageModel<B> {
     let config = GptConfig {
         vocab_size: VOCAB,
         block_size: BLOCK,
@@ -33,7 +35,7 @@ fn model() -> LanguageModel<B> {
     scale_weights(model, 6.0)
 }
 
-fn scale_weights(model: LanguageModel<B>, factor: f32) -> LanguageModel<B> {
+fn scale_weights<B: Backend>(model: LanguageModel<B>, factor: f32) -> LanguageModel<B> {
     use quill_model::params::{export, import};
     let tensors = export(&model)
         .into_iter()
@@ -45,17 +47,22 @@ fn scale_weights(model: LanguageModel<B>, factor: f32) -> LanguageModel<B> {
     import(model, &tensors).unwrap()
 }
 
-fn ids(tokens: &[u32], rows: usize) -> Tensor<B, 2, Int> {
+fn ids<B: Backend>(tokens: &[u32], rows: usize) -> Tensor<B, 2, Int> {
     ids_to_tensor(tokens, [rows, tokens.len() / rows], &Default::default())
 }
 
-fn host(t: Tensor<B, 3>) -> Vec<f32> {
+fn host<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
     t.into_data().to_vec().unwrap()
 }
 
 #[test]
 fn cached_logits_equal_full_forward() {
-    let model = model();
+    cached_logits_equal_full_forward_on::<NdArray>();
+    cached_logits_equal_full_forward_on::<Flex>();
+}
+
+fn cached_logits_equal_full_forward_on<B: Backend>() {
+    let model = model::<B>();
     let tokens: Vec<u32> = (0..BLOCK as u32)
         .map(|i| (i * 5 + 1) % VOCAB as u32)
         .collect();
@@ -108,7 +115,21 @@ fn the_window_grows_to_block_size_then_shifts_by_half() {
 }
 
 fn both(prompts: &[Vec<u32>], max_new: usize, options: SamplingOptions) -> Vec<Vec<u32>> {
-    let model = model();
+    let a = both_on::<NdArray>(prompts, max_new, options.clone());
+    assert_eq!(
+        a,
+        both_on::<Flex>(prompts, max_new, options),
+        "NdArray and Flex differ"
+    );
+    a
+}
+
+fn both_on<B: Backend>(
+    prompts: &[Vec<u32>],
+    max_new: usize,
+    options: SamplingOptions,
+) -> Vec<Vec<u32>> {
+    let model = model::<B>();
     let cached = SamplingOptions {
         kv_cache: true,
         ..options.clone()
