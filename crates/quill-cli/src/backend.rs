@@ -163,6 +163,11 @@ fn default_cpu() -> Target {
     Target::NdArray
 }
 
+/// Fails as [`run`] would when `choice` is not compiled in or finds no device.
+pub fn check(choice: DeviceChoice) -> Result<()> {
+    resolve(choice).map(|_| ())
+}
+
 /// Maps `--device` to a compiled-in backend and a device that is present.
 fn resolve(choice: DeviceChoice) -> Result<Target> {
     match choice {

@@ -280,6 +280,19 @@ fn bad_input_gets_one_error_line() {
         assert!(train_on("cuda", "bf16").contains("--features cuda"));
     }
     assert!(train_on("cpu", "bf16").contains("--dtype bf16 is not supported on cpu"));
+    // parity names a missing device at once, before its CPU reference run.
+    let missing = if cfg!(feature = "cuda") {
+        "cuda:99"
+    } else {
+        "cuda"
+    };
+    let out = quill(
+        &["parity", "--data", "corpus.txt", "--device", missing],
+        dir.path(),
+    );
+    assert!(error_line(&out).contains("cuda"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("device: cpu"), "{stderr}");
     assert!(
         e(&["train", "--data", "corpus.txt", "--block-size", "1000"])
             .contains("the val split has 410 tokens, but block_size 1000 needs at least 1001")

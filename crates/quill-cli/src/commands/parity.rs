@@ -53,6 +53,8 @@ pub fn run(args: ParityArgs) -> Result<()> {
         weights,
         steps: args.steps,
     };
+    // A device that is not compiled in or not present fails here, before the reference run.
+    backend::check(args.target.device)?;
     let (_, reference, weights) = backend::run(DeviceChoice::Cpu, DType::F32, job(None))?;
     let (backend, losses, _) =
         backend::run(args.target.device, args.target.dtype, job(Some(weights)))?;
