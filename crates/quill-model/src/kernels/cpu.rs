@@ -389,24 +389,35 @@ fn head(qkv: &[f32], dims: AttentionDims, h: usize) -> [View<'_>; 3] {
     [0, 1, 2].map(|part| View::rows(&qkv[part * c + h * hs..], t, hs, 3 * c))
 }
 
-/// `s = scale·q·kᵀ` `[T, T]`, then each row `i` turned into the causal softmax
-/// probabilities `p_ij = e^(s_ij − lse_i)` for `j ≤ i` and 0 after; `lse_i` is written
-/// when `fresh`, read otherwise (the backward pass recomputes `p` from it).
+/// `s = scale·q·kᵀ` `[T, T]`.
 #[inline(always)]
-fn probabilities(q: View, k: View, scale: f32, s: &mut [f32], lse: &mut [f32], fresh: bool) {
-    let t = q.rows;
-    matmul(s, t, q, k.t(), scale);
-    for (i, (row, lse)) in s.chunks_mut(t).zip(lse).enumerate() {
+fn scores(q: View, k: View, scale: f32, s: &mut [f32]) {
+    matmul(s, q.rows, q, k.t(), scale);
+}
+
+/// Each row `i`'s log-sum-exp over its past, `lse_i = ln Σ_{j≤i} e^(s_ij)`.
+#[inline(always)]
+fn causal_log_sum_exp(s: &[f32], lse: &mut [f32]) {
+    let t = lse.len();
+    for (i, (row, lse)) in s.chunks(t).zip(lse).enumerate() {
+        let past = &row[..=i];
+        let max = past.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let sum: f32 = past.iter().map(|&s| exp(s - max)).sum();
+        *lse = max + sum.ln();
+    }
+}
+
+/// Scores turned in place into the causal softmax probabilities:
+/// `p_ij = e^(s_ij − lse_i)` for `j ≤ i`, 0 after.
+#[inline(always)]
+fn causal_softmax(s: &mut [f32], lse: &[f32]) {
+    let t = lse.len();
+    for (i, (row, &lse)) in s.chunks_mut(t).zip(lse).enumerate() {
         let (past, future) = row.split_at_mut(i + 1);
-        future.fill(0.0);
-        if fresh {
-            let max = past.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let sum: f32 = past.iter().map(|&s| exp(s - max)).sum();
-            *lse = max + sum.ln();
-        }
         for p in past.iter_mut() {
-            *p = exp(*p - *lse);
+            *p = exp(*p - lse);
         }
+        future.fill(0.0);
     }
 }
 
@@ -426,7 +437,9 @@ pub fn attention_forward(qkv: &[f32], dims: AttentionDims, y: &mut [f32], lse: &
                 let mut p = vec![0f32; t * t];
                 for (h, lse) in lse.chunks_mut(t).enumerate() {
                     let [q, k, v] = head(qkv, dims, h);
-                    probabilities(q, k, scale, &mut p, lse, true);
+                    scores(q, k, scale, &mut p);
+                    causal_log_sum_exp(&p, lse);
+                    causal_softmax(&mut p, lse);
                     matmul(&mut y[h * hs..], c, View::rows(&p, t, t, t), v, 1.0);
                 }
             })
@@ -451,11 +464,11 @@ pub fn attention_backward(
         .for_each(|((dqkv, qkv), (lse, dy))| {
             simd(|| {
                 let (mut p, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
-                let mut lse = lse.to_vec();
-                for (h, lse) in lse.chunks_mut(t).enumerate() {
+                for (h, lse) in lse.chunks(t).enumerate() {
                     let [q, k, v] = head(qkv, dims, h);
                     let dy = View::rows(&dy[h * hs..], t, hs, c);
-                    probabilities(q, k, scale, &mut p, lse, false);
+                    scores(q, k, scale, &mut p);
+                    causal_softmax(&mut p, lse); // recomputed, not stored
                     matmul(&mut ds, t, dy, v.t(), 1.0); // dp
                     for (p, ds) in p.chunks(t).zip(ds.chunks_mut(t)) {
                         let d = dot(p, ds);
