@@ -4,7 +4,7 @@
 //! buffers (0.1–2 MB each) every iteration. By default glibc serves the larger ones
 //! with fresh `mmap`s and hands freed heap tops back to the kernel, so every step
 //! page-faults and zero-fills them again: 42,030 page faults in a 33-step cpu-preset
-//! benchmark, against 12,619 with these settings.
+//! benchmark, against 12,759 with these settings.
 
 /// Raises glibc's `mmap` threshold to its 32 MiB maximum, and its trim threshold and
 /// top pad, so that freed buffers stay in the heap for the next step. Call it first

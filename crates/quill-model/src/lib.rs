@@ -9,8 +9,8 @@
 //! - [`model`]: [`LanguageModel`], either of the two behind one type, with its loss.
 //! - [`sampling`]: temperature, top-k and top-p sampling from logits, and [`generate`]
 //!   (with or without the KV cache, same tokens either way).
-//! - [`kernels`]: fused GELU, LayerNorm and causal attention, hand-written for the Flex
-//!   CPU backend, Burn's generic operations everywhere else.
+//! - [`kernels`]: fused Linear, GELU, LayerNorm and causal attention, hand-written for
+//!   the Flex CPU backend, Burn's generic operations everywhere else.
 //! - [`params`]: parameters by their PyTorch (nanoGPT) names, for checkpoints.
 //!
 //! ```

@@ -35,7 +35,7 @@ fn rows_per_task(rows: usize) -> usize {
 /// `eˣ` to within 2 ulp, branch-free so that loops over it vectorise (Cephes' `expf`:
 /// `x = n·ln 2 + r`, a degree-6 polynomial for `eʳ`, `2ⁿ` built in the exponent bits).
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
+pub(super) fn exp(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
     let x = x.clamp(-87.3, 88.3); // 2ⁿ stays a normal number
     let t = x * std::f32::consts::LOG2_E + MAGIC;
@@ -489,9 +489,7 @@ pub fn attention_backward(
 mod tests {
     use super::*;
 
-    /// Reference `erf` in f64 (Abramowitz & Stegun 7.1.28 is too coarse; use the
-    /// series / continued fraction through libm's `erf` via `f64` math in std? std has
-    /// none, so integrate the Gaussian numerically with Simpson's rule instead).
+    /// Reference `erf` in f64 (std has none): Simpson's rule on `2/√π·e^(−t²)`.
     fn erf_ref(x: f64) -> f64 {
         let n = 2000;
         let h = x / n as f64;

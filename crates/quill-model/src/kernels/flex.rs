@@ -94,7 +94,7 @@ pub(super) fn values(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
             .into_data()
             .convert::<f32>()
             .into_vec()
-            .unwrap_or_default()
+            .expect("data converted to f32 reads back as f32")
             .into(),
     }
 }

@@ -18,8 +18,6 @@ use burn::tensor::{Tensor, activation, backend::Backend};
 use burn_flex::Flex;
 use flex::{Route, Tracked};
 
-pub use cpu::exp;
-
 /// Whether the fused kernels run on backend `B` (for `f32` tensors): Flex, with or
 /// without autodiff. Everything else takes Burn's generic operations.
 pub fn fused<B: Backend>() -> bool {
