@@ -1,17 +1,22 @@
 //! Backend selection: the only place that names concrete Burn backends.
 //!
 //! `--device` picks a backend and device ([`DeviceChoice`]), `--dtype` its float type
-//! ([`DType`]); [`run`] resolves both against what this binary was compiled with and
-//! the devices present, says what it picked, and runs a [`Job`] there.
+//! ([`DType`]); [`prepare`] resolves both against what this binary was compiled with and
+//! the devices present, starts the device, and says what it picked — before any data is
+//! loaded — and [`Prepared::run`] runs a [`Job`] there. Both sit behind the panic
+//! boundary ([`crate::panics`]): a panic while a device starts or works is an error.
 
 use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{Result, bail};
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 
+use crate::panics;
+
 #[cfg(feature = "wgpu")]
-use crate::devices::wgpu::raw_adapters;
+use crate::devices::wgpu::usable_adapters;
 
 /// What `--device` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,11 +168,6 @@ fn default_cpu() -> Target {
     Target::NdArray
 }
 
-/// Fails as [`run`] would when `choice` is not compiled in or finds no device.
-pub fn check(choice: DeviceChoice) -> Result<()> {
-    resolve(choice).map(|_| ())
-}
-
 /// Maps `--device` to a compiled-in backend and a device that is present.
 fn resolve(choice: DeviceChoice) -> Result<Target> {
     match choice {
@@ -208,7 +208,7 @@ fn auto() -> Target {
         return Target::Cuda(0);
     }
     #[cfg(feature = "wgpu")]
-    if raw_adapters()
+    if usable_adapters()
         .iter()
         .any(|a| a.device_type != wgpu::DeviceType::Cpu)
     {
@@ -220,15 +220,14 @@ fn auto() -> Target {
 #[cfg(feature = "wgpu")]
 fn wgpu_device(which: WgpuChoice) -> Result<burn_wgpu::WgpuDevice> {
     use burn_wgpu::WgpuDevice;
-    let adapters = raw_adapters();
+    let adapters = usable_adapters();
     let count = |t: wgpu::DeviceType| adapters.iter().filter(|a| a.device_type == t).count();
     match which {
-        WgpuChoice::Default if adapters.is_empty() => {
-            bail!("wgpu found no adapter (no Vulkan/Metal/DX12/GL driver)")
-        }
+        WgpuChoice::Default if adapters.is_empty() => bail!(crate::devices::wgpu::NO_ADAPTER),
         WgpuChoice::Default => Ok(WgpuDevice::DefaultDevice),
         WgpuChoice::Cpu if count(wgpu::DeviceType::Cpu) == 0 => bail!(
-            "wgpu found no software (CPU) adapter; on Debian/Ubuntu install mesa-vulkan-drivers"
+            "no software (CPU) {} adapter found (on Linux: apt-get install mesa-vulkan-drivers), or use --device cpu",
+            crate::devices::wgpu::API
         ),
         WgpuChoice::Cpu => Ok(WgpuDevice::Cpu),
         WgpuChoice::Discrete(n) if n >= count(wgpu::DeviceType::DiscreteGpu) => bail!(
@@ -243,7 +242,7 @@ fn wgpu_device(which: WgpuChoice) -> Result<burn_wgpu::WgpuDevice> {
 #[cfg(feature = "wgpu")]
 fn wgpu_has_f16(device: &burn_wgpu::WgpuDevice) -> bool {
     use burn_wgpu::WgpuDevice;
-    let adapters = raw_adapters();
+    let adapters = usable_adapters();
     let of_type = |t: wgpu::DeviceType| adapters.iter().filter(move |a| a.device_type == t);
     match device {
         WgpuDevice::Cpu => of_type(wgpu::DeviceType::Cpu).any(|a| a.f16),
@@ -254,46 +253,133 @@ fn wgpu_has_f16(device: &burn_wgpu::WgpuDevice) -> bool {
     }
 }
 
-/// Resolves `choice` and `dtype` to a compiled-in backend, says which on stderr, and
-/// runs `job` there.
-pub fn run<J: Job>(choice: DeviceChoice, dtype: DType, job: J) -> Result<J::Output> {
-    use burn_autodiff::Autodiff;
-    let target = resolve(choice)?;
+/// A backend and device that [`prepare`] resolved and started.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    target: Target,
+    dtype: DType,
+}
+
+/// Resolves `choice` and `dtype` to a compiled-in backend and a device that is present,
+/// says which on stderr, and starts the device (a one-element tensor is made there), so
+/// that a missing driver or an unsupported dtype fails here, before any slow work.
+pub fn prepare(choice: DeviceChoice, dtype: DType) -> Result<Prepared> {
+    let target = panics::catch("could not look for devices", || resolve(choice))?;
     eprintln!("device: {target}, {dtype}");
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     if target.is_gpu() {
         let dir = crate::gpu_cache::configure();
         eprintln!("kernel and autotune cache: {}", dir.display());
     }
-    match (target, dtype) {
-        #[cfg(feature = "flex")]
-        (Target::Flex, DType::F32) => job.run::<Autodiff<burn_flex::Flex>>(burn_flex::FlexDevice),
-        #[cfg(feature = "ndarray")]
-        (Target::NdArray, DType::F32) => {
-            job.run::<Autodiff<burn_ndarray::NdArray>>(burn_ndarray::NdArrayDevice::Cpu)
-        }
-        #[cfg(feature = "wgpu")]
-        (Target::Wgpu(device), DType::F32) => job.run::<Autodiff<burn_wgpu::Wgpu<f32>>>(device),
-        #[cfg(feature = "wgpu")]
-        (Target::Wgpu(device), DType::F16) if wgpu_has_f16(&device) => {
-            job.run::<Autodiff<burn_wgpu::Wgpu<burn::tensor::f16>>>(device)
-        }
-        #[cfg(feature = "cuda")]
-        (Target::Cuda(n), DType::F32) => {
-            job.run::<Autodiff<burn_cuda::Cuda<f32>>>(burn_cuda::CudaDevice::new(n))
-        }
-        #[cfg(feature = "cuda")]
-        (Target::Cuda(n), DType::Bf16) => {
-            job.run::<Autodiff<burn_cuda::Cuda<burn::tensor::bf16>>>(burn_cuda::CudaDevice::new(n))
-        }
-        #[cfg(feature = "cuda")]
-        (Target::Cuda(n), DType::F16) => {
-            job.run::<Autodiff<burn_cuda::Cuda<burn::tensor::f16>>>(burn_cuda::CudaDevice::new(n))
-        }
-        (target, dtype) => bail!(
-            "--dtype {dtype} is not supported on {target}; supported: f32 everywhere, bf16 and f16 on cuda, f16 on wgpu adapters with 16-bit float shaders"
-        ),
+    let prepared = Prepared { target, dtype };
+    let context = format!("could not start {}", prepared.target);
+    panics::catch(&context, || prepared.dispatch(Probe))?;
+    Ok(prepared)
+}
+
+/// Makes one element on the device and reads it back: starts the device's runtime.
+struct Probe;
+
+impl Job for Probe {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        // Reading it back waits for the device: its runtime has started and run a kernel.
+        Tensor::<B::InnerBackend, 1>::zeros([1], &device).into_data();
+        Ok(())
     }
+}
+
+impl Prepared {
+    /// Runs `job` on this backend and device; a panic inside it is an error.
+    pub fn run<J: Job>(&self, job: J) -> Result<J::Output> {
+        let context = format!("{} failed", self.target);
+        panics::catch(&context, || self.dispatch(job))
+    }
+
+    /// Bytes per float of `--dtype`.
+    pub fn dtype_bytes(&self) -> usize {
+        match self.dtype {
+            DType::F32 => 4,
+            DType::Bf16 | DType::F16 => 2,
+        }
+    }
+
+    /// The memory this device has and how to name it in an error (`the machine`,
+    /// `cuda:0`), or `None` when it cannot be known (a hardware WGPU adapter).
+    pub fn memory(&self) -> Option<(f64, String)> {
+        let host = || host_memory().map(|bytes| (bytes, "the machine".to_string()));
+        match &self.target {
+            #[cfg(feature = "flex")]
+            Target::Flex => host(),
+            #[cfg(feature = "ndarray")]
+            Target::NdArray => host(),
+            #[cfg(feature = "wgpu")]
+            Target::Wgpu(burn_wgpu::WgpuDevice::Cpu) => host(),
+            #[cfg(feature = "wgpu")]
+            Target::Wgpu(_) => None,
+            #[cfg(feature = "cuda")]
+            Target::Cuda(n) => crate::devices::cuda::total_memory(*n)
+                .map(|bytes| (bytes as f64, format!("cuda:{n}"))),
+        }
+    }
+
+    /// Fails with one line when `estimate` exceeds the device's memory (see
+    /// [`Prepared::memory`]).
+    pub fn check_memory(&self, estimate: &quill_train::MemoryEstimate) -> Result<()> {
+        if let Some((bytes, place)) = self.memory() {
+            estimate.check(bytes, &place)?;
+        }
+        Ok(())
+    }
+
+    /// Where it runs, e.g. `cpu (flex backend)`.
+    pub fn name(&self) -> String {
+        self.target.to_string()
+    }
+
+    fn dispatch<J: Job>(&self, job: J) -> Result<J::Output> {
+        use burn_autodiff::Autodiff;
+        match (self.target.clone(), self.dtype) {
+            #[cfg(feature = "flex")]
+            (Target::Flex, DType::F32) => {
+                job.run::<Autodiff<burn_flex::Flex>>(burn_flex::FlexDevice)
+            }
+            #[cfg(feature = "ndarray")]
+            (Target::NdArray, DType::F32) => {
+                job.run::<Autodiff<burn_ndarray::NdArray>>(burn_ndarray::NdArrayDevice::Cpu)
+            }
+            #[cfg(feature = "wgpu")]
+            (Target::Wgpu(device), DType::F32) => job.run::<Autodiff<burn_wgpu::Wgpu<f32>>>(device),
+            #[cfg(feature = "wgpu")]
+            (Target::Wgpu(device), DType::F16) if wgpu_has_f16(&device) => {
+                job.run::<Autodiff<burn_wgpu::Wgpu<burn::tensor::f16>>>(device)
+            }
+            #[cfg(feature = "cuda")]
+            (Target::Cuda(n), DType::F32) => {
+                job.run::<Autodiff<burn_cuda::Cuda<f32>>>(burn_cuda::CudaDevice::new(n))
+            }
+            #[cfg(feature = "cuda")]
+            (Target::Cuda(n), DType::Bf16) => job
+                .run::<Autodiff<burn_cuda::Cuda<burn::tensor::bf16>>>(burn_cuda::CudaDevice::new(
+                    n,
+                )),
+            #[cfg(feature = "cuda")]
+            (Target::Cuda(n), DType::F16) => job
+                .run::<Autodiff<burn_cuda::Cuda<burn::tensor::f16>>>(burn_cuda::CudaDevice::new(n)),
+            (target, dtype) => bail!(
+                "--dtype {dtype} is not supported on {target}; supported: f32 everywhere, bf16 and f16 on cuda, f16 on wgpu adapters with 16-bit float shaders"
+            ),
+        }
+    }
+}
+
+/// The machine's physical memory in bytes (`MemTotal` of `/proc/meminfo`; `None` where
+/// there is no such file).
+fn host_memory() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ pub struct Cli {
 pub enum Command {
     /// Show the corpus: size, first characters, vocabulary, split sizes.
     Data(DataArgs),
-    /// Train a model (default: the `cpu` preset on tiny Shakespeare), then print a sample.
+    /// Train a model (default: the cpu preset on tiny Shakespeare), then print a sample.
     Train(Box<TrainArgs>),
     /// Generate text from a checkpoint.
     Sample(SampleArgs),
@@ -31,7 +31,7 @@ pub enum Command {
     Bench(BenchArgs),
     /// List the backends compiled in and the devices each can see.
     Devices(DevicesArgs),
-    /// Check that `--device` computes the same losses as the CPU backend: same initial
+    /// Check that --device computes the same losses as the CPU backend: same initial
     /// weights, same batches, then AdamW steps.
     Parity(ParityArgs),
 }
@@ -40,7 +40,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct DeviceArgs {
     /// Device: auto (CUDA, else a hardware WGPU adapter, else CPU), cpu, flex, ndarray,
-    /// wgpu, wgpu:cpu, wgpu:N, cuda, cuda:N. `quill devices` lists what is available.
+    /// wgpu, wgpu:cpu, wgpu:N, cuda, cuda:N ('quill devices' lists what this machine has).
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     /// Float type: f32 everywhere; bf16 and f16 on CUDA; f16 on WGPU adapters with
@@ -89,6 +89,10 @@ pub struct TrainArgs {
     /// Continue from this checkpoint directory (e.g. runs/cpu/last), exactly where it stopped.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// Check every setting, print the effective configuration and the memory estimate,
+    /// and stop without training or writing anything.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub target: DeviceArgs,
     #[command(flatten)]
@@ -198,7 +202,7 @@ pub struct DevicesArgs {
 #[derive(Debug, Args)]
 pub struct ParityArgs {
     /// Use this preset's model (dropout set to 0) instead of the small default model
-    /// (the `cpu` preset with 2 layers, 2 heads, n_embd 32, block 32, batch 4, no warm-up).
+    /// (the cpu preset with 2 layers, 2 heads, n_embd 32, block 32, batch 4, no warm-up).
     #[arg(long)]
     pub preset: Option<String>,
     #[command(flatten)]

@@ -1,5 +1,6 @@
 //! What each compiled-in backend can see: CPU threads, WGPU adapters, CUDA devices.
-//! Probing never panics: a missing driver or library is reported as "none found".
+//! Probing never panics: a missing driver or library is reported as "none found", with
+//! what to install. Only devices quill can run on are listed.
 
 use serde::Serialize;
 
@@ -48,10 +49,7 @@ pub fn inventory() -> Inventory {
         inv.compiled.push("wgpu");
         let adapters = wgpu::adapters();
         if adapters.is_empty() {
-            inv.notes.push((
-                "wgpu".into(),
-                "no Vulkan/Metal/DX12/GL adapter found".into(),
-            ));
+            inv.notes.push(("wgpu".into(), wgpu::NO_ADAPTER.into()));
         } else {
             inv.devices.push(("wgpu".into(), adapters));
         }
@@ -74,25 +72,11 @@ pub fn inventory() -> Inventory {
     inv
 }
 
-/// Runs `probe` with panics caught and their message kept off stderr (driver libraries
+/// Runs `probe` behind the panic boundary, the error as a `String` (driver libraries
 /// that are missing make some probes panic).
 #[allow(dead_code)]
-fn quietly<T>(probe: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(probe);
-    std::panic::set_hook(hook);
-    result.map_err(|payload| {
-        payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the probe failed".into())
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    })
+fn quietly<T>(probe: impl FnOnce() -> T) -> Result<T, String> {
+    crate::panics::catch("the probe failed", || Ok(probe())).map_err(|e| e.to_string())
 }
 
 #[cfg(feature = "cuda")]
@@ -123,6 +107,18 @@ pub mod cuda {
             Ok(devices) => devices,
             Err(_) => Err("no CUDA driver found (libcuda could not be loaded)".into()),
         }
+    }
+
+    /// Device `n`'s memory in bytes, or `None` when the driver cannot say.
+    pub fn total_memory(n: usize) -> Option<usize> {
+        quietly(|| {
+            result::init().ok()?;
+            let dev = result::device::get(i32::try_from(n).ok()?).ok()?;
+            // SAFETY: `dev` is a device handle the driver just returned.
+            unsafe { result::device::total_mem(dev) }.ok()
+        })
+        .ok()
+        .flatten()
     }
 }
 
@@ -159,11 +155,53 @@ pub mod wgpu {
         pub f16: bool,
     }
 
-    /// Every adapter of every graphics API wgpu was built with.
-    pub fn raw_adapters() -> Vec<Adapter> {
+    /// The graphics API CubeCL's WGPU runtime (so quill) runs on: Metal on macOS,
+    /// Vulkan elsewhere (as `cubecl_wgpu::AutoGraphicsApi` picks it).
+    pub const API: &str = if cfg!(target_os = "macos") {
+        "Metal"
+    } else {
+        "Vulkan"
+    };
+
+    fn api() -> Backends {
+        if cfg!(target_os = "macos") {
+            Backends::METAL
+        } else {
+            Backends::VULKAN
+        }
+    }
+
+    /// Keeps Mesa's Vulkan device-select layer from printing `error: XDG_RUNTIME_DIR is
+    /// invalid or not set` on machines without a desktop session (servers, CI, root
+    /// shells): the layer looks for a Wayland display to order the GPUs, and there is
+    /// none to find. Where `XDG_RUNTIME_DIR` is set, nothing changes.
+    pub fn quiet_headless_vulkan() {
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+            && std::env::var_os("NODEVICE_SELECT").is_none()
+        {
+            // SAFETY: called first thing in `main`, before any other thread exists.
+            unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+        }
+    }
+
+    /// The error for a machine without a usable adapter.
+    pub const NO_ADAPTER: &str = if cfg!(target_os = "macos") {
+        "no Metal adapter found, or use --device cpu"
+    } else {
+        "no Vulkan adapter found (on Linux: apt-get install mesa-vulkan-drivers), or use --device cpu"
+    };
+
+    /// The adapters quill can run on: those of [`API`]. Adapters of other APIs (an
+    /// OpenGL llvmpipe, say) are not listed: CubeCL cannot use them, and probing OpenGL
+    /// makes Mesa print errors of its own on machines without a display.
+    pub fn usable_adapters() -> Vec<Adapter> {
+        enumerate(api())
+    }
+
+    fn enumerate(backends: Backends) -> Vec<Adapter> {
         quietly(|| {
             let instance = Instance::new(InstanceDescriptor::new_without_display_handle());
-            block_on(instance.enumerate_adapters(Backends::all()))
+            block_on(instance.enumerate_adapters(backends))
                 .into_iter()
                 .map(|a| {
                     let info = a.get_info();
@@ -178,11 +216,11 @@ pub mod wgpu {
         .unwrap_or_default()
     }
 
-    /// The adapters as `--device` names them: `wgpu:cpu` for a software adapter,
+    /// The usable adapters as `--device` names them: `wgpu:cpu` for a software adapter,
     /// `wgpu:N` for discrete GPU N, `wgpu` for others (the default device).
     pub fn adapters() -> Vec<DeviceInfo> {
         let mut discrete = 0;
-        raw_adapters()
+        usable_adapters()
             .into_iter()
             .map(|a| {
                 let device = match a.device_type {

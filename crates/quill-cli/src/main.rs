@@ -9,16 +9,25 @@ mod commands;
 mod devices;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod gpu_cache;
+mod panics;
 mod progress;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 
 fn main() -> ExitCode {
+    #[cfg(feature = "wgpu")]
+    devices::wgpu::quiet_headless_vulkan();
     allocator::keep_freed_memory();
-    let cli = cli::Cli::parse();
-    match commands::run(cli) {
+    panics::install_hook();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(error),
+    };
+    // The outer boundary: a panic that no inner boundary caught is still one line.
+    match panics::catch("internal error", || commands::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let message = format!("{error:#}").replace('\n', " ");
@@ -26,4 +35,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap rejects: one line, `error: …` (with clap's tip, if it has one),
+/// exit status 2. `--help` and `--version` print as clap prints them.
+fn usage_error(error: clap::Error) -> ExitCode {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        error.exit();
+    }
+    let text = error.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("error: invalid arguments");
+    let tip = lines.find_map(|l| l.strip_prefix("tip: "));
+    match tip {
+        Some(tip) => eprintln!("{first} ({tip}; see --help)"),
+        None => eprintln!("{first} (see --help)"),
+    }
+    ExitCode::from(2)
 }

@@ -5,9 +5,17 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn quill(args: &[&str], cwd: &Path) -> Output {
+    quill_with_env(args, cwd, &[])
+}
+
+/// `quill ARGS` in `cwd` with extra environment variables (and without
+/// `RUST_BACKTRACE`, which brings Rust's own panic report back).
+fn quill_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_quill"))
         .args(args)
         .current_dir(cwd)
+        .env_remove("RUST_BACKTRACE")
+        .envs(env.iter().copied())
         .output()
         .expect("quill runs")
 }
@@ -112,9 +120,12 @@ fn train_sample_eval_round_trip() {
     );
     assert!(out.contains("done: 6 iterations"), "{out}");
     assert!(out.contains("--- a sample from run/best ---"), "{out}");
+    assert!(out.contains("\n# memory: about "), "{out}");
     for file in [
         "run/metrics.jsonl",
+        "run/steps.jsonl",
         "run/loss.svg",
+        "run/loss.png",
         "run/last/model.safetensors",
         "run/best/vocab.json",
     ] {
@@ -243,6 +254,17 @@ fn bad_input_gets_one_error_line() {
     assert_eq!(
         e(&["data", "--data", "missing.txt"]),
         "error: corpus not found: missing.txt"
+    );
+    // What clap rejects is one line too, with its tip.
+    let out = quill(&["train", "--nope"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: unexpected argument '--nope' found (see --help)\n"
+    );
+    assert_eq!(
+        e(&["train", "--lr", "fast"]),
+        "error: invalid value 'fast' for '--lr <LR>': invalid float literal (see --help)"
     );
     fs::write(dir.path().join("binary.txt"), b"ok\xff").unwrap();
     assert_eq!(
@@ -399,4 +421,235 @@ fn bench_reports_training_eval_and_sampling_speed_as_json() {
         ))
         .contains("--iters")
     );
+}
+
+/// A machine without a Vulkan driver (the loader pointed at a file that does not exist):
+/// the WGPU commands say so in one line, and `quill devices` lists no WGPU adapter.
+#[cfg(feature = "wgpu")]
+#[test]
+fn without_a_vulkan_driver_wgpu_is_one_clean_error() {
+    let dir = setup();
+    let no_driver = [
+        ("VK_ICD_FILENAMES", "/nonexistent/icd.json"),
+        ("VK_DRIVER_FILES", "/nonexistent/icd.json"),
+    ];
+    let e = |args: &[&str]| error_line(&quill_with_env(args, dir.path(), &no_driver));
+    let wanted = "error: no Vulkan adapter found (on Linux: apt-get install mesa-vulkan-drivers), or use --device cpu";
+    for device in ["wgpu", "auto-wgpu"] {
+        let device = device.trim_start_matches("auto-");
+        assert_eq!(
+            e(&["eval", "--device", device, "--checkpoint", "run/last"]),
+            wanted
+        );
+    }
+    assert_eq!(
+        e(&["train", "--device", "wgpu", "--data", "corpus.txt"]),
+        wanted
+    );
+    assert_eq!(
+        e(&["sample", "--device", "wgpu", "--checkpoint", "run/last"]),
+        wanted
+    );
+    assert_eq!(
+        e(&["parity", "--device", "wgpu:cpu", "--data", "corpus.txt"]),
+        "error: no software (CPU) Vulkan adapter found (on Linux: apt-get install mesa-vulkan-drivers), or use --device cpu"
+    );
+    let listed = stdout(&quill_with_env(&["devices"], dir.path(), &no_driver));
+    assert!(!listed.contains("--device wgpu"), "{listed}");
+    assert!(
+        listed.contains("wgpu     no Vulkan adapter found"),
+        "{listed}"
+    );
+    // `--device auto` falls back to the CPU.
+    let auto = quill_with_env(
+        &["eval", "--checkpoint", "nowhere", "--device", "auto"],
+        dir.path(),
+        &no_driver,
+    );
+    assert!(String::from_utf8_lossy(&auto.stderr).contains("device: cpu"));
+}
+
+/// A panic raised inside CubeCL while the device starts (here: asked, through CubeCL's
+/// own variable, for a discrete GPU the machine lacks) is one line, not a backtrace.
+#[cfg(feature = "wgpu")]
+#[test]
+fn a_panic_inside_the_gpu_runtime_is_one_clean_error() {
+    let dir = setup();
+    let out = quill_with_env(
+        &["eval", "--device", "wgpu", "--checkpoint", "run/last"],
+        dir.path(),
+        &[("CUBECL_WGPU_DEFAULT_DEVICE", "DiscreteGpu(99)")],
+    );
+    let line = error_line(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("stack backtrace"), "{stderr}");
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    // Where there is no Vulkan driver at all, quill refuses before CubeCL starts.
+    assert!(
+        line.starts_with(
+            "error: could not start wgpu (DefaultDevice): No Discrete GPU device found"
+        ) || line.starts_with("error: no Vulkan adapter found"),
+        "{line}"
+    );
+}
+
+/// The device, the settings and the memory they need are checked before the corpus is
+/// read or downloaded: nothing is fetched, no directory made, for a run that cannot start.
+#[test]
+fn settings_are_checked_before_any_data_is_read() {
+    let dir = tempfile::tempdir().unwrap(); // no corpus: reading it would download it
+    let e = |args: &[&str]| {
+        let out = quill(args, dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!stderr.to_lowercase().contains("download"), "{stderr}");
+        error_line(&out)
+    };
+    let missing_device = if cfg!(feature = "cuda") {
+        "cuda:99"
+    } else {
+        "cuda"
+    };
+    assert!(e(&["train", "--device", missing_device]).contains("cuda"));
+    assert!(e(&["eval", "--device", missing_device, "--checkpoint", "x"]).contains("cuda"));
+    assert!(e(&["bench", "--device", missing_device]).contains("cuda"));
+    // Settings that would need terabytes: refused, naming the figure and the setting.
+    let needs = |args: &[&str], lower: &str| {
+        let line = e(&[&["train"], args].concat());
+        assert!(line.starts_with("error: this run needs about "), "{line}");
+        assert!(line.contains(" TiB of memory ("), "{line}");
+        assert!(line.contains("but the machine has "), "{line}");
+        assert!(line.ends_with(&format!("; lower {lower}")), "{line}");
+    };
+    needs(&["--block-size", "100000"], "block_size or batch_size");
+    needs(&["--batch-size", "100000000"], "batch_size or block_size");
+    needs(&["--n-layer", "100000"], "batch_size or block_size");
+    needs(
+        &["--n-embd", "1000000", "--n-head", "1"],
+        "n_layer or n_embd",
+    );
+    let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "nothing may be created: {left:?}");
+}
+
+#[test]
+fn dry_run_prints_the_estimate_and_writes_nothing() {
+    let dir = setup();
+    let out = stdout(&quill(
+        &["train", "--data", "corpus.txt", "--out", "run", "--dry-run"],
+        dir.path(),
+    ));
+    assert!(
+        out.contains("# effective configuration (preset cpu)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("# memory: about ") && out.contains("attention scores "),
+        "{out}"
+    );
+    assert!(out.contains("the machine has "), "{out}");
+    assert!(
+        out.ends_with("# dry run: nothing trained, nothing written\n"),
+        "{out}"
+    );
+    assert!(!dir.path().join("run").exists());
+    // Sampling refuses a batch of samples the machine cannot hold.
+    train(dir.path(), &["--max-iters", "1"]);
+    let line = error_line(&quill(
+        &[
+            "sample",
+            "--checkpoint",
+            "run/last",
+            "--num-samples",
+            "1000000000",
+        ],
+        dir.path(),
+    ));
+    assert!(line.ends_with("; lower --num-samples"), "{line}");
+}
+
+/// kill -9 while a checkpoint is written leaves temporary entries; the next run in the
+/// directory removes them, and puts back a checkpoint caught between its two renames.
+#[test]
+fn a_run_cleans_up_after_killed_writers() {
+    let dir = setup();
+    train(dir.path(), &["--max-iters", "3"]);
+    let run = dir.path().join("run");
+    // A writer killed while writing `last` (its temporary directory and a temporary
+    // metrics file), and one killed between moving `best` aside and renaming the new
+    // one in.
+    fs::create_dir(run.join(".last.tmp-999999")).unwrap();
+    fs::write(run.join(".last.tmp-999999/model.safetensors"), "half").unwrap();
+    fs::write(run.join(".metrics.jsonl.999999.tmp"), "{").unwrap();
+    fs::rename(run.join("best"), run.join(".best.old-999998")).unwrap();
+    let out = quill(
+        &[
+            "train",
+            "--resume",
+            "run/last",
+            "--data",
+            "corpus.txt",
+            "--max-iters",
+            "6",
+        ],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    stdout(&out);
+    assert!(stderr.contains("removed .last.tmp-999999"), "{stderr}");
+    assert!(
+        stderr.contains("restored best/ from .best.old-999998"),
+        "{stderr}"
+    );
+    let mut names: Vec<String> = fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".lock",
+            "best",
+            "last",
+            "loss.png",
+            "loss.svg",
+            "metrics.jsonl",
+            "steps.jsonl"
+        ]
+    );
+    for checkpoint in ["run/last", "run/best"] {
+        stdout(&quill(
+            &[
+                "eval",
+                "--checkpoint",
+                checkpoint,
+                "--data",
+                "corpus.txt",
+                "--eval-iters",
+                "1",
+            ],
+            dir.path(),
+        ));
+    }
+}
+
+/// Help is written for people: no rustdoc link syntax, no Rust paths.
+#[test]
+fn help_text_is_plain_english() {
+    let dir = setup();
+    for command in [
+        "", "data", "train", "sample", "eval", "bench", "devices", "parity",
+    ] {
+        let args: Vec<&str> = [command, "--help"]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect();
+        let help = stdout(&quill(&args, dir.path()));
+        for leak in ["`", "::", "Self"] {
+            assert!(
+                !help.contains(leak),
+                "quill {command} --help shows {leak:?}:\n{help}"
+            );
+        }
+    }
 }

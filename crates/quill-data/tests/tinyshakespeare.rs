@@ -47,3 +47,24 @@ fn vocabulary_and_split_match_the_seed() {
     assert_eq!(split.train.len(), 1_003_854);
     assert_eq!(split.val.len(), 111_540);
 }
+
+/// The top-level `data/` directory is part of the repository: downloads land under it,
+/// git ignores everything there but its README, and the README documents the formats
+/// quill reads and the default corpus.
+#[test]
+fn the_data_directory_is_documented_and_holds_the_default_corpus() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("data/README.md")).expect("data/README.md");
+    let inside = TINY_SHAKESPEARE
+        .default_path
+        .strip_prefix("data/")
+        .expect("the default corpus lives under data/");
+    assert!(readme.contains(inside), "{inside}");
+    assert!(readme.contains(TINY_SHAKESPEARE.sha256));
+    for format in ["UTF-8 text file", "*.txt", "Adding a corpus"] {
+        assert!(readme.contains(format), "{format}");
+    }
+    let gitignore = std::fs::read_to_string(root.join(".gitignore")).unwrap();
+    let lines: Vec<&str> = gitignore.lines().collect();
+    assert!(lines.contains(&"/data/*") && lines.contains(&"!/data/README.md"));
+}

@@ -108,6 +108,23 @@ impl GptConfig {
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
     }
+
+    /// Number of distinct parameters (a tied LM head counted once), as `f64` so that
+    /// absurd settings give a huge number instead of an overflow.
+    pub fn num_params(&self) -> f64 {
+        let (v, t, c) = (
+            self.vocab_size as f64,
+            self.block_size as f64,
+            self.n_embd as f64,
+        );
+        let biases = if self.bias { 1.0 } else { 0.0 };
+        // ln_1, c_attn, c_proj, ln_2, c_fc, mlp.c_proj: 12C² weights, 2C LayerNorm
+        // gains, and 11C biases (ln_1 C, c_attn 3C, c_proj C, ln_2 C, c_fc 4C, proj C).
+        let block = 12.0 * c * c + 2.0 * c + biases * 11.0 * c;
+        let head = if self.tie_weights { 0.0 } else { v * c };
+        // wte + wpe + blocks + ln_f + lm_head
+        v * c + t * c + self.n_layer as f64 * block + (1.0 + biases) * c + head
+    }
 }
 
 impl BigramConfig {
@@ -141,6 +158,18 @@ impl ModelConfig {
         match self {
             ModelConfig::Bigram(c) => c.vocab_size,
             ModelConfig::Gpt(c) => c.vocab_size,
+        }
+    }
+
+    /// Number of distinct parameters (see [`GptConfig::num_params`]).
+    pub fn num_params(&self) -> f64 {
+        match self {
+            // token and position tables, then the LM head's weight and bias
+            ModelConfig::Bigram(c) => {
+                let (v, t, e) = (c.vocab_size as f64, c.block_size as f64, c.n_embd as f64);
+                v * e + t * e + e * v + v
+            }
+            ModelConfig::Gpt(c) => c.num_params(),
         }
     }
 

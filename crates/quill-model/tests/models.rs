@@ -288,3 +288,27 @@ fn generation_is_seeded_and_greedy_is_argmax() {
     .unwrap();
     assert_eq!(out[0].len(), 3 + 5);
 }
+
+#[test]
+fn num_params_counts_the_models_parameters() {
+    let mut configs = Vec::new();
+    for (tie_weights, bias) in [(true, true), (false, true), (true, false), (false, false)] {
+        configs.push(ModelConfig::Gpt(GptConfig {
+            bias,
+            ..gpt_config(11, tie_weights)
+        }));
+    }
+    configs.push(ModelConfig::Bigram(BigramConfig {
+        vocab_size: 11,
+        block_size: 8,
+        n_embd: 6,
+    }));
+    for config in configs {
+        let model = config.init::<B>(1, &Default::default()).unwrap();
+        let counted = match &model {
+            quill_model::LanguageModel::Gpt(m) => m.num_params(),
+            quill_model::LanguageModel::Bigram(m) => m.num_params(),
+        };
+        assert_eq!(config.num_params(), counted as f64, "{config:?}");
+    }
+}

@@ -11,9 +11,9 @@ use crate::TrainError;
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ModelKind {
-    /// [`quill_model::Bigram`].
+    /// The lecture's bigram model: token and position embeddings, then an LM head.
     Bigram,
-    /// [`quill_model::Gpt`].
+    /// nanoGPT's transformer.
     Gpt,
 }
 
@@ -22,9 +22,9 @@ pub enum ModelKind {
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
-    /// `lr` throughout.
+    /// The peak learning rate throughout.
     Constant,
-    /// Linear warmup over `warmup_iters`, then cosine from `lr` to `min_lr` at `max_iters`.
+    /// Linear warmup, then cosine decay to the minimum learning rate at the last step.
     Cosine,
 }
 
@@ -105,7 +105,7 @@ train_config! {
     grad_clip: f64,
     /// Seed of weights, batches, dropout and samples.
     seed: u64,
-    /// Fraction of the corpus held out for validation (its end).
+    /// Fraction of the corpus held out for validation (taken from its end).
     val_fraction: f64,
     /// Characters sampled and shown at each evaluation (0 disables).
     sample_chars: usize,

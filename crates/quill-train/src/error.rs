@@ -43,6 +43,12 @@ pub enum TrainError {
         /// Vocabulary size of the checkpoint.
         checkpoint: usize,
     },
+    /// The run would need more memory than the device has (see [`crate::memory`]).
+    #[error("{0}")]
+    OutOfMemory(String),
+    /// Another process trains in the same run directory.
+    #[error("{0} is in use by another `quill train` (one run directory, one trainer)")]
+    Busy(PathBuf),
     /// The device failed while running work (e.g. a GPU kernel error).
     #[error("the device failed: {0}")]
     Device(String),

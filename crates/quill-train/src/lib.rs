@@ -8,20 +8,25 @@
 //! - [`trainer`]: the loop, [`estimate_loss`], samples at each evaluation.
 //! - [`inference`]: prompts, stop sequences and streaming for sampling.
 //! - [`checkpoint`]: self-contained, atomically written checkpoint directories.
-//! - [`metrics`]: `metrics.jsonl` and `loss.svg`.
+//! - [`run_dir`]: the run directory: one trainer at a time, records, cleanup after
+//!   killed writers.
+//! - [`metrics`]: `metrics.jsonl` and `steps.jsonl` records.
+//! - [`plot`]: `loss.svg` and `loss.png`.
+//! - [`memory`]: the memory a run needs, estimated before anything is allocated.
 //! - [`bench`](mod@bench): throughput measurements for `quill bench`.
 //! - [`parity`]: the same losses on every backend, for `quill parity`.
 //!
 //! ```no_run
 //! use burn_autodiff::Autodiff;
 //! use burn_flex::Flex;
-//! use quill_train::{Dataset, Run, TrainConfig, train};
+//! use quill_train::{Dataset, Run, RunDir, TrainConfig, train};
 //!
 //! let text = std::fs::read_to_string("data/tinyshakespeare/input.txt").unwrap();
 //! let mut config = TrainConfig::preset("cpu").unwrap();
 //! config.max_iters = 100;
 //! let dataset = Dataset::new(&text, config.val_fraction).unwrap();
-//! let run = Run { config, dataset: &dataset, out: "runs/demo".into(), resume: None, stop: None };
+//! let out = RunDir::open("runs/demo").unwrap();
+//! let run = Run { config, dataset: &dataset, out, resume: None, stop: None };
 //! let outcome = train::<Autodiff<Flex>>(run, &Default::default(), &mut ()).unwrap();
 //! println!("{outcome:?}");
 //! ```
@@ -31,9 +36,12 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod inference;
+pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod parity;
+pub mod plot;
+pub mod run_dir;
 pub mod schedule;
 pub mod trainer;
 
@@ -41,4 +49,6 @@ pub use checkpoint::{Checkpoint, RunConfig};
 pub use config::{TrainConfig, TrainOverrides};
 pub use error::TrainError;
 pub use inference::{SampleRequest, sample_texts};
+pub use memory::MemoryEstimate;
+pub use run_dir::RunDir;
 pub use trainer::{Dataset, Observer, Outcome, Run, StepReport, estimate_loss, sample_text, train};

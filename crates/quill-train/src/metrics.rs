@@ -1,9 +1,11 @@
-//! `metrics.jsonl` (one object per evaluation) and the `loss.svg` loss curve.
+//! What a run records: `metrics.jsonl` (one [`EvalRecord`] per evaluation) and
+//! `steps.jsonl` (one [`StepRecord`] per optimizer step), as JSON lines.
 
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -25,19 +27,39 @@ pub struct EvalRecord {
     pub elapsed_s: f64,
 }
 
+/// One optimizer step, one line of `steps.jsonl`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Steps taken, this one included.
+    pub iter: usize,
+    /// Mean loss of this step's micro-batches (before the update).
+    pub loss: f32,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Training tokens per second of this step.
+    pub tokens_per_s: f64,
+}
+
+/// `record` as one line of JSON, without the newline.
+pub fn to_json_line(record: &impl Serialize) -> String {
+    serde_json::to_string(record).expect("a record always serialises")
+}
+
 /// Appends `record` to the JSON-lines file at `path`.
-pub fn append(path: &Path, record: &EvalRecord) -> Result<(), TrainError> {
-    let line = serde_json::to_string(record).expect("a record always serialises");
+pub fn append(path: &Path, record: &impl Serialize) -> Result<(), TrainError> {
     let mut file = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .map_err(|e| TrainError::io(path, e))?;
-    writeln!(file, "{line}").map_err(|e| TrainError::io(path, e))
+    writeln!(file, "{}", to_json_line(record)).map_err(|e| TrainError::io(path, e))
 }
 
-/// Reads the records of `path` (none if it does not exist); unreadable lines are skipped.
-pub fn read(path: &Path) -> Vec<EvalRecord> {
+/// Reads the records of the JSON-lines file at `path` (none if it does not exist);
+/// lines that do not parse (e.g. the last one of a killed writer) are skipped.
+pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Vec<T> {
     fs::read_to_string(path)
         .map(|text| {
             text.lines()
@@ -47,81 +69,11 @@ pub fn read(path: &Path) -> Vec<EvalRecord> {
         .unwrap_or_default()
 }
 
-/// Rewrites `path` with `records` (used on resume to drop evaluations past the checkpoint).
-pub fn rewrite(path: &Path, records: &[EvalRecord]) -> Result<(), TrainError> {
-    let text: String = records
-        .iter()
-        .map(|r| serde_json::to_string(r).expect("a record always serialises") + "\n")
-        .collect();
+/// Rewrites `path` atomically with `records` (on resume, to drop records past the
+/// checkpoint).
+pub fn rewrite(path: &Path, records: &[impl Serialize]) -> Result<(), TrainError> {
+    let text: String = records.iter().map(|r| to_json_line(r) + "\n").collect();
     Ok(quill_data::corpus::write_atomic(path, text.as_bytes())?)
-}
-
-/// Draws train and val loss against iteration as an SVG document.
-pub fn loss_svg(records: &[EvalRecord]) -> String {
-    let (w, h, left, right, top, bottom) = (640.0, 400.0, 60.0, 20.0, 20.0, 40.0);
-    let max_iter = records.iter().map(|r| r.iter).max().unwrap_or(1).max(1) as f64;
-    let losses = records
-        .iter()
-        .flat_map(|r| [r.train_loss, r.val_loss])
-        .filter(|l| l.is_finite());
-    let (lo, hi) = losses.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), l| {
-        (lo.min(l), hi.max(l))
-    });
-    let (lo, hi) = if lo.is_finite() {
-        (lo as f64, (hi as f64).max(lo as f64 + 1e-3))
-    } else {
-        (0.0, 1.0)
-    };
-    let x = |iter: usize| left + (w - left - right) * iter as f64 / max_iter;
-    let y = |loss: f64| top + (h - top - bottom) * (hi - loss) / (hi - lo);
-    let line = |pick: fn(&EvalRecord) -> f32, colour: &str| {
-        let points: Vec<String> = records
-            .iter()
-            .map(|r| format!("{:.1},{:.1}", x(r.iter), y(pick(r) as f64)))
-            .collect();
-        format!(
-            r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
-            points.join(" ")
-        )
-    };
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>
-<line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>
-"#,
-        h - bottom,
-        w - right,
-        h - bottom,
-        h - bottom
-    );
-    for i in 0..=4 {
-        let loss = lo + (hi - lo) * i as f64 / 4.0;
-        svg += &format!(
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{loss:.2}</text>\n",
-            left - 6.0,
-            y(loss) + 4.0
-        );
-        let iter = (max_iter * i as f64 / 4.0) as usize;
-        svg += &format!(
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{iter}</text>\n",
-            x(iter),
-            h - bottom + 16.0
-        );
-    }
-    svg += &line(|r| r.train_loss, "#1f77b4");
-    svg += "\n";
-    svg += &line(|r| r.val_loss, "#ff7f0e");
-    svg += &format!(
-        "\n<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">iter</text>\n\
-         <text x=\"{}\" y=\"34\" fill=\"#1f77b4\" text-anchor=\"end\">train loss</text>\n\
-         <text x=\"{}\" y=\"50\" fill=\"#ff7f0e\" text-anchor=\"end\">val loss</text>\n</svg>\n",
-        (left + w - right) / 2.0,
-        h - 6.0,
-        w - right - 10.0,
-        w - right - 10.0
-    );
-    svg
 }
 
 #[cfg(test)]
@@ -158,18 +110,27 @@ mod tests {
             assert!(first.get(key).is_some(), "{key}");
         }
         assert_eq!(
-            read(&path),
+            read_jsonl::<EvalRecord>(&path),
             vec![record(0, 4.2, 4.3), record(250, 2.1, 2.2)]
         );
     }
 
     #[test]
-    fn svg_plots_both_curves_within_the_canvas() {
-        let svg = loss_svg(&[record(0, 4.0, 4.1), record(100, 2.0, 2.5)]);
-        assert_eq!(svg.matches("<polyline").count(), 2);
-        // The highest loss (4.1, val at iter 0) sits on the top edge, the lowest (2.0,
-        // train at iter 100) on the bottom axis.
-        assert!(svg.contains("points=\"60.0,20.0 620.0,279.0\""), "{svg}");
-        assert!(svg.contains("points=\"60.0,36.2 620.0,360.0\""), "{svg}");
+    fn a_torn_last_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("steps.jsonl");
+        let step = StepRecord {
+            iter: 1,
+            loss: 4.0,
+            lr: 1e-3,
+            grad_norm: 2.0,
+            tokens_per_s: 10.0,
+        };
+        fs::write(&path, to_json_line(&step) + "\n{\"iter\":2,\"lo").unwrap();
+        assert_eq!(read_jsonl::<StepRecord>(&path), [step]);
+        let json: serde_json::Value = serde_json::from_str(&to_json_line(&step)).unwrap();
+        for key in ["iter", "loss", "lr", "grad_norm", "tokens_per_s"] {
+            assert!(json.get(key).is_some(), "{key}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The training loop: batches → loss → gradients → AdamW, with periodic evaluation,
 //! samples, metrics and checkpoints.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -9,11 +9,13 @@ use burn::module::AutodiffModule;
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use quill_data::{BatchSampler, CharTokenizer, Split};
-use quill_model::{LanguageModel, SamplingOptions, generate};
+use quill_model::{LanguageModel, ModelConfig, SamplingOptions, generate};
 
-use crate::checkpoint::{Checkpoint, FORMAT, RunConfig, TrainState, best_dir, last_dir};
-use crate::metrics::{self, EvalRecord};
+use crate::checkpoint::{Checkpoint, FORMAT, RunConfig, TrainState};
+use crate::metrics::{EvalRecord, StepRecord};
 use crate::optim::{AdamW, GradBuffer, StepOptions};
+use crate::plot::LossPlot;
+use crate::run_dir::RunDir;
 use crate::schedule::learning_rate;
 use crate::{TrainConfig, TrainError};
 
@@ -94,8 +96,9 @@ pub struct Run<'a> {
     pub config: TrainConfig,
     /// The corpus.
     pub dataset: &'a Dataset,
-    /// Run directory: checkpoints (`last/`, `best/`), `metrics.jsonl`, `loss.svg`.
-    pub out: PathBuf,
+    /// The run directory, opened (and locked) with [`RunDir::open`]: checkpoints
+    /// (`last/`, `best/`), `metrics.jsonl`, `steps.jsonl`, `loss.svg`, `loss.png`.
+    pub out: RunDir,
     /// A checkpoint to continue from.
     pub resume: Option<Checkpoint>,
     /// Set (e.g. by Ctrl-C) to save a checkpoint and stop at the next step.
@@ -141,8 +144,8 @@ pub fn train<AB: AutodiffBackend>(
         train: config.clone(),
     };
     let mut stepper = Stepper::<AB>::new(config, &run.dataset.split.train, device)?;
-    let metrics_path = run.out.join("metrics.jsonl");
-    let (mut model, mut state, history) = match &run.resume {
+    let mut out = run.out;
+    let (mut model, mut state, history, steps) = match &run.resume {
         Some(checkpoint) => {
             if checkpoint.config.model != run_config.model {
                 return Err(TrainError::Config(
@@ -161,16 +164,12 @@ pub fn train<AB: AutodiffBackend>(
             stepper
                 .sampler
                 .set_rng(checkpoint.state.sampler_rng.clone());
-            let kept: Vec<EvalRecord> = metrics::read(&metrics_path)
-                .into_iter()
-                .filter(|r| r.iter <= checkpoint.state.iter)
-                .collect();
-            metrics::rewrite(&metrics_path, &kept)?;
-            (model, checkpoint.state.clone(), kept)
+            let finished = checkpoint.state.iter >= config.max_iters;
+            let (history, steps) = out.resume_at(checkpoint.state.iter, finished)?;
+            (model, checkpoint.state.clone(), history, steps)
         }
         None => {
-            std::fs::create_dir_all(&run.out).map_err(|e| TrainError::io(&run.out, e))?;
-            let _ = std::fs::remove_file(&metrics_path);
+            out.start_fresh()?;
             let model = run_config.model.init::<AB>(config.seed, device)?;
             let state = TrainState {
                 format: FORMAT.to_string(),
@@ -180,7 +179,7 @@ pub fn train<AB: AutodiffBackend>(
                 sampler_rng: stepper.sampler.rng().clone(),
                 elapsed_s: 0.0,
             };
-            (model, state, Vec::new())
+            (model, state, Vec::new(), Vec::new())
         }
     };
     let start = state.iter;
@@ -190,9 +189,12 @@ pub fn train<AB: AutodiffBackend>(
     observer.on_start(start, config.max_iters);
 
     let mut recorder = Recorder {
-        run: &run,
+        out,
+        dataset: run.dataset,
+        config,
         run_config,
         history,
+        steps,
     };
 
     let mut lr = learning_rate(config, start);
@@ -226,7 +228,8 @@ pub fn train<AB: AutodiffBackend>(
             since_eval = (Instant::now(), 0);
         }
         if run.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
-            recorder.save(&model, &stepper.optim, &state, &last_dir(&run.out))?;
+            recorder.out.flush()?;
+            recorder.save(&model, &stepper.optim, &state, &recorder.out.last())?;
             return Ok(Outcome::Interrupted(iter));
         }
 
@@ -236,13 +239,15 @@ pub fn train<AB: AutodiffBackend>(
         model = updated;
         since_eval.1 += 1;
         let seconds = step_start.elapsed().as_secs_f64().max(1e-9);
-        observer.on_step(&StepReport {
+        let report = StepReport {
             iter: iter + 1,
             loss,
             lr,
             grad_norm,
             tokens_per_s: config.tokens_per_iter() as f64 / seconds,
-        });
+        };
+        recorder.after_step(&report)?;
+        observer.on_step(&report);
     }
     unreachable!("the loop returns at max_iters")
 }
@@ -328,11 +333,15 @@ fn evaluate<B: Backend>(
     })
 }
 
-/// Writes what a run leaves behind: metrics, the loss plot, checkpoints.
+/// Writes what a run leaves behind: step and evaluation records, the loss picture,
+/// checkpoints.
 struct Recorder<'a> {
-    run: &'a Run<'a>,
+    out: RunDir,
+    dataset: &'a Dataset,
+    config: &'a TrainConfig,
     run_config: RunConfig,
     history: Vec<EvalRecord>,
+    steps: Vec<StepRecord>,
 }
 
 impl Recorder<'_> {
@@ -343,7 +352,7 @@ impl Recorder<'_> {
         state: &TrainState,
         dir: &Path,
     ) -> Result<(), TrainError> {
-        let tokenizer = self.run.dataset.tokenizer.clone();
+        let tokenizer = self.dataset.tokenizer.clone();
         Checkpoint::capture(
             self.run_config.clone(),
             tokenizer,
@@ -352,6 +361,40 @@ impl Recorder<'_> {
             state.clone(),
         )
         .save(dir)
+    }
+
+    fn after_step(&mut self, step: &StepReport) -> Result<(), TrainError> {
+        let record = StepRecord {
+            iter: step.iter,
+            loss: step.loss,
+            lr: step.lr,
+            grad_norm: step.grad_norm,
+            tokens_per_s: step.tokens_per_s,
+        };
+        self.out.record_step(&record)?;
+        self.steps.push(record);
+        Ok(())
+    }
+
+    /// `cpu · GPT 4 layers × 128 (4 heads) · 0.80 M parameters · 1.54 M tokens seen`.
+    fn title(&self, iter: usize) -> String {
+        let name = self
+            .out
+            .path()
+            .file_name()
+            .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
+        let model = match &self.run_config.model {
+            ModelConfig::Gpt(g) => format!(
+                "GPT {} layers × {} ({} heads)",
+                g.n_layer, g.n_embd, g.n_head
+            ),
+            ModelConfig::Bigram(b) => format!("bigram × {}", b.n_embd),
+        };
+        format!(
+            "{name} · {model} · {} parameters · {} tokens seen",
+            human_count(self.run_config.model.num_params()),
+            human_count((iter * self.config.tokens_per_iter()) as f64)
+        )
     }
 
     /// Records an evaluation (metrics, plot, sample) and checkpoints `last/` (and
@@ -364,18 +407,20 @@ impl Recorder<'_> {
         record: &EvalRecord,
         observer: &mut dyn Observer,
     ) -> Result<(), TrainError> {
-        let (out, config) = (&self.run.out, &self.run.config);
-        metrics::append(&out.join("metrics.jsonl"), record)?;
+        let config = self.config;
+        self.out.record_eval(record)?;
         self.history.push(record.clone());
-        quill_data::corpus::write_atomic(
-            &out.join("loss.svg"),
-            metrics::loss_svg(&self.history).as_bytes(),
-        )?;
+        LossPlot {
+            title: &self.title(record.iter),
+            steps: &self.steps,
+            evals: &self.history,
+        }
+        .write(self.out.path())?;
         let sample = (config.sample_chars > 0)
             .then(|| {
                 sample_text(
                     &model.valid(),
-                    &self.run.dataset.tokenizer,
+                    &self.dataset.tokenizer,
                     config.sample_chars,
                     config.seed ^ record.iter as u64,
                 )
@@ -388,11 +433,21 @@ impl Recorder<'_> {
         if improved {
             state.best_val_loss = Some(record.val_loss);
         }
-        self.save(model, optim, state, &last_dir(out))?;
+        self.save(model, optim, state, &self.out.last())?;
         if improved {
-            self.save(model, optim, state, &best_dir(out))?;
+            self.save(model, optim, state, &self.out.best())?;
         }
         Ok(())
+    }
+}
+
+/// `804096.0` → `804.1 k`, `1.5e6` → `1.50 M`, `2e9` → `2.00 B`.
+pub fn human_count(n: f64) -> String {
+    match n {
+        n if n >= 1e9 => format!("{:.2} B", n / 1e9),
+        n if n >= 1e6 => format!("{:.2} M", n / 1e6),
+        n if n >= 1e3 => format!("{:.1} k", n / 1e3),
+        n => format!("{n:.0}"),
     }
 }
 

@@ -9,8 +9,12 @@ use burn_autodiff::Autodiff;
 use burn_flex::Flex;
 use quill_train::checkpoint::{Checkpoint, last_dir};
 use quill_train::config::{ModelKind, Schedule};
-use quill_train::metrics::EvalRecord;
-use quill_train::{Dataset, Observer, Outcome, Run, StepReport, TrainConfig, TrainError, train};
+use quill_train::metrics::{EvalRecord, StepRecord, read_jsonl};
+use quill_train::plot::LossPlot;
+use quill_train::trainer::human_count;
+use quill_train::{
+    Dataset, Observer, Outcome, Run, RunDir, StepReport, TrainConfig, TrainError, train,
+};
 
 /// Flex, not NdArray: NdArray's multi-threaded reductions are not deterministic run to
 /// run (two identical runs differed in the last bits here), Flex's are.
@@ -20,6 +24,11 @@ fn corpus() -> String {
     let verse = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n\
                  First Citizen:\nYou are all resolved rather to die than to famish?\n\n";
     verse.repeat(40)
+}
+
+/// The corpus's vocabulary size.
+fn expected_vocab() -> usize {
+    Dataset::new(&corpus(), 0.1).unwrap().tokenizer.vocab_size()
 }
 
 fn config() -> TrainConfig {
@@ -76,7 +85,7 @@ fn run_to(
     let run = Run {
         config,
         dataset: &dataset,
-        out: out.to_path_buf(),
+        out: RunDir::open(out)?,
         resume,
         stop,
     };
@@ -110,7 +119,9 @@ fn training_lowers_the_loss_and_writes_the_run_directory() {
     assert!(rec.samples.iter().all(|s| s.chars().count() == 10));
     for file in [
         "metrics.jsonl",
+        "steps.jsonl",
         "loss.svg",
+        "loss.png",
         "last/model.safetensors",
         "best/model.safetensors",
         "last/config.json",
@@ -127,6 +138,17 @@ fn training_lowers_the_loss_and_writes_the_run_directory() {
             .count(),
         3
     );
+    // One record per step, with the losses the observer saw.
+    let steps: Vec<StepRecord> = read_jsonl(&dir.path().join("steps.jsonl"));
+    assert_eq!(
+        steps.iter().map(|s| s.iter).collect::<Vec<_>>(),
+        (1..=40).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        steps.iter().map(|s| s.loss).collect::<Vec<_>>(),
+        rec.losses.iter().map(|l| l.1).collect::<Vec<_>>()
+    );
+    assert!(steps.iter().all(|s| s.grad_norm > 0.0 && s.lr > 0.0));
     let checkpoint = Checkpoint::load(&last_dir(dir.path())).unwrap();
     assert_eq!(checkpoint.state.iter, 40);
     assert_eq!(checkpoint.state.best_val_loss, Some(last.val_loss));
@@ -184,12 +206,28 @@ fn resume_continues_bit_for_bit() {
                 expected.lr
             )
         );
-        // metrics.jsonl has each evaluation once.
-        let iters: Vec<usize> = quill_train::metrics::read(&out.join("metrics.jsonl"))
-            .iter()
-            .map(|r| r.iter)
-            .collect();
+        // metrics.jsonl has each evaluation once, steps.jsonl each step once, with the
+        // uninterrupted run's losses.
+        let evals: Vec<EvalRecord> = read_jsonl(&out.join("metrics.jsonl"));
+        let iters: Vec<usize> = evals.iter().map(|r| r.iter).collect();
         assert_eq!(iters, vec![0, 4, 8], "{name}");
+        let steps: Vec<StepRecord> = read_jsonl(&out.join("steps.jsonl"));
+        let step_losses: Vec<(usize, f32)> = steps.iter().map(|s| (s.iter, s.loss)).collect();
+        assert_eq!(step_losses, full.losses, "{name}");
+        // The picture was redrawn from all the records, not from the resumed part alone.
+        let svg = fs::read_to_string(out.join("loss.svg")).unwrap();
+        let title = format!(
+            "{name} · GPT 1 layers × 16 (2 heads) · {} parameters · {} tokens seen",
+            human_count(config().model_config(expected_vocab()).num_params()),
+            human_count((8 * config().tokens_per_iter()) as f64)
+        );
+        let redrawn = LossPlot {
+            title: &title,
+            steps: &steps,
+            evals: &evals,
+        };
+        assert_eq!(svg, redrawn.svg().unwrap(), "{name}");
+        assert_eq!(svg.matches("<circle").count(), 2 * 3 + 2, "{name}");
     }
 }
 
@@ -205,7 +243,18 @@ fn checkpoints_are_written_atomically() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into())
         .collect();
     names.sort();
-    assert_eq!(names, ["best", "last", "loss.svg", "metrics.jsonl"]);
+    assert_eq!(
+        names,
+        [
+            ".lock",
+            "best",
+            "last",
+            "loss.png",
+            "loss.svg",
+            "metrics.jsonl",
+            "steps.jsonl"
+        ]
+    );
 
     // A save that fails part-way (its temporary directory cannot be created) leaves the
     // previous checkpoint complete.

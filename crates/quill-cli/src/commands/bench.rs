@@ -3,7 +3,7 @@
 use anyhow::{Result, ensure};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use quill_train::bench::{SampleBench, TrainBench, bench_sampling, bench_training, peak_rss_mb};
-use quill_train::{Dataset, TrainConfig};
+use quill_train::{Dataset, MemoryEstimate, TrainConfig};
 use serde::Serialize;
 
 use crate::backend::{self, Job};
@@ -32,14 +32,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let config = TrainConfig::preset(&args.preset)?;
     ensure!(args.iters > 0, "--iters must be at least 1");
     ensure!(args.eval_iters > 0, "--eval-iters must be at least 1");
+    let target = backend::prepare(args.target.device, args.target.dtype)?;
     let corpus = super::load_corpus(&args.source)?;
     let dataset = Dataset::new(&corpus.text, config.val_fraction)?;
+    target.check_memory(&MemoryEstimate::training(
+        &config,
+        dataset.tokenizer.vocab_size(),
+        target.dtype_bytes(),
+    ))?;
     let job = BenchJob {
         config: config.clone(),
         dataset,
         args: &args,
     };
-    let (backend, train, sample) = backend::run(args.target.device, args.target.dtype, job)?;
+    let (backend, train, sample) = target.run(job)?;
     let report = Report {
         preset: args.preset.clone(),
         backend,

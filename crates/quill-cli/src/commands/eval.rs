@@ -8,7 +8,12 @@ use crate::backend::{self, Job};
 use crate::cli::EvalArgs;
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    let target = backend::prepare(args.target.device, args.target.dtype)?;
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
+    let eval_iters = args
+        .eval_iters
+        .unwrap_or(checkpoint.config.train.final_eval_iters);
+    anyhow::ensure!(eval_iters > 0, "--eval-iters must be at least 1");
     let corpus = super::load_corpus(&args.source)?;
     let train = &checkpoint.config.train;
     let dataset = Dataset::with_tokenizer(
@@ -17,18 +22,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         train.val_fraction,
     )?;
     dataset.split.check_block_size(train.block_size)?;
-    let eval_iters = args.eval_iters.unwrap_or(train.final_eval_iters);
-    anyhow::ensure!(eval_iters > 0, "--eval-iters must be at least 1");
-    let (train_loss, val_loss) = backend::run(
-        args.target.device,
-        args.target.dtype,
-        EvalJob {
-            checkpoint,
-            dataset,
-            eval_iters,
-            seed: args.seed,
-        },
-    )?;
+    let (train_loss, val_loss) = target.run(EvalJob {
+        checkpoint,
+        dataset,
+        eval_iters,
+        seed: args.seed,
+    })?;
     if args.json {
         println!(
             "{}",

@@ -44,6 +44,9 @@ pub fn run(args: ParityArgs) -> Result<()> {
     };
     config.dropout = 0.0;
     config.validate()?;
+    // A device that is not compiled in, not present or failing to start fails here,
+    // before the data is read and before the reference run.
+    let target = backend::prepare(args.target.device, args.target.dtype)?;
     let corpus = super::load_corpus(&args.source)?;
     let dataset = Dataset::new(&corpus.text, config.val_fraction)?;
     let vocab_size = dataset.tokenizer.vocab_size();
@@ -53,11 +56,9 @@ pub fn run(args: ParityArgs) -> Result<()> {
         weights,
         steps: args.steps,
     };
-    // A device that is not compiled in or not present fails here, before the reference run.
-    backend::check(args.target.device)?;
-    let (_, reference, weights) = backend::run(DeviceChoice::Cpu, DType::F32, job(None))?;
-    let (backend, losses, _) =
-        backend::run(args.target.device, args.target.dtype, job(Some(weights)))?;
+    let reference = backend::prepare(DeviceChoice::Cpu, DType::F32)?;
+    let (_, reference, weights) = reference.run(job(None))?;
+    let (backend, losses, _) = target.run(job(Some(weights)))?;
     let parity = compare(
         &reference,
         &losses,

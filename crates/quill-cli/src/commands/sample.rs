@@ -5,12 +5,13 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use quill_model::SamplingOptions;
-use quill_train::{Checkpoint, SampleRequest, sample_texts};
+use quill_train::{Checkpoint, MemoryEstimate, SampleRequest, sample_texts};
 
 use crate::backend::{self, Job};
 use crate::cli::SampleArgs;
 
 pub fn run(args: SampleArgs) -> Result<()> {
+    let target = backend::prepare(args.target.device, args.target.dtype)?;
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (_, Some(file)) => {
@@ -37,14 +38,15 @@ pub fn run(args: SampleArgs) -> Result<()> {
         .tokenizer
         .encode(&request.prompt)
         .context("prompt")?;
-    backend::run(
-        args.target.device,
-        args.target.dtype,
-        SampleJob {
-            checkpoint,
-            request,
-        },
-    )
+    target.check_memory(&MemoryEstimate::sampling(
+        &checkpoint.config.model,
+        request.num_samples,
+        target.dtype_bytes(),
+    ))?;
+    target.run(SampleJob {
+        checkpoint,
+        request,
+    })
 }
 
 struct SampleJob {

@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
-use quill_train::checkpoint::{best_dir, last_dir};
-use quill_train::{Checkpoint, Dataset, Outcome, Run, TrainConfig, sample_text, train};
+use quill_train::memory::human_bytes;
+use quill_train::{
+    Checkpoint, Dataset, MemoryEstimate, Outcome, Run, RunDir, TrainConfig, sample_text, train,
+};
 
 use crate::backend::{self, Job};
 use crate::cli::TrainArgs;
@@ -19,8 +21,21 @@ static STOP: AtomicBool = AtomicBool::new(false);
 const FINAL_SAMPLE_CHARS: usize = 500;
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let resume = args.resume.as_deref().map(Checkpoint::load).transpose()?;
     let preset = args.preset.as_deref().unwrap_or("cpu");
+    let out = match (&args.out, &args.resume) {
+        (Some(out), _) => out.clone(),
+        (None, Some(dir)) => dir.parent().map(PathBuf::from).unwrap_or_default(),
+        (None, None) => PathBuf::from("runs").join(preset),
+    };
+    // Every check that needs no data comes first: the device, the settings, the memory.
+    let target = backend::prepare(args.target.device, args.target.dtype)?;
+    // A resumed run's directory is opened (locked, and cleaned of what killed writers
+    // left, which may put a checkpoint back in place) before its checkpoint is read.
+    let mut run_dir = match &args.resume {
+        Some(_) if !args.dry_run && out.is_dir() => Some(RunDir::open(&out)?),
+        _ => None,
+    };
+    let resume = args.resume.as_deref().map(Checkpoint::load).transpose()?;
     let mut config = match &resume {
         Some(checkpoint) => checkpoint.config.train.clone(),
         None => TrainConfig::preset(preset)?,
@@ -31,11 +46,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     config.apply(&args.overrides);
     config.validate()?;
-    let out = match (&args.out, &args.resume) {
-        (Some(out), _) => out.clone(),
-        (None, Some(dir)) => dir.parent().map(PathBuf::from).unwrap_or_default(),
-        (None, None) => PathBuf::from("runs").join(preset),
-    };
+    // Before the corpus is read (or downloaded): the memory without the vocabulary's
+    // share, which is all of it for settings that would need terabytes.
+    let known_vocab = resume.as_ref().map_or(1, |c| c.tokenizer.vocab_size());
+    target.check_memory(&MemoryEstimate::training(
+        &config,
+        known_vocab,
+        target.dtype_bytes(),
+    ))?;
+
     let corpus = super::load_corpus(&args.source)?;
     let dataset = match &resume {
         Some(checkpoint) => Dataset::with_tokenizer(
@@ -45,6 +64,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         )?,
         None => Dataset::new(&corpus.text, config.val_fraction)?,
     };
+    dataset.split.check_block_size(config.block_size)?;
+    let estimate = MemoryEstimate::training(
+        &config,
+        dataset.tokenizer.vocab_size(),
+        target.dtype_bytes(),
+    );
+    target.check_memory(&estimate)?;
     println!(
         "# effective configuration ({})",
         match &args.resume {
@@ -60,38 +86,53 @@ pub fn run(args: TrainArgs) -> Result<()> {
         dataset.tokenizer.vocab_size(),
         out.display()
     );
+    println!(
+        "# memory: {estimate}{}",
+        target.memory().map_or_else(
+            || format!("; {} does not report its memory", target.name()),
+            |(bytes, place)| format!("; {place} has {}", human_bytes(bytes))
+        )
+    );
+    if args.dry_run {
+        println!("# dry run: nothing trained, nothing written");
+        return Ok(());
+    }
+    let run_dir = match run_dir.take() {
+        Some(dir) => dir,
+        None => RunDir::open(&out)?,
+    };
+    for note in run_dir.recovered() {
+        eprintln!("{}: {note}", out.display());
+    }
     let _ = ctrlc::set_handler(|| {
         if STOP.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
         eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again quits at once)");
     });
-    backend::run(
-        args.target.device,
-        args.target.dtype,
-        TrainJob {
-            config,
-            dataset,
-            out,
-            resume,
-        },
-    )
+    target.run(TrainJob {
+        config,
+        dataset,
+        out: run_dir,
+        resume,
+    })
 }
 
 struct TrainJob {
     config: TrainConfig,
     dataset: Dataset,
-    out: PathBuf,
+    out: RunDir,
     resume: Option<Checkpoint>,
 }
 
 impl Job for TrainJob {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let (last, best) = (self.out.last(), self.out.best());
         let run = Run {
             config: self.config,
             dataset: &self.dataset,
-            out: self.out.clone(),
+            out: self.out,
             resume: self.resume,
             stop: Some(&STOP),
         };
@@ -100,7 +141,6 @@ impl Job for TrainJob {
         progress.finish();
         match outcome? {
             Outcome::Interrupted(iter) => {
-                let last = last_dir(&self.out);
                 println!(
                     "stopped after {iter} iterations; checkpoint saved to {}",
                     last.display()
@@ -112,7 +152,6 @@ impl Job for TrainJob {
                     "done: {} iterations, train loss {:.4}, val loss {:.4}, {:.1} s",
                     record.iter, record.train_loss, record.val_loss, record.elapsed_s
                 );
-                let best = best_dir(&self.out);
                 let checkpoint = Checkpoint::load(&best)?;
                 let model = checkpoint.model::<B::InnerBackend>(&device)?;
                 let text = sample_text(
