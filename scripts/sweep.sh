@@ -77,7 +77,8 @@ check "no vulkan: devices" devices
 check "no vulkan: train" train --device wgpu "${tiny[@]}"
 check "no vulkan: eval" eval --device wgpu:cpu --checkpoint base/last --data "$corpus"
 unset VK_ICD_FILENAMES VK_DRIVER_FILES
-check "cubecl panic at device start" eval --device wgpu --checkpoint base/last --data "$corpus"
+CUBECL_WGPU_DEFAULT_DEVICE="DiscreteGpu(99)" \
+  check "cubecl panic at device start" eval --device wgpu --checkpoint base/last --data "$corpus"
 # Corrupted checkpoints: each file truncated, emptied, replaced by garbage, removed.
 for file in model.safetensors optimizer.safetensors config.json vocab.json state.json; do
   for damage in truncate empty garbage remove; do

@@ -520,9 +520,18 @@ fn settings_are_checked_before_any_data_is_read() {
         assert!(line.contains("but the machine has "), "{line}");
         assert!(line.ends_with(&format!("; lower {lower}")), "{line}");
     };
-    needs(&["--block-size", "100000"], "block_size or batch_size");
-    needs(&["--batch-size", "100000000"], "batch_size or block_size");
-    needs(&["--n-layer", "100000"], "batch_size or block_size");
+    needs(
+        &["--block-size", "100000"],
+        "block_size, batch_size or n_layer",
+    );
+    needs(
+        &["--batch-size", "100000000"],
+        "batch_size, block_size or n_layer",
+    );
+    needs(
+        &["--n-layer", "100000"],
+        "batch_size, block_size or n_layer",
+    );
     needs(
         &["--n-embd", "1000000", "--n-head", "1"],
         "n_layer or n_embd",

@@ -81,12 +81,12 @@ impl MemoryEstimate {
                     name: "activations",
                     // the blocks, plus token/position embeddings, their sum, ln_f in/out
                     bytes: (layers * per_layer + 5.0 * btc) * f,
-                    lower: "batch_size or block_size",
+                    lower: "batch_size, block_size or n_layer",
                 },
                 Component {
                     name: "attention scores",
                     bytes: layers * scores_per_layer * f,
-                    lower: "block_size or batch_size",
+                    lower: "block_size, batch_size or n_layer",
                 },
                 Component {
                     name: "logits",
@@ -253,7 +253,7 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.ends_with("but the machine has 16.0 GiB; lower block_size or batch_size"),
+            err.ends_with("but the machine has 16.0 GiB; lower block_size, batch_size or n_layer"),
             "{err}"
         );
         let mut config = TrainConfig::preset("cpu").unwrap();
@@ -271,10 +271,16 @@ mod tests {
         for (change, lower) in [
             (
                 (|c| c.n_layer = 100_000) as fn(&mut TrainConfig),
-                "batch_size or block_size",
+                "batch_size, block_size or n_layer",
             ),
-            (|c| c.batch_size = 1_000_000, "batch_size or block_size"),
-            (|c| c.block_size = usize::MAX, "block_size or batch_size"),
+            (
+                |c| c.batch_size = 1_000_000,
+                "batch_size, block_size or n_layer",
+            ),
+            (
+                |c| c.block_size = usize::MAX,
+                "block_size, batch_size or n_layer",
+            ),
         ] {
             let mut config = TrainConfig::preset("cpu").unwrap();
             change(&mut config);
