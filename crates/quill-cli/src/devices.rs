@@ -192,8 +192,7 @@ pub mod wgpu {
     };
 
     /// The adapters quill can run on: those of [`API`]. Adapters of other APIs (an
-    /// OpenGL llvmpipe, say) are not listed: CubeCL cannot use them, and probing OpenGL
-    /// makes Mesa print errors of its own on machines without a display.
+    /// OpenGL llvmpipe, say) are not listed: CubeCL cannot use them.
     pub fn usable_adapters() -> Vec<Adapter> {
         enumerate(api())
     }
