@@ -9,7 +9,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+use anyhow::bail;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 
@@ -265,6 +267,14 @@ pub struct Prepared {
 /// that a missing driver or an unsupported dtype fails here, before any slow work.
 pub fn prepare(choice: DeviceChoice, dtype: DType) -> Result<Prepared> {
     let target = panics::catch("could not look for devices", || resolve(choice))?;
+    // The one dtype check that needs the adapters: asked once, here, not per job.
+    #[cfg(feature = "wgpu")]
+    if let Target::Wgpu(device) = &target
+        && dtype == DType::F16
+        && !wgpu_has_f16(device)
+    {
+        return Err(unsupported(&target, dtype));
+    }
     eprintln!("device: {target}, {dtype}");
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     if target.is_gpu() {
@@ -350,8 +360,9 @@ impl Prepared {
             }
             #[cfg(feature = "wgpu")]
             (Target::Wgpu(device), DType::F32) => job.run::<Autodiff<burn_wgpu::Wgpu<f32>>>(device),
+            // `prepare` refused f16 on an adapter without 16-bit float shaders.
             #[cfg(feature = "wgpu")]
-            (Target::Wgpu(device), DType::F16) if wgpu_has_f16(&device) => {
+            (Target::Wgpu(device), DType::F16) => {
                 job.run::<Autodiff<burn_wgpu::Wgpu<burn::tensor::f16>>>(device)
             }
             #[cfg(feature = "cuda")]
@@ -366,11 +377,16 @@ impl Prepared {
             #[cfg(feature = "cuda")]
             (Target::Cuda(n), DType::F16) => job
                 .run::<Autodiff<burn_cuda::Cuda<burn::tensor::f16>>>(burn_cuda::CudaDevice::new(n)),
-            (target, dtype) => bail!(
-                "--dtype {dtype} is not supported on {target}; supported: f32 everywhere, bf16 and f16 on cuda, f16 on wgpu adapters with 16-bit float shaders"
-            ),
+            (target, dtype) => Err(unsupported(&target, dtype)),
         }
     }
+}
+
+/// The error for a `--dtype` the backend or adapter cannot run.
+fn unsupported(target: &Target, dtype: DType) -> anyhow::Error {
+    anyhow::anyhow!(
+        "--dtype {dtype} is not supported on {target}; supported: f32 everywhere, bf16 and f16 on cuda, f16 on wgpu adapters with 16-bit float shaders"
+    )
 }
 
 /// The machine's physical memory in bytes (`MemTotal` of `/proc/meminfo`; `None` where
