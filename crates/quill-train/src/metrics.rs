@@ -1,5 +1,5 @@
 //! What a run records: `metrics.jsonl` (one [`EvalRecord`] per evaluation) and
-//! `steps.jsonl` (one [`StepRecord`] per optimizer step), as JSON lines.
+//! `steps.jsonl` (one [`StepReport`](crate::StepReport) per optimizer step), as JSON lines.
 
 use std::fs;
 use std::io::Write;
@@ -25,21 +25,6 @@ pub struct EvalRecord {
     pub tokens_per_s: f64,
     /// Training wall time so far, in seconds.
     pub elapsed_s: f64,
-}
-
-/// One optimizer step, one line of `steps.jsonl`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct StepRecord {
-    /// Steps taken, this one included.
-    pub iter: usize,
-    /// Mean loss of this step's micro-batches (before the update).
-    pub loss: f32,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Training tokens per second of this step.
-    pub tokens_per_s: f64,
 }
 
 /// `record` as one line of JSON, without the newline.
@@ -79,6 +64,7 @@ pub fn rewrite(path: &Path, records: &[impl Serialize]) -> Result<(), TrainError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StepReport;
 
     fn record(iter: usize, train_loss: f32, val_loss: f32) -> EvalRecord {
         EvalRecord {
@@ -119,7 +105,7 @@ mod tests {
     fn a_torn_last_line_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("steps.jsonl");
-        let step = StepRecord {
+        let step = StepReport {
             iter: 1,
             loss: 4.0,
             lr: 1e-3,
@@ -127,7 +113,7 @@ mod tests {
             tokens_per_s: 10.0,
         };
         fs::write(&path, to_json_line(&step) + "\n{\"iter\":2,\"lo").unwrap();
-        assert_eq!(read_jsonl::<StepRecord>(&path), [step]);
+        assert_eq!(read_jsonl::<StepReport>(&path), [step]);
         let json: serde_json::Value = serde_json::from_str(&to_json_line(&step)).unwrap();
         for key in ["iter", "loss", "lr", "grad_norm", "tokens_per_s"] {
             assert!(json.get(key).is_some(), "{key}");

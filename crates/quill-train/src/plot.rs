@@ -17,8 +17,9 @@ use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
+use crate::StepReport;
 use crate::TrainError;
-use crate::metrics::{EvalRecord, StepRecord};
+use crate::metrics::EvalRecord;
 
 /// Canvas size in pixels (the SVG uses the same units).
 const SIZE: (u32, u32) = (1000, 680);
@@ -36,7 +37,7 @@ pub struct LossPlot<'a> {
     /// The title line, e.g. `cpu · GPT 4×128 · 0.80 M parameters · 1.5 M tokens`.
     pub title: &'a str,
     /// One record per optimizer step.
-    pub steps: &'a [StepRecord],
+    pub steps: &'a [StepReport],
     /// One record per evaluation.
     pub evals: &'a [EvalRecord],
 }
@@ -219,7 +220,7 @@ fn plot_error(e: impl std::fmt::Display) -> TrainError {
 
 /// `(iter, value)` per step, or the mean over buckets of consecutive steps when there
 /// are more than [`MAX_POINTS`].
-fn bucket_means(steps: &[StepRecord], value: impl Fn(&StepRecord) -> f64) -> Vec<(f64, f64)> {
+fn bucket_means(steps: &[StepReport], value: impl Fn(&StepReport) -> f64) -> Vec<(f64, f64)> {
     let size = steps.len().div_ceil(MAX_POINTS).max(1);
     steps
         .chunks(size)
@@ -266,9 +267,9 @@ fn padded_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 mod tests {
     use super::*;
 
-    fn steps(n: usize) -> Vec<StepRecord> {
+    fn steps(n: usize) -> Vec<StepReport> {
         (1..=n)
-            .map(|iter| StepRecord {
+            .map(|iter| StepReport {
                 iter,
                 loss: 4.0 - 2.0 * iter as f32 / n as f32,
                 lr: 1e-3,

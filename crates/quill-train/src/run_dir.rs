@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `last/`, `best/` | at each evaluation ([`crate::checkpoint`], atomic) |
 //! | `metrics.jsonl` | one [`EvalRecord`] per evaluation, appended |
-//! | `steps.jsonl` | one [`StepRecord`] per optimizer step, buffered, flushed at each evaluation |
+//! | `steps.jsonl` | one [`StepReport`] per optimizer step, buffered, flushed at each evaluation |
 //! | `loss.svg`, `loss.png` | redrawn from the records at each evaluation ([`crate::plot`]) |
 //! | `.lock` | held (an OS file lock) while a trainer uses the directory |
 //!
@@ -18,9 +18,10 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use crate::StepReport;
 use crate::TrainError;
 use crate::checkpoint::{best_dir, last_dir};
-use crate::metrics::{self, EvalRecord, StepRecord};
+use crate::metrics::{self, EvalRecord};
 
 /// An open run directory, locked for one trainer.
 #[derive(Debug)]
@@ -118,15 +119,15 @@ impl RunDir {
         &mut self,
         iter: usize,
         evaluates_again: bool,
-    ) -> Result<(Vec<EvalRecord>, Vec<StepRecord>), TrainError> {
+    ) -> Result<(Vec<EvalRecord>, Vec<StepReport>), TrainError> {
         self.steps = None;
         let evals: Vec<EvalRecord> = metrics::read_jsonl(&self.metrics_path())
             .into_iter()
             .filter(|r: &EvalRecord| r.iter < iter || (r.iter == iter && !evaluates_again))
             .collect();
-        let steps: Vec<StepRecord> = metrics::read_jsonl(&self.steps_path())
+        let steps: Vec<StepReport> = metrics::read_jsonl(&self.steps_path())
             .into_iter()
-            .filter(|r: &StepRecord| r.iter <= iter)
+            .filter(|r: &StepReport| r.iter <= iter)
             .collect();
         metrics::rewrite(&self.metrics_path(), &evals)?;
         metrics::rewrite(&self.steps_path(), &steps)?;
@@ -135,7 +136,7 @@ impl RunDir {
 
     /// Adds a step to `steps.jsonl` (buffered: it reaches the file at the next
     /// [`RunDir::record_eval`] or [`RunDir::flush`]).
-    pub fn record_step(&mut self, step: &StepRecord) -> Result<(), TrainError> {
+    pub fn record_step(&mut self, step: &StepReport) -> Result<(), TrainError> {
         let path = self.steps_path();
         let writer = match &mut self.steps {
             Some(writer) => writer,
@@ -320,7 +321,7 @@ mod tests {
     fn step_records_reach_the_file_at_each_evaluation() {
         let dir = tempfile::tempdir().unwrap();
         let mut run = RunDir::open(dir.path()).unwrap();
-        let step = |iter| StepRecord {
+        let step = |iter| StepReport {
             iter,
             loss: 1.0,
             lr: 1e-3,
@@ -339,7 +340,7 @@ mod tests {
             elapsed_s: 1.0,
         })
         .unwrap();
-        let steps: Vec<StepRecord> = metrics::read_jsonl(&run.steps_path());
+        let steps: Vec<StepReport> = metrics::read_jsonl(&run.steps_path());
         assert_eq!(steps, [step(1), step(2)]);
         run.record_step(&step(3)).unwrap();
         run.flush().unwrap();
@@ -348,7 +349,7 @@ mod tests {
         let (evals, steps) = run.resume_at(2, true).unwrap();
         assert_eq!((evals.len(), steps.len()), (0, 2));
         assert_eq!(
-            metrics::read_jsonl::<StepRecord>(&run.steps_path()).len(),
+            metrics::read_jsonl::<StepReport>(&run.steps_path()).len(),
             2
         );
     }

@@ -10,9 +10,10 @@ use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use quill_data::{BatchSampler, CharTokenizer, Split};
 use quill_model::{LanguageModel, ModelConfig, SamplingOptions, generate};
+use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, FORMAT, RunConfig, TrainState};
-use crate::metrics::{EvalRecord, StepRecord};
+use crate::metrics::EvalRecord;
 use crate::optim::{AdamW, GradBuffer, StepOptions};
 use crate::plot::LossPlot;
 use crate::run_dir::RunDir;
@@ -53,8 +54,9 @@ impl Dataset {
     }
 }
 
-/// One optimizer step, as reported to an [`Observer`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// One optimizer step, as reported to an [`Observer`] and recorded, one line each, in
+/// the run directory's `steps.jsonl`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
     /// Steps taken, this one included.
     pub iter: usize,
@@ -341,7 +343,7 @@ struct Recorder<'a> {
     config: &'a TrainConfig,
     run_config: RunConfig,
     history: Vec<EvalRecord>,
-    steps: Vec<StepRecord>,
+    steps: Vec<StepReport>,
 }
 
 impl Recorder<'_> {
@@ -364,15 +366,8 @@ impl Recorder<'_> {
     }
 
     fn after_step(&mut self, step: &StepReport) -> Result<(), TrainError> {
-        let record = StepRecord {
-            iter: step.iter,
-            loss: step.loss,
-            lr: step.lr,
-            grad_norm: step.grad_norm,
-            tokens_per_s: step.tokens_per_s,
-        };
-        self.out.record_step(&record)?;
-        self.steps.push(record);
+        self.out.record_step(step)?;
+        self.steps.push(*step);
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use burn_autodiff::Autodiff;
 use burn_flex::Flex;
 use quill_train::checkpoint::{Checkpoint, last_dir};
 use quill_train::config::{ModelKind, Schedule};
-use quill_train::metrics::{EvalRecord, StepRecord, read_jsonl};
+use quill_train::metrics::{EvalRecord, read_jsonl};
 use quill_train::plot::LossPlot;
 use quill_train::trainer::human_count;
 use quill_train::{
@@ -139,7 +139,7 @@ fn training_lowers_the_loss_and_writes_the_run_directory() {
         3
     );
     // One record per step, with the losses the observer saw.
-    let steps: Vec<StepRecord> = read_jsonl(&dir.path().join("steps.jsonl"));
+    let steps: Vec<StepReport> = read_jsonl(&dir.path().join("steps.jsonl"));
     assert_eq!(
         steps.iter().map(|s| s.iter).collect::<Vec<_>>(),
         (1..=40).collect::<Vec<_>>()
@@ -211,7 +211,7 @@ fn resume_continues_bit_for_bit() {
         let evals: Vec<EvalRecord> = read_jsonl(&out.join("metrics.jsonl"));
         let iters: Vec<usize> = evals.iter().map(|r| r.iter).collect();
         assert_eq!(iters, vec![0, 4, 8], "{name}");
-        let steps: Vec<StepRecord> = read_jsonl(&out.join("steps.jsonl"));
+        let steps: Vec<StepReport> = read_jsonl(&out.join("steps.jsonl"));
         let step_losses: Vec<(usize, f32)> = steps.iter().map(|s| (s.iter, s.loss)).collect();
         assert_eq!(step_losses, full.losses, "{name}");
         // The picture was redrawn from all the records, not from the resumed part alone.
