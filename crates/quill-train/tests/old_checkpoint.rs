@@ -1,0 +1,58 @@
+//! A checkpoint written by quill before the model declared its own parameter names
+//! (`tests/fixtures/checkpoint-v1`: a 1-layer GPT with biases and an untied head,
+//! trained 2 steps on `fixtures/shakespeare-lines.txt` by
+//! `quill train --device ndarray --data … --n-layer 1 --n-head 2 --n-embd 16
+//! --block-size 8 --bias true --tie-weights false --max-iters 2 --eval-interval 1
+//! --eval-iters 1 --final-eval-iters 1 --batch-size 2`) must load and resume exactly
+//! as it did then: the figures below were measured with that version.
+
+use std::path::Path;
+
+use burn_autodiff::Autodiff;
+use burn_ndarray::NdArray;
+use quill_model::params::export;
+use quill_train::{Checkpoint, Dataset, RunDir, estimate_loss};
+
+fn fixture() -> (Checkpoint, Dataset) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let checkpoint = Checkpoint::load(&dir.join("checkpoint-v1")).unwrap();
+    let text = std::fs::read_to_string(dir.join("shakespeare-lines.txt")).unwrap();
+    let dataset = Dataset::with_tokenizer(&text, checkpoint.tokenizer.clone(), 0.1).unwrap();
+    (checkpoint, dataset)
+}
+
+#[test]
+fn a_checkpoint_from_before_the_redesign_loads_with_the_same_weights_and_loss() {
+    let (checkpoint, dataset) = fixture();
+    let model = checkpoint.model::<NdArray>(&Default::default()).unwrap();
+    // Every tensor of the file comes back under the same name, bit for bit.
+    let exported = export(&model);
+    assert_eq!(exported.len(), checkpoint.weights.len());
+    for tensor in &exported {
+        assert_eq!(Some(tensor), checkpoint.weights.get(&tensor.name), "{}", tensor.name);
+    }
+    let loss = estimate_loss(&model, &dataset.split.val, 2, 3, 7).unwrap();
+    assert_eq!(loss, 3.39825, "measured before the redesign");
+}
+
+#[test]
+fn a_checkpoint_from_before_the_redesign_resumes_exactly() {
+    let (checkpoint, dataset) = fixture();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = checkpoint.config.train.clone();
+    config.max_iters = 4;
+    config.sample_chars = 0;
+    let run = quill_train::Run {
+        config,
+        dataset: &dataset,
+        out: RunDir::open(tmp.path()).unwrap(),
+        resume: Some(checkpoint),
+        stop: None,
+    };
+    let outcome = quill_train::train::<Autodiff<NdArray>>(run, &Default::default(), &mut ()).unwrap();
+    let quill_train::Outcome::Finished(record) = outcome else {
+        panic!("{outcome:?}")
+    };
+    // `quill train --resume … --max-iters 4` printed these with the old version.
+    assert_eq!((record.iter, record.train_loss, record.val_loss), (4, 3.437004, 3.4275784));
+}
