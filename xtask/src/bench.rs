@@ -15,6 +15,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 const OUT: &str = "BENCHMARKS.md";
+/// The heading of the hand-kept section of [`OUT`], kept when the table is rewritten.
+const HISTORY: &str = "## Measurement history";
 const CORPUS: &str = "data/tinyshakespeare/input.txt";
 
 /// One benchmark to run: a preset on a device.
@@ -73,7 +75,11 @@ pub fn run(args: &[&str]) -> Result<()> {
         rows.push((report, reference));
     }
     let markdown = render(&rows, iters, warmup)?;
-    std::fs::write(OUT, &markdown).with_context(|| format!("write {OUT}"))?;
+    // The hand-written history below the table survives a new measurement.
+    let old = std::fs::read_to_string(OUT).unwrap_or_default();
+    let history = old.find(HISTORY).map_or("", |at| &old[at..]);
+    std::fs::write(OUT, format!("{markdown}\n{history}"))
+        .with_context(|| format!("write {OUT}"))?;
     println!("{markdown}");
     eprintln!("wrote {OUT}");
     Ok(())

@@ -4,7 +4,8 @@
 //!   `data/tinyshakespeare/input.txt` and verify its sha256 (through `quill data`).
 //! - `cargo xtask ci`: everything CI checks: rustfmt, clippy (warnings are errors) with
 //!   the default and with all backends (CUDA included), the tests with WGPU (they need a
-//!   Vulkan driver: Mesa's `mesa-vulkan-drivers` on Debian), and the docs.
+//!   Vulkan driver: Mesa's `mesa-vulkan-drivers` on Debian), the public-step example,
+//!   the docs, and that the slim library builds leave the heavy dependencies out.
 //! - `cargo xtask bench`: the standard benchmark matrix for this machine, written to
 //!   `BENCHMARKS.md` (see [`bench`](mod@bench)).
 
@@ -88,8 +89,59 @@ fn ci() -> Result<()> {
     )?;
     // The tests include backend parity on WGPU (Mesa's lavapipe in CI).
     cargo(&["test", "--release", "--workspace", "--features", WGPU])?;
+    cargo(&[
+        "run",
+        "--release",
+        "-p",
+        "quill-train",
+        "--example",
+        "custom_loop",
+    ])?;
     cargo_with_env(
         &["doc", "--release", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
-    )
+    )?;
+    slim_builds()
+}
+
+/// `quill-model` without `fused-cpu` has no Flex, gemm or rayon; `quill-data` without
+/// `download` has no HTTP client.
+fn slim_builds() -> Result<()> {
+    let checks = [
+        ("quill-model", &["burn-flex", "gemm", "rayon"][..]),
+        ("quill-data", &["ureq"][..]),
+    ];
+    for (package, absent) in checks {
+        let args = [
+            "tree",
+            "-p",
+            package,
+            "--no-default-features",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ];
+        eprintln!("$ cargo {}", args.join(" "));
+        let out = Command::new(env!("CARGO"))
+            .args(args)
+            .output()
+            .context("run cargo tree")?;
+        if !out.status.success() {
+            bail!(
+                "cargo tree -p {package} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let tree = String::from_utf8_lossy(&out.stdout);
+        let found: Vec<&str> = tree
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .filter(|name| absent.contains(name))
+            .collect();
+        if !found.is_empty() {
+            bail!("{package} --no-default-features depends on {found:?}");
+        }
+    }
+    Ok(())
 }

@@ -6,9 +6,6 @@ mod allocator;
 mod backend;
 mod cli;
 mod commands;
-mod devices;
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-mod gpu_cache;
 mod panics;
 mod progress;
 
@@ -19,7 +16,7 @@ use clap::error::ErrorKind;
 
 fn main() -> ExitCode {
     #[cfg(feature = "wgpu")]
-    devices::wgpu::quiet_headless_vulkan();
+    backend::probe::wgpu::quiet_headless_vulkan();
     allocator::keep_freed_memory();
     panics::install_hook();
     let cli = match cli::Cli::try_parse() {

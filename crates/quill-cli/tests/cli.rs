@@ -76,7 +76,7 @@ fn train(dir: &Path, extra: &[&str]) -> String {
 }
 
 #[test]
-fn data_prints_the_seed_summary_and_json() {
+fn data_prints_the_notebook_summary_and_json() {
     let dir = setup();
     let text = stdout(&quill(&["data", "--data", "corpus.txt"], dir.path()));
     assert!(
@@ -245,6 +245,29 @@ fn resume_and_config_files() {
         })
         .collect();
     assert_eq!(iters, vec![0, 3, 6, 9]);
+
+    // Resumed into another directory, where the loss never beats the checkpoint's best:
+    // there is no best/ there, and the final sample comes from last/.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../quill-train/tests/fixtures");
+    let (checkpoint, text) = (
+        fixtures.join("checkpoint-v1"),
+        fixtures.join("shakespeare-lines.txt"),
+    );
+    let args = [
+        "train",
+        "--resume",
+        checkpoint.to_str().unwrap(),
+        "--data",
+        text.to_str().unwrap(),
+    ];
+    let out = stdout(&quill(
+        &[&args[..], &["--max-iters", "4", "--out", "elsewhere"]].concat(),
+        dir.path(),
+    ));
+    assert!(
+        out.contains("--- a sample from elsewhere/last ---"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -1,13 +1,14 @@
-//! Reading a corpus from disk, and fetching the default tiny Shakespeare corpus.
+//! Reading a corpus from disk, and checking the default tiny Shakespeare corpus (the
+//! `download` feature fetches it, in the `download` module).
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use crate::DataError;
+use crate::atomic::write_file;
 
 /// A corpus that quill knows how to download and verify.
 #[derive(Debug, Clone, Copy)]
@@ -77,15 +78,13 @@ impl Corpus {
         })
     }
 
-    /// Reads the default corpus at `path`, downloading it first if it is missing, and
-    /// verifying its checksum either way.
-    pub fn read_or_fetch(known: &KnownCorpus, path: &Path) -> Result<Corpus, DataError> {
-        if path.exists() {
-            let bytes = fs::read(path).map_err(|e| DataError::io(path, e))?;
-            check_sha256(path, &bytes, known.sha256)?;
-        } else {
-            fetch(known, path)?;
+    /// Reads a known corpus at `path`, checking its sha256.
+    pub fn read_verified(known: &KnownCorpus, path: &Path) -> Result<Corpus, DataError> {
+        if !path.exists() {
+            return Err(DataError::NotFound(path.to_path_buf()));
         }
+        let bytes = fs::read(path).map_err(|e| DataError::io(path, e))?;
+        check_sha256(path, &bytes, known.sha256)?;
         Corpus::read(path)
     }
 }
@@ -119,34 +118,6 @@ fn check_sha256(path: &Path, bytes: &[u8], expected: &str) -> Result<(), DataErr
     }
 }
 
-/// Downloads `known` to `dest` with a progress bar on stderr, verifying its checksum.
-pub fn fetch(known: &KnownCorpus, dest: &Path) -> Result<(), DataError> {
-    eprintln!("downloading {} from {}", known.name, known.url);
-    let download_error = |reason: String| DataError::Download {
-        url: known.url.to_string(),
-        reason,
-    };
-    let mut response = ureq::get(known.url)
-        .call()
-        .map_err(|e| download_error(e.to_string()))?;
-    let len = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(known.len);
-    let bar = ProgressBar::new(len).with_style(
-        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .expect("a valid template"),
-    );
-    let result = write_verified(
-        bar.wrap_read(response.body_mut().as_reader()),
-        dest,
-        known.sha256,
-    );
-    bar.finish_and_clear();
-    result
-}
-
 /// Copies `reader` to `dest` atomically: the bytes go to a temporary file beside `dest`,
 /// which is renamed to `dest` only when their sha256 equals `expected`. On any error
 /// (a read failure, a checksum mismatch) nothing is left behind.
@@ -156,29 +127,7 @@ pub fn write_verified(mut reader: impl Read, dest: &Path, expected: &str) -> Res
         .read_to_end(&mut bytes)
         .map_err(|e| DataError::io(dest, e))?;
     check_sha256(dest, &bytes, expected)?;
-    write_atomic(dest, &bytes)
-}
-
-/// Writes `bytes` to `dest` through a temporary file and a rename, creating parent
-/// directories as needed, so `dest` is either absent, or complete.
-pub fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
-    let file_name = dest.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, dest)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        DataError::io(dest, e)
-    })
+    write_file(dest, &bytes)
 }
 
 #[cfg(test)]
@@ -261,7 +210,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("input.txt");
         fs::write(&dest, "tampered").unwrap();
-        let err = Corpus::read_or_fetch(&TINY_SHAKESPEARE, &dest).unwrap_err();
+        let err = Corpus::read_verified(&TINY_SHAKESPEARE, &dest).unwrap_err();
         assert!(matches!(err, DataError::Checksum { .. }), "{err}");
     }
 }

@@ -72,6 +72,16 @@ pub enum DataError {
     /// The validation fraction is not strictly between 0 and 1.
     #[error("validation fraction must be strictly between 0 and 1, got {0}")]
     BadValFraction(f64),
+    /// Data whose vocabulary differs from the checkpoint's.
+    #[error(
+        "the data's vocabulary ({data} characters) differs from the checkpoint's ({checkpoint} characters)"
+    )]
+    VocabMismatch {
+        /// Vocabulary size of the data.
+        data: usize,
+        /// Vocabulary size of the checkpoint.
+        checkpoint: usize,
+    },
     /// A batch or block size of zero.
     #[error("{0} must be at least 1")]
     ZeroSize(&'static str),

@@ -2,8 +2,12 @@
 //!
 //! Everything quill knows about text before it becomes a tensor:
 //!
-//! - [`corpus`]: read a UTF-8 corpus (a file, or every `*.txt` of a directory), and fetch
-//!   and verify the default tiny Shakespeare corpus.
+//! - [`corpus`]: read a UTF-8 corpus (a file, or every `*.txt` of a directory), and
+//!   verify the default tiny Shakespeare corpus; `download` (feature `download`) fetches
+//!   it.
+//! - [`dataset`]: a corpus tokenized and split, [`Dataset`].
+//! - [`atomic`]: atomic writes of files and directories, and the clean-up after killed
+//!   writers.
 //! - [`tokenizer`]: the character-level [`CharTokenizer`].
 //! - [`batch`]: the train/val [`Split`] and the seeded [`BatchSampler`] that draws
 //!   `(x, y)` training batches.
@@ -21,14 +25,19 @@
 //! assert_eq!(split.train.len() + split.val.len(), text.chars().count());
 //! ```
 
+pub mod atomic;
 pub mod batch;
 pub mod corpus;
+pub mod dataset;
+#[cfg(feature = "download")]
+pub mod download;
 pub mod error;
 pub mod rng;
 pub mod tokenizer;
 
 pub use batch::{BatchSampler, Split};
 pub use corpus::{Corpus, TINY_SHAKESPEARE};
+pub use dataset::Dataset;
 pub use error::DataError;
 pub use rng::Rng;
 pub use tokenizer::CharTokenizer;

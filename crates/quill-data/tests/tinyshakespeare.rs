@@ -1,4 +1,4 @@
-//! The real corpus: its vocabulary and split sizes must be exactly the seed notebook's.
+//! The real corpus: its vocabulary and split sizes must be exactly the "Let's build GPT" notebook's.
 //!
 //! The corpus is looked for at `data/tinyshakespeare/input.txt` (where `quill data` and
 //! CI put it), else at `../shared/data/tinyshakespeare.txt` beside the checkout. Its
@@ -23,7 +23,7 @@ fn corpus_path() -> PathBuf {
 
 #[test]
 fn vocabulary_and_split_match_the_seed() {
-    let corpus = Corpus::read_or_fetch(&TINY_SHAKESPEARE, &corpus_path()).unwrap();
+    let corpus = Corpus::read_verified(&TINY_SHAKESPEARE, &corpus_path()).unwrap();
     assert_eq!(corpus.text.len(), 1_115_394);
     assert_eq!(corpus.text.chars().count(), 1_115_394);
     assert!(

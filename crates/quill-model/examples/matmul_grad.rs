@@ -1,10 +1,10 @@
-//! The seed notebook's matmul-gradient cell, done right.
+//! The "Let's build GPT" notebook's matmul-gradient cell, done right.
 //!
 //! For C = A·B with A (2×3) and B (3×2), L = sum(C) has dL/dA = ones(2×2)·Bᵀ, and the
 //! element-wise Jacobian is ∂C_ij/∂A_kl = δ_ik·B_lj. Run with
 //! `cargo run -p quill-model --example matmul_grad`; both checks print `true`.
 //
-// Why the seed printed `False`: every entry A_kl reaches C_kj for *every* column j, with
+// Why the notebook printed `False`: every entry A_kl reaches C_kj for *every* column j, with
 // weight B_lj, so dL/dA_kl = Σ_j B_lj: the upstream gradient ones(2×2) multiplied by Bᵀ
 // on the right (shape 2×3, like A). Comparing A.grad with B, with ones·B, or with a
 // Jacobian lacking the δ_ik factor compares different numbers (or shapes); and two

@@ -1,14 +1,16 @@
-//! The seed notebook's bigram model, grown by a position embedding: every position
+//! The bigram model of Karpathy's "Let's build GPT" lecture, grown by a position embedding: every position
 //! predicts the next token from its own token and position only.
 
 use burn::module::Module;
-use burn::nn::{Embedding, Linear};
+use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor, backend::Backend};
 use quill_data::Rng;
 
 use crate::BigramConfig;
 use crate::gpt::position_embedding;
-use crate::init::{INIT_STD, embedding, linear};
+use crate::init::{INIT_STD, embedding};
+use crate::layers::Linear;
+use crate::params::ParamSpecs;
 
 /// Token embedding + position embedding → linear LM head.
 #[derive(Module, Debug)]
@@ -29,7 +31,7 @@ impl<B: Backend> Bigram<B> {
         Self {
             token_embedding_table: embedding(v, c, rng, device),
             position_embedding_table: embedding(config.block_size, c, rng, device),
-            lm_head: linear(c, v, true, INIT_STD, rng, device),
+            lm_head: Linear::new(c, v, true, INIT_STD, rng, device),
             block_size: config.block_size,
         }
     }
@@ -44,6 +46,22 @@ impl<B: Backend> Bigram<B> {
     pub fn forward(&self, idx: Tensor<B, 2, Int>, past: usize) -> Tensor<B, 3> {
         let pos = position_embedding(&self.position_embedding_table, &idx, past); // [1, T, C]
         let x = self.token_embedding_table.forward(idx) + pos; // [B, T, C]
-        crate::gpt::linear_3d(&self.lm_head, x) // [B, T, V]
+        self.lm_head.forward(x) // [B, T, V]
+    }
+
+    /// Declares every parameter under the lecture notebook's names; only the head's
+    /// weight decays.
+    pub fn param_specs(&self, specs: &mut ParamSpecs) {
+        specs.embedding(
+            "token_embedding_table.weight",
+            &self.token_embedding_table,
+            false,
+        );
+        specs.embedding(
+            "position_embedding_table.weight",
+            &self.position_embedding_table,
+            false,
+        );
+        specs.linear("lm_head", &self.lm_head);
     }
 }

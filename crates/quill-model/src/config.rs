@@ -3,32 +3,7 @@
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::{Bigram, Gpt, LanguageModel};
-
-/// Errors from building or running a model.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ModelError {
-    /// A configuration value is out of range.
-    #[error("invalid model configuration: {0}")]
-    Config(String),
-    /// An input sequence is longer than the model's context.
-    #[error("input has {len} tokens but the model's block_size is {block_size}")]
-    TooLong {
-        /// The input length.
-        len: usize,
-        /// The model's maximum context.
-        block_size: usize,
-    },
-    /// An input sequence is empty.
-    #[error("input has no tokens")]
-    Empty,
-    /// Sampling options out of range.
-    #[error("invalid sampling options: {0}")]
-    Sampling(String),
-    /// A parameter file does not fit the model.
-    #[error("parameters do not fit the model: {0}")]
-    Params(String),
-}
+use crate::{Bigram, Gpt, LanguageModel, ModelError};
 
 /// nanoGPT's model configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,7 +27,7 @@ pub struct GptConfig {
     pub tie_weights: bool,
 }
 
-/// The seed's bigram model: token and position embeddings of width `n_embd`, then a
+/// The lecture's bigram model: token and position embeddings of width `n_embd`, then a
 /// linear LM head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BigramConfig {

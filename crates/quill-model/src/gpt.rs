@@ -1,21 +1,23 @@
 //! nanoGPT's GPT, top-down: causal self-attention → MLP → block → model.
 //!
-//! Shapes use `B` batch, `T` time (≤ block_size), `C` = n_embd, `nh` heads of `hs` =
-//! head_dim, `V` vocab_size, `P` positions already in a [`KvCache`].
+//! Shapes use `B` batch, `T` time (≤ block_size), `C` = n_embd, `V` vocab_size, `P`
+//! positions already in a [`KvCache`].
 //!
-//! Every forward pass takes an optional [`KvCache`]: training passes none; generation
-//! passes one, so each new token attends to the cached keys and values of the tokens
-//! before it instead of recomputing them.
+//! Every forward pass takes an optional cache: training passes none; generation passes
+//! one, so each new token attends to the cached keys and values of the tokens before it
+//! instead of recomputing them.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
-use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Int, Tensor, backend::Backend};
+use burn::nn::{Dropout, DropoutConfig, Embedding};
+use burn::tensor::{Int, Tensor, backend::Backend};
 use quill_data::Rng;
 
 use crate::GptConfig;
-use crate::init::{INIT_STD, LN_EPS, embedding, layer_norm, linear};
-use crate::kernels;
+use crate::init::{INIT_STD, embedding};
+use crate::kv_cache::{KvCache, LayerKv};
+use crate::layers::{LayerNorm, Linear};
+use crate::ops::causal_attention;
+use crate::params::ParamSpecs;
 
 /// Multi-head masked self-attention with one fused QKV projection.
 #[derive(Module, Debug)]
@@ -33,162 +35,20 @@ impl<B: Backend> CausalSelfAttention<B> {
     fn new(config: &GptConfig, rng: &mut Rng, device: &B::Device) -> Self {
         let (c, bias) = (config.n_embd, config.bias);
         Self {
-            c_attn: linear(c, 3 * c, bias, INIT_STD, rng, device),
-            c_proj: linear(c, c, bias, residual_std(config), rng, device),
+            c_attn: Linear::new(c, 3 * c, bias, INIT_STD, rng, device),
+            c_proj: Linear::new(c, c, bias, residual_std(config), rng, device),
             attn_dropout: DropoutConfig::new(config.dropout).init(),
             resid_dropout: DropoutConfig::new(config.dropout).init(),
             n_head: config.n_head,
         }
     }
 
-    /// `[B, T, C] → [B, T, C]`; position `t` attends to positions `≤ t` only. With a
-    /// cache `layer` holding `P` earlier positions, the `T` new positions also attend to
-    /// those, and their keys and values are appended to it.
-    pub fn forward(&self, x: Tensor<B, 3>, layer: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
-        let dropout_off = self.attn_dropout.prob == 0.0 || !B::ad_enabled(&x.device());
-        let y = match layer {
-            None if dropout_off && kernels::fused::<B>() => {
-                let qkv = linear_3d(&self.c_attn, x); // [B, T, 3C]
-                kernels::causal_attention(qkv, self.n_head, |qkv| {
-                    let [b, t, c3] = qkv.dims();
-                    let c = c3 / 3;
-                    let head = |i: usize| self.split_heads(qkv.clone().narrow(2, i * c, c), b, t);
-                    self.attend([head(0), head(1), head(2)], None)
-                })
-            }
-            layer => self.attend(self.project_heads(x), layer),
-        }; // [B, T, C]
-        self.resid_dropout.forward(linear_3d(&self.c_proj, y))
-    }
-
-    /// q, k and v, each `[B, nh, T, hs]`, each from its third of c_attn's weight:
-    /// slicing the `[C, 3C]` weight (not the `[B, T, 3C]` activations) keeps the backward
-    /// pass from scattering three activation-sized gradients back into one.
-    fn project_heads(&self, x: Tensor<B, 3>) -> [Tensor<B, 4>; 3] {
-        let [b, t, c] = x.dims();
-        let x = x.reshape([b * t, c]);
-        [0, 1, 2].map(|i| {
-            let w = self.c_attn.weight.val().narrow(1, i * c, c); // [C, C]
-            let y = x.clone().matmul(w); // [B·T, C]
-            let y = match &self.c_attn.bias {
-                Some(bias) => y + bias.val().narrow(0, i * c, c).unsqueeze(),
-                None => y,
-            };
-            self.split_heads(y, b, t)
-        })
-    }
-
-    /// `[B, T, C]` (or `[B·T, C]`) → `[B, nh, T, hs]`.
-    fn split_heads<const D: usize>(&self, x: Tensor<B, D>, b: usize, t: usize) -> Tensor<B, 4> {
-        let hs = x.dims()[D - 1] / self.n_head;
-        x.reshape([b, t, self.n_head, hs]).swap_dims(1, 2)
-    }
-
-    /// The attention itself in Burn's tensor operations: q, k, v `[B, nh, T, hs]` →
-    /// `[B, T, C]`.
-    fn attend(&self, [q, k, v]: [Tensor<B, 4>; 3], layer: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
-        let [b, nh, t, hs] = q.dims();
-        let c = nh * hs;
-        let (k, v, past) = match layer {
-            Some(layer) => layer.append(k, v), // [B, nh, P + T, hs]
-            None => (k, v, 0),
-        };
-
-        let total = past + t;
-        let att = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hs as f64).sqrt()); // [B, nh, T, P + T]
-        let att = if t > 1 {
-            let future = causal_mask::<B>(t, past, &att.device()).expand([b, nh, t, total]);
-            att.mask_fill(future, f32::NEG_INFINITY)
-        } else {
-            att // one new position sees every earlier one
-        };
-        let att = self.attn_dropout.forward(softmax(att, 3));
-
-        let y = att.matmul(v); // [B, nh, T, hs]
-        y.swap_dims(1, 2).reshape([b, t, c]) // [B, T, C]
-    }
-}
-
-/// `[B, T, in] → [B, T, out]` as one `[B·T, in] × [in, out]` product. (Burn's
-/// `Linear::forward` on a 3-D input multiplies `B` separate `[T, in]` blocks by the
-/// broadcast weight and sums `B` weight gradients afterwards; one 2-D product is one
-/// large matrix multiplication each way, which the CPU backends spread over all cores.)
-pub fn linear_3d<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [b, t, c] = x.dims();
-    let y = kernels::linear(layer, x.reshape([b * t, c])); // [B·T, out]
-    let out = y.dims()[1];
-    y.reshape([b, t, out])
-}
-
-/// `[1, 1, T, P + T]`, `true` where new position `i` (absolute `P + i`) would see a
-/// later position: the future to hide. (Burn's `tril_mask` marks the masked part: the
-/// entries above the diagonal shifted right by `P`.)
-pub fn causal_mask<B: Backend>(t: usize, past: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
-    let total = past + t;
-    Tensor::<B, 2, Bool>::tril_mask([t, total], past as i64, device).reshape([1, 1, t, total])
-}
-
-/// The cached keys and values of one attention layer, `[B, nh, P, hs]` each.
-#[derive(Debug, Clone, Default)]
-pub struct LayerKv<B: Backend> {
-    kv: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
-}
-
-impl<B: Backend> LayerKv<B> {
-    /// Appends the new positions' keys and values; returns all of them and the number
-    /// of positions cached before.
-    fn append(&mut self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>, usize) {
-        let (k, v, past) = match self.kv.take() {
-            Some((pk, pv)) => {
-                let past = pk.dims()[2];
-                (
-                    Tensor::cat(vec![pk, k], 2),
-                    Tensor::cat(vec![pv, v], 2),
-                    past,
-                )
-            }
-            None => (k, v, 0),
-        };
-        self.kv = Some((k.clone(), v.clone()));
-        (k, v, past)
-    }
-}
-
-/// A key/value cache for a whole model: one [`LayerKv`] per block and the number of
-/// positions it holds.
-#[derive(Debug, Clone, Default)]
-pub struct KvCache<B: Backend> {
-    layers: Vec<LayerKv<B>>,
-    len: usize,
-}
-
-impl<B: Backend> KvCache<B> {
-    /// An empty cache.
-    pub fn new() -> Self {
-        KvCache {
-            layers: Vec::new(),
-            len: 0,
-        }
-    }
-
-    /// Positions cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Counts `t` more positions without storing anything (models without attention).
-    pub(crate) fn skip(&mut self, t: usize) {
-        self.len += t;
-    }
-
-    /// Forgets everything (e.g. when the context window shifts).
-    pub fn clear(&mut self) {
-        *self = KvCache::new();
+    /// `[B, T, C] → [B, T, C]`; position `t` attends to positions `≤ t` (and to the `P`
+    /// positions in `cache`, to which it adds its own).
+    pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
+        let qkv = self.c_attn.forward(x); // [B, T, 3C]
+        let y = causal_attention(qkv, self.n_head, &self.attn_dropout, cache); // [B, T, C]
+        self.resid_dropout.forward(self.c_proj.forward(y))
     }
 }
 
@@ -211,20 +71,20 @@ impl<B: Backend> Mlp<B> {
     fn new(config: &GptConfig, rng: &mut Rng, device: &B::Device) -> Self {
         let (c, bias) = (config.n_embd, config.bias);
         Self {
-            c_fc: linear(c, 4 * c, bias, INIT_STD, rng, device),
-            c_proj: linear(4 * c, c, bias, residual_std(config), rng, device),
+            c_fc: Linear::new(c, 4 * c, bias, INIT_STD, rng, device),
+            c_proj: Linear::new(4 * c, c, bias, residual_std(config), rng, device),
             dropout: DropoutConfig::new(config.dropout).init(),
         }
     }
 
     /// `[B, T, C] → [B, T, C]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = kernels::gelu(linear_3d(&self.c_fc, x)); // [B, T, 4C]
-        self.dropout.forward(linear_3d(&self.c_proj, h))
+        let h = crate::ops::gelu(self.c_fc.forward(x)); // [B, T, 4C]
+        self.dropout.forward(self.c_proj.forward(h))
     }
 }
 
-/// A pre-LayerNorm transformer block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+/// A pre-LayerNorm transformer block.
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     /// LayerNorm before attention.
@@ -240,20 +100,17 @@ pub struct Block<B: Backend> {
 impl<B: Backend> Block<B> {
     fn new(config: &GptConfig, rng: &mut Rng, device: &B::Device) -> Self {
         Self {
-            ln_1: layer_norm(config.n_embd, config.bias, device),
+            ln_1: LayerNorm::new(config.n_embd, config.bias, device),
             attn: CausalSelfAttention::new(config, rng, device),
-            ln_2: layer_norm(config.n_embd, config.bias, device),
+            ln_2: LayerNorm::new(config.n_embd, config.bias, device),
             mlp: Mlp::new(config, rng, device),
         }
     }
 
     /// `[B, T, C] → [B, T, C]`, with this block's cache when generating.
-    pub fn forward(&self, x: Tensor<B, 3>, layer: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
-        let x = x.clone()
-            + self
-                .attn
-                .forward(kernels::layer_norm(&self.ln_1, x, LN_EPS), layer);
-        x.clone() + self.mlp.forward(kernels::layer_norm(&self.ln_2, x, LN_EPS))
+    pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), cache);
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
     }
 }
 
@@ -284,8 +141,8 @@ impl<B: Backend> Gpt<B> {
             h: (0..config.n_layer)
                 .map(|_| Block::new(config, rng, device))
                 .collect(),
-            ln_f: layer_norm(c, config.bias, device),
-            lm_head: (!config.tie_weights).then(|| linear(c, v, false, INIT_STD, rng, device)),
+            ln_f: LayerNorm::new(c, config.bias, device),
+            lm_head: (!config.tie_weights).then(|| Linear::new(c, v, false, INIT_STD, rng, device)),
             drop: DropoutConfig::new(config.dropout).init(),
             block_size: config.block_size,
         }
@@ -302,45 +159,58 @@ impl<B: Backend> Gpt<B> {
     /// [`crate::LanguageModel::forward`]).
     pub fn forward(&self, idx: Tensor<B, 2, Int>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
         let [_, t] = idx.dims();
-        let x = match cache {
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let pos = position_embedding(&self.wpe, &idx, past); // [1, T, C]
+        let mut x = self.drop.forward(self.wte.forward(idx) + pos); // [B, T, C]
+        match cache {
             None => {
-                let x = self.embed(idx, 0); // [B, T, C]
-                self.h.iter().fold(x, |x, block| block.forward(x, None))
+                for block in &self.h {
+                    x = block.forward(x, None);
+                }
             }
             Some(cache) => {
-                let x = self.embed(idx, cache.len);
-                cache.layers.resize_with(self.h.len(), LayerKv::default);
-                let x = self
-                    .h
-                    .iter()
-                    .zip(&mut cache.layers)
-                    .fold(x, |x, (block, layer)| block.forward(x, Some(layer)));
-                cache.len += t;
-                x
+                for (block, layer) in self.h.iter().zip(cache.layers(self.h.len(), t)) {
+                    x = block.forward(x, Some(layer));
+                }
             }
-        };
-        self.head(kernels::layer_norm(&self.ln_f, x, LN_EPS))
-    }
-
-    /// Token plus position embeddings for positions `past..past + T`, with dropout:
-    /// `[B, T] → [B, T, C]`.
-    fn embed(&self, idx: Tensor<B, 2, Int>, past: usize) -> Tensor<B, 3> {
-        let pos = position_embedding(&self.wpe, &idx, past); // [1, T, C]
-        self.drop.forward(self.wte.forward(idx) + pos) // [B, T, C]
+        }
+        self.head(self.ln_f.forward(x)) // [B, T, V]
     }
 
     /// `[B, T, C] → [B, T, V]`, through `lm_head` or the tied `wteᵀ`.
     fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(lm_head) => linear_3d(lm_head, x),
+            Some(lm_head) => lm_head.forward(x),
             None => {
                 let [b, t, c] = x.dims();
                 let v = self.wte.weight.dims()[0];
                 let logits = x
                     .reshape([b * t, c])
-                    .matmul(self.wte.weight.val().transpose());
+                    .matmul(self.wte.weight.val().transpose()); // [B·T, V]
                 logits.reshape([b, t, v])
             }
+        }
+    }
+
+    /// Declares every parameter under its nanoGPT name, with its decay group: Linear
+    /// weights decay; biases, LayerNorms and embedding tables do not, except a tied
+    /// `wte`, which is also the LM head's weight.
+    pub fn param_specs(&self, specs: &mut ParamSpecs) {
+        let tied = self.lm_head.is_none();
+        specs.embedding("transformer.wte.weight", &self.wte, tied);
+        specs.embedding("transformer.wpe.weight", &self.wpe, false);
+        for (i, block) in self.h.iter().enumerate() {
+            let name = |part: &str| format!("transformer.h.{i}.{part}");
+            specs.layer_norm(&name("ln_1"), &block.ln_1);
+            specs.linear(&name("attn.c_attn"), &block.attn.c_attn);
+            specs.linear(&name("attn.c_proj"), &block.attn.c_proj);
+            specs.layer_norm(&name("ln_2"), &block.ln_2);
+            specs.linear(&name("mlp.c_fc"), &block.mlp.c_fc);
+            specs.linear(&name("mlp.c_proj"), &block.mlp.c_proj);
+        }
+        specs.layer_norm("transformer.ln_f", &self.ln_f);
+        if let Some(lm_head) = &self.lm_head {
+            specs.linear("lm_head", lm_head);
         }
     }
 }

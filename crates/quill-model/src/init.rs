@@ -2,7 +2,7 @@
 //! same seed gives bit-identical weights on every backend.
 
 use burn::module::Param;
-use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::Embedding;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use quill_data::Rng;
 
@@ -35,22 +35,6 @@ pub fn normal_param<B: Backend, const D: usize>(
     Param::from_tensor(Tensor::from_data(TensorData::new(values, shape), device))
 }
 
-/// A `d_in → d_out` linear layer with `N(0, std²)` weights (stored `[d_in, d_out]`) and
-/// zero biases.
-pub fn linear<B: Backend>(
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
-    std: f64,
-    rng: &mut Rng,
-    device: &B::Device,
-) -> Linear<B> {
-    Linear {
-        weight: normal_param([d_in, d_out], std, rng, device),
-        bias: bias.then(|| Param::from_tensor(Tensor::zeros([d_out], device))),
-    }
-}
-
 /// A `[n, d]` embedding table with `N(0, 0.02²)` entries.
 pub fn embedding<B: Backend>(
     n: usize,
@@ -61,17 +45,6 @@ pub fn embedding<B: Backend>(
     Embedding {
         weight: normal_param([n, d], INIT_STD, rng, device),
     }
-}
-
-/// PyTorch's LayerNorm epsilon, which every LayerNorm here is built with.
-pub const LN_EPS: f64 = 1e-5;
-
-/// LayerNorm over `d` features (weight 1, bias 0), with epsilon [`LN_EPS`].
-pub fn layer_norm<B: Backend>(d: usize, bias: bool, device: &B::Device) -> LayerNorm<B> {
-    LayerNormConfig::new(d)
-        .with_epsilon(LN_EPS)
-        .with_bias(bias)
-        .init(device)
 }
 
 #[cfg(test)]

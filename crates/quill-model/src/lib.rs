@@ -3,15 +3,19 @@
 //! Character-level language models, generic over Burn backends, read top-down:
 //!
 //! - [`config`]: [`GptConfig`], [`BigramConfig`] and the [`ModelConfig`] that picks one.
-//! - [`bigram`]: the seed's [`Bigram`] model (token + position embedding → LM head).
-//! - [`gpt`]: nanoGPT's [`Gpt`]: causal self-attention → MLP → block → model, and the
-//!   [`KvCache`] generation uses.
+//! - [`ops`]: linear, GELU, LayerNorm and causal attention, each choosing its fast path
+//!   (the fused CPU kernels of `quill-kernels`, feature `fused-cpu`) inside itself, with
+//!   a plain reference version beside it.
+//! - [`layers`]: the [`Linear`] and [`LayerNorm`] modules over those operations.
+//! - [`gpt`]: nanoGPT's [`Gpt`]: causal self-attention → MLP → block → model.
+//! - [`kv_cache`]: the [`KvCache`] generation uses.
+//! - [`bigram`]: the [`Bigram`] model of Karpathy's "Let's build GPT" lecture.
 //! - [`model`]: [`LanguageModel`], either of the two behind one type, with its loss.
 //! - [`sampling`]: temperature, top-k and top-p sampling from logits, and [`generate`]
 //!   (with or without the KV cache, same tokens either way).
-//! - [`kernels`]: fused Linear, GELU, LayerNorm and causal attention, hand-written for
-//!   the Flex CPU backend, Burn's generic operations everywhere else.
-//! - [`params`]: parameters by their PyTorch (nanoGPT) names, for checkpoints.
+//! - [`params`]: parameters by their PyTorch (nanoGPT) names and decay groups, as the
+//!   model declares them, for checkpoints and the optimizer.
+//! - [`error`]: the one error type, [`ModelError`].
 //!
 //! ```
 //! use burn_ndarray::NdArray;
@@ -28,15 +32,21 @@
 
 pub mod bigram;
 pub mod config;
+pub mod error;
 pub mod gpt;
 mod init;
-pub mod kernels;
+pub mod kv_cache;
+pub mod layers;
 pub mod model;
+pub mod ops;
 pub mod params;
 pub mod sampling;
 
 pub use bigram::Bigram;
-pub use config::{BigramConfig, GptConfig, ModelConfig, ModelError};
-pub use gpt::{Gpt, KvCache};
+pub use config::{BigramConfig, GptConfig, ModelConfig};
+pub use error::ModelError;
+pub use gpt::Gpt;
+pub use kv_cache::KvCache;
+pub use layers::{LayerNorm, Linear};
 pub use model::{LanguageModel, cross_entropy};
 pub use sampling::{SamplingOptions, generate, sample_token, window_start};

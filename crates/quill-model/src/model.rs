@@ -4,7 +4,8 @@ use burn::module::Module;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, backend::Backend};
 
-use crate::gpt::KvCache;
+use crate::kv_cache::KvCache;
+use crate::params::ParamSpecs;
 use crate::{Bigram, Gpt, ModelError};
 
 /// Either model; what the trainer, the sampler and checkpoints work with.
@@ -13,7 +14,7 @@ use crate::{Bigram, Gpt, ModelError};
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum LanguageModel<B: Backend> {
-    /// The seed's bigram model.
+    /// The lecture's bigram model.
     Bigram(Bigram<B>),
     /// nanoGPT's GPT.
     Gpt(Gpt<B>),
@@ -36,6 +37,17 @@ impl<B: Backend> LanguageModel<B> {
     /// Whether the LM head is the token embedding (a tied GPT).
     pub fn ties_weights(&self) -> bool {
         matches!(self, LanguageModel::Gpt(g) if g.lm_head.is_none())
+    }
+
+    /// Every parameter's PyTorch name and decay group, as the model declares them (see
+    /// [`crate::params`]).
+    pub fn param_specs(&self) -> ParamSpecs {
+        let mut specs = ParamSpecs::default();
+        match self {
+            LanguageModel::Bigram(m) => m.param_specs(&mut specs),
+            LanguageModel::Gpt(m) => m.param_specs(&mut specs),
+        }
+        specs
     }
 
     /// `[B, T]` token ids → `[B, T, V]` logits. An empty input or one longer than

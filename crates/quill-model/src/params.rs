@@ -1,19 +1,22 @@
 //! Model parameters under their PyTorch names, for checkpoints that PyTorch users can
-//! load.
+//! load, and their weight-decay groups, for the optimizer.
 //!
-//! Names and layouts follow nanoGPT's `state_dict`: `transformer.wte.weight`,
-//! `transformer.h.0.attn.c_attn.weight`, …, `lm_head.weight`; LayerNorm's `gamma`/`beta`
-//! are `weight`/`bias`; Linear weights are stored `[out, in]` like `torch.nn.Linear`
-//! (Burn keeps them `[in, out]`). A tied GPT also exports `lm_head.weight` (a copy of
+//! The model declares both itself ([`crate::LanguageModel::param_specs`]), as nanoGPT's
+//! `configure_optimizers` lives on the model: names and layouts follow nanoGPT's
+//! `state_dict` (`transformer.wte.weight`, `transformer.h.0.attn.c_attn.weight`, …,
+//! `lm_head.weight`); Linear weights are stored `[out, in]` like `torch.nn.Linear`
+//! (quill keeps them `[in, out]`). A tied GPT also exports `lm_head.weight` (a copy of
 //! `transformer.wte.weight`), as PyTorch's state dict does. The bigram model uses the
-//! seed notebook's names: `token_embedding_table.weight`,
+//! lecture notebook's names: `token_embedding_table.weight`,
 //! `position_embedding_table.weight`, `lm_head.weight`, `lm_head.bias`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::nn::Embedding;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
+use crate::layers::{LayerNorm, Linear};
 use crate::{LanguageModel, ModelError};
 
 /// One parameter on the host, in PyTorch layout.
@@ -27,80 +30,92 @@ pub struct NamedTensor {
     pub values: Vec<f32>,
 }
 
+/// What the model declares about one parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    /// PyTorch (nanoGPT) name.
+    pub name: String,
+    /// Whether PyTorch stores it transposed (a Linear weight).
+    pub transposed: bool,
+    /// Whether AdamW's weight decay applies to it.
+    pub decays: bool,
+}
+
+/// Every parameter of a model, by id, as the model declares them.
+#[derive(Debug, Clone, Default)]
+pub struct ParamSpecs {
+    by_id: HashMap<ParamId, ParamSpec>,
+}
+
+impl ParamSpecs {
+    /// The spec of the parameter with this id.
+    pub fn get(&self, id: &ParamId) -> Option<&ParamSpec> {
+        self.by_id.get(id)
+    }
+
+    fn add<B: Backend, const D: usize>(
+        &mut self,
+        param: &Param<Tensor<B, D>>,
+        name: String,
+        transposed: bool,
+        decays: bool,
+    ) {
+        let spec = ParamSpec {
+            name,
+            transposed,
+            decays,
+        };
+        self.by_id.insert(param.id, spec);
+    }
+
+    /// `{prefix}.weight` (transposed, decays) and `{prefix}.bias`.
+    pub fn linear<B: Backend>(&mut self, prefix: &str, layer: &Linear<B>) {
+        self.add(&layer.weight, format!("{prefix}.weight"), true, true);
+        if let Some(bias) = &layer.bias {
+            self.add(bias, format!("{prefix}.bias"), false, false);
+        }
+    }
+
+    /// `{prefix}.weight` and `{prefix}.bias`, neither decaying.
+    pub fn layer_norm<B: Backend>(&mut self, prefix: &str, layer: &LayerNorm<B>) {
+        self.add(&layer.weight, format!("{prefix}.weight"), false, false);
+        if let Some(bias) = &layer.bias {
+            self.add(bias, format!("{prefix}.bias"), false, false);
+        }
+    }
+
+    /// An embedding table called `name`.
+    pub fn embedding<B: Backend>(&mut self, name: &str, table: &Embedding<B>, decays: bool) {
+        self.add(&table.weight, name.to_string(), false, decays);
+    }
+}
+
 const TIED_HEAD: &str = "lm_head.weight";
 const TIED_SOURCE: &str = "transformer.wte.weight";
 
-/// Tracks where a visitor or mapper is in the module tree and names parameters.
-#[derive(Debug, Default, Clone)]
-pub struct ParamPath {
-    stack: Vec<(String, String)>,
-}
-
-impl ParamPath {
-    /// Called from `enter_module`.
-    pub fn enter(&mut self, name: &str, container_type: &str) {
-        self.stack
-            .push((name.to_string(), container_type.to_string()));
-    }
-
-    /// Called from `exit_module`.
-    pub fn exit(&mut self) {
-        self.stack.pop();
-    }
-
-    /// Whether the current parameter is an embedding table.
-    pub fn is_embedding(&self) -> bool {
-        self.stack
-            .last()
-            .is_some_and(|(_, c)| c == "Struct:Embedding")
-    }
-
-    /// The current parameter's PyTorch name, and whether it is a Linear weight (stored
-    /// transposed relative to PyTorch).
-    pub fn name(&self) -> (String, bool) {
-        let mut parts: Vec<&str> = Vec::new();
-        let mut in_gpt = false;
-        for (name, container) in &self.stack {
-            match container.as_str() {
-                c if c.starts_with("Enum:") => in_gpt = name == "Gpt",
-                "Struct:LayerNorm" if name == "gamma" => parts.push("weight"),
-                "Struct:LayerNorm" if name == "beta" => parts.push("bias"),
-                _ => parts.push(name),
-            }
-        }
-        if in_gpt && parts.first() != Some(&"lm_head") {
-            parts.insert(0, "transformer");
-        }
-        let linear_weight = self
-            .stack
-            .last()
-            .is_some_and(|(n, c)| c == "Struct:Linear" && n == "weight");
-        (parts.join("."), linear_weight)
+/// A parameter's values in PyTorch layout.
+fn to_pytorch<B: Backend, const D: usize>(spec: &ParamSpec, value: Tensor<B, D>) -> Tensor<B, D> {
+    match spec.transposed {
+        true => value.transpose(),
+        false => value,
     }
 }
 
 /// Every float parameter of `model`, in PyTorch names and layout.
 pub fn export<B: Backend>(model: &LanguageModel<B>) -> Vec<NamedTensor> {
     struct Exporter {
-        path: ParamPath,
+        specs: ParamSpecs,
         out: Vec<NamedTensor>,
     }
     impl<B: Backend> ModuleVisitor<B> for Exporter {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.exit();
-        }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let (name, transposed) = self.path.name();
-            let tensor = if transposed {
-                param.val().transpose()
-            } else {
-                param.val()
-            };
+            let spec = self
+                .specs
+                .get(&param.id)
+                .expect("the model declares every parameter");
+            let tensor = to_pytorch(spec, param.val());
             self.out.push(NamedTensor {
-                name,
+                name: spec.name.clone(),
                 shape: tensor.dims().to_vec(),
                 values: tensor
                     .into_data()
@@ -111,7 +126,7 @@ pub fn export<B: Backend>(model: &LanguageModel<B>) -> Vec<NamedTensor> {
         }
     }
     let mut exporter = Exporter {
-        path: ParamPath::default(),
+        specs: model.param_specs(),
         out: Vec::new(),
     };
     model.visit(&mut exporter);
@@ -128,48 +143,45 @@ pub fn export<B: Backend>(model: &LanguageModel<B>) -> Vec<NamedTensor> {
 }
 
 /// Replaces every parameter of `model` by the tensor of the same name. A missing
-/// tensor, a shape that differs, or a tensor the model has no place for is an error.
+/// tensor, a shape that differs, or a tensor the model has no place for is an error
+/// (the first one found).
 pub fn import<B: Backend>(
     model: LanguageModel<B>,
     tensors: &BTreeMap<String, NamedTensor>,
 ) -> Result<LanguageModel<B>, ModelError> {
     struct Importer<'a> {
-        path: ParamPath,
+        specs: ParamSpecs,
         tensors: &'a BTreeMap<String, NamedTensor>,
         used: BTreeSet<String>,
-        errors: Vec<String>,
+        error: Option<ModelError>,
     }
     impl<B: Backend> ModuleMapper<B> for Importer<'_> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.exit();
-        }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
             let (id, tensor, mapper) = param.consume();
-            let (name, transposed) = self.path.name();
-            let mut expected = tensor.dims();
-            if transposed {
-                expected.swap(0, 1);
-            }
+            let spec = self
+                .specs
+                .get(&id)
+                .expect("the model declares every parameter");
+            let expected = to_pytorch(spec, tensor.clone()).dims().to_vec();
+            let name = spec.name.clone();
             let loaded = match self.tensors.get(&name) {
-                None => Err(format!("missing tensor {name}")),
-                Some(t) if t.shape != expected => Err(format!(
-                    "tensor {name} has shape {:?}, the model needs {expected:?}",
-                    t.shape
-                )),
+                None => Err(ModelError::MissingTensor(name.clone())),
+                Some(t) if t.shape != expected => Err(ModelError::TensorShape {
+                    name: name.clone(),
+                    found: t.shape.clone(),
+                    expected,
+                }),
                 Some(t) => {
-                    let data = TensorData::new(t.values.clone(), expected);
+                    let data = TensorData::new(t.values.clone(), t.shape.clone());
                     let new = Tensor::<B, D>::from_data(data, &tensor.device());
-                    Ok(if transposed { new.transpose() } else { new })
+                    Ok(to_pytorch(spec, new))
                 }
             };
             self.used.insert(name);
             let value = match loaded {
                 Ok(new) => new.set_require_grad(tensor.is_require_grad()),
                 Err(e) => {
-                    self.errors.push(e);
+                    self.error.get_or_insert(e);
                     tensor
                 }
             };
@@ -177,27 +189,21 @@ pub fn import<B: Backend>(
         }
     }
     let mut importer = Importer {
-        path: ParamPath::default(),
+        specs: model.param_specs(),
         tensors,
         used: BTreeSet::new(),
-        errors: Vec::new(),
+        error: None,
     };
     let tied = model.ties_weights();
     let model = model.map(&mut importer);
+    if let Some(error) = importer.error {
+        return Err(error);
+    }
     let unused = tensors
         .keys()
-        .filter(|k| !(importer.used.contains(*k) || tied && k.as_str() == TIED_HEAD));
-    importer
-        .errors
-        .extend(unused.map(|k| format!("unexpected tensor {k}")));
-    match importer.errors.first() {
+        .find(|k| !(importer.used.contains(*k) || tied && k.as_str() == TIED_HEAD));
+    match unused {
+        Some(name) => Err(ModelError::UnexpectedTensor(name.clone())),
         None => Ok(model),
-        Some(first) => Err(ModelError::Params(format!(
-            "{first}{}",
-            match importer.errors.len() {
-                1 => String::new(),
-                n => format!(" (and {} more problems)", n - 1),
-            }
-        ))),
     }
 }

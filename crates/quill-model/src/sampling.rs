@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use quill_data::Rng;
 use quill_data::batch::ids_to_tensor;
 
-use crate::gpt::KvCache;
+use crate::kv_cache::KvCache;
 use crate::{LanguageModel, ModelError};
 
 /// How to pick each next token.

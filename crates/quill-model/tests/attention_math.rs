@@ -1,4 +1,4 @@
-//! The seed's "mathematical trick in self-attention": three ways of averaging each
+//! The lecture's "mathematical trick in self-attention": three ways of averaging each
 //! position with its past agree.
 
 use burn::tensor::activation::softmax;

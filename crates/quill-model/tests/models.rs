@@ -13,7 +13,8 @@ use common::{gpt_config, random_ids};
 use quill_data::Rng;
 use quill_model::params::{export, import};
 use quill_model::{
-    BigramConfig, GptConfig, ModelConfig, ModelError, SamplingOptions, generate, window_start,
+    BigramConfig, GptConfig, LanguageModel, ModelConfig, ModelError, SamplingOptions, generate,
+    window_start,
 };
 
 type B = NdArray<f32>;
@@ -168,6 +169,68 @@ fn tiny_gpt_overfits_one_batch() {
     assert!(loss < 0.1, "loss {loss} after 300 steps");
 }
 
+/// Every parameter's declared name and decay group, sorted by name.
+fn decay_groups<BB: Backend>(model: &LanguageModel<BB>) -> Vec<(String, bool)> {
+    struct Specs(quill_model::params::ParamSpecs, Vec<(String, bool)>);
+    impl<BB: Backend> burn::module::ModuleVisitor<BB> for Specs {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<BB, D>>) {
+            let spec = self.0.get(&param.id).expect("declared");
+            self.1.push((spec.name.clone(), spec.decays));
+        }
+    }
+    let mut specs = Specs(model.param_specs(), Vec::new());
+    model.visit(&mut specs);
+    specs.1.sort();
+    specs.1
+}
+
+#[test]
+fn the_model_declares_nanogpts_decay_groups() {
+    let device = Default::default();
+    let decaying = |tie: bool| -> Vec<String> {
+        let model = ModelConfig::Gpt(GptConfig {
+            n_layer: 1,
+            ..gpt_config(11, tie)
+        });
+        let groups = decay_groups(&model.init::<B>(0, &device).unwrap());
+        assert_eq!(groups.len(), if tie { 16 } else { 17 }, "{groups:?}");
+        groups
+            .into_iter()
+            .filter(|(_, d)| *d)
+            .map(|(n, _)| n)
+            .collect()
+    };
+    let linear = [
+        "transformer.h.0.attn.c_attn.weight",
+        "transformer.h.0.attn.c_proj.weight",
+        "transformer.h.0.mlp.c_fc.weight",
+        "transformer.h.0.mlp.c_proj.weight",
+    ];
+    // Linear weights decay; biases, LayerNorms and wpe never; wte only when it is also
+    // the LM head's weight.
+    assert_eq!(
+        decaying(true),
+        [&linear[..], &["transformer.wte.weight"]].concat()
+    );
+    assert_eq!(decaying(false), [&["lm_head.weight"], &linear[..]].concat());
+    let bigram = BigramConfig {
+        vocab_size: 5,
+        block_size: 4,
+        n_embd: 8,
+    };
+    let groups = decay_groups(&ModelConfig::Bigram(bigram).init::<B>(0, &device).unwrap());
+    let names: Vec<(&str, bool)> = groups.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+    assert_eq!(
+        names,
+        [
+            ("lm_head.bias", false),
+            ("lm_head.weight", true),
+            ("position_embedding_table.weight", false),
+            ("token_embedding_table.weight", false),
+        ]
+    );
+}
+
 #[test]
 fn parameters_round_trip_through_pytorch_names() {
     let device = Default::default();
@@ -216,8 +279,18 @@ fn parameters_round_trip_through_pytorch_names() {
     missing.remove("transformer.ln_f.bias");
     let err = import(config.init::<B>(2, &device).unwrap(), &missing).unwrap_err();
     assert_eq!(
+        err,
+        ModelError::MissingTensor("transformer.ln_f.bias".into())
+    );
+    let mut extra = map.clone();
+    extra.insert(
+        "transformer.h.9.ln_1.weight".into(),
+        map["transformer.ln_f.bias"].clone(),
+    );
+    let err = import(config.init::<B>(2, &device).unwrap(), &extra).unwrap_err();
+    assert_eq!(
         err.to_string(),
-        "parameters do not fit the model: missing tensor transformer.ln_f.bias"
+        "unexpected tensor transformer.h.9.ln_1.weight"
     );
 
     let wider = ModelConfig::Gpt(gpt_config(12, true))

@@ -8,10 +8,12 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use quill_data::{BatchSampler, Dataset};
 use quill_model::{LanguageModel, ModelConfig, SamplingOptions, generate};
 use serde::Serialize;
 
-use crate::trainer::{Dataset, Stepper, estimate_loss};
+use crate::evaluate::estimate_loss;
+use crate::step::{Batch, Trainer};
 use crate::{TrainConfig, TrainError};
 
 /// Training and evaluation speed of one configuration on one device.
@@ -76,31 +78,33 @@ pub fn bench_training<AB: AutodiffBackend>(
 
     let cold = Instant::now();
     let model_config = config.model_config(dataset.tokenizer.vocab_size());
-    let mut model = model_config.init::<AB>(config.seed, device)?;
+    let model = model_config.init::<AB>(config.seed, device)?;
     let num_params = model.num_params();
-    let mut stepper = Stepper::<AB>::new(config, data, device)?;
-    let mut step = |model, iter| stepper.step(model, iter);
-    (model, _, _) = step(model, 0)?;
+    let mut trainer = Trainer::new(model, config);
+    let mut sampler = BatchSampler::new(config.batch_size, config.block_size, config.seed)?;
+    let mut step = || {
+        let batch = Batch::sample(&mut sampler, data, config.grad_accum, device)?;
+        trainer.step(&batch)
+    };
+    step()?;
     sync()?;
     let first_step_s = cold.elapsed().as_secs_f64();
-    for iter in 1..=warmup {
-        (model, _, _) = step(model, iter)?;
+    for _ in 0..warmup {
+        step()?;
     }
     sync()?;
 
     let start = Instant::now();
     let mut loss_sum = 0.0f64;
-    for iter in warmup + 1..=warmup + iters {
-        let (updated, loss, _) = step(model, iter)?;
-        model = updated;
-        loss_sum += loss as f64;
+    for _ in 0..iters {
+        loss_sum += step()?.loss as f64;
     }
     sync()?;
     let seconds = start.elapsed().as_secs_f64();
     let train_tokens_per_s = (iters * config.tokens_per_iter()) as f64 / seconds;
     let flops_per_token = flops_per_token(&model_config, num_params);
 
-    let valid = model.valid();
+    let valid = trainer.model().valid();
     let val = &dataset.split.val;
     estimate_loss(&valid, val, config.batch_size, 1, config.seed)?; // warm-up
     let start = Instant::now();

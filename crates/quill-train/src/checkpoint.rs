@@ -51,6 +51,20 @@ pub struct TrainState {
     pub elapsed_s: f64,
 }
 
+impl TrainState {
+    /// The state of a run about to take its first step, its batches drawn by `sampler_rng`.
+    pub fn new(sampler_rng: Rng) -> Self {
+        TrainState {
+            format: FORMAT.to_string(),
+            iter: 0,
+            optimizer_steps: 0,
+            best_val_loss: None,
+            sampler_rng,
+            elapsed_s: 0.0,
+        }
+    }
+}
+
 /// `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -102,56 +116,50 @@ impl Checkpoint {
 
     /// Writes the checkpoint to `dir` atomically, replacing what was there.
     pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
-        let name = dir
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .to_string();
-        let pid = std::process::id();
-        let tmp = parent.join(format!(".{name}.tmp-{pid}"));
-        let old = parent.join(format!(".{name}.old-{pid}"));
-        let _ = fs::remove_dir_all(&tmp);
-        let written = self.write_files(&tmp);
-        if let Err(e) = written {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        if dir.exists() {
-            fs::rename(dir, &old).map_err(|e| TrainError::io(dir, e))?;
-        }
-        fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))?;
-        let _ = fs::remove_dir_all(&old);
-        Ok(())
+        quill_data::atomic::replace_dir(dir, |tmp| -> Result<(), TrainError> {
+            let files: [(&str, Vec<u8>); 5] = [
+                (MODEL_FILE, to_safetensors(self.weights.values(), dir)?),
+                (
+                    OPTIMIZER_FILE,
+                    to_safetensors(self.optimizer.values(), dir)?,
+                ),
+                (CONFIG_FILE, to_json(&self.config)),
+                (VOCAB_FILE, self.tokenizer.to_json().into_bytes()),
+                (STATE_FILE, to_json(&self.state)),
+            ];
+            for (name, bytes) in files {
+                quill_data::atomic::write_file(&tmp.join(name), &bytes)?;
+            }
+            Ok(())
+        })
     }
 
-    fn write_files(&self, dir: &Path) -> Result<(), TrainError> {
-        fs::create_dir(dir).map_err(|e| TrainError::io(dir, e))?;
-        let files: [(&str, Vec<u8>); 5] = [
-            (MODEL_FILE, to_safetensors(self.weights.values(), dir)?),
-            (
-                OPTIMIZER_FILE,
-                to_safetensors(self.optimizer.values(), dir)?,
-            ),
-            (CONFIG_FILE, to_json(&self.config)),
-            (VOCAB_FILE, self.tokenizer.to_json().into_bytes()),
-            (STATE_FILE, to_json(&self.state)),
-        ];
-        for (name, bytes) in files {
-            let path = dir.join(name);
-            let write = || -> std::io::Result<()> {
-                use std::io::Write;
-                let mut file = fs::File::create(&path)?;
-                file.write_all(&bytes)?;
-                file.sync_all()
-            };
-            write().map_err(|e| TrainError::io(&path, e))?;
+    /// Checks that a run of `model` can continue from this checkpoint: the model's
+    /// settings must be the checkpoint's (training settings may change).
+    pub fn check_resumable(&self, model: &ModelConfig) -> Result<(), TrainError> {
+        if &self.config.model == model {
+            return Ok(());
         }
-        Ok(())
+        let fields = |m: &ModelConfig| match serde_json::to_value(m) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            _ => Default::default(),
+        };
+        let (saved, wanted) = (fields(&self.config.model), fields(model));
+        let setting = wanted
+            .iter()
+            .find(|(key, value)| saved.get(*key) != Some(value))
+            .map_or_else(|| "kind".to_string(), |(key, _)| key.clone());
+        let value = |fields: &serde_json::Map<_, _>| {
+            fields
+                .get(&setting)
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        };
+        Err(TrainError::ResumeChangesModel {
+            checkpoint: value(&saved),
+            wanted: value(&wanted),
+            setting,
+        })
     }
 
     /// Reads and checks the checkpoint in `dir`.
@@ -203,7 +211,7 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Serialises named f32 tensors as safetensors (with `{"format": "pt"}` metadata).
-pub fn to_safetensors<'a>(
+fn to_safetensors<'a>(
     tensors: impl Iterator<Item = &'a NamedTensor>,
     dir: &Path,
 ) -> Result<Vec<u8>, TrainError> {
@@ -232,7 +240,7 @@ pub fn to_safetensors<'a>(
 }
 
 /// Parses safetensors bytes holding f32 tensors.
-pub fn from_safetensors(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, NamedTensor>, String> {
+fn from_safetensors(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, NamedTensor>, String> {
     let file = SafeTensors::deserialize(bytes).map_err(|e| format!("{name}: {e}"))?;
     file.tensors()
         .into_iter()

@@ -33,15 +33,20 @@ pub enum TrainError {
         /// What is wrong with it.
         reason: String,
     },
-    /// Data whose vocabulary differs from the checkpoint's.
+    /// A saved optimizer state that does not fit (missing or unexpected moments).
+    #[error("optimizer state: {0}")]
+    OptimizerState(String),
+    /// `--resume` with model settings other than the checkpoint's.
     #[error(
-        "the data's vocabulary ({data} characters) differs from the checkpoint's ({checkpoint} characters)"
+        "{setting} is {checkpoint} in the checkpoint but {wanted} here; only training settings may change on resume"
     )]
-    VocabMismatch {
-        /// Vocabulary size of the data.
-        data: usize,
-        /// Vocabulary size of the checkpoint.
-        checkpoint: usize,
+    ResumeChangesModel {
+        /// The model setting that differs.
+        setting: String,
+        /// Its value in the checkpoint.
+        checkpoint: String,
+        /// The value asked for.
+        wanted: String,
     },
     /// The run would need more memory than the device has (see [`crate::memory`]).
     #[error("{0}")]

@@ -23,6 +23,23 @@ pub struct SampleRequest {
     pub stop: Option<String>,
 }
 
+impl SampleRequest {
+    /// One sample of `max_new_tokens` tokens after the newline token, at temperature 1
+    /// (what training shows at each evaluation).
+    pub fn from_newline(max_new_tokens: usize, seed: u64) -> Self {
+        SampleRequest {
+            prompt: String::new(),
+            max_new_tokens,
+            num_samples: 1,
+            options: SamplingOptions {
+                seed,
+                ..Default::default()
+            },
+            stop: None,
+        }
+    }
+}
+
 /// Generates `request.num_samples` continuations of the prompt. `on_token(row, text)`
 /// receives each new character of each still-running sample as it is generated.
 /// Returns the continuations (without the prompt), each cut after its stop text.

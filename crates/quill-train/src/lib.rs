@@ -5,7 +5,11 @@
 //! - [`config`]: [`TrainConfig`], the presets and their overrides.
 //! - [`schedule`]: warmup + cosine learning rate.
 //! - [`optim`]: AdamW with decay groups, global-norm clipping, gradient accumulation.
-//! - [`trainer`]: the loop, [`estimate_loss`], samples at each evaluation.
+//! - [`step`]: the public optimizer step: a [`Trainer`] (model + AdamW + schedule) whose
+//!   [`Trainer::step`] takes a [`Batch`] and returns a [`StepOutput`].
+//! - [`evaluate`](mod@evaluate): train and val [`Losses`] of a model.
+//! - [`train`](mod@train): the loop that composes them with the run directory:
+//!   evaluation, samples, records, checkpoints.
 //! - [`inference`]: prompts, stop sequences and streaming for sampling.
 //! - [`checkpoint`]: self-contained, atomically written checkpoint directories.
 //! - [`run_dir`]: the run directory: one trainer at a time, records, cleanup after
@@ -19,7 +23,8 @@
 //! ```no_run
 //! use burn_autodiff::Autodiff;
 //! use burn_flex::Flex;
-//! use quill_train::{Dataset, Run, RunDir, TrainConfig, train};
+//! use quill_data::Dataset;
+//! use quill_train::{Run, RunDir, TrainConfig, train};
 //!
 //! let text = std::fs::read_to_string("data/tinyshakespeare/input.txt").unwrap();
 //! let mut config = TrainConfig::preset("cpu").unwrap();
@@ -35,6 +40,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod evaluate;
 pub mod inference;
 pub mod memory;
 pub mod metrics;
@@ -43,12 +49,15 @@ pub mod parity;
 pub mod plot;
 pub mod run_dir;
 pub mod schedule;
-pub mod trainer;
+pub mod step;
+pub mod train;
 
 pub use checkpoint::{Checkpoint, RunConfig};
 pub use config::{TrainConfig, TrainOverrides};
 pub use error::TrainError;
+pub use evaluate::{Losses, estimate_loss, evaluate};
 pub use inference::{SampleRequest, sample_texts};
 pub use memory::MemoryEstimate;
 pub use run_dir::RunDir;
-pub use trainer::{Dataset, Observer, Outcome, Run, StepReport, estimate_loss, sample_text, train};
+pub use step::{Batch, StepOutput, Trainer};
+pub use train::{Observer, Outcome, Run, StepReport, train};

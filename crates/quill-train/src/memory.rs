@@ -15,10 +15,9 @@
 //!
 //! It is an estimate of the tensors of the generic (Burn tensor-op) path, the largest of
 //! quill's paths; the fused CPU kernels need less. It leaves out the process itself (the
-//! binary, the corpus, thread stacks, memory the allocator keeps for reuse): for the
-//! `cpu` preset it is 58.3 MiB where `quill bench` measured a peak resident set of
-//! 120 MiB. Its job is to refuse runs that cannot fit, which it does by orders of
-//! magnitude, before anything is allocated.
+//! binary, the corpus, thread stacks, memory the allocator keeps for reuse), so it is
+//! below a measured peak (BENCHMARKS.md compares the two). Its job is to refuse runs
+//! that cannot fit, which it does by orders of magnitude, before anything is allocated.
 
 use std::fmt;
 

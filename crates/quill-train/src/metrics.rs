@@ -58,7 +58,7 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Vec<T> {
 /// checkpoint).
 pub fn rewrite(path: &Path, records: &[impl Serialize]) -> Result<(), TrainError> {
     let text: String = records.iter().map(|r| to_json_line(r) + "\n").collect();
-    Ok(quill_data::corpus::write_atomic(path, text.as_bytes())?)
+    Ok(quill_data::atomic::write_file(path, text.as_bytes())?)
 }
 
 #[cfg(test)]

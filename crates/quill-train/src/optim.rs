@@ -3,25 +3,46 @@
 //!
 //! Burn's own AdamW has other defaults and clips per tensor; this one follows nanoGPT:
 //!
-//! - **Decay groups.** Weight decay applies to ≥2-D weights (Linear weights) only; never
-//!   to biases or LayerNorm parameters. Embedding tables do not decay (minGPT's rule:
-//!   they are lookup tables), except a tied `wte`, which is also the LM head's weight
-//!   and decays like the other Linear weights.
+//! - **Decay groups.** Weight decay applies to Linear weights only; never to biases or
+//!   LayerNorm parameters. Embedding tables do not decay (minGPT's rule: they are lookup
+//!   tables), except a tied `wte`, which is also the LM head's weight and decays like
+//!   the other Linear weights.
 //! - **Clipping.** One norm over all gradients; every gradient is scaled by
 //!   `min(1, clip / (norm + 1e-6))`.
 //! - **Accumulation.** Gradients of `grad_accum` micro-batches are summed in
 //!   [`GradBuffer`] and divided by their count before the step.
 //!
-//! State is keyed by parameter name ([`quill_model::params`]), so it saves and loads
-//! with checkpoints.
+//! Names and decay groups are the model's own declaration
+//! ([`LanguageModel::param_specs`]); state is keyed by parameter name, so it saves and
+//! loads with checkpoints.
 
 use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, FloatDType, Tensor, TensorData};
-use quill_model::params::{NamedTensor, ParamPath};
-use quill_model::{LanguageModel, kernels};
+use quill_model::LanguageModel;
+use quill_model::params::{NamedTensor, ParamSpecs};
+
+use crate::TrainError;
+
+/// Runs `f` (vectorised) on the host `f32` values of `tensors` where the fused CPU
+/// kernels serve the backend (feature `fused-cpu`, Flex); `None` elsewhere, where the
+/// caller uses tensor operations.
+fn on_host<B: Backend, const N: usize, R>(
+    tensors: [&Tensor<B, 1>; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> Option<R> {
+    #[cfg(feature = "fused-cpu")]
+    return quill_kernels::with_f32_values(tensors, |values| {
+        quill_kernels::vectorized(|| f(values))
+    });
+    #[cfg(not(feature = "fused-cpu"))]
+    {
+        let _ = (tensors, f);
+        None
+    }
+}
 
 /// Summed gradients by parameter name, flattened, on the inner (non-autodiff) backend.
 #[derive(Debug, Clone)]
@@ -46,24 +67,18 @@ impl<B: Backend> GradBuffer<B> {
         AB: AutodiffBackend<InnerBackend = B>,
     {
         struct Collect<'a, AB: AutodiffBackend> {
-            path: ParamPath,
+            specs: ParamSpecs,
             grads: &'a AB::Gradients,
             out: &'a mut BTreeMap<String, Tensor<AB::InnerBackend, 1>>,
         }
         impl<AB: AutodiffBackend> ModuleVisitor<AB> for Collect<'_, AB> {
-            fn enter_module(&mut self, name: &str, container_type: &str) {
-                self.path.enter(name, container_type);
-            }
-            fn exit_module(&mut self, _: &str, _: &str) {
-                self.path.exit();
-            }
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
                 let Some(grad) = param.val().grad(self.grads) else {
                     return;
                 };
                 let n = grad.shape().num_elements();
                 let grad = grad.reshape([n]);
-                let name = self.path.name().0;
+                let name = declared(&self.specs, &param.id).name.clone();
                 let sum = match self.out.remove(&name) {
                     Some(previous) => previous + grad,
                     None => grad,
@@ -72,7 +87,7 @@ impl<B: Backend> GradBuffer<B> {
             }
         }
         model.visit(&mut Collect::<AB> {
-            path: ParamPath::default(),
+            specs: model.param_specs(),
             grads,
             out: &mut self.grads,
         });
@@ -83,7 +98,7 @@ impl<B: Backend> GradBuffer<B> {
     pub fn global_norm(&self) -> f64 {
         let squares_on_host: Option<f64> = (self.grads.values())
             .map(|g| {
-                kernels::with_f32_values([g], |[g]| {
+                on_host([g], |[g]| {
                     g.iter().map(|&x| x as f64 * x as f64).sum::<f64>()
                 })
             })
@@ -162,14 +177,12 @@ impl<B: Backend> AdamW<B> {
             scale *= (options.grad_clip / (norm + 1e-6)).min(1.0);
         }
         self.step += 1;
-        let tied = model.ties_weights();
         let mut update = Update {
             optim: self,
-            path: ParamPath::default(),
+            specs: model.param_specs(),
             grads: grads.grads,
             scale,
             lr: options.lr,
-            tied,
         };
         (model.map(&mut update), norm)
     }
@@ -198,7 +211,8 @@ impl<B: Backend> AdamW<B> {
         tensors: &BTreeMap<String, NamedTensor>,
         step: u64,
         device: &B::Device,
-    ) -> Result<(), String> {
+    ) -> Result<(), TrainError> {
+        let bad = |reason: String| TrainError::OptimizerState(reason);
         let upload = |t: &NamedTensor| {
             Tensor::<B, 1>::from_data(TensorData::new(t.values.clone(), [t.values.len()]), device)
         };
@@ -207,13 +221,13 @@ impl<B: Backend> AdamW<B> {
         for (key, m) in tensors {
             let Some(name) = key.strip_prefix(EXP_AVG) else {
                 if !key.starts_with(EXP_AVG_SQ) {
-                    return Err(format!("unexpected optimizer tensor {key}"));
+                    return Err(bad(format!("unexpected tensor {key}")));
                 }
                 continue;
             };
             let v = tensors
                 .get(&format!("{EXP_AVG_SQ}{name}"))
-                .ok_or(format!("optimizer state lacks {EXP_AVG_SQ}{name}"))?;
+                .ok_or_else(|| bad(format!("missing tensor {EXP_AVG_SQ}{name}")))?;
             self.moments
                 .insert(name.to_string(), (upload(m), upload(v)));
         }
@@ -222,9 +236,12 @@ impl<B: Backend> AdamW<B> {
     }
 }
 
-/// Whether the parameter called `name` decays (see the module docs).
-fn decays(name: &str, dims: usize, is_embedding: bool, tied: bool) -> bool {
-    dims >= 2 && (!is_embedding || (tied && name == "transformer.wte.weight"))
+/// The model's declaration of a parameter it holds.
+fn declared<'a>(
+    specs: &'a ParamSpecs,
+    id: &burn::module::ParamId,
+) -> &'a quill_model::params::ParamSpec {
+    specs.get(id).expect("the model declares every parameter")
 }
 
 /// `t` in f32 (no work when it already is).
@@ -290,28 +307,21 @@ impl Hyper {
 
 struct Update<'a, B: Backend> {
     optim: &'a mut AdamW<B>,
-    path: ParamPath,
+    specs: ParamSpecs,
     grads: BTreeMap<String, Tensor<B, 1>>,
     scale: f64,
     lr: f64,
-    tied: bool,
 }
 
 impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Update<'_, B> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.exit();
-    }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
         let (id, tensor, mapper) = param.consume();
-        let name = self.path.name().0;
+        let spec = declared(&self.specs, &id);
+        let (name, decay) = (spec.name.clone(), spec.decays);
         let Some(grad) = self.grads.remove(&name) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let (shape, dtype) = (tensor.shape(), tensor.dtype());
-        let decay = decays(&name, D, self.path.is_embedding(), self.tied);
         // The update and the moments are f32 whatever the parameters' dtype: in f16,
         // eps (1e-8) is 0 and a parameter without gradient would get 0/0.
         let p = to_f32(tensor.inner().reshape([shape.num_elements()])); // [n]
@@ -334,9 +344,7 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
             sqrt_bias_correction2: (1.0 - o.beta2.powi(t)).sqrt() as f32,
             eps: o.eps as f32,
         };
-        let fused = kernels::with_f32_values([&p, &g, &m, &v], |[p, g, m, v]| {
-            kernels::vectorized(|| hyper.update(p, g, m, v))
-        });
+        let fused = on_host([&p, &g, &m, &v], |[p, g, m, v]| hyper.update(p, g, m, v));
         let (p, m, v) = match fused {
             Some(new) => {
                 let device = p.device();
@@ -356,21 +364,5 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
         };
         let updated = Tensor::<AB, D>::from_inner(p.reshape(shape)).require_grad();
         Param::from_mapped_value(id, updated, mapper)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decay_groups() {
-        assert!(decays("transformer.h.0.attn.c_attn.weight", 2, false, true));
-        assert!(decays("lm_head.weight", 2, false, false));
-        assert!(!decays("transformer.h.0.attn.c_attn.bias", 1, false, true));
-        assert!(!decays("transformer.ln_f.weight", 1, false, true));
-        assert!(!decays("transformer.wpe.weight", 2, true, true));
-        assert!(!decays("transformer.wte.weight", 2, true, false));
-        assert!(decays("transformer.wte.weight", 2, true, true));
     }
 }

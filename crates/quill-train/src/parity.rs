@@ -1,15 +1,16 @@
 //! Backend parity: the same initial weights and batches must give the same losses on
 //! every backend. [`trajectory`] runs the trainer's step from weights it is given (loaded,
-//! not drawn on the device) on batches fixed by the seed; comparing two trajectories
+//! not drawn on the device) on batches fixed by the random seed; comparing two trajectories
 //! is [`compare`].
 
 use std::collections::BTreeMap;
 
 use burn::tensor::backend::AutodiffBackend;
+use quill_data::BatchSampler;
 use quill_model::params::{NamedTensor, import};
 use serde::Serialize;
 
-use crate::trainer::Stepper;
+use crate::step::{Batch, Trainer};
 use crate::{TrainConfig, TrainError};
 
 /// The losses of `steps + 1` training steps of `config` on `data`, starting from
@@ -37,15 +38,14 @@ pub fn trajectory<AB: AutodiffBackend>(
     let model = config
         .model_config(vocab_size)
         .init::<AB>(config.seed ^ 1, device)?;
-    let mut model = import(model, &tensors)?;
-    let mut stepper = Stepper::<AB>::new(config, data, device)?;
-    let mut losses = Vec::with_capacity(steps + 1);
-    for iter in 0..=steps {
-        let (updated, loss, _) = stepper.step(model, iter)?;
-        model = updated;
-        losses.push(loss);
-    }
-    Ok(losses)
+    let mut trainer = Trainer::new(import(model, &tensors)?, config);
+    let mut sampler = BatchSampler::new(config.batch_size, config.block_size, config.seed)?;
+    (0..=steps)
+        .map(|_| {
+            let batch = Batch::sample(&mut sampler, data, config.grad_accum, device)?;
+            Ok(trainer.step(&batch)?.loss)
+        })
+        .collect()
 }
 
 /// How far one trajectory is from a reference one.

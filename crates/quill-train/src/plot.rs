@@ -72,8 +72,8 @@ impl LossPlot<'_> {
 
     /// Writes `loss.svg` and `loss.png` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), TrainError> {
-        quill_data::corpus::write_atomic(&dir.join("loss.svg"), self.svg()?.as_bytes())?;
-        Ok(quill_data::corpus::write_atomic(
+        quill_data::atomic::write_file(&dir.join("loss.svg"), self.svg()?.as_bytes())?;
+        Ok(quill_data::atomic::write_file(
             &dir.join("loss.png"),
             &self.png()?,
         )?)

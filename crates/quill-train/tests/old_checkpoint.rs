@@ -10,8 +10,9 @@ use std::path::Path;
 
 use burn_autodiff::Autodiff;
 use burn_ndarray::NdArray;
+use quill_data::Dataset;
 use quill_model::params::export;
-use quill_train::{Checkpoint, Dataset, RunDir, estimate_loss};
+use quill_train::{Checkpoint, RunDir, estimate_loss};
 
 fn fixture() -> (Checkpoint, Dataset) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -29,7 +30,12 @@ fn a_checkpoint_from_before_the_redesign_loads_with_the_same_weights_and_loss() 
     let exported = export(&model);
     assert_eq!(exported.len(), checkpoint.weights.len());
     for tensor in &exported {
-        assert_eq!(Some(tensor), checkpoint.weights.get(&tensor.name), "{}", tensor.name);
+        assert_eq!(
+            Some(tensor),
+            checkpoint.weights.get(&tensor.name),
+            "{}",
+            tensor.name
+        );
     }
     let loss = estimate_loss(&model, &dataset.split.val, 2, 3, 7).unwrap();
     assert_eq!(loss, 3.39825, "measured before the redesign");
@@ -49,10 +55,14 @@ fn a_checkpoint_from_before_the_redesign_resumes_exactly() {
         resume: Some(checkpoint),
         stop: None,
     };
-    let outcome = quill_train::train::<Autodiff<NdArray>>(run, &Default::default(), &mut ()).unwrap();
+    let outcome =
+        quill_train::train::<Autodiff<NdArray>>(run, &Default::default(), &mut ()).unwrap();
     let quill_train::Outcome::Finished(record) = outcome else {
         panic!("{outcome:?}")
     };
     // `quill train --resume … --max-iters 4` printed these with the old version.
-    assert_eq!((record.iter, record.train_loss, record.val_loss), (4, 3.437004, 3.4275784));
+    assert_eq!(
+        (record.iter, record.train_loss, record.val_loss),
+        (4, 3.437004, 3.4275784)
+    );
 }

@@ -7,14 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn_autodiff::Autodiff;
 use burn_flex::Flex;
+use quill_data::{DataError, Dataset};
 use quill_train::checkpoint::{Checkpoint, last_dir};
 use quill_train::config::{ModelKind, Schedule};
 use quill_train::metrics::{EvalRecord, read_jsonl};
 use quill_train::plot::LossPlot;
-use quill_train::trainer::human_count;
-use quill_train::{
-    Dataset, Observer, Outcome, Run, RunDir, StepReport, TrainConfig, TrainError, train,
-};
+use quill_train::train::human_count;
+use quill_train::{Observer, Outcome, Run, RunDir, StepReport, TrainConfig, TrainError, train};
 
 /// Flex, not NdArray: NdArray's multi-threaded reductions are not deterministic run to
 /// run (two identical runs differed in the last bits here), Flex's are.
@@ -361,7 +360,7 @@ fn data_with_another_vocabulary_is_rejected() {
     let err = Dataset::with_tokenizer("only these letters", checkpoint.tokenizer.clone(), 0.1)
         .unwrap_err();
     assert!(
-        matches!(err, TrainError::VocabMismatch { data: 10, .. }),
+        matches!(err, DataError::VocabMismatch { data: 10, .. }),
         "{err}"
     );
     assert!(
@@ -380,7 +379,10 @@ fn data_with_another_vocabulary_is_rejected() {
         &mut Record::default(),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("model settings differ"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "n_layer is 1 in the checkpoint but 2 here; only training settings may change on resume"
+    );
 }
 
 #[test]

@@ -2,8 +2,9 @@
 
 use anyhow::{Result, ensure};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use quill_data::Dataset;
 use quill_train::bench::{SampleBench, TrainBench, bench_sampling, bench_training, peak_rss_mb};
-use quill_train::{Dataset, MemoryEstimate, TrainConfig};
+use quill_train::{MemoryEstimate, TrainConfig};
 use serde::Serialize;
 
 use crate::backend::{self, Job};
@@ -33,8 +34,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     ensure!(args.iters > 0, "--iters must be at least 1");
     ensure!(args.eval_iters > 0, "--eval-iters must be at least 1");
     let target = backend::prepare(args.target.device, args.target.dtype)?;
-    let corpus = super::load_corpus(&args.source)?;
-    let dataset = Dataset::new(&corpus.text, config.val_fraction)?;
+    let (_, dataset) = super::load_dataset(&args.source, None, config.val_fraction)?;
     target.check_memory(&MemoryEstimate::training(
         &config,
         dataset.tokenizer.vocab_size(),
@@ -59,11 +59,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         peak_rss_mb: peak_rss_mb(),
         config,
     };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print_text(&report);
-    }
+    super::print_report(args.json, &report, print_text)?;
     if let Some(sample) = &report.sample {
         ensure!(
             sample.identical_tokens,

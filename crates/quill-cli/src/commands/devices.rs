@@ -2,8 +2,8 @@
 
 use anyhow::Result;
 
+use crate::backend::probe::inventory;
 use crate::cli::DevicesArgs;
-use crate::devices::inventory;
 
 pub fn run(args: DevicesArgs) -> Result<()> {
     let inv = inventory();

@@ -2,7 +2,8 @@
 
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
-use quill_train::{Checkpoint, Dataset, estimate_loss};
+use quill_data::Dataset;
+use quill_train::{Checkpoint, Losses, evaluate};
 
 use crate::backend::{self, Job};
 use crate::cli::EvalArgs;
@@ -14,29 +15,21 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .eval_iters
         .unwrap_or(checkpoint.config.train.final_eval_iters);
     anyhow::ensure!(eval_iters > 0, "--eval-iters must be at least 1");
-    let corpus = super::load_corpus(&args.source)?;
     let train = &checkpoint.config.train;
-    let dataset = Dataset::with_tokenizer(
-        &corpus.text,
-        checkpoint.tokenizer.clone(),
-        train.val_fraction,
-    )?;
+    let tokenizer = Some(&checkpoint.tokenizer);
+    let (_, dataset) = super::load_dataset(&args.source, tokenizer, train.val_fraction)?;
     dataset.split.check_block_size(train.block_size)?;
-    let (train_loss, val_loss) = target.run(EvalJob {
+    let losses = target.run(EvalJob {
         checkpoint,
         dataset,
         eval_iters,
         seed: args.seed,
     })?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({ "train_loss": train_loss, "val_loss": val_loss })
-        );
-    } else {
-        println!("train loss {train_loss:.4}, val loss {val_loss:.4} ({eval_iters} batches each)");
-    }
-    Ok(())
+    let report = serde_json::json!({ "train_loss": losses.train, "val_loss": losses.val });
+    super::print_report(args.json, &report, |_| {
+        let (train, val) = (losses.train, losses.val);
+        println!("train loss {train:.4}, val loss {val:.4} ({eval_iters} batches each)");
+    })
 }
 
 struct EvalJob {
@@ -47,14 +40,11 @@ struct EvalJob {
 }
 
 impl Job for EvalJob {
-    type Output = (f32, f32);
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<(f32, f32)> {
+    type Output = Losses;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Losses> {
         let model = self.checkpoint.model::<B::InnerBackend>(&device)?;
         let batch = self.checkpoint.config.train.batch_size;
-        let loss = |data: &[u32]| estimate_loss(&model, data, batch, self.eval_iters, self.seed);
-        Ok((
-            loss(&self.dataset.split.train)?,
-            loss(&self.dataset.split.val)?,
-        ))
+        let split = &self.dataset.split;
+        Ok(evaluate(&model, split, batch, self.eval_iters, self.seed)?)
     }
 }

@@ -3,9 +3,10 @@
 
 use anyhow::{Result, ensure};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use quill_data::Dataset;
 use quill_model::params::{NamedTensor, export};
+use quill_train::TrainConfig;
 use quill_train::parity::{Parity, compare, trajectory};
-use quill_train::{Dataset, TrainConfig};
 use serde::Serialize;
 
 use crate::backend::{self, DType, DeviceChoice, Job};
@@ -47,8 +48,7 @@ pub fn run(args: ParityArgs) -> Result<()> {
     // A device that is not compiled in, not present or failing to start fails here,
     // before the data is read and before the reference run.
     let target = backend::prepare(args.target.device, args.target.dtype)?;
-    let corpus = super::load_corpus(&args.source)?;
-    let dataset = Dataset::new(&corpus.text, config.val_fraction)?;
+    let (_, dataset) = super::load_dataset(&args.source, None, config.val_fraction)?;
     let vocab_size = dataset.tokenizer.vocab_size();
     let job = |weights: Option<Vec<NamedTensor>>| ParityJob {
         config: &config,
@@ -73,9 +73,7 @@ pub fn run(args: ParityArgs) -> Result<()> {
         losses,
         reference_losses: reference,
     };
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
+    super::print_report(args.json, &report, |report| {
         let p = &report.parity;
         println!(
             "{} ({}) vs cpu reference, vocab {vocab_size}: initial loss {:.6} (diff {:.2e}), max diff over {} steps {:.2e}, final {:.6} vs {:.6}: {}",
@@ -93,7 +91,7 @@ pub fn run(args: ParityArgs) -> Result<()> {
                 "DIFFERENT"
             }
         );
-    }
+    })?;
     ensure!(
         report.parity.within_tolerance,
         "the losses on {} differ from the CPU reference: initial by {:.2e} (tolerance {:.0e}), steps by up to {:.2e} (tolerance {:.0e})",

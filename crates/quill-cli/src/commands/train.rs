@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
+use quill_data::Dataset;
 use quill_train::memory::human_bytes;
 use quill_train::{
-    Checkpoint, Dataset, MemoryEstimate, Outcome, Run, RunDir, TrainConfig, sample_text, train,
+    Checkpoint, MemoryEstimate, Outcome, Run, RunDir, SampleRequest, TrainConfig, sample_texts,
+    train,
 };
 
 use crate::backend::{self, Job};
@@ -55,15 +57,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         target.dtype_bytes(),
     ))?;
 
-    let corpus = super::load_corpus(&args.source)?;
-    let dataset = match &resume {
-        Some(checkpoint) => Dataset::with_tokenizer(
-            &corpus.text,
-            checkpoint.tokenizer.clone(),
-            config.val_fraction,
-        )?,
-        None => Dataset::new(&corpus.text, config.val_fraction)?,
-    };
+    let tokenizer = resume.as_ref().map(|c| &c.tokenizer);
+    let (corpus, dataset) = super::load_dataset(&args.source, tokenizer, config.val_fraction)?;
     dataset.split.check_block_size(config.block_size)?;
     let estimate = MemoryEstimate::training(
         &config,
@@ -152,15 +147,15 @@ impl Job for TrainJob {
                     "done: {} iterations, train loss {:.4}, val loss {:.4}, {:.1} s",
                     record.iter, record.train_loss, record.val_loss, record.elapsed_s
                 );
-                let checkpoint = Checkpoint::load(&best)?;
+                // A run resumed into another directory whose validation loss never beat
+                // the checkpoint's has written no best/ there.
+                let dir = if best.is_dir() { best } else { last };
+                let checkpoint = Checkpoint::load(&dir)?;
                 let model = checkpoint.model::<B::InnerBackend>(&device)?;
-                let text = sample_text(
-                    &model,
-                    &checkpoint.tokenizer,
-                    FINAL_SAMPLE_CHARS,
-                    checkpoint.config.train.seed,
-                )?;
-                println!("--- a sample from {} ---\n{text}", best.display());
+                let seed = checkpoint.config.train.seed;
+                let request = SampleRequest::from_newline(FINAL_SAMPLE_CHARS, seed);
+                let text = sample_texts(&model, &checkpoint.tokenizer, &request, |_, _| {})?;
+                println!("--- a sample from {} ---\n{}", dir.display(), text[0]);
             }
         }
         Ok(())

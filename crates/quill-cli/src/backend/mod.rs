@@ -5,6 +5,19 @@
 //! the devices present, starts the device, and says what it picked — before any data is
 //! loaded — and [`Prepared::run`] runs a [`Job`] there. Both sit behind the panic
 //! boundary ([`crate::panics`]): a panic while a device starts or works is an error.
+//!
+//! Dispatch is static: a [`Job`] is generic over the backend and [`Prepared::run`]
+//! monomorphises it once per compiled-in backend, rather than boxing a `dyn` backend.
+//! Burn's backends are types, not values, and the fused CPU kernels recognise the Flex
+//! backend by its type (`quill-kernels`), so the concrete type must reach the model.
+//!
+//! - [`probe`]: what each compiled-in backend can see (CPU threads, WGPU adapters,
+//!   CUDA devices), without panicking.
+//! - `cubecl_cache`: where the GPU backends keep compiled kernels and autotune results.
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cubecl_cache;
+pub mod probe;
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,7 +31,7 @@ use burn::tensor::backend::AutodiffBackend;
 use crate::panics;
 
 #[cfg(feature = "wgpu")]
-use crate::devices::wgpu::usable_adapters;
+use crate::backend::probe::wgpu::usable_adapters;
 
 /// What `--device` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +202,8 @@ fn resolve(choice: DeviceChoice) -> Result<Target> {
         DeviceChoice::Wgpu(_) => Err(not_compiled("wgpu")),
         #[cfg(feature = "cuda")]
         DeviceChoice::Cuda(n) => {
-            let devices = crate::devices::cuda::devices().map_err(|why| anyhow::anyhow!(why))?;
+            let devices =
+                crate::backend::probe::cuda::devices().map_err(|why| anyhow::anyhow!(why))?;
             if n >= devices.len() {
                 bail!(
                     "no CUDA device {n}: the driver sees {} device(s)",
@@ -203,10 +217,10 @@ fn resolve(choice: DeviceChoice) -> Result<Target> {
     }
 }
 
-/// `--device auto`: the seed's "cuda, else mps, else cpu".
+/// `--device auto`: the lecture's "cuda, else mps, else cpu".
 fn auto() -> Target {
     #[cfg(feature = "cuda")]
-    if crate::devices::cuda::devices().is_ok_and(|d| !d.is_empty()) {
+    if crate::backend::probe::cuda::devices().is_ok_and(|d| !d.is_empty()) {
         return Target::Cuda(0);
     }
     #[cfg(feature = "wgpu")]
@@ -225,11 +239,13 @@ fn wgpu_device(which: WgpuChoice) -> Result<burn_wgpu::WgpuDevice> {
     let adapters = usable_adapters();
     let count = |t: wgpu::DeviceType| adapters.iter().filter(|a| a.device_type == t).count();
     match which {
-        WgpuChoice::Default if adapters.is_empty() => bail!(crate::devices::wgpu::NO_ADAPTER),
+        WgpuChoice::Default if adapters.is_empty() => {
+            bail!(crate::backend::probe::wgpu::NO_ADAPTER)
+        }
         WgpuChoice::Default => Ok(WgpuDevice::DefaultDevice),
         WgpuChoice::Cpu if count(wgpu::DeviceType::Cpu) == 0 => bail!(
             "no software (CPU) {} adapter found (on Linux: apt-get install mesa-vulkan-drivers), or use --device cpu",
-            crate::devices::wgpu::API
+            crate::backend::probe::wgpu::API
         ),
         WgpuChoice::Cpu => Ok(WgpuDevice::Cpu),
         WgpuChoice::Discrete(n) if n >= count(wgpu::DeviceType::DiscreteGpu) => bail!(
@@ -278,7 +294,7 @@ pub fn prepare(choice: DeviceChoice, dtype: DType) -> Result<Prepared> {
     eprintln!("device: {target}, {dtype}");
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     if target.is_gpu() {
-        let dir = crate::gpu_cache::configure();
+        let dir = crate::backend::cubecl_cache::configure();
         eprintln!("kernel and autotune cache: {}", dir.display());
     }
     let prepared = Prepared { target, dtype };
@@ -328,7 +344,7 @@ impl Prepared {
             #[cfg(feature = "wgpu")]
             Target::Wgpu(_) => None,
             #[cfg(feature = "cuda")]
-            Target::Cuda(n) => crate::devices::cuda::total_memory(*n)
+            Target::Cuda(n) => crate::backend::probe::cuda::total_memory(*n)
                 .map(|bytes| (bytes as f64, format!("cuda:{n}"))),
         }
     }

@@ -1,4 +1,4 @@
-//! The fused Flex kernels (`quill_model::kernels`) under `Autodiff<Flex>`, as the
+//! The fused Flex kernels under `Autodiff<Flex>`, as the
 //! trainer runs them: outputs and gradients against exact references (closed forms and
 //! central differences in f64) and against Burn's own LayerNorm.
 
@@ -8,7 +8,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor, TensorData};
 use burn_autodiff::Autodiff;
 use burn_flex::Flex;
-use quill_model::kernels;
+use quill_kernels as kernels;
 
 type Fused = Autodiff<Flex>;
 
@@ -71,7 +71,7 @@ fn gelu_and_its_gradient_are_exact() {
     let shape = [3, 5, 64];
     let n = shape.iter().product();
     let (x, w) = (random(n, 3.0, 1), random(n, 1.0, 2));
-    let (y, dx) = run::<Fused>(&x, shape, &w, kernels::gelu);
+    let (y, dx) = run::<Fused>(&x, shape, &w, |x| kernels::gelu(x).unwrap());
     let cdf = |x: f64| 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
     let pdf = |x: f64| (-x * x / 2.0).exp() / std::f64::consts::TAU.sqrt();
     let want_y: Vec<f64> = x.iter().map(|&x| x as f64 * cdf(x as f64)).collect();
@@ -117,7 +117,7 @@ fn causal_attention_and_its_gradient_are_exact() {
         let qkv = random(b * t * 3 * c, 1.0, seed as u64);
         let w = random(b * t * c, 1.0, 100 + seed as u64);
         let (y, dqkv) = run::<Fused>(&qkv, [b, t, 3 * c], &w, |qkv| {
-            kernels::causal_attention(qkv, nh, |_| panic!("Flex takes the fused path"))
+            kernels::causal_attention(qkv, nh).expect("Flex takes the fused path")
         });
         let x: Vec<f64> = qkv.iter().map(|&v| v as f64).collect();
         // Σ y·w with one-hot weights reads back single outputs.
@@ -148,7 +148,7 @@ fn layer_norm_matches_burns_with_and_without_bias() {
     let (x, w) = (random(n, 2.0, 7), random(n, 1.0, 8));
     let (gamma, beta) = (random(c, 0.5, 9), random(c, 0.5, 10));
     assert!(
-        kernels::fused::<Fused>(),
+        kernels::serves::<Fused>(),
         "the fused kernels run on Autodiff<Flex>"
     );
     let device = Default::default();
@@ -165,7 +165,13 @@ fn layer_norm_matches_burns_with_and_without_bias() {
             let xt = Tensor::<Fused, 3>::from_data(TensorData::new(x.clone(), shape), &device)
                 .require_grad();
             let y = match fused {
-                true => kernels::layer_norm(&ln, xt.clone(), 1e-5),
+                true => kernels::layer_norm(
+                    xt.clone(),
+                    ln.gamma.val(),
+                    ln.beta.as_ref().map(|b| b.val()),
+                    1e-5,
+                )
+                .unwrap(),
                 false => ln.forward(xt.clone()),
             };
             let wt = Tensor::<Fused, 3>::from_data(TensorData::new(w.clone(), shape), &device);
@@ -193,7 +199,7 @@ fn linear_matches_burns_matmul_plus_bias() {
     let (x, w) = (random(rows * d_in, 1.0, 11), random(rows * d_out, 1.0, 12));
     let (weight, bias) = (random(d_in * d_out, 0.3, 13), random(d_out, 1.0, 14));
     assert!(
-        kernels::fused::<Fused>(),
+        kernels::serves::<Fused>(),
         "the fused kernels run on Autodiff<Flex>"
     );
     let device = Default::default();
@@ -216,7 +222,12 @@ fn linear_matches_burns_matmul_plus_bias() {
                 Tensor::<Fused, 2>::from_data(TensorData::new(x.clone(), [rows, d_in]), &device)
                     .require_grad();
             let y = match fused {
-                true => kernels::linear(&layer, xt.clone()),
+                true => kernels::linear(
+                    xt.clone(),
+                    layer.weight.val(),
+                    layer.bias.as_ref().map(|b| b.val()),
+                )
+                .unwrap(),
                 false => {
                     let y = xt.clone().matmul(layer.weight.val());
                     match &layer.bias {
@@ -271,4 +282,17 @@ fn f32_values_reach_host_kernels_on_plain_flex_only() {
     assert_eq!(kernels::with_f32_values([&other], |[v]| v.len()), None);
     let tracked = Tensor::<Fused, 1>::from_data(TensorData::new(vec![1f32], [1]), &device);
     assert_eq!(kernels::with_f32_values([&tracked], |[v]| v.len()), None);
+}
+
+#[test]
+fn other_backends_get_their_input_back() {
+    type Other = burn_ndarray::NdArray<f32>;
+    let device = Default::default();
+    let x = Tensor::<Other, 3>::from_data(TensorData::new(vec![1f32; 24], [1, 2, 12]), &device);
+    assert!(!kernels::serves::<Other>());
+    let back = kernels::causal_attention(x.clone(), 2).unwrap_err();
+    assert_eq!(back.into_data(), x.clone().into_data());
+    let gamma = Tensor::<Other, 1>::ones([12], &device);
+    assert!(kernels::layer_norm(x.clone(), gamma, None, 1e-5).is_err());
+    assert!(kernels::gelu(x).is_err());
 }

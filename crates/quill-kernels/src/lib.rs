@@ -1,0 +1,139 @@
+//! # quill-kernels
+//!
+//! Fused CPU kernels for the parts of a GPT block: linear layers, GELU, LayerNorm and
+//! causal softmax attention, for Burn's Flex backend in `f32`.
+//!
+//! - `cpu` (private): the kernels themselves, on plain `f32` slices, with no Burn types:
+//!   each one pass over its data where Burn's generic composition makes several.
+//! - `flex` (private): the glue: Flex tensors recognised by type at run time, their
+//!   storage handed to the slice kernels, and under `Autodiff<Flex>` each kernel one node
+//!   of the graph with its own backward pass.
+//!
+//! Each public function takes Burn tensors of any backend and returns `Ok(output)` when
+//! it ran, or `Err(input)`, the input handed back untouched, when the backend or dtype
+//! is not one it serves ([`serves`] says which); the caller then computes the same with
+//! Burn's generic operations. `quill-model`'s `ops` module does exactly that, and the
+//! parity check (`quill parity`) trains the same weights both ways step by step.
+//!
+//! ```
+//! use burn::tensor::Tensor;
+//! use burn_flex::Flex;
+//!
+//! let x = Tensor::<Flex, 1>::from_floats([-1.0, 0.0, 2.0], &Default::default());
+//! let y = quill_kernels::gelu(x).expect("Flex f32 is served");
+//! assert!((y.into_data().to_vec::<f32>().unwrap()[2] - 1.9545).abs() < 1e-4);
+//! ```
+
+mod cpu;
+mod flex;
+
+use burn::tensor::{Tensor, backend::Backend};
+use burn_flex::Flex;
+use flex::{Route, Tracked};
+
+/// A kernel's result: `Ok(output)`, or `Err(input)` when it does not serve the input's
+/// backend or dtype.
+pub type Fused<T> = Result<T, T>;
+
+/// Whether the kernels serve backend `B` (for `f32` tensors): Flex, with or without
+/// autodiff.
+pub fn serves<B: Backend>() -> bool {
+    flex::is_flex::<B>()
+}
+
+/// Runs `f` on the `f32` values of `tensors` (row-major; borrowed, not copied, when
+/// contiguous) when `B` is Flex without autodiff and every tensor holds `f32`, so that
+/// other crates can write their own fused CPU kernels (quill-train's AdamW update);
+/// `None` on every other backend or dtype.
+pub fn with_f32_values<B: Backend, const D: usize, const N: usize, R>(
+    tensors: [&Tensor<B, D>; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> Option<R> {
+    let flex: Vec<_> = tensors
+        .iter()
+        .map(|t| flex::plain_f32(t))
+        .collect::<Option<_>>()?;
+    let values: Vec<_> = flex.iter().map(flex::values).collect();
+    let slices: [&[f32]; N] = std::array::from_fn(|i| &*values[i]);
+    Some(f(slices))
+}
+
+/// Runs `f` compiled for AVX2 and FMA when the CPU has them (its loops, and the
+/// `#[inline]` functions it calls, are then vectorised eight lanes wide), else as built.
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    cpu::simd(f)
+}
+
+/// GELU, `x·Φ(x)` (the exact form, as nanoGPT's `nn.GELU()`), element-wise.
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Fused<Tensor<B, D>> {
+    match flex::route(x) {
+        Route::Plain(x) => Ok(flex::output::<B, Flex, D>(flex::gelu(&x))),
+        Route::Tracked(x) => Ok(flex::output::<B, Tracked, D>(flex::gelu_tracked(x))),
+        Route::Other(x) => Err(x),
+    }
+}
+
+/// LayerNorm over the last dimension of `x` `[B, T, C]`: `(x − mean) / √(var + eps) · γ
+/// + β`, with `gamma` and `beta` `[C]`.
+pub fn layer_norm<B: Backend>(
+    x: Tensor<B, 3>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Fused<Tensor<B, 3>> {
+    let eps = eps as f32;
+    match flex::route(x) {
+        Route::Plain(x) => {
+            let gamma = flex::primitive::<B, Flex, 1>(gamma);
+            let beta = beta.map(flex::primitive::<B, Flex, 1>);
+            Ok(flex::output::<B, Flex, 3>(flex::layer_norm(
+                &x,
+                &gamma,
+                beta.as_ref(),
+                eps,
+            )))
+        }
+        Route::Tracked(x) => {
+            let gamma = flex::primitive::<B, Tracked, 1>(gamma);
+            let beta = beta.map(flex::primitive::<B, Tracked, 1>);
+            Ok(flex::output::<B, Tracked, 3>(flex::layer_norm_tracked(
+                x, gamma, beta, eps,
+            )))
+        }
+        Route::Other(x) => Err(x),
+    }
+}
+
+/// `x·W + b` for `x` `[N, in]`, `weight` `[in, out]`, `bias` `[out]`: `[N, out]`.
+pub fn linear<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Fused<Tensor<B, 2>> {
+    match flex::route(x) {
+        Route::Plain(x) => {
+            let w = flex::primitive::<B, Flex, 2>(weight);
+            let b = bias.map(flex::primitive::<B, Flex, 1>);
+            Ok(flex::output::<B, Flex, 2>(flex::linear(&x, &w, b.as_ref())))
+        }
+        Route::Tracked(x) => {
+            let w = flex::primitive::<B, Tracked, 2>(weight);
+            let b = bias.map(flex::primitive::<B, Tracked, 1>);
+            Ok(flex::output::<B, Tracked, 2>(flex::linear_tracked(x, w, b)))
+        }
+        Route::Other(x) => Err(x),
+    }
+}
+
+/// Causal self-attention of `n_head` heads over `qkv` `[B, T, 3C]` (queries, keys and
+/// values side by side, as one `C → 3C` projection writes them): `[B, T, C]`, position
+/// `t` attending to positions `≤ t`, without dropout.
+pub fn causal_attention<B: Backend>(qkv: Tensor<B, 3>, n_head: usize) -> Fused<Tensor<B, 3>> {
+    match flex::route(qkv) {
+        Route::Plain(qkv) => Ok(flex::output::<B, Flex, 3>(flex::attention(&qkv, n_head))),
+        Route::Tracked(qkv) => Ok(flex::output::<B, Tracked, 3>(flex::attention_tracked(
+            qkv, n_head,
+        ))),
+        Route::Other(qkv) => Err(qkv),
+    }
+}

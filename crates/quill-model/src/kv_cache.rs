@@ -1,0 +1,79 @@
+//! The key/value cache of generation: each new token attends to the cached keys and
+//! values of the tokens before it instead of recomputing them.
+
+use burn::tensor::{Tensor, backend::Backend};
+
+/// The cached keys and values of one attention layer, `[B, nh, P, hs]` each.
+#[derive(Debug, Clone, Default)]
+pub struct LayerKv<B: Backend> {
+    kv: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+}
+
+impl<B: Backend> LayerKv<B> {
+    /// Appends the new positions' keys and values `[B, nh, T, hs]`; returns all of them,
+    /// `[B, nh, P + T, hs]`, and the number `P` of positions cached before.
+    pub fn append(
+        &mut self,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, usize) {
+        let (k, v, past) = match self.kv.take() {
+            Some((pk, pv)) => {
+                let past = pk.dims()[2];
+                (
+                    Tensor::cat(vec![pk, k], 2),
+                    Tensor::cat(vec![pv, v], 2),
+                    past,
+                )
+            }
+            None => (k, v, 0),
+        };
+        self.kv = Some((k.clone(), v.clone()));
+        (k, v, past)
+    }
+}
+
+/// A key/value cache for a whole model: one [`LayerKv`] per block and the number of
+/// positions it holds.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<LayerKv<B>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache.
+    pub fn new() -> Self {
+        KvCache {
+            layers: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The caches of `n_layer` layers, to be filled with `t` new positions.
+    pub(crate) fn layers(&mut self, n_layer: usize, t: usize) -> &mut [LayerKv<B>] {
+        self.layers.resize_with(n_layer, LayerKv::default);
+        self.len += t;
+        &mut self.layers
+    }
+
+    /// Counts `t` more positions without storing anything (models without attention).
+    pub(crate) fn skip(&mut self, t: usize) {
+        self.len += t;
+    }
+
+    /// Forgets everything (e.g. when the context window shifts).
+    pub fn clear(&mut self) {
+        *self = KvCache::new();
+    }
+}

@@ -1,0 +1,139 @@
+//! The operations of a GPT block, each with a fast path chosen inside it and its plain
+//! reference version, same signature, beside it (`gelu` / `gelu_slow`, …).
+//!
+//! The fast paths are the fused CPU kernels of `quill-kernels` (feature `fused-cpu`, on
+//! by default): they run on Burn's Flex backend in `f32`, plain or under autodiff, and
+//! hand every other tensor back to the reference version, which is Burn's generic
+//! operations. Without the feature, each operation is its reference version.
+
+use burn::nn::Dropout;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Tensor, TensorPrimitive, backend::Backend};
+
+use crate::kv_cache::LayerKv;
+
+/// Returns the fused kernel's output when `$fused` (a `quill_kernels` call) served the
+/// input; otherwise rebinds `$input` to the input it handed back.
+macro_rules! fast_path {
+    ($input:ident = $fused:expr) => {
+        #[cfg(feature = "fused-cpu")]
+        let $input = match $fused {
+            Ok(output) => return output,
+            Err(input) => input,
+        };
+    };
+}
+
+/// `x·W + b`: `x` `[N, in]`, `weight` `[in, out]`, `bias` `[out]` → `[N, out]`.
+pub fn linear<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    fast_path!(x = quill_kernels::linear(x, weight.clone(), bias.clone()));
+    linear_slow(x, weight, bias)
+}
+
+/// [`linear`] in Burn's operations.
+pub fn linear_slow<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    burn::tensor::module::linear(x, weight, bias)
+}
+
+/// GELU, `x·Φ(x)` (the exact form, as nanoGPT's `nn.GELU()`), element-wise.
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    fast_path!(x = quill_kernels::gelu(x));
+    gelu_slow(x)
+}
+
+/// [`gelu`] in Burn's operations.
+pub fn gelu_slow<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    burn::tensor::activation::gelu(x)
+}
+
+/// LayerNorm over the last dimension of `x` `[B, T, C]`: `(x − mean) / √(var + eps) · γ
+/// + β`, with `gamma` and `beta` `[C]`.
+pub fn layer_norm<B: Backend>(
+    x: Tensor<B, 3>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, 3> {
+    fast_path!(x = quill_kernels::layer_norm(x, gamma.clone(), beta.clone(), eps));
+    layer_norm_slow(x, gamma, beta, eps)
+}
+
+/// [`layer_norm`] as Burn's `LayerNorm` module computes it (the backend's own op).
+pub fn layer_norm_slow<B: Backend>(
+    x: Tensor<B, 3>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, 3> {
+    let beta = beta.map(|beta| beta.into_primitive().tensor());
+    let (x, gamma) = (x.into_primitive().tensor(), gamma.into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(x, gamma, beta, eps)))
+}
+
+/// Causal self-attention of `n_head` heads over `qkv` `[B, T, 3C]` (queries, keys and
+/// values side by side, as one `C → 3C` projection writes them) → `[B, T, C]`: new
+/// position `t` attends to positions `≤ t`, and to the `P` positions already in `cache`
+/// (to which its keys and values are added). `dropout` applies to the attention weights.
+///
+/// The fused kernel serves the training and evaluation passes (no cache, dropout off).
+pub fn causal_attention<B: Backend>(
+    qkv: Tensor<B, 3>,
+    n_head: usize,
+    dropout: &Dropout,
+    cache: Option<&mut LayerKv<B>>,
+) -> Tensor<B, 3> {
+    let dropout_off = dropout.prob == 0.0 || !B::ad_enabled(&qkv.device());
+    if cache.is_none() && dropout_off {
+        fast_path!(qkv = quill_kernels::causal_attention(qkv, n_head));
+        return causal_attention_slow(qkv, n_head, dropout, None);
+    }
+    causal_attention_slow(qkv, n_head, dropout, cache)
+}
+
+/// [`causal_attention`] in Burn's operations: softmax of masked `q·kᵀ/√hs`, times `v`.
+pub fn causal_attention_slow<B: Backend>(
+    qkv: Tensor<B, 3>,
+    n_head: usize,
+    dropout: &Dropout,
+    cache: Option<&mut LayerKv<B>>,
+) -> Tensor<B, 3> {
+    let [b, t, c3] = qkv.dims();
+    let (c, hs) = (c3 / 3, c3 / 3 / n_head);
+    let heads = |i: usize| {
+        let x = qkv.clone().narrow(2, i * c, c); // [B, T, C]
+        x.reshape([b, t, n_head, hs]).swap_dims(1, 2) // [B, nh, T, hs]
+    };
+    let (q, k, v) = (heads(0), heads(1), heads(2));
+    let (k, v, past) = match cache {
+        Some(layer) => layer.append(k, v), // [B, nh, P + T, hs]
+        None => (k, v, 0),
+    };
+
+    let att = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hs as f64).sqrt()); // [B, nh, T, P + T]
+    let att = if t > 1 {
+        let future = causal_mask::<B>(t, past, &att.device()).expand([b, n_head, t, past + t]);
+        att.mask_fill(future, f32::NEG_INFINITY)
+    } else {
+        att // one new position sees every earlier one
+    };
+    let att = dropout.forward(softmax(att, 3));
+
+    let y = att.matmul(v); // [B, nh, T, hs]
+    y.swap_dims(1, 2).reshape([b, t, c]) // [B, T, C]
+}
+
+/// `[1, 1, T, P + T]`, `true` where new position `i` (absolute `P + i`) would see a
+/// later position: the future to hide. (Burn's `tril_mask` marks the masked part: the
+/// entries above the diagonal shifted right by `P`.)
+pub fn causal_mask<B: Backend>(t: usize, past: usize, device: &B::Device) -> Tensor<B, 4, Bool> {
+    let total = past + t;
+    Tensor::<B, 2, Bool>::tril_mask([t, total], past as i64, device).reshape([1, 1, t, total])
+}

@@ -1,0 +1,161 @@
+//! One optimizer step as a public API, in the shape of Burn's custom training loop:
+//! forward → loss → backward → gradients → AdamW. Other programs drive it with batches
+//! from any source (`examples/custom_loop.rs`); [`crate::train()`], the benchmark and the
+//! parity check call the same step.
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Int, Tensor};
+use quill_data::BatchSampler;
+use quill_model::LanguageModel;
+use quill_model::params::NamedTensor;
+
+use crate::optim::{AdamW, GradBuffer, StepOptions};
+use crate::schedule::learning_rate;
+use crate::{TrainConfig, TrainError};
+
+/// The data of one optimizer step: one or more micro-batches of inputs `x` and targets
+/// `y`, `[B, T]` token ids each; their gradients are averaged (gradient accumulation).
+#[derive(Debug, Clone)]
+pub struct Batch<B: burn::tensor::backend::Backend> {
+    /// `(x, y)` per micro-batch.
+    pub micro_batches: Vec<(Tensor<B, 2, Int>, Tensor<B, 2, Int>)>,
+}
+
+impl<B: burn::tensor::backend::Backend> Batch<B> {
+    /// One micro-batch.
+    pub fn new(x: Tensor<B, 2, Int>, y: Tensor<B, 2, Int>) -> Self {
+        Batch {
+            micro_batches: vec![(x, y)],
+        }
+    }
+
+    /// `micro_batches` batches drawn from `data` by `sampler`, as the trainer draws them.
+    pub fn sample(
+        sampler: &mut BatchSampler,
+        data: &[u32],
+        micro_batches: usize,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
+        let micro_batches = (0..micro_batches)
+            .map(|_| sampler.sample::<B>(data, device))
+            .collect::<Result<_, _>>()?;
+        Ok(Batch { micro_batches })
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutput {
+    /// Mean loss of the step's micro-batches (before the update).
+    pub loss: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// A model, its AdamW optimizer and the learning-rate schedule: [`Trainer::step`] takes
+/// one optimizer step.
+pub struct Trainer<AB: AutodiffBackend> {
+    /// `None` only while a step moves the model through the optimizer.
+    model: Option<LanguageModel<AB>>,
+    optim: AdamW<AB::InnerBackend>,
+    config: TrainConfig,
+    iter: usize,
+}
+
+impl<AB: AutodiffBackend> Trainer<AB> {
+    /// A trainer for `model` with a fresh optimizer, at step 0, using `config`'s
+    /// optimizer, schedule, clipping and dropout seed.
+    pub fn new(model: LanguageModel<AB>, config: &TrainConfig) -> Self {
+        let c = config;
+        Trainer {
+            model: Some(model),
+            optim: AdamW::new(c.beta1, c.beta2, c.eps, c.weight_decay),
+            config: config.clone(),
+            iter: 0,
+        }
+    }
+
+    /// A trainer that continues at step `iter` with saved optimizer moments (see
+    /// [`AdamW::state`]) and step count.
+    pub fn resume(
+        model: LanguageModel<AB>,
+        config: &TrainConfig,
+        iter: usize,
+        moments: &std::collections::BTreeMap<String, NamedTensor>,
+        optimizer_steps: u64,
+    ) -> Result<Self, TrainError> {
+        let mut trainer = Trainer::new(model, config);
+        let device = trainer.model().device();
+        trainer
+            .optim
+            .load_state(moments, optimizer_steps, &device)?;
+        trainer.iter = iter;
+        Ok(trainer)
+    }
+
+    /// The model as it is now.
+    pub fn model(&self) -> &LanguageModel<AB> {
+        self.model
+            .as_ref()
+            .expect("the model is back after each step")
+    }
+
+    /// The model, ending training.
+    pub fn into_model(self) -> LanguageModel<AB> {
+        self.model.expect("the model is back after each step")
+    }
+
+    /// The optimizer (its moments go into checkpoints).
+    pub fn optimizer(&self) -> &AdamW<AB::InnerBackend> {
+        &self.optim
+    }
+
+    /// Steps taken so far: the next step's number.
+    pub fn iter(&self) -> usize {
+        self.iter
+    }
+
+    /// One optimizer step on `batch`: the gradients of its micro-batches, averaged, then
+    /// AdamW at the schedule's learning rate for this step. A loss that is not finite is
+    /// an error, and leaves the model as it was.
+    pub fn step(&mut self, batch: &Batch<AB>) -> Result<StepOutput, TrainError> {
+        let (config, iter) = (&self.config, self.iter);
+        let model = self
+            .model
+            .as_ref()
+            .expect("the model is back after each step");
+        if config.dropout > 0.0 {
+            AB::seed(&model.device(), config.seed.wrapping_add(iter as u64));
+        }
+        let mut grads = GradBuffer::default();
+        let mut loss_sum = 0.0f64;
+        for (x, y) in &batch.micro_batches {
+            let loss = model.loss(x.clone(), y.clone())?;
+            loss_sum += loss.clone().into_scalar().elem::<f64>();
+            grads.accumulate(model, &loss.backward());
+        }
+        let loss = (loss_sum / batch.micro_batches.len().max(1) as f64) as f32;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite { iter, loss });
+        }
+        let lr = learning_rate(config, iter);
+        let options = StepOptions {
+            lr,
+            grad_clip: config.grad_clip,
+        };
+        let model = self
+            .model
+            .take()
+            .expect("the model is back after each step");
+        let (model, grad_norm) = self.optim.step(model, grads, options);
+        self.model = Some(model);
+        self.iter += 1;
+        Ok(StepOutput {
+            loss,
+            grad_norm,
+            lr,
+        })
+    }
+}
