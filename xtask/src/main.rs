@@ -104,6 +104,22 @@ fn ci() -> Result<()> {
     slim_builds()
 }
 
+/// Runs the public-step example as `cargo test` built it (`cargo run -p quill-train`
+/// would build the libraries again, with the features of that package alone).
+fn custom_loop() -> Result<()> {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    let example = target.join("release/examples/custom_loop");
+    eprintln!("$ {}", example.display());
+    let status = Command::new(&example)
+        .status()
+        .with_context(|| format!("run {}", example.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", example.display());
+    }
+    Ok(())
+}
+
 /// `quill-model` without `fused-cpu` has no Flex, gemm or rayon; `quill-data` without
 /// `download` has no HTTP client.
 fn slim_builds() -> Result<()> {

@@ -73,8 +73,8 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Fused<Tensor<B, D>> 
     }
 }
 
-/// LayerNorm over the last dimension of `x` `[B, T, C]`: `(x − mean) / √(var + eps) · γ
-/// + β`, with `gamma` and `beta` `[C]`.
+/// LayerNorm over the last dimension of `x` `[B, T, C]`, with `gamma` (γ) and `beta` (β)
+/// `[C]`: `(x − mean) / √(var + eps) · γ + β`.
 pub fn layer_norm<B: Backend>(
     x: Tensor<B, 3>,
     gamma: Tensor<B, 1>,
