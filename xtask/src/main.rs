@@ -89,14 +89,7 @@ fn ci() -> Result<()> {
     )?;
     // The tests include backend parity on WGPU (Mesa's lavapipe in CI).
     cargo(&["test", "--release", "--workspace", "--features", WGPU])?;
-    cargo(&[
-        "run",
-        "--release",
-        "-p",
-        "quill-train",
-        "--example",
-        "custom_loop",
-    ])?;
+    custom_loop()?;
     cargo_with_env(
         &["doc", "--release", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
