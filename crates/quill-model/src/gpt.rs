@@ -169,7 +169,7 @@ impl<B: Backend> Gpt<B> {
                 }
             }
             Some(cache) => {
-                for (block, layer) in self.h.iter().zip(cache.layers(self.h.len(), t)) {
+                for (block, layer) in self.h.iter().zip(cache.extend(self.h.len(), t)) {
                     x = block.forward(x, Some(layer));
                 }
             }

@@ -60,8 +60,9 @@ impl<B: Backend> KvCache<B> {
         self.len == 0
     }
 
-    /// The caches of `n_layer` layers, to be filled with `t` new positions.
-    pub(crate) fn layers(&mut self, n_layer: usize, t: usize) -> &mut [LayerKv<B>] {
+    /// Counts `t` new positions and returns the caches of the `n_layer` layers they are
+    /// to be added to.
+    pub(crate) fn extend(&mut self, n_layer: usize, t: usize) -> &mut [LayerKv<B>] {
         self.layers.resize_with(n_layer, LayerKv::default);
         self.len += t;
         &mut self.layers

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use quill_data::{BatchSampler, Dataset};
+use quill_data::Dataset;
 use quill_model::{LanguageModel, ModelConfig, SamplingOptions, generate};
 use serde::Serialize;
 
@@ -81,7 +81,7 @@ pub fn bench_training<AB: AutodiffBackend>(
     let model = model_config.init::<AB>(config.seed, device)?;
     let num_params = model.num_params();
     let mut trainer = Trainer::new(model, config);
-    let mut sampler = BatchSampler::new(config.batch_size, config.block_size, config.seed)?;
+    let mut sampler = config.batch_sampler()?;
     let mut step = || {
         let batch = Batch::sample(&mut sampler, data, config.grad_accum, device)?;
         trainer.step(&batch)

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use quill_data::BatchSampler;
 use quill_model::{BigramConfig, GptConfig, ModelConfig};
 
 use crate::TrainError;
@@ -257,6 +258,17 @@ impl TrainConfig {
                 tie_weights: self.tie_weights,
             }),
         }
+    }
+
+    /// The sampler of training batches these settings describe: `batch_size` blocks of
+    /// `block_size` tokens, drawn from `seed` (the trainer, the benchmark and the parity
+    /// check all draw the same batches).
+    pub fn batch_sampler(&self) -> Result<BatchSampler, TrainError> {
+        Ok(BatchSampler::new(
+            self.batch_size,
+            self.block_size,
+            self.seed,
+        )?)
     }
 
     /// Training tokens per optimizer step.

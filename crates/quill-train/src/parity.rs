@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::backend::AutodiffBackend;
-use quill_data::BatchSampler;
 use quill_model::params::{NamedTensor, import};
 use serde::Serialize;
 
@@ -39,7 +38,7 @@ pub fn trajectory<AB: AutodiffBackend>(
         .model_config(vocab_size)
         .init::<AB>(config.seed ^ 1, device)?;
     let mut trainer = Trainer::new(import(model, &tensors)?, config);
-    let mut sampler = BatchSampler::new(config.batch_size, config.block_size, config.seed)?;
+    let mut sampler = config.batch_sampler()?;
     (0..=steps)
         .map(|_| {
             let batch = Batch::sample(&mut sampler, data, config.grad_accum, device)?;

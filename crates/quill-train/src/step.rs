@@ -3,7 +3,7 @@
 //! from any source (`examples/custom_loop.rs`); [`crate::train()`], the benchmark and the
 //! parity check call the same step.
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
 use quill_data::BatchSampler;
 use quill_model::LanguageModel;
@@ -16,12 +16,12 @@ use crate::{TrainConfig, TrainError};
 /// The data of one optimizer step: one or more micro-batches of inputs `x` and targets
 /// `y`, `[B, T]` token ids each; their gradients are averaged (gradient accumulation).
 #[derive(Debug, Clone)]
-pub struct Batch<B: burn::tensor::backend::Backend> {
+pub struct Batch<B: Backend> {
     /// `(x, y)` per micro-batch.
     pub micro_batches: Vec<(Tensor<B, 2, Int>, Tensor<B, 2, Int>)>,
 }
 
-impl<B: burn::tensor::backend::Backend> Batch<B> {
+impl<B: Backend> Batch<B> {
     /// One micro-batch.
     pub fn new(x: Tensor<B, 2, Int>, y: Tensor<B, 2, Int>) -> Self {
         Batch {
@@ -121,11 +121,7 @@ impl<AB: AutodiffBackend> Trainer<AB> {
     /// AdamW at the schedule's learning rate for this step. A loss that is not finite is
     /// an error, and leaves the model as it was.
     pub fn step(&mut self, batch: &Batch<AB>) -> Result<StepOutput, TrainError> {
-        let (config, iter) = (&self.config, self.iter);
-        let model = self
-            .model
-            .as_ref()
-            .expect("the model is back after each step");
+        let (config, iter, model) = (&self.config, self.iter, self.model());
         if config.dropout > 0.0 {
             AB::seed(&model.device(), config.seed.wrapping_add(iter as u64));
         }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use quill_data::{BatchSampler, Dataset};
+use quill_data::Dataset;
 use quill_model::ModelConfig;
 use serde::{Deserialize, Serialize};
 
@@ -96,7 +96,7 @@ pub fn train<AB: AutodiffBackend>(
         model: config.model_config(dataset.tokenizer.vocab_size()),
         train: config.clone(),
     };
-    let mut sampler = BatchSampler::new(config.batch_size, config.block_size, config.seed)?;
+    let mut sampler = config.batch_sampler()?;
     let (mut trainer, mut state) = match &resume {
         Some(checkpoint) => {
             checkpoint.check_resumable(&run_config.model)?;
