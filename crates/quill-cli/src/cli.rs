@@ -7,7 +7,8 @@ use quill_train::TrainOverrides;
 
 use crate::backend::{DType, DeviceChoice};
 
-/// Train and sample character-level GPT language models (nanoGPT in Rust, on Burn).
+/// Train and sample GPT language models on characters or subword tokens (nanoGPT in
+/// Rust, on Burn).
 #[derive(Debug, Parser)]
 #[command(name = "quill", version, about)]
 pub struct Cli {
@@ -19,7 +20,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show the corpus: size, first characters, vocabulary, split sizes.
+    /// Show a corpus or a prepared dataset (size, vocabulary, split sizes); `quill data
+    /// prepare` tokenizes a corpus into token files.
     Data(DataArgs),
     /// Train a model (default: the cpu preset on tiny Shakespeare), then print a sample.
     Train(Box<TrainArgs>),
@@ -52,15 +54,24 @@ pub struct DeviceArgs {
 /// Where the corpus comes from.
 #[derive(Debug, Args)]
 pub struct DataSource {
-    /// A UTF-8 text file, or a directory of *.txt files [default: tiny Shakespeare at
-    /// data/tinyshakespeare/input.txt, downloaded if missing]
+    /// A UTF-8 text file, a directory of *.txt files, or a dataset directory made by
+    /// `quill data prepare` [default: tiny Shakespeare at data/tinyshakespeare/input.txt,
+    /// downloaded if missing; with the gpt2 tokenizer, data/shakespeare-gpt2, prepared
+    /// from it if missing]
     #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
 }
 
 /// `quill data`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DataArgs {
+    /// `prepare`: tokenize a corpus into a dataset directory.
+    #[command(subcommand)]
+    pub command: Option<DataCommand>,
+    /// The corpus or prepared dataset to show (the same as --data).
+    #[arg(value_name = "PATH", conflicts_with = "data")]
+    pub path: Option<PathBuf>,
     #[command(flatten)]
     pub source: DataSource,
     /// Fraction of the corpus held out for validation.
@@ -71,10 +82,58 @@ pub struct DataArgs {
     pub json: bool,
 }
 
+/// `quill data` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Tokenize a corpus once, as a stream on all cores, into `train.bin` and `val.bin`
+    /// (llm.c's token-shard layout) with the tokenizer and a `meta.json`.
+    Prepare(PrepareArgs),
+}
+
+/// `quill data prepare`.
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// A UTF-8 text file, or a directory read recursively (files with an --ext extension).
+    #[arg(long, value_name = "PATH")]
+    pub data: PathBuf,
+    /// char, gpt2 (GPT-2's BPE, bundled) or bpe:VOCAB_SIZE (a byte-level BPE trained on
+    /// the corpus' training part).
+    #[arg(long, default_value = "char")]
+    pub tokenizer: String,
+    /// The dataset directory to write (replaced atomically if it is a dataset already).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Fraction of the corpus (its last bytes) held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Token files: llmc (256-int32 header, then uint16 tokens, or uint32 above 65,536
+    /// ids) or nanogpt (raw uint16, as nanoGPT's prepare.py writes).
+    #[arg(long, value_enum, default_value_t = TokenFileFormat::Llmc)]
+    pub format: TokenFileFormat,
+    /// Extensions of the files read from a directory, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "txt")]
+    pub ext: Vec<String>,
+    /// Replace invalid UTF-8 by U+FFFD (and count it) instead of stopping at it.
+    #[arg(long)]
+    pub lossy: bool,
+    /// Print one JSON object (the dataset's meta.json) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--format` of `quill data prepare`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenFileFormat {
+    /// llm.c / modded-nanogpt shards.
+    Llmc,
+    /// nanoGPT's raw uint16 files.
+    Nanogpt,
+}
+
 /// `quill train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Preset: bigram, lecture, shakespeare-char or cpu [default: cpu]
+    /// Preset: bigram, lecture, shakespeare-char, cpu or shakespeare-gpt2 [default: cpu]
     #[arg(long, conflicts_with = "resume")]
     pub preset: Option<String>,
     /// TOML file of settings (keys as the flags, in snake_case), applied over the preset.
@@ -111,16 +170,16 @@ pub struct SampleArgs {
     /// Read the prompt from this file.
     #[arg(long, value_name = "FILE")]
     pub prompt_file: Option<PathBuf>,
-    /// Characters to generate per sample.
+    /// Tokens to generate per sample.
     #[arg(long, default_value_t = 500)]
     pub max_new_tokens: usize,
     /// Softmax temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f64,
-    /// Sample only from the k most likely characters.
+    /// Sample only from the k most likely tokens.
     #[arg(long)]
     pub top_k: Option<usize>,
-    /// Sample only from the most likely characters totalling this probability.
+    /// Sample only from the most likely tokens totalling this probability.
     #[arg(long)]
     pub top_p: Option<f64>,
     /// Number of samples, generated as one batch.
@@ -132,7 +191,7 @@ pub struct SampleArgs {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
-    /// Recompute the whole context for every character instead of using the key/value
+    /// Recompute the whole context for every token instead of using the key/value
     /// cache (same text, slower).
     #[arg(long)]
     pub no_kv_cache: bool,
@@ -165,7 +224,7 @@ pub struct EvalArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// The preset to measure, from freshly initialised weights: bigram, lecture,
-    /// shakespeare-char or cpu.
+    /// shakespeare-char, cpu or shakespeare-gpt2.
     #[arg(long, default_value = "cpu")]
     pub preset: String,
     #[command(flatten)]

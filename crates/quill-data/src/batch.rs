@@ -3,27 +3,98 @@
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use serde::{Deserialize, Serialize};
 
+use crate::token_file::TokenFile;
 use crate::{DataError, Rng};
 
+/// Token ids, in memory or memory-mapped from a token file.
+#[derive(Debug)]
+pub enum Tokens {
+    /// Held in memory.
+    Owned(Vec<u32>),
+    /// Read from disk as needed.
+    Mapped(TokenFile),
+}
+
+impl Tokens {
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        match self {
+            Tokens::Owned(ids) => ids.len(),
+            Tokens::Mapped(file) => file.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<u32>> for Tokens {
+    fn from(ids: Vec<u32>) -> Self {
+        Tokens::Owned(ids)
+    }
+}
+
+/// Where batches are drawn from: anything that can hand out a window of token ids.
+pub trait TokenSource {
+    /// Number of tokens.
+    fn token_count(&self) -> usize;
+    /// Appends tokens `start..start + n` to `out`.
+    fn read_window(&self, start: usize, n: usize, out: &mut Vec<u32>) -> Result<(), DataError>;
+}
+
+impl TokenSource for [u32] {
+    fn token_count(&self) -> usize {
+        self.len()
+    }
+    fn read_window(&self, start: usize, n: usize, out: &mut Vec<u32>) -> Result<(), DataError> {
+        out.extend_from_slice(&self[start..start + n]);
+        Ok(())
+    }
+}
+
+impl TokenSource for Vec<u32> {
+    fn token_count(&self) -> usize {
+        self.len()
+    }
+    fn read_window(&self, start: usize, n: usize, out: &mut Vec<u32>) -> Result<(), DataError> {
+        self.as_slice().read_window(start, n, out)
+    }
+}
+
+impl TokenSource for Tokens {
+    fn token_count(&self) -> usize {
+        self.len()
+    }
+    fn read_window(&self, start: usize, n: usize, out: &mut Vec<u32>) -> Result<(), DataError> {
+        match self {
+            Tokens::Owned(ids) => ids.read_window(start, n, out),
+            Tokens::Mapped(file) => file.read_window(start, n, out),
+        }
+    }
+}
+
 /// A corpus' token ids split into a training prefix and a validation suffix.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Split {
     /// The first `(1 - val_fraction)` of the tokens.
-    pub train: Vec<u32>,
+    pub train: Tokens,
     /// The remaining tokens.
-    pub val: Vec<u32>,
+    pub val: Tokens,
 }
 
 impl Split {
     /// Splits `tokens` like nanoGPT: the first `floor((1 - val_fraction) · n)` tokens
     /// train, the rest validate. `val_fraction` must lie strictly between 0 and 1.
     pub fn new(mut tokens: Vec<u32>, val_fraction: f64) -> Result<Split, DataError> {
-        if !(val_fraction > 0.0 && val_fraction < 1.0) {
-            return Err(DataError::BadValFraction(val_fraction));
-        }
+        check_val_fraction(val_fraction)?;
         let n_train = ((1.0 - val_fraction) * tokens.len() as f64) as usize;
         let val = tokens.split_off(n_train);
-        Ok(Split { train: tokens, val })
+        Ok(Split {
+            train: tokens.into(),
+            val: val.into(),
+        })
     }
 
     /// Checks that both splits hold at least `block_size + 1` tokens.
@@ -32,6 +103,15 @@ impl Split {
             check_len(split, data.len(), block_size)?;
         }
         Ok(())
+    }
+}
+
+/// `val_fraction` must lie strictly between 0 and 1.
+pub(crate) fn check_val_fraction(val_fraction: f64) -> Result<(), DataError> {
+    if val_fraction > 0.0 && val_fraction < 1.0 {
+        Ok(())
+    } else {
+        Err(DataError::BadValFraction(val_fraction))
     }
 }
 
@@ -108,15 +188,21 @@ impl BatchSampler {
     }
 
     /// Draws one batch from `data` on the host.
-    pub fn sample_host(&mut self, data: &[u32]) -> Result<HostBatch, DataError> {
-        check_len("data", data.len(), self.block_size)?;
-        let n_offsets = (data.len() - self.block_size) as u64;
+    pub fn sample_host(
+        &mut self,
+        data: &(impl TokenSource + ?Sized),
+    ) -> Result<HostBatch, DataError> {
+        check_len("data", data.token_count(), self.block_size)?;
+        let n_offsets = (data.token_count() - self.block_size) as u64;
         let mut x = Vec::with_capacity(self.batch_size * self.block_size);
         let mut y = Vec::with_capacity(self.batch_size * self.block_size);
+        let mut window = Vec::with_capacity(self.block_size + 1);
         for _ in 0..self.batch_size {
             let i = self.rng.below(n_offsets) as usize;
-            x.extend_from_slice(&data[i..i + self.block_size]);
-            y.extend_from_slice(&data[i + 1..i + 1 + self.block_size]);
+            window.clear();
+            data.read_window(i, self.block_size + 1, &mut window)?;
+            x.extend_from_slice(&window[..self.block_size]);
+            y.extend_from_slice(&window[1..]);
         }
         Ok(HostBatch { x, y })
     }
@@ -124,7 +210,7 @@ impl BatchSampler {
     /// Draws one batch from `data` as `(x, y)` tensors of shape `[batch, block]` on `device`.
     pub fn sample<B: Backend>(
         &mut self,
-        data: &[u32],
+        data: &(impl TokenSource + ?Sized),
         device: &B::Device,
     ) -> Result<TokenBatch<B>, DataError> {
         let batch = self.sample_host(data)?;
@@ -161,7 +247,10 @@ mod tests {
     fn split_sizes_follow_nanogpt() {
         let s = Split::new((0..1_115_394).collect(), 0.1).unwrap();
         assert_eq!((s.train.len(), s.val.len()), (1_003_854, 111_540));
-        assert_eq!(s.val[0], 1_003_854);
+        let Tokens::Owned(val) = &s.val else {
+            unreachable!()
+        };
+        assert_eq!(val[0], 1_003_854);
         let s = Split::new((0..10).collect(), 0.25).unwrap();
         assert_eq!((s.train.len(), s.val.len()), (7, 3));
     }

@@ -1,38 +1,133 @@
-//! A tokenized corpus: the vocabulary and the train/val split.
+//! A tokenized corpus: the tokenizer and the train/val split, either tokenized in
+//! memory from a text ([`Dataset::new`]) or memory-mapped from a directory that
+//! [`prepare`](crate::prepare::prepare) wrote ([`Dataset::open`]).
 
-use crate::{CharTokenizer, DataError, Split};
+use std::path::Path;
 
-/// A tokenized corpus: the vocabulary and the train/val split.
-#[derive(Debug, Clone)]
+use crate::prepare::{DatasetMeta, META_FILE, META_FORMAT, TRAIN_FILE, VAL_FILE};
+use crate::token_file::TokenFile;
+use crate::tokenizer::Tokenizer;
+use crate::{CharTokenizer, DataError, Split, Tokens};
+
+/// A tokenized corpus: the tokenizer and the train/val split.
+#[derive(Debug)]
 pub struct Dataset {
-    /// The vocabulary.
-    pub tokenizer: CharTokenizer,
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
     /// Token ids, split.
     pub split: Split,
+    /// What a prepared dataset's `meta.json` says (`None` for an in-memory text).
+    pub meta: Option<DatasetMeta>,
 }
 
 impl Dataset {
-    /// Builds the vocabulary of `text` and splits it.
+    /// Builds the character vocabulary of `text` and splits it.
     pub fn new(text: &str, val_fraction: f64) -> Result<Dataset, DataError> {
         let tokenizer = CharTokenizer::from_text(text)?;
-        Dataset::with_tokenizer(text, tokenizer, val_fraction)
+        Dataset::with_tokenizer(text, tokenizer.into(), val_fraction)
     }
 
-    /// Tokenizes `text` with a checkpoint's vocabulary, which must equal the text's own.
+    /// Tokenizes `text` with a checkpoint's tokenizer; a character vocabulary must be
+    /// the text's own.
     pub fn with_tokenizer(
         text: &str,
-        tokenizer: CharTokenizer,
+        tokenizer: Tokenizer,
         val_fraction: f64,
     ) -> Result<Dataset, DataError> {
-        let own = CharTokenizer::from_text(text)?;
-        if own != tokenizer {
-            return Err(DataError::VocabMismatch {
-                data: own.vocab_size(),
-                checkpoint: tokenizer.vocab_size(),
-            });
+        if let Tokenizer::Char(chars) = &tokenizer {
+            let own = CharTokenizer::from_text(text)?;
+            if &own != chars {
+                return Err(DataError::VocabMismatch {
+                    data: own.vocab_size(),
+                    checkpoint: chars.vocab_size(),
+                });
+            }
         }
         let split = Split::new(tokenizer.encode(text)?, val_fraction)?;
-        Ok(Dataset { tokenizer, split })
+        Ok(Dataset {
+            tokenizer,
+            split,
+            meta: None,
+        })
+    }
+
+    /// Whether `path` is a prepared dataset (a directory with a `meta.json`).
+    pub fn is_prepared(path: &Path) -> bool {
+        path.join(META_FILE).is_file()
+    }
+
+    /// Opens a prepared dataset: its tokenizer, and its token files memory-mapped.
+    pub fn open(dir: &Path) -> Result<Dataset, DataError> {
+        let bad = |reason: String| DataError::NotADataset {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        let meta_path = dir.join(META_FILE);
+        let text = std::fs::read_to_string(&meta_path).map_err(|e| {
+            bad(format!(
+                "{META_FILE}: {e} (make a dataset with `quill data prepare`)"
+            ))
+        })?;
+        let meta: DatasetMeta =
+            serde_json::from_str(&text).map_err(|e| bad(format!("{META_FILE}: {e}")))?;
+        if meta.format != META_FORMAT {
+            return Err(bad(format!(
+                "format {:?}, expected {META_FORMAT:?}",
+                meta.format
+            )));
+        }
+        let tokenizer = Tokenizer::read(dir)?;
+        if tokenizer.name() != meta.tokenizer || tokenizer.vocab_size() != meta.vocab_size {
+            return Err(bad(format!(
+                "{META_FILE} says tokenizer {} ({} tokens), the tokenizer files hold {} ({} tokens)",
+                meta.tokenizer,
+                meta.vocab_size,
+                tokenizer.name(),
+                tokenizer.vocab_size()
+            )));
+        }
+        let open = |name: &str, expected: u64| -> Result<Tokens, DataError> {
+            let path = dir.join(name);
+            let file = TokenFile::open(&path, meta.token_format, meta.vocab_size)?;
+            if file.len() as u64 != expected || file.dtype() != meta.dtype {
+                return Err(DataError::BadTokenFile {
+                    path,
+                    reason: format!(
+                        "holds {} {:?} tokens, {META_FILE} says {expected} {:?}",
+                        file.len(),
+                        file.dtype(),
+                        meta.dtype
+                    ),
+                });
+            }
+            Ok(Tokens::Mapped(file))
+        };
+        let split = Split {
+            train: open(TRAIN_FILE, meta.train_tokens)?,
+            val: open(VAL_FILE, meta.val_tokens)?,
+        };
+        Ok(Dataset {
+            tokenizer,
+            split,
+            meta: Some(meta),
+        })
+    }
+
+    /// Checks that this data was tokenized as a checkpoint's was.
+    pub fn check_tokenizer(&self, checkpoint: &Tokenizer) -> Result<(), DataError> {
+        match (&self.tokenizer, checkpoint) {
+            (Tokenizer::Char(data), Tokenizer::Char(ckpt)) if data != ckpt => {
+                Err(DataError::VocabMismatch {
+                    data: data.vocab_size(),
+                    checkpoint: ckpt.vocab_size(),
+                })
+            }
+            (data, ckpt) if data != ckpt => Err(DataError::TokenizerMismatch {
+                data: data.name(),
+                checkpoint: ckpt.name(),
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -46,10 +141,15 @@ mod tests {
         let dataset = Dataset::new(text, 0.25).unwrap();
         assert_eq!((dataset.split.train.len(), dataset.split.val.len()), (9, 3));
         let other = CharTokenizer::from_text("abcd").unwrap();
-        let err = Dataset::with_tokenizer(text, other, 0.25).unwrap_err();
+        let err = Dataset::with_tokenizer(text, other.into(), 0.25).unwrap_err();
         assert_eq!(
             err.to_string(),
             "the data's vocabulary (3 characters) differs from the checkpoint's (4 characters)"
+        );
+        let err = dataset.check_tokenizer(&Tokenizer::gpt2()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the data's tokenizer (char) differs from the checkpoint's (gpt2)"
         );
     }
 }

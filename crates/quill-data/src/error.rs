@@ -30,6 +30,58 @@ pub enum DataError {
         /// Byte offset (in that file) of the first invalid byte.
         offset: usize,
     },
+    /// A file being prepared is not valid UTF-8.
+    #[error(
+        "{path}: not valid UTF-8 at byte offset {offset} (--lossy replaces invalid sequences and counts them)"
+    )]
+    InvalidUtf8 {
+        /// The file involved.
+        path: PathBuf,
+        /// Byte offset (in that file) of the first invalid byte.
+        offset: u64,
+    },
+    /// A prepared corpus too small to train on.
+    #[error(
+        "{path} is too small: {train} train and {val} val tokens (at least 2 each; add text or change --val-fraction)"
+    )]
+    TooSmall {
+        /// The input.
+        path: PathBuf,
+        /// Training tokens.
+        train: u64,
+        /// Validation tokens.
+        val: u64,
+    },
+    /// A directory that is not a prepared dataset, or a broken one.
+    #[error("{path}: {reason}")]
+    NotADataset {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A token file that is truncated, foreign or corrupted.
+    #[error("{path}: {reason}")]
+    BadTokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tokenizer that cannot be built or read.
+    #[error("tokenizer: {0}")]
+    BadTokenizer(String),
+    /// Data tokenized differently from the checkpoint.
+    #[error("the data's tokenizer ({data}) differs from the checkpoint's ({checkpoint})")]
+    TokenizerMismatch {
+        /// The data's tokenizer.
+        data: String,
+        /// The checkpoint's tokenizer.
+        checkpoint: String,
+    },
+    /// The work was interrupted (Ctrl-C); nothing was left behind.
+    #[error("interrupted; nothing was written")]
+    Interrupted,
     /// A downloaded or cached file does not have the expected checksum.
     #[error("checksum mismatch for {path}: expected sha256 {expected}, got {actual}")]
     Checksum {

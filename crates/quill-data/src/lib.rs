@@ -5,10 +5,16 @@
 //! - [`corpus`]: read a UTF-8 corpus (a file, or every `*.txt` of a directory), and
 //!   verify the default tiny Shakespeare corpus; `download` (feature `download`) fetches
 //!   it.
-//! - [`dataset`]: a corpus tokenized and split, [`Dataset`].
+//! - [`dataset`]: a corpus tokenized and split, [`Dataset`], in memory or memory-mapped
+//!   from a prepared directory.
+//! - [`prepare`]: tokenize a corpus once, as a stream, into token files
+//!   (`quill data prepare`).
+//! - [`token_file`]: llm.c-format and nanoGPT-format token files, memory-mapped.
 //! - [`atomic`]: atomic writes of files and directories, and the clean-up after killed
 //!   writers.
-//! - [`tokenizer`]: the character-level [`CharTokenizer`].
+//! - [`tokenizer`]: [`Tokenizer`], one of the character-level [`CharTokenizer`]
+//!   ([`char_tokenizer`]) or a byte-level [`BpeTokenizer`] ([`bpe`]: GPT-2's, or one
+//!   trained on the corpus).
 //! - [`batch`]: the train/val [`Split`] and the seeded [`BatchSampler`] that draws
 //!   `(x, y)` training batches.
 //! - [`rng`]: the small, seedable, serialisable random generator used by the batch
@@ -27,17 +33,23 @@
 
 pub mod atomic;
 pub mod batch;
+pub mod bpe;
+pub mod char_tokenizer;
 pub mod corpus;
 pub mod dataset;
 #[cfg(feature = "download")]
 pub mod download;
 pub mod error;
+pub mod prepare;
 pub mod rng;
+pub mod token_file;
 pub mod tokenizer;
 
-pub use batch::{BatchSampler, Split};
+pub use batch::{BatchSampler, Split, TokenSource, Tokens};
+pub use bpe::BpeTokenizer;
+pub use char_tokenizer::CharTokenizer;
 pub use corpus::{Corpus, TINY_SHAKESPEARE};
 pub use dataset::Dataset;
 pub use error::DataError;
 pub use rng::Rng;
-pub use tokenizer::CharTokenizer;
+pub use tokenizer::{StreamDecoder, Tokenizer, TokenizerSpec};

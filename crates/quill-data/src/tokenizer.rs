@@ -1,213 +1,316 @@
-//! The character-level tokenizer: one token per Unicode scalar value.
+//! The tokenizers a dataset or checkpoint can use, behind one type: characters
+//! ([`CharTokenizer`]), GPT-2's BPE, or a BPE trained on the corpus ([`BpeTokenizer`]).
+//!
+//! A tokenizer is saved as files beside the data it tokenized (a prepared dataset, a
+//! checkpoint):
+//!
+//! | tokenizer | files |
+//! |---|---|
+//! | `char` | `vocab.json`: `{"vocab": "<the characters in id order>"}` |
+//! | `gpt2` | `tokenizer.json`: `{"kind": "gpt2"}` (the ranks are bundled in the binary) |
+//! | `bpe:N` | `tokenizer.json`: `{"kind": "bpe", "vocab_size": N, "hash_factor": …}` and `bpe.tiktoken`, the ranks in tiktoken's format |
 
-use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use crate::bpe::{BpeKind, BpeTokenizer};
+use crate::{CharTokenizer, DataError};
 
-use crate::DataError;
+/// The character tokenizer's file.
+pub const VOCAB_FILE: &str = "vocab.json";
+/// A BPE tokenizer's description.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// A trained BPE tokenizer's ranks.
+pub const RANKS_FILE: &str = "bpe.tiktoken";
 
-/// Maps each distinct character of a corpus to a token id.
-///
-/// The vocabulary is the sorted set of the corpus' characters (Unicode scalar values,
-/// not bytes), so id `i` is the `i`-th smallest character: on tiny Shakespeare that is
-/// the 65-character vocabulary `"\n !$&',-.3:;?ABC…xyz"`.
-///
-/// Serialised as JSON `{"vocab": "<the characters in id order>"}`, which is what a
-/// checkpoint's `vocab.json` holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "VocabFile", into = "VocabFile")]
-pub struct CharTokenizer {
-    chars: Vec<char>,
-    ids: HashMap<char, u32>,
+/// Which tokenizer to build: `char`, `gpt2` or `bpe:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerSpec {
+    /// One token per character of the corpus.
+    Char,
+    /// GPT-2's byte-level BPE.
+    Gpt2,
+    /// A byte-level BPE of this many tokens, trained on the corpus.
+    Bpe(usize),
 }
 
-/// The on-disk form of a [`CharTokenizer`].
-#[derive(Serialize, Deserialize)]
-struct VocabFile {
-    vocab: String,
-}
-
-impl TryFrom<VocabFile> for CharTokenizer {
-    type Error = DataError;
-    fn try_from(file: VocabFile) -> Result<Self, DataError> {
-        let chars: Vec<char> = file.vocab.chars().collect();
-        if chars.is_empty() {
-            return Err(DataError::BadVocab("the vocabulary is empty".into()));
+impl FromStr for TokenizerSpec {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self, DataError> {
+        match s {
+            "char" => Ok(TokenizerSpec::Char),
+            "gpt2" => Ok(TokenizerSpec::Gpt2),
+            _ => s
+                .strip_prefix("bpe:")
+                .and_then(|n| n.parse().ok())
+                .map(TokenizerSpec::Bpe)
+                .ok_or_else(|| {
+                    DataError::BadTokenizer(format!(
+                        "unknown tokenizer {s:?}; use char, gpt2 or bpe:VOCAB_SIZE (e.g. bpe:8192)"
+                    ))
+                }),
         }
-        if chars.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(DataError::BadVocab(
-                "characters must be sorted and distinct".into(),
-            ));
-        }
-        Ok(Self::from_sorted(chars))
     }
 }
 
-impl From<CharTokenizer> for VocabFile {
+impl fmt::Display for TokenizerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenizerSpec::Char => write!(f, "char"),
+            TokenizerSpec::Gpt2 => write!(f, "gpt2"),
+            TokenizerSpec::Bpe(n) => write!(f, "bpe:{n}"),
+        }
+    }
+}
+
+/// A tokenizer of any kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tokenizer {
+    /// Characters.
+    Char(CharTokenizer),
+    /// Byte-level BPE (GPT-2's or trained).
+    Bpe(Arc<BpeTokenizer>),
+}
+
+impl From<CharTokenizer> for Tokenizer {
     fn from(tok: CharTokenizer) -> Self {
-        VocabFile { vocab: tok.vocab() }
+        Tokenizer::Char(tok)
     }
 }
 
-impl CharTokenizer {
-    /// Builds the vocabulary of `text`. An empty text has no vocabulary and is an error.
-    pub fn from_text(text: &str) -> Result<Self, DataError> {
-        let mut chars: Vec<char> = text.chars().collect();
-        chars.sort_unstable();
-        chars.dedup();
-        if chars.is_empty() {
-            return Err(DataError::BadVocab("the text is empty".into()));
+impl Tokenizer {
+    /// GPT-2's tokenizer.
+    pub fn gpt2() -> Tokenizer {
+        Tokenizer::Bpe(BpeTokenizer::gpt2())
+    }
+
+    /// `char`, `gpt2` or `bpe:N`.
+    pub fn name(&self) -> String {
+        match self {
+            Tokenizer::Char(_) => "char".into(),
+            Tokenizer::Bpe(bpe) => match bpe.kind() {
+                BpeKind::Gpt2 => "gpt2".into(),
+                BpeKind::Bpe { vocab_size, .. } => format!("bpe:{vocab_size}"),
+            },
         }
-        Ok(Self::from_sorted(chars))
     }
 
-    fn from_sorted(chars: Vec<char>) -> Self {
-        let ids = chars
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| (c, i as u32))
-            .collect();
-        CharTokenizer { chars, ids }
-    }
-
-    /// Number of distinct characters.
+    /// Number of token ids.
     pub fn vocab_size(&self) -> usize {
-        self.chars.len()
+        match self {
+            Tokenizer::Char(tok) => tok.vocab_size(),
+            Tokenizer::Bpe(bpe) => bpe.vocab_size(),
+        }
     }
 
-    /// The vocabulary as one string, in id order.
-    pub fn vocab(&self) -> String {
-        self.chars.iter().collect()
+    /// The character tokenizer, if this is one.
+    pub fn as_char(&self) -> Option<&CharTokenizer> {
+        match self {
+            Tokenizer::Char(tok) => Some(tok),
+            Tokenizer::Bpe(_) => None,
+        }
     }
 
-    /// The id of `ch`, if it is in the vocabulary.
-    pub fn id(&self, ch: char) -> Option<u32> {
-        self.ids.get(&ch).copied()
+    /// The id of `<|endoftext|>` (BPE tokenizers), which separates documents.
+    pub fn end_of_text(&self) -> Option<u32> {
+        match self {
+            Tokenizer::Char(_) => None,
+            Tokenizer::Bpe(bpe) => Some(bpe.end_of_text()),
+        }
     }
 
-    /// The token generation starts from when there is no prompt: the newline
-    /// character's id, or 0 when the vocabulary has no newline.
-    pub fn start_token(&self) -> u32 {
-        self.id('\n').unwrap_or(0)
-    }
-
-    /// Encodes `text`; a character outside the vocabulary is an error naming it and its
-    /// position (in characters).
+    /// Encodes `text`; only the character tokenizer can meet text it cannot encode.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
-        text.chars()
-            .enumerate()
-            .map(|(position, ch)| self.id(ch).ok_or(DataError::UnknownChar { ch, position }))
-            .collect()
+        match self {
+            Tokenizer::Char(tok) => tok.encode(text),
+            Tokenizer::Bpe(bpe) => Ok(bpe.encode(text)),
+        }
     }
 
-    /// Decodes ids back to text; an id outside the vocabulary is an error.
+    /// The UTF-8 bytes of `ids`; an id outside the vocabulary is an error.
+    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>, DataError> {
+        let mut out = Vec::new();
+        for (position, &id) in ids.iter().enumerate() {
+            let unknown = DataError::UnknownToken {
+                id,
+                position,
+                vocab_size: self.vocab_size(),
+            };
+            match self {
+                Tokenizer::Char(tok) => {
+                    let text = tok.decode(&[id]).map_err(|_| unknown)?;
+                    out.extend_from_slice(text.as_bytes());
+                }
+                Tokenizer::Bpe(bpe) => out.extend_from_slice(bpe.token_bytes(id).ok_or(unknown)?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decodes `ids` to text; byte sequences that are not UTF-8 (a character cut
+    /// between tokens) become U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
-        ids.iter()
-            .enumerate()
-            .map(|(position, &id)| {
-                self.chars
-                    .get(id as usize)
-                    .copied()
-                    .ok_or(DataError::UnknownToken {
-                        id,
-                        position,
-                        vocab_size: self.vocab_size(),
-                    })
-            })
-            .collect()
+        Ok(String::from_utf8_lossy(&self.decode_bytes(ids)?).into_owned())
     }
 
-    /// The vocabulary as JSON (the content of a checkpoint's `vocab.json`).
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("a vocabulary always serialises")
+    /// The token generation starts from when there is no prompt: the newline's id
+    /// (GPT-2: 198), or 0 when a character vocabulary has no newline.
+    pub fn start_token(&self) -> u32 {
+        match self {
+            Tokenizer::Char(tok) => tok.start_token(),
+            Tokenizer::Bpe(bpe) => bpe.encode("\n")[0],
+        }
     }
 
-    /// Reads a vocabulary written by [`CharTokenizer::to_json`].
-    pub fn from_json(json: &str) -> Result<Self, DataError> {
-        serde_json::from_str(json).map_err(|e| DataError::BadVocab(e.to_string()))
+    /// The files that save this tokenizer (see the module table).
+    pub fn files(&self) -> Vec<(&'static str, Vec<u8>)> {
+        match self {
+            Tokenizer::Char(tok) => vec![(VOCAB_FILE, tok.to_json().into_bytes())],
+            Tokenizer::Bpe(bpe) => {
+                let kind = serde_json::to_vec(bpe.kind()).expect("a kind serialises");
+                let mut files = vec![(TOKENIZER_FILE, kind)];
+                if matches!(bpe.kind(), BpeKind::Bpe { .. }) {
+                    files.push((RANKS_FILE, bpe.ranks().into_bytes()));
+                }
+                files
+            }
+        }
+    }
+
+    /// Reads the tokenizer saved in `dir` by [`Tokenizer::files`].
+    pub fn read(dir: &Path) -> Result<Tokenizer, DataError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|e| DataError::io(path, e))
+        };
+        if dir.join(TOKENIZER_FILE).exists() {
+            let bad = |e: String| DataError::BadTokenizer(format!("{TOKENIZER_FILE}: {e}"));
+            let kind: BpeKind =
+                serde_json::from_str(&read(TOKENIZER_FILE)?).map_err(|e| bad(e.to_string()))?;
+            return Ok(match kind {
+                BpeKind::Gpt2 => Tokenizer::gpt2(),
+                BpeKind::Bpe { .. } => Tokenizer::Bpe(Arc::new(BpeTokenizer::from_ranks(
+                    &kind,
+                    &read(RANKS_FILE)?,
+                )?)),
+            });
+        }
+        Ok(Tokenizer::Char(CharTokenizer::from_json(&read(
+            VOCAB_FILE,
+        )?)?))
+    }
+}
+
+/// Turns tokens into text as they are generated: bytes of a character split across
+/// tokens are held back until the character is complete, so a terminal never sees
+/// broken UTF-8. Bytes that can never become UTF-8 come out as U+FFFD.
+#[derive(Debug, Default, Clone)]
+pub struct StreamDecoder {
+    pending: Vec<u8>,
+}
+
+impl StreamDecoder {
+    /// Adds `id`'s bytes; returns the text that is complete now (possibly empty).
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, DataError> {
+        self.pending.extend(tokenizer.decode_bytes(&[id])?);
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(text) => {
+                    out.push_str(text);
+                    self.pending.clear();
+                    return Ok(out);
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    out.push_str(std::str::from_utf8(&self.pending[..valid]).expect("valid"));
+                    match e.error_len() {
+                        // An incomplete character at the end: wait for more bytes.
+                        None => {
+                            self.pending.drain(..valid);
+                            return Ok(out);
+                        }
+                        Some(bad) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            self.pending.drain(..valid + bad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The held-back bytes of an unfinished character, as U+FFFD (empty if none).
+    pub fn finish(&mut self) -> String {
+        let rest = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        rest
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     #[test]
-    fn vocabulary_is_sorted_distinct_chars() {
-        let tok = CharTokenizer::from_text("hello, world").unwrap();
-        assert_eq!(tok.vocab(), " ,dehlorw");
-        assert_eq!(tok.encode("hell").unwrap(), vec![4, 3, 5, 5]);
-    }
-
-    #[test]
-    fn chars_are_unicode_scalars_not_bytes() {
-        let tok = CharTokenizer::from_text("née—ü").unwrap();
-        assert_eq!(tok.vocab_size(), 5);
-        assert_eq!(tok.decode(&tok.encode("üé").unwrap()).unwrap(), "üé");
-    }
-
-    #[test]
-    fn unknown_char_names_char_and_position() {
-        let tok = CharTokenizer::from_text("abc").unwrap();
-        let err = tok.encode("abxc").unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::UnknownChar {
-                ch: 'x',
-                position: 2
-            }
-        ));
-        assert_eq!(
-            err.to_string(),
-            "character 'x' at position 2 is not in the vocabulary"
-        );
-    }
-
-    #[test]
-    fn unknown_id_is_an_error() {
-        let tok = CharTokenizer::from_text("abc").unwrap();
-        assert!(matches!(
-            tok.decode(&[0, 3]),
-            Err(DataError::UnknownToken {
-                id: 3,
-                position: 1,
-                vocab_size: 3
-            })
-        ));
-    }
-
-    #[test]
-    fn start_token_is_newline_or_zero() {
-        // '\t' sorts before '\n', so the newline is id 1 here.
-        assert_eq!(CharTokenizer::from_text("x\t\n").unwrap().start_token(), 1);
-        assert_eq!(CharTokenizer::from_text("ab").unwrap().start_token(), 0);
-    }
-
-    #[test]
-    fn empty_text_has_no_vocabulary() {
-        assert!(CharTokenizer::from_text("").is_err());
-    }
-
-    #[test]
-    fn json_round_trip_and_validation() {
-        let tok = CharTokenizer::from_text("the quick brown fox\n").unwrap();
-        let json = tok.to_json();
-        assert_eq!(json, r#"{"vocab":"\n bcefhiknoqrtuwx"}"#);
-        assert_eq!(CharTokenizer::from_json(&json).unwrap(), tok);
-        assert!(CharTokenizer::from_json(r#"{"vocab":"ba"}"#).is_err());
-        assert!(CharTokenizer::from_json(r#"{"vocab":""}"#).is_err());
-        assert!(CharTokenizer::from_json("not json").is_err());
-    }
-
-    proptest! {
-        #[test]
-        fn encode_decode_round_trips(text in "\\PC{1,200}") {
-            let tok = CharTokenizer::from_text(&text).unwrap();
-            let ids = tok.encode(&text).unwrap();
-            prop_assert_eq!(ids.len(), text.chars().count());
-            prop_assert!(ids.iter().all(|&i| (i as usize) < tok.vocab_size()));
-            prop_assert_eq!(tok.decode(&ids).unwrap(), text);
+    fn specs_parse_and_print() {
+        for s in ["char", "gpt2", "bpe:512"] {
+            assert_eq!(s.parse::<TokenizerSpec>().unwrap().to_string(), s);
         }
+        for bad in ["bpe", "bpe:x", "word", ""] {
+            let err = bad.parse::<TokenizerSpec>().unwrap_err().to_string();
+            assert!(err.contains("use char, gpt2 or bpe:VOCAB_SIZE"), "{err}");
+        }
+    }
+
+    #[test]
+    fn stream_decoding_holds_back_split_characters() {
+        let gpt2 = Tokenizer::gpt2();
+        // An emoji is several byte tokens in GPT-2: the stream prints it only once whole.
+        let text = "hi 🦀 ok";
+        let ids = gpt2.encode(text).unwrap();
+        assert!(ids.len() > 4);
+        let mut decoder = StreamDecoder::default();
+        let pieces: Vec<String> = ids
+            .iter()
+            .map(|&id| decoder.push(&gpt2, id).unwrap())
+            .collect();
+        assert!(pieces.iter().any(String::is_empty));
+        assert_eq!(pieces.concat() + &decoder.finish(), text);
+        // A lone continuation byte can never become text.
+        let Tokenizer::Bpe(bpe) = &gpt2 else {
+            unreachable!()
+        };
+        let lone = (0..256)
+            .find(|&id| bpe.token_bytes(id) == Some(&[0x80][..]))
+            .unwrap();
+        let mut decoder = StreamDecoder::default();
+        assert_eq!(decoder.push(&gpt2, lone).unwrap(), "\u{FFFD}");
+        assert_eq!(decoder.finish(), "");
+    }
+
+    #[test]
+    fn files_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        for tok in [
+            Tokenizer::Char(CharTokenizer::from_text("abc\n").unwrap()),
+            Tokenizer::gpt2(),
+        ] {
+            let sub = dir.path().join(tok.name());
+            std::fs::create_dir(&sub).unwrap();
+            for (name, bytes) in tok.files() {
+                std::fs::write(sub.join(name), bytes).unwrap();
+            }
+            assert_eq!(Tokenizer::read(&sub).unwrap(), tok);
+        }
+    }
+
+    #[test]
+    fn start_tokens_are_newlines() {
+        assert_eq!(Tokenizer::gpt2().start_token(), 198);
+        let chars = Tokenizer::Char(CharTokenizer::from_text("a\nb").unwrap());
+        assert_eq!(chars.start_token(), 0);
     }
 }

@@ -68,3 +68,59 @@ fn the_data_directory_is_documented_and_holds_the_default_corpus() {
     let lines: Vec<&str> = gitignore.lines().collect();
     assert!(lines.contains(&"/data/*") && lines.contains(&"!/data/README.md"));
 }
+
+/// `quill data prepare --tokenizer gpt2 --format nanogpt` writes the very files
+/// nanoGPT's `data/shakespeare/prepare.py` writes (their sha256, computed with tiktoken
+/// by `scripts/gpt2_vectors.py`, is in `fixtures/gpt2-vectors.json`).
+#[test]
+fn gpt2_shards_are_nanogpts_data_shakespeare() {
+    use quill_data::prepare::{PrepareOptions, prepare};
+    use quill_data::token_file::TokenFormat;
+
+    #[derive(serde::Deserialize)]
+    struct Fixture {
+        shakespeare: Expected,
+    }
+    #[derive(serde::Deserialize)]
+    struct Expected {
+        train_tokens: u64,
+        val_tokens: u64,
+        train_bin_sha256: String,
+        val_bin_sha256: String,
+    }
+    let expected: Fixture =
+        serde_json::from_str(include_str!("fixtures/gpt2-vectors.json")).unwrap();
+    let expected = expected.shakespeare;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = PrepareOptions {
+        input: corpus_path(),
+        extensions: vec!["txt".into()],
+        tokenizer: quill_data::TokenizerSpec::Gpt2,
+        out: dir.path().join("nanogpt"),
+        val_fraction: 0.1,
+        format: TokenFormat::NanoGpt,
+        lossy: false,
+    };
+    let meta = prepare(&options, None, |_, _, _| {}).unwrap();
+    assert_eq!(
+        (meta.train_tokens, meta.val_tokens),
+        (expected.train_tokens, expected.val_tokens)
+    );
+    assert_eq!((meta.train_tokens, meta.val_tokens), (301_966, 36_059));
+    let sha = |name: &str| {
+        quill_data::corpus::sha256_hex(&std::fs::read(options.out.join(name)).unwrap())
+    };
+    assert_eq!(sha("train.bin"), expected.train_bin_sha256);
+    assert_eq!(sha("val.bin"), expected.val_bin_sha256);
+    assert_eq!(meta.sha256, TINY_SHAKESPEARE.sha256);
+
+    // The llm.c layout holds the same tokens after its 1 KiB header.
+    options.format = TokenFormat::LlmC;
+    options.out = dir.path().join("llmc");
+    prepare(&options, None, |_, _, _| {}).unwrap();
+    let bytes = std::fs::read(options.out.join("train.bin")).unwrap();
+    assert_eq!(
+        quill_data::corpus::sha256_hex(&bytes[1024..]),
+        expected.train_bin_sha256
+    );
+}

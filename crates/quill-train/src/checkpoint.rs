@@ -6,7 +6,7 @@
 //! | `model.safetensors` | weights, f32, PyTorch names and layout ([`quill_model::params`]) |
 //! | `optimizer.safetensors` | AdamW moments, `exp_avg.<param>` and `exp_avg_sq.<param>` |
 //! | `config.json` | `{"model": ModelConfig, "train": TrainConfig}` |
-//! | `vocab.json` | the tokenizer, `{"vocab": "…"}` |
+//! | `vocab.json` or `tokenizer.json` (+ `bpe.tiktoken`) | the tokenizer ([`quill_data::tokenizer`]) |
 //! | `state.json` | format tag, iteration, optimizer steps, best val loss, batch-sampler RNG |
 //!
 //! A checkpoint is written into a temporary sibling directory and renamed into place,
@@ -17,7 +17,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use quill_data::{CharTokenizer, Rng};
+use quill_data::{Rng, Tokenizer};
 use quill_model::params::{NamedTensor, export, import};
 use quill_model::{LanguageModel, ModelConfig};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -31,7 +31,6 @@ pub const FORMAT: &str = "quill-checkpoint-v1";
 const MODEL_FILE: &str = "model.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const CONFIG_FILE: &str = "config.json";
-const VOCAB_FILE: &str = "vocab.json";
 const STATE_FILE: &str = "state.json";
 
 /// Progress of a run, saved in `state.json`.
@@ -79,8 +78,8 @@ pub struct RunConfig {
 pub struct Checkpoint {
     /// Model and training settings.
     pub config: RunConfig,
-    /// The vocabulary.
-    pub tokenizer: CharTokenizer,
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
     /// Weights by name.
     pub weights: BTreeMap<String, NamedTensor>,
     /// Optimizer moments by name.
@@ -93,7 +92,7 @@ impl Checkpoint {
     /// Gathers a checkpoint from a live model.
     pub fn capture<B: Backend>(
         config: RunConfig,
-        tokenizer: CharTokenizer,
+        tokenizer: Tokenizer,
         model: &LanguageModel<B>,
         optimizer: Vec<NamedTensor>,
         state: TrainState,
@@ -117,16 +116,16 @@ impl Checkpoint {
     /// Writes the checkpoint to `dir` atomically, replacing what was there.
     pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
         quill_data::atomic::replace_dir(dir, |tmp| -> Result<(), TrainError> {
-            let files: [(&str, Vec<u8>); 5] = [
+            let mut files: Vec<(&str, Vec<u8>)> = vec![
                 (MODEL_FILE, to_safetensors(self.weights.values(), dir)?),
                 (
                     OPTIMIZER_FILE,
                     to_safetensors(self.optimizer.values(), dir)?,
                 ),
                 (CONFIG_FILE, to_json(&self.config)),
-                (VOCAB_FILE, self.tokenizer.to_json().into_bytes()),
                 (STATE_FILE, to_json(&self.state)),
             ];
+            files.extend(self.tokenizer.files());
             for (name, bytes) in files {
                 quill_data::atomic::write_file(&tmp.join(name), &bytes)?;
             }
@@ -180,13 +179,11 @@ impl Checkpoint {
             )));
         }
         let config: RunConfig = parse_json(CONFIG_FILE, &read(CONFIG_FILE)?).map_err(&bad)?;
-        let vocab =
-            String::from_utf8(read(VOCAB_FILE)?).map_err(|e| bad(format!("{VOCAB_FILE}: {e}")))?;
-        let tokenizer =
-            CharTokenizer::from_json(&vocab).map_err(|e| bad(format!("{VOCAB_FILE}: {e}")))?;
+        let tokenizer = Tokenizer::read(dir).map_err(|e| bad(e.to_string()))?;
         if tokenizer.vocab_size() != config.model.vocab_size() {
             return Err(bad(format!(
-                "{VOCAB_FILE} has {} characters but the model's vocab_size is {}",
+                "the {} tokenizer has {} tokens but the model's vocab_size is {}",
+                tokenizer.name(),
                 tokenizer.vocab_size(),
                 config.model.vocab_size()
             )));

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use quill_data::BatchSampler;
+use quill_data::{BatchSampler, TokenizerSpec};
 use quill_model::{BigramConfig, GptConfig, ModelConfig};
 
 use crate::TrainError;
@@ -66,7 +66,7 @@ train_config! {
     n_head: usize,
     /// Embedding width.
     n_embd: usize,
-    /// Context length in characters.
+    /// Context length in tokens.
     block_size: usize,
     /// Dropout probability while training (GPT).
     dropout: f64,
@@ -108,12 +108,18 @@ train_config! {
     seed: u64,
     /// Fraction of the corpus held out for validation (taken from its end).
     val_fraction: f64,
-    /// Characters sampled and shown at each evaluation (0 disables).
+    /// Tokens sampled and shown at each evaluation (0 disables).
     sample_chars: usize,
 }
 
 /// Names of the built-in presets.
-pub const PRESETS: [&str; 4] = ["bigram", "lecture", "shakespeare-char", "cpu"];
+pub const PRESETS: [&str; 5] = [
+    "bigram",
+    "lecture",
+    "shakespeare-char",
+    "cpu",
+    "shakespeare-gpt2",
+];
 
 impl TrainConfig {
     /// The preset called `name`, or an error listing the presets.
@@ -160,6 +166,18 @@ impl TrainConfig {
             grad_clip: 0.0,
             ..shakespeare_char.clone()
         };
+        let cpu = TrainConfig {
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            block_size: 64,
+            dropout: 0.0,
+            batch_size: 12,
+            max_iters: 2000,
+            eval_interval: 250,
+            eval_iters: 20,
+            ..shakespeare_char.clone()
+        };
         Ok(match name {
             "shakespeare-char" => shakespeare_char,
             "lecture" => lecture,
@@ -176,17 +194,17 @@ impl TrainConfig {
                 min_lr: 1e-3,
                 ..lecture
             },
-            "cpu" => TrainConfig {
-                n_layer: 4,
-                n_head: 4,
-                n_embd: 128,
-                block_size: 64,
-                dropout: 0.0,
-                batch_size: 12,
-                max_iters: 2000,
-                eval_interval: 250,
-                eval_iters: 20,
-                ..shakespeare_char
+            "cpu" => cpu,
+            // The cpu model on GPT-2 tokens of tiny Shakespeare (nanoGPT's
+            // data/shakespeare): 302k training tokens overfit within a few hundred steps
+            // of this model, hence dropout and a short run.
+            "shakespeare-gpt2" => TrainConfig {
+                dropout: 0.1,
+                max_iters: 500,
+                eval_interval: 100,
+                warmup_iters: 50,
+                sample_chars: 100,
+                ..cpu
             },
             other => {
                 return Err(TrainError::Config(format!(
@@ -195,6 +213,15 @@ impl TrainConfig {
                 )));
             }
         })
+    }
+
+    /// The tokenizer preset `name` trains with: GPT-2's for `shakespeare-gpt2`,
+    /// characters for the others.
+    pub fn preset_tokenizer(name: &str) -> TokenizerSpec {
+        match name {
+            "shakespeare-gpt2" => TokenizerSpec::Gpt2,
+            _ => TokenizerSpec::Char,
+        }
     }
 
     /// Reads overrides from a TOML file's text (keys as in [`TrainOverrides`]).
@@ -336,7 +363,7 @@ mod tests {
     fn unknown_preset_lists_the_presets() {
         let err = TrainConfig::preset("gpt5").unwrap_err().to_string();
         assert!(
-            err.contains("bigram, lecture, shakespeare-char, cpu"),
+            err.contains("bigram, lecture, shakespeare-char, cpu, shakespeare-gpt2"),
             "{err}"
         );
     }

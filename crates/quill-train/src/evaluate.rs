@@ -3,7 +3,7 @@
 
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
-use quill_data::{BatchSampler, Split};
+use quill_data::{BatchSampler, Split, TokenSource};
 use quill_model::LanguageModel;
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +22,7 @@ pub struct Losses {
 /// `seed`.
 pub fn estimate_loss<B: Backend>(
     model: &LanguageModel<B>,
-    data: &[u32],
+    data: &(impl TokenSource + ?Sized),
     batch_size: usize,
     eval_iters: usize,
     seed: u64,
@@ -45,7 +45,7 @@ pub fn evaluate<B: Backend>(
     eval_iters: usize,
     seed: u64,
 ) -> Result<Losses, TrainError> {
-    let loss = |data: &[u32]| estimate_loss(model, data, batch_size, eval_iters, seed);
+    let loss = |data: &quill_data::Tokens| estimate_loss(model, data, batch_size, eval_iters, seed);
     Ok(Losses {
         train: loss(&split.train)?,
         val: loss(&split.val)?,

@@ -2,7 +2,7 @@
 //! [`quill_model::generate`].
 
 use burn::tensor::backend::Backend;
-use quill_data::CharTokenizer;
+use quill_data::{StreamDecoder, Tokenizer};
 use quill_model::{LanguageModel, SamplingOptions, generate};
 
 use crate::TrainError;
@@ -41,11 +41,12 @@ impl SampleRequest {
 }
 
 /// Generates `request.num_samples` continuations of the prompt. `on_token(row, text)`
-/// receives each new character of each still-running sample as it is generated.
+/// receives the new text of each still-running sample as it is generated: a character
+/// that spans several tokens arrives once it is complete.
 /// Returns the continuations (without the prompt), each cut after its stop text.
 pub fn sample_texts<B: Backend>(
     model: &LanguageModel<B>,
-    tokenizer: &CharTokenizer,
+    tokenizer: &Tokenizer,
     request: &SampleRequest,
     mut on_token: impl FnMut(usize, &str),
 ) -> Result<Vec<String>, TrainError> {
@@ -58,6 +59,7 @@ pub fn sample_texts<B: Backend>(
     };
     let mut texts = vec![String::new(); request.num_samples];
     let mut done = vec![false; request.num_samples];
+    let mut decoders = vec![StreamDecoder::default(); request.num_samples];
     generate(
         model,
         &vec![prompt; request.num_samples],
@@ -68,9 +70,12 @@ pub fn sample_texts<B: Backend>(
                 if done[row] {
                     continue;
                 }
-                let piece = tokenizer
-                    .decode(&[id])
+                let piece = decoders[row]
+                    .push(tokenizer, id)
                     .expect("the model only emits vocabulary ids");
+                if piece.is_empty() {
+                    continue;
+                }
                 texts[row].push_str(&piece);
                 on_token(row, &piece);
                 done[row] = request
@@ -81,6 +86,13 @@ pub fn sample_texts<B: Backend>(
             !done.iter().all(|&d| d)
         },
     )?;
+    for (row, decoder) in decoders.iter_mut().enumerate() {
+        let rest = decoder.finish();
+        if !done[row] && !rest.is_empty() {
+            texts[row].push_str(&rest);
+            on_token(row, &rest);
+        }
+    }
     Ok(texts)
 }
 
@@ -90,8 +102,10 @@ mod tests {
     use burn_flex::Flex;
     use quill_model::{BigramConfig, ModelConfig};
 
-    fn setup() -> (LanguageModel<Flex>, CharTokenizer) {
-        let tokenizer = CharTokenizer::from_text("\nabc ").unwrap();
+    fn setup() -> (LanguageModel<Flex>, Tokenizer) {
+        let tokenizer = quill_data::CharTokenizer::from_text("\nabc ")
+            .unwrap()
+            .into();
         let config = ModelConfig::Bigram(BigramConfig {
             vocab_size: 5,
             block_size: 4,

@@ -20,7 +20,7 @@ pub fn trajectory<AB: AutodiffBackend>(
     config: &TrainConfig,
     vocab_size: usize,
     weights: &[NamedTensor],
-    data: &[u32],
+    data: &(impl quill_data::TokenSource + ?Sized),
     steps: usize,
     device: &AB::Device,
 ) -> Result<Vec<f32>, TrainError> {

@@ -32,7 +32,7 @@ impl<B: Backend> Batch<B> {
     /// `micro_batches` batches drawn from `data` by `sampler`, as the trainer draws them.
     pub fn sample(
         sampler: &mut BatchSampler,
-        data: &[u32],
+        data: &(impl quill_data::TokenSource + ?Sized),
         micro_batches: usize,
         device: &B::Device,
     ) -> Result<Self, TrainError> {

@@ -34,7 +34,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     ensure!(args.iters > 0, "--iters must be at least 1");
     ensure!(args.eval_iters > 0, "--eval-iters must be at least 1");
     let target = backend::prepare(args.target.device, args.target.dtype)?;
-    let (_, dataset) = super::load_dataset(&args.source, None, config.val_fraction)?;
+    let spec = TrainConfig::preset_tokenizer(&args.preset);
+    let dataset = super::load_dataset(&args.source, None, spec, config.val_fraction)?.dataset;
     target.check_memory(&MemoryEstimate::training(
         &config,
         dataset.tokenizer.vocab_size(),

@@ -1,13 +1,61 @@
-//! `quill data`: what the "Let's build GPT" notebook prints about its corpus.
+//! `quill data`: what the "Let's build GPT" notebook prints about its corpus, the
+//! statistics of a prepared dataset, and `quill data prepare`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use quill_data::prepare::{Phase, PrepareOptions, prepare};
+use quill_data::token_file::TokenFormat;
+use quill_data::{Dataset, TokenizerSpec};
 
-use crate::cli::DataArgs;
+use crate::cli::{DataArgs, DataCommand, DataSource, PrepareArgs, TokenFileFormat};
+
+static STOP: AtomicBool = AtomicBool::new(false);
 
 pub fn run(args: DataArgs) -> Result<()> {
-    let (corpus, dataset) = super::load_dataset(&args.source, None, args.val_fraction)?;
+    if let Some(DataCommand::Prepare(args)) = args.command {
+        return run_prepare(args);
+    }
+    let source = DataSource {
+        data: args.path.or(args.source.data),
+    };
+    if let Some(dir) = source.data.as_ref().filter(|p| Dataset::is_prepared(p)) {
+        let dataset = Dataset::open(dir)?;
+        let meta = dataset
+            .meta
+            .as_ref()
+            .expect("a prepared dataset has meta.json");
+        return super::print_report(args.json, meta, |meta| {
+            println!("dataset: {}", dir.display());
+            println!(
+                "source: {} ({} files, {} bytes, sha256 {})",
+                meta.source, meta.files, meta.bytes, meta.sha256
+            );
+            println!(
+                "tokenizer: {} (vocab_size {})",
+                meta.tokenizer, meta.vocab_size
+            );
+            println!(
+                "train tokens: {}, val tokens: {}",
+                meta.train_tokens, meta.val_tokens
+            );
+            println!(
+                "token files: {:?} {:?}, {:.2} bytes of text per token",
+                meta.token_format,
+                meta.dtype,
+                meta.bytes as f64 / (meta.train_tokens + meta.val_tokens) as f64
+            );
+        });
+    }
+    let loaded = super::load_dataset(&source, None, TokenizerSpec::Char, args.val_fraction)?;
+    let (corpus, dataset) = (loaded.corpus.expect("a text corpus"), loaded.dataset);
     let n_chars = corpus.text.chars().count();
-    let vocab = dataset.tokenizer.vocab();
+    let vocab = dataset
+        .tokenizer
+        .as_char()
+        .map(|t| t.vocab())
+        .unwrap_or_default();
     let (train_tokens, val_tokens) = (dataset.split.train.len(), dataset.split.val.len());
     let report = serde_json::json!({
         "n_chars": n_chars,
@@ -25,5 +73,68 @@ pub fn run(args: DataArgs) -> Result<()> {
         println!("vocabulary: {vocab}");
         println!("vocab_size: {}", dataset.tokenizer.vocab_size());
         println!("train tokens: {train_tokens}, val tokens: {val_tokens}");
+    })
+}
+
+fn run_prepare(args: PrepareArgs) -> Result<()> {
+    let options = PrepareOptions {
+        input: args.data,
+        extensions: args.ext,
+        tokenizer: args.tokenizer.parse()?,
+        out: args.out,
+        val_fraction: args.val_fraction,
+        format: match args.format {
+            TokenFileFormat::Llmc => TokenFormat::LlmC,
+            TokenFileFormat::Nanogpt => TokenFormat::NanoGpt,
+        },
+        lossy: args.lossy,
+    };
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: removing the partial dataset");
+    });
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(
+            "{msg:12} {bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("a valid template"),
+    );
+    let started = std::time::Instant::now();
+    let meta = prepare(&options, Some(&STOP), |phase, done, total| {
+        bar.set_message(match phase {
+            Phase::Vocabulary => "vocabulary",
+            Phase::Training => "training bpe",
+            Phase::Tokenizing => "tokenizing",
+        });
+        if bar.length() != Some(total) {
+            bar.reset();
+            bar.set_length(total);
+        }
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let meta = meta?;
+    let seconds = started.elapsed().as_secs_f64();
+    super::print_report(args.json, &meta, |meta| {
+        println!(
+            "{}: {} train + {} val tokens ({} tokenizer, vocab_size {}) from {} bytes in {} files, {:.1} s ({:.1} MB/s)",
+            options.out.display(),
+            meta.train_tokens,
+            meta.val_tokens,
+            meta.tokenizer,
+            meta.vocab_size,
+            meta.bytes,
+            meta.files,
+            seconds,
+            meta.bytes as f64 / 1e6 / seconds
+        );
+        if meta.replaced_invalid > 0 {
+            println!(
+                "replaced {} invalid UTF-8 sequences with U+FFFD",
+                meta.replaced_invalid
+            );
+        }
     })
 }

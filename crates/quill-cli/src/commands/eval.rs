@@ -17,7 +17,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     anyhow::ensure!(eval_iters > 0, "--eval-iters must be at least 1");
     let train = &checkpoint.config.train;
     let tokenizer = Some(&checkpoint.tokenizer);
-    let (_, dataset) = super::load_dataset(&args.source, tokenizer, train.val_fraction)?;
+    let spec = quill_data::TokenizerSpec::Char;
+    let dataset = super::load_dataset(&args.source, tokenizer, spec, train.val_fraction)?.dataset;
     dataset.split.check_block_size(train.block_size)?;
     let losses = target.run(EvalJob {
         checkpoint,

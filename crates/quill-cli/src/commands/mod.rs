@@ -10,7 +10,11 @@ mod train;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use quill_data::{CharTokenizer, Corpus, Dataset, TINY_SHAKESPEARE};
+use std::path::PathBuf;
+
+use quill_data::prepare::{PrepareOptions, prepare};
+use quill_data::token_file::TokenFormat;
+use quill_data::{Corpus, Dataset, TINY_SHAKESPEARE, Tokenizer, TokenizerSpec};
 use serde::Serialize;
 
 use crate::cli::{Cli, Command, DataSource};
@@ -52,19 +56,112 @@ fn load_corpus(source: &DataSource) -> Result<Corpus> {
     Ok(corpus?)
 }
 
-/// The corpus `--data` names, tokenized with `tokenizer` (a checkpoint's, which must be
-/// the corpus' own) or with the corpus' own vocabulary, and split.
+/// Where the data of a run lives, for the configuration header.
+struct Loaded {
+    dataset: Dataset,
+    /// The path and what it holds.
+    description: String,
+    /// The text, when the data was read into memory.
+    corpus: Option<Corpus>,
+}
+
+/// Where the gpt2 tokenizer's default data is prepared (from tiny Shakespeare).
+const SHAKESPEARE_GPT2: &str = "data/shakespeare-gpt2";
+
+/// The data `--data` names, or the default for `spec` (the checkpoint's tokenizer when
+/// `tokenizer` is given): a prepared dataset is memory-mapped; a text is tokenized in
+/// memory with the checkpoint's tokenizer (which must be the text's own for characters)
+/// or with `spec`.
 fn load_dataset(
     source: &DataSource,
-    tokenizer: Option<&CharTokenizer>,
+    tokenizer: Option<&Tokenizer>,
+    spec: TokenizerSpec,
     val_fraction: f64,
-) -> Result<(Corpus, Dataset)> {
-    let corpus = load_corpus(source)?;
-    let dataset = match tokenizer {
-        Some(tokenizer) => Dataset::with_tokenizer(&corpus.text, tokenizer.clone(), val_fraction)?,
-        None => Dataset::new(&corpus.text, val_fraction)?,
+) -> Result<Loaded> {
+    let spec = match tokenizer {
+        Some(Tokenizer::Char(_)) => TokenizerSpec::Char,
+        Some(t) if t.name() == "gpt2" => TokenizerSpec::Gpt2,
+        Some(t) => TokenizerSpec::Bpe(t.vocab_size()),
+        None => spec,
     };
-    Ok((corpus, dataset))
+    let prepared = match (&source.data, spec) {
+        (Some(path), _) if Dataset::is_prepared(path) || path.join("train.bin").exists() => {
+            Some(path.clone())
+        }
+        (Some(_), _) | (None, TokenizerSpec::Char) => None,
+        (None, TokenizerSpec::Gpt2) => Some(prepare_default_gpt2()?),
+        (None, TokenizerSpec::Bpe(_)) => anyhow::bail!(
+            "the {spec} tokenizer has no default data: pass --data DIR, a dataset made with `quill data prepare --tokenizer {spec}`"
+        ),
+    };
+    if let Some(dir) = prepared {
+        let dataset = Dataset::open(&dir)?;
+        if let Some(tokenizer) = tokenizer {
+            dataset.check_tokenizer(tokenizer)?;
+        }
+        let description = format!(
+            "{} ({} train + {} val tokens, tokenizer {})",
+            dir.display(),
+            dataset.split.train.len(),
+            dataset.split.val.len(),
+            dataset.tokenizer.name()
+        );
+        return Ok(Loaded {
+            dataset,
+            description,
+            corpus: None,
+        });
+    }
+    let corpus = load_corpus(source)?;
+    let dataset = match (tokenizer, spec) {
+        (Some(tokenizer), _) => {
+            Dataset::with_tokenizer(&corpus.text, tokenizer.clone(), val_fraction)?
+        }
+        (None, TokenizerSpec::Char) => Dataset::new(&corpus.text, val_fraction)?,
+        (None, TokenizerSpec::Gpt2) => {
+            Dataset::with_tokenizer(&corpus.text, Tokenizer::gpt2(), val_fraction)?
+        }
+        (None, TokenizerSpec::Bpe(_)) => anyhow::bail!(
+            "a {spec} tokenizer is trained by `quill data prepare --tokenizer {spec}`; pass the dataset it writes as --data"
+        ),
+    };
+    let description = format!(
+        "{} ({} characters, tokenizer {})",
+        corpus.source.display(),
+        corpus.text.chars().count(),
+        dataset.tokenizer.name()
+    );
+    Ok(Loaded {
+        dataset,
+        description,
+        corpus: Some(corpus),
+    })
+}
+
+/// `data/shakespeare-gpt2`, prepared from tiny Shakespeare with the gpt2 tokenizer if
+/// it is not there yet (nanoGPT's `data/shakespeare`).
+fn prepare_default_gpt2() -> Result<PathBuf> {
+    let out = PathBuf::from(SHAKESPEARE_GPT2);
+    if Dataset::is_prepared(&out) {
+        return Ok(out);
+    }
+    load_corpus(&DataSource { data: None })?;
+    eprintln!(
+        "preparing {} from {} with the gpt2 tokenizer",
+        out.display(),
+        TINY_SHAKESPEARE.default_path
+    );
+    let options = PrepareOptions {
+        input: TINY_SHAKESPEARE.default_path.into(),
+        extensions: vec!["txt".into()],
+        tokenizer: TokenizerSpec::Gpt2,
+        out: out.clone(),
+        val_fraction: 0.1,
+        format: TokenFormat::LlmC,
+        lossy: false,
+    };
+    prepare(&options, None, |_, _, _| {})?;
+    Ok(out)
 }
 
 /// Prints `report` as one line of JSON with `--json`, else as `text` writes it.

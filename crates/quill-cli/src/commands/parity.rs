@@ -48,7 +48,8 @@ pub fn run(args: ParityArgs) -> Result<()> {
     // A device that is not compiled in, not present or failing to start fails here,
     // before the data is read and before the reference run.
     let target = backend::prepare(args.target.device, args.target.dtype)?;
-    let (_, dataset) = super::load_dataset(&args.source, None, config.val_fraction)?;
+    let spec = TrainConfig::preset_tokenizer(args.preset.as_deref().unwrap_or("cpu"));
+    let dataset = super::load_dataset(&args.source, None, spec, config.val_fraction)?.dataset;
     let vocab_size = dataset.tokenizer.vocab_size();
     let job = |weights: Option<Vec<NamedTensor>>| ParityJob {
         config: &config,

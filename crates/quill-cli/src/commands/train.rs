@@ -58,7 +58,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     ))?;
 
     let tokenizer = resume.as_ref().map(|c| &c.tokenizer);
-    let (corpus, dataset) = super::load_dataset(&args.source, tokenizer, config.val_fraction)?;
+    let spec = TrainConfig::preset_tokenizer(preset);
+    let loaded = super::load_dataset(&args.source, tokenizer, spec, config.val_fraction)?;
+    let dataset = loaded.dataset;
     dataset.split.check_block_size(config.block_size)?;
     let estimate = MemoryEstimate::training(
         &config,
@@ -75,9 +77,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     print!("{}", toml::to_string(&config)?);
     println!(
-        "# corpus: {} ({} characters, vocab_size {}), run directory: {}",
-        corpus.source.display(),
-        corpus.text.chars().count(),
+        "# data: {}, vocab_size {}, run directory: {}",
+        loaded.description,
         dataset.tokenizer.vocab_size(),
         out.display()
     );
