@@ -8,8 +8,11 @@
 //!   the docs, and that the slim library builds leave the heavy dependencies out.
 //! - `cargo xtask bench`: the standard benchmark matrix for this machine, written to
 //!   `BENCHMARKS.md` (see [`bench`](mod@bench)).
+//! - `cargo xtask bench-tokenizer [--mb N] [--bpe VOCAB] [--train]`: tokenizer
+//!   throughput and memory beside tiktoken (see [`tokenizer_bench`]).
 
 mod bench;
+mod tokenizer_bench;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,8 +35,9 @@ fn main() -> Result<()> {
         ["data", "--from", file] => data(Some(PathBuf::from(file))),
         ["ci"] => ci(),
         ["bench", rest @ ..] => bench::run(rest),
+        ["bench-tokenizer", rest @ ..] => tokenizer_bench::run(rest),
         _ => bail!(
-            "usage: cargo xtask data [--from FILE] | cargo xtask ci | cargo xtask bench [--iters N] [--quick]"
+            "usage: cargo xtask data [--from FILE] | cargo xtask ci | cargo xtask bench [--iters N] [--quick] | cargo xtask bench-tokenizer [--mb N] [--bpe VOCAB] [--train]"
         ),
     }
 }

@@ -20,8 +20,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show a corpus or a prepared dataset (size, vocabulary, split sizes); `quill data
-    /// prepare` tokenizes a corpus into token files.
+    /// Show a corpus or a prepared dataset (size, vocabulary, split sizes); 'quill data
+    /// prepare' tokenizes a corpus into token files.
     Data(DataArgs),
     /// Train a model (default: the cpu preset on tiny Shakespeare), then print a sample.
     Train(Box<TrainArgs>),
@@ -55,7 +55,7 @@ pub struct DeviceArgs {
 #[derive(Debug, Args)]
 pub struct DataSource {
     /// A UTF-8 text file, a directory of *.txt files, or a dataset directory made by
-    /// `quill data prepare` [default: tiny Shakespeare at data/tinyshakespeare/input.txt,
+    /// 'quill data prepare' [default: tiny Shakespeare at data/tinyshakespeare/input.txt,
     /// downloaded if missing; with the gpt2 tokenizer, data/shakespeare-gpt2, prepared
     /// from it if missing]
     #[arg(long, value_name = "PATH")]
@@ -66,7 +66,7 @@ pub struct DataSource {
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct DataArgs {
-    /// `prepare`: tokenize a corpus into a dataset directory.
+    /// prepare: tokenize a corpus into a dataset directory.
     #[command(subcommand)]
     pub command: Option<DataCommand>,
     /// The corpus or prepared dataset to show (the same as --data).
@@ -85,8 +85,8 @@ pub struct DataArgs {
 /// `quill data` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
-    /// Tokenize a corpus once, as a stream on all cores, into `train.bin` and `val.bin`
-    /// (llm.c's token-shard layout) with the tokenizer and a `meta.json`.
+    /// Tokenize a corpus once, as a stream on all cores, into train.bin and val.bin
+    /// (llm.c's token-shard layout) with the tokenizer and a meta.json.
     Prepare(PrepareArgs),
 }
 

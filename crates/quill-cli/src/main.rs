@@ -1,4 +1,4 @@
-//! `quill`: download data, train, sample and evaluate character-level GPTs.
+//! `quill`: download data, train, sample and evaluate GPTs on characters or subword tokens.
 //!
 //! This file only parses and dispatches; the work is in the library crates.
 

@@ -2,42 +2,12 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn quill(args: &[&str], cwd: &Path) -> Output {
-    quill_with_env(args, cwd, &[])
-}
+mod common;
 
-/// `quill ARGS` in `cwd` with extra environment variables (and without
-/// `RUST_BACKTRACE`, which brings Rust's own panic report back).
-fn quill_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quill"))
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("RUST_BACKTRACE")
-        .envs(env.iter().copied())
-        .output()
-        .expect("quill runs")
-}
-
-fn stdout(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// The one-line `error: …` a failing command must print, without a panic.
-fn error_line(out: &Output) -> String {
-    assert!(!out.status.success(), "should have failed");
-    let stderr = String::from_utf8(out.stderr.clone()).unwrap();
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    let line = stderr.lines().last().unwrap().to_string();
-    assert!(line.starts_with("error: "), "{stderr}");
-    line
-}
+#[cfg(feature = "wgpu")]
+use common::quill_with_env;
+use common::{error_line, quill, stdout};
 
 const TINY: &[&str] = &[
     "--n-layer",
@@ -670,12 +640,17 @@ fn a_run_cleans_up_after_killed_writers() {
 fn help_text_is_plain_english() {
     let dir = setup();
     for command in [
-        "", "data", "train", "sample", "eval", "bench", "devices", "parity",
+        "",
+        "data",
+        "train",
+        "sample",
+        "eval",
+        "bench",
+        "devices",
+        "parity",
+        "data prepare",
     ] {
-        let args: Vec<&str> = [command, "--help"]
-            .into_iter()
-            .filter(|a| !a.is_empty())
-            .collect();
+        let args: Vec<&str> = command.split_whitespace().chain(["--help"]).collect();
         let help = stdout(&quill(&args, dir.path()));
         for leak in ["`", "::", "Self"] {
             assert!(

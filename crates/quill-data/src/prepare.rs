@@ -126,6 +126,7 @@ pub fn prepare(
         TokenizerSpec::Char => {
             let mut chars = BTreeSet::new();
             let mut ascii = [false; 128];
+            progress(Phase::Vocabulary, 0, total);
             let mut stream = TextStream::new(&files, u64::MAX, options.lossy);
             while let Some(segment) = stream.next_segment()? {
                 if stopped() {
@@ -149,6 +150,7 @@ pub fn prepare(
             Tokenizer::Char(CharTokenizer::from_text(&text)?)
         }
         TokenizerSpec::Bpe(vocab_size) => {
+            progress(Phase::Training, 0, split_at);
             let mut stream = TextStream::new(&files, split_at, options.lossy);
             let mut failure = None;
             let texts = std::iter::from_fn(|| {
@@ -195,6 +197,7 @@ pub fn prepare(
             TokenWriter::create(&dir.join(TRAIN_FILE), options.format, dtype)?,
             TokenWriter::create(&dir.join(VAL_FILE), options.format, dtype)?,
         ];
+        progress(Phase::Tokenizing, 0, total);
         let mut stream = TextStream::new(&files, u64::MAX, options.lossy);
         stream.split_at = Some(split_at);
         stream.hasher = Some(Sha256::new());

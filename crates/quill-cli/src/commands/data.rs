@@ -102,12 +102,12 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
         .expect("a valid template"),
     );
     let started = std::time::Instant::now();
+    let mut phases: Vec<(Phase, f64)> = Vec::new();
     let meta = prepare(&options, Some(&STOP), |phase, done, total| {
-        bar.set_message(match phase {
-            Phase::Vocabulary => "vocabulary",
-            Phase::Training => "training bpe",
-            Phase::Tokenizing => "tokenizing",
-        });
+        if phases.last().map(|p| p.0) != Some(phase) {
+            phases.push((phase, started.elapsed().as_secs_f64()));
+        }
+        bar.set_message(phase_name(phase));
         if bar.length() != Some(total) {
             bar.reset();
             bar.set_length(total);
@@ -117,7 +117,15 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
     bar.finish_and_clear();
     let meta = meta?;
     let seconds = started.elapsed().as_secs_f64();
-    super::print_report(args.json, &meta, |meta| {
+    // Seconds per phase: from its first progress report to the next phase's.
+    let mut timings = serde_json::Map::new();
+    for (i, (phase, start)) in phases.iter().enumerate() {
+        let end = phases.get(i + 1).map_or(seconds, |p| p.1);
+        timings.insert(phase_name(*phase).into(), (end - start).into());
+    }
+    timings.insert("total".into(), seconds.into());
+    let report = serde_json::json!({ "dataset": meta, "seconds": timings });
+    super::print_report(args.json, &report, |_| {
         println!(
             "{}: {} train + {} val tokens ({} tokenizer, vocab_size {}) from {} bytes in {} files, {:.1} s ({:.1} MB/s)",
             options.out.display(),
@@ -137,4 +145,12 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
             );
         }
     })
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Vocabulary => "vocabulary",
+        Phase::Training => "training",
+        Phase::Tokenizing => "tokenizing",
+    }
 }

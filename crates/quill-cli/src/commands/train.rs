@@ -19,8 +19,11 @@ use crate::progress::Progress;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
-/// Characters of the sample printed when training ends.
+/// Tokens of the sample printed when training ends: 500 characters, or 150 subword
+/// tokens (about as much text: GPT-2 averages 3.3 characters per token on tiny
+/// Shakespeare).
 const FINAL_SAMPLE_CHARS: usize = 500;
+const FINAL_SAMPLE_SUBWORDS: usize = 150;
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let preset = args.preset.as_deref().unwrap_or("cpu");
@@ -154,7 +157,11 @@ impl Job for TrainJob {
                 let checkpoint = Checkpoint::load(&dir)?;
                 let model = checkpoint.model::<B::InnerBackend>(&device)?;
                 let seed = checkpoint.config.train.seed;
-                let request = SampleRequest::from_newline(FINAL_SAMPLE_CHARS, seed);
+                let tokens = match checkpoint.tokenizer.as_char() {
+                    Some(_) => FINAL_SAMPLE_CHARS,
+                    None => FINAL_SAMPLE_SUBWORDS,
+                };
+                let request = SampleRequest::from_newline(tokens, seed);
                 let text = sample_texts(&model, &checkpoint.tokenizer, &request, |_, _| {})?;
                 println!("--- a sample from {} ---\n{}", dir.display(), text[0]);
             }

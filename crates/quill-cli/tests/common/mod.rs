@@ -1,0 +1,43 @@
+//! What the CLI test files share: running `quill` and reading its answer.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// `quill ARGS` in `cwd`.
+pub fn quill(args: &[&str], cwd: &Path) -> Output {
+    quill_with_env(args, cwd, &[])
+}
+
+/// `quill ARGS` in `cwd` with extra environment variables (and without
+/// `RUST_BACKTRACE`, which brings Rust's own panic report back).
+pub fn quill_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quill"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_BACKTRACE")
+        .envs(env.iter().copied())
+        .output()
+        .expect("quill runs")
+}
+
+/// The stdout of a command that must succeed (and print UTF-8).
+pub fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The one-line `error: …` a failing command must print, without a panic.
+pub fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "should have failed");
+    let stderr = String::from_utf8(out.stderr.clone()).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let line = stderr.lines().last().unwrap().to_string();
+    assert!(line.starts_with("error: "), "{stderr}");
+    line
+}

@@ -1,0 +1,227 @@
+//! Subword tokens end to end: `quill data prepare` → `quill train` → `quill sample` /
+//! `eval` for each tokenizer, and one-line errors for broken datasets.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{error_line, quill, stdout};
+
+/// A small corpus with characters that take several GPT-2 tokens (emoji, CJK).
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let verse = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak. 🦀 日本\n\n";
+    fs::write(dir.path().join("corpus.txt"), verse.repeat(60)).unwrap();
+    dir
+}
+
+const TINY: &[&str] = &[
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--max-iters",
+    "50",
+    "--eval-interval",
+    "25",
+    "--eval-iters",
+    "2",
+    "--final-eval-iters",
+    "2",
+    "--sample-chars",
+    "10",
+    "--warmup-iters",
+    "5",
+    "--lr",
+    "1e-2",
+];
+
+fn prepare(dir: &Path, tokenizer: &str, out: &str) -> serde_json::Value {
+    let json = stdout(&quill(
+        &[
+            "data",
+            "prepare",
+            "--data",
+            "corpus.txt",
+            "--tokenizer",
+            tokenizer,
+            "--out",
+            out,
+            "--json",
+        ],
+        dir,
+    ));
+    serde_json::from_str(&json).unwrap()
+}
+
+#[test]
+fn prepare_train_sample_and_eval_with_each_tokenizer() {
+    let dir = setup();
+    for (tokenizer, vocab_size) in [("char", 33), ("gpt2", 50_257), ("bpe:300", 300)] {
+        let data = format!("data/{}", tokenizer.replace(':', ""));
+        let report = prepare(dir.path(), tokenizer, &data);
+        assert_eq!(report["dataset"]["tokenizer"], tokenizer, "{report}");
+        assert_eq!(report["dataset"]["vocab_size"], vocab_size, "{report}");
+        let shown = stdout(&quill(&["data", &data], dir.path()));
+        assert!(
+            shown.contains(&format!("tokenizer: {tokenizer} (vocab_size {vocab_size})")),
+            "{shown}"
+        );
+
+        let run = format!("run-{}", tokenizer.replace(':', ""));
+        let mut args = vec!["train", "--data", &data, "--out", &run];
+        args.extend_from_slice(TINY);
+        let out = stdout(&quill(&args, dir.path()));
+        assert!(out.contains(&format!("tokenizer {tokenizer})")), "{out}");
+        let loss_at = |step: &str| -> f64 {
+            let line = out
+                .lines()
+                .find(|l| l.starts_with(&format!("step {step}: train loss")))
+                .unwrap();
+            line.split_whitespace()
+                .nth(4)
+                .unwrap()
+                .trim_end_matches(',')
+                .parse()
+                .unwrap()
+        };
+        assert!(loss_at("50") < loss_at("0") - 0.3, "{tokenizer}: {out}");
+
+        // Sampling streams valid UTF-8 even where the model cuts a character between
+        // tokens (stdout() insists on UTF-8), and continues the prompt.
+        let sample = stdout(&quill(
+            &[
+                "sample",
+                "--checkpoint",
+                &format!("{run}/best"),
+                "--prompt",
+                "Speak 🦀",
+                "--max-new-tokens",
+                "40",
+                "--seed",
+                "7",
+            ],
+            dir.path(),
+        ));
+        assert!(sample.starts_with("Speak 🦀"), "{sample:?}");
+        let eval = stdout(&quill(
+            &[
+                "eval",
+                "--checkpoint",
+                &format!("{run}/best"),
+                "--data",
+                &data,
+                "--eval-iters",
+                "2",
+                "--json",
+            ],
+            dir.path(),
+        ));
+        let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+        assert!(eval["val_loss"].as_f64().unwrap() > 0.0, "{eval}");
+    }
+    // A checkpoint's tokenizer must be the data's.
+    let err = error_line(&quill(
+        &[
+            "train",
+            "--resume",
+            "run-gpt2/last",
+            "--data",
+            "data/char",
+            "--max-iters",
+            "60",
+        ],
+        dir.path(),
+    ));
+    assert_eq!(
+        err,
+        "error: the data's tokenizer (char) differs from the checkpoint's (gpt2)"
+    );
+    let err = error_line(&quill(
+        &[
+            "eval",
+            "--checkpoint",
+            "run-bpe300/best",
+            "--data",
+            "data/gpt2",
+        ],
+        dir.path(),
+    ));
+    assert_eq!(
+        err,
+        "error: the data's tokenizer (gpt2) differs from the checkpoint's (bpe:300)"
+    );
+    // The checkpoint carries its tokenizer: bpe:300's ranks are inside it.
+    assert!(dir.path().join("run-bpe300/best/bpe.tiktoken").is_file());
+    assert!(dir.path().join("run-gpt2/best/tokenizer.json").is_file());
+}
+
+#[test]
+fn broken_datasets_and_inputs_are_one_line_errors() {
+    let dir = setup();
+    prepare(dir.path(), "gpt2", "data/g");
+    let train = dir.path().join("data/g/train.bin");
+    let bytes = fs::read(&train).unwrap();
+    let train_on = |data: &str| {
+        let mut args = vec!["train", "--data", data, "--out", "run"];
+        args.extend_from_slice(TINY);
+        error_line(&quill(&args, dir.path()))
+    };
+
+    fs::write(&train, &bytes[..bytes.len() - 3]).unwrap();
+    let err = train_on("data/g");
+    assert!(err.contains("train.bin: the header says"), "{err}");
+    fs::write(&train, [&[0u8, 0, 0, 0][..], &bytes[4..]].concat()).unwrap();
+    let err = train_on("data/g");
+    assert!(
+        err.contains("train.bin: magic number 0 is not llm.c's 20240520"),
+        "{err}"
+    );
+    fs::remove_file(dir.path().join("data/g/meta.json")).unwrap();
+    let err = train_on("data/g");
+    assert!(
+        err.contains("make a dataset with `quill data prepare`"),
+        "{err}"
+    );
+
+    fs::write(dir.path().join("bad.txt"), b"fine\n\xc3\x28 not fine").unwrap();
+    let err = error_line(&quill(
+        &[
+            "data",
+            "prepare",
+            "--data",
+            "bad.txt",
+            "--tokenizer",
+            "gpt2",
+            "--out",
+            "data/b",
+        ],
+        dir.path(),
+    ));
+    assert_eq!(
+        err,
+        "error: bad.txt: not valid UTF-8 at byte offset 5 (--lossy replaces invalid sequences and counts them)"
+    );
+    let err = error_line(&quill(
+        &[
+            "data",
+            "prepare",
+            "--data",
+            "corpus.txt",
+            "--tokenizer",
+            "bpe",
+            "--out",
+            "data/x",
+        ],
+        dir.path(),
+    ));
+    assert!(err.contains("unknown tokenizer \"bpe\""), "{err}");
+    assert!(!dir.path().join("data/b").exists() && !dir.path().join("data/x").exists());
+}
