@@ -12,8 +12,9 @@
 //!    `--no-tiktoken` skips it (its token lists take ~30 bytes per token: a 1 GB text
 //!    needs ~10 GB).
 //! 4. `--bpe VOCAB`: `quill data prepare --tokenizer bpe:VOCAB` (training + tokenizing).
-//! 5. `--train`: 50 steps of `quill train --preset shakespeare-gpt2` on the gpt2
-//!    dataset, under `/usr/bin/time`.
+//! 5. `--train`: 50 steps of `quill train --preset shakespeare-gpt2 --batch-size 4` on
+//!    the gpt2 dataset and, for comparison, on tiny Shakespeare's (`data/shakespeare-gpt2`),
+//!    under `/usr/bin/time`: the peak RSS should not depend on the corpus' size.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -120,28 +121,40 @@ pub fn run(args: &[&str]) -> Result<()> {
         ));
     }
     if train {
-        let (_, rss, wall) = timed(&[
-            "train",
-            "--preset",
-            "shakespeare-gpt2",
-            "--data",
-            &gpt2_dir,
-            "--out",
-            &format!("{DIR}/run-{mb}"),
-            "--max-iters",
-            "50",
-            "--eval-interval",
-            "50",
-            "--eval-iters",
-            "5",
-            "--final-eval-iters",
-            "5",
-            "--sample-chars",
-            "0",
-        ])?;
-        rows.push(format!(
-            "| quill `train --preset shakespeare-gpt2`, 50 steps on that dataset | | {wall:.1} | | {rss:.0} |"
-        ));
+        // The same run on this text's dataset, then on tiny Shakespeare's (no --data:
+        // the preset prepares data/shakespeare-gpt2).
+        for (name, data) in [
+            ("this text", Some(gpt2_dir.as_str())),
+            ("tiny Shakespeare", None),
+        ] {
+            let mut args = vec![
+                "train",
+                "--preset",
+                "shakespeare-gpt2",
+                "--batch-size",
+                "4",
+                "--out",
+                "target/bench-corpus/run",
+                "--max-iters",
+                "50",
+                "--eval-interval",
+                "50",
+                "--eval-iters",
+                "5",
+                "--final-eval-iters",
+                "5",
+                "--sample-chars",
+                "0",
+            ];
+            if let Some(data) = data {
+                args.extend(["--data", data]);
+            }
+            let _ = std::fs::remove_dir_all("target/bench-corpus/run");
+            let (_, rss, wall) = timed(&args)?;
+            rows.push(format!(
+                "| quill `train --preset shakespeare-gpt2 --batch-size 4`, 50 steps on {name} | | {wall:.1} | | {rss:.0} |"
+            ));
+        }
     }
     println!("text: {text} ({:.1} MB)\n", bytes / 1e6);
     println!("| run | tokens | wall s | MB/s | peak RSS MB |\n|---|---|---|---|---|");

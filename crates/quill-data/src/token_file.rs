@@ -269,6 +269,7 @@ impl TokenFile {
                     .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             ),
         }
+        self.release(self.offset + start * w, n * w);
         if let Some(&id) = out[first..]
             .iter()
             .find(|&&id| id as usize >= self.vocab_size)
@@ -282,6 +283,34 @@ impl TokenFile {
             });
         }
         Ok(())
+    }
+}
+
+impl TokenFile {
+    /// Unmaps the pages around bytes `offset..offset + len` once a window is copied out,
+    /// so that the resident set does not grow with the windows read: a kernel that
+    /// keeps the page cache in large folios maps up to 2 MiB around each fault (measured:
+    /// +240 MiB of file pages over 50 steps on a 1 GB corpus without this). The pages
+    /// stay in the page cache; the next read of them faults them back in.
+    fn release(&self, offset: usize, len: usize) {
+        #[cfg(unix)]
+        {
+            const SPAN: usize = 2 << 20;
+            let start = offset / SPAN * SPAN;
+            let end = ((offset + len).div_ceil(SPAN) * SPAN).min(self.map.len());
+            // SAFETY: the map is read-only and file-backed: MADV_DONTNEED only drops this
+            // process's page-table entries; the data is read from the file again on the
+            // next access, and no reference into the range outlives `read_window`.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = (offset, len);
     }
 }
 

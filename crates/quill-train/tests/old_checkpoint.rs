@@ -66,3 +66,20 @@ fn a_checkpoint_from_before_the_redesign_resumes_exactly() {
         (4, 3.437004, 3.4275784)
     );
 }
+
+/// Checkpoints from before subword tokenizers (a `vocab.json`, no `tokenizer.json`) are
+/// character checkpoints, and sample as before: one character per token.
+#[test]
+fn a_character_checkpoint_from_before_subword_tokens_samples() {
+    let (checkpoint, _) = fixture();
+    assert_eq!(checkpoint.tokenizer.name(), "char");
+    let model = checkpoint.model::<NdArray>(&Default::default()).unwrap();
+    let request = quill_train::SampleRequest::from_newline(40, 3);
+    let sample =
+        |request| quill_train::sample_texts(&model, &checkpoint.tokenizer, request, |_, _| {});
+    let text = sample(&request).unwrap();
+    assert_eq!(text, sample(&request).unwrap());
+    assert_eq!(text[0].chars().count(), 40);
+    let vocab = checkpoint.tokenizer.as_char().unwrap();
+    assert!(text[0].chars().all(|c| vocab.id(c).is_some()), "{text:?}");
+}
