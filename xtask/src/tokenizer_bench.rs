@@ -44,18 +44,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     let gpt2_dir = format!("{DIR}/gpt2-{mb}");
     let mut rows = Vec::new();
 
-    let (out, rss, wall) = timed(&[
-        "data",
-        "prepare",
-        "--data",
-        &text,
-        "--tokenizer",
-        "gpt2",
-        "--out",
-        &gpt2_dir,
-        "--json",
-    ])?;
-    let meta: Value = serde_json::from_str(out.lines().last().unwrap_or_default())?;
+    let (meta, rss, wall) = prepare(&text, "gpt2", &gpt2_dir)?;
     let bytes = meta["dataset"]["bytes"].as_f64().unwrap_or(0.0);
     let quill_mbs = bytes / 1e6 / wall;
     rows.push(format!(
@@ -100,18 +89,11 @@ pub fn run(args: &[&str]) -> Result<()> {
     }
 
     if let Some(vocab) = bpe {
-        let (out, rss, wall) = timed(&[
-            "data",
-            "prepare",
-            "--data",
+        let (report, rss, wall) = prepare(
             &text,
-            "--tokenizer",
             &format!("bpe:{vocab}"),
-            "--out",
             &format!("{DIR}/bpe{vocab}-{mb}"),
-            "--json",
-        ])?;
-        let report: Value = serde_json::from_str(out.lines().last().unwrap_or_default())?;
+        )?;
         rows.push(format!(
             "| quill `data prepare --tokenizer bpe:{vocab}` (training {:.1} s, then tokenizing {:.1} s) | {} | {wall:.1} | {:.1} | {rss:.0} |",
             report["seconds"]["training"].as_f64().unwrap_or(0.0),
@@ -162,6 +144,24 @@ pub fn run(args: &[&str]) -> Result<()> {
         println!("{row}");
     }
     Ok(())
+}
+
+/// `quill data prepare --data TEXT --tokenizer TOKENIZER --out OUT --json` under
+/// `/usr/bin/time`: its report, peak RSS (MB) and wall seconds.
+fn prepare(text: &str, tokenizer: &str, out: &str) -> Result<(Value, f64, f64)> {
+    let (stdout, rss, wall) = timed(&[
+        "data",
+        "prepare",
+        "--data",
+        text,
+        "--tokenizer",
+        tokenizer,
+        "--out",
+        out,
+        "--json",
+    ])?;
+    let report = serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
+    Ok((report, rss, wall))
 }
 
 /// `quill ARGS` under `/usr/bin/time`: stdout, peak RSS (MB) and wall seconds.

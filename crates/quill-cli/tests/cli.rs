@@ -7,19 +7,10 @@ mod common;
 
 #[cfg(feature = "wgpu")]
 use common::quill_with_env;
-use common::{error_line, quill, stdout};
+use common::{TINY_MODEL, error_line, quill, stdout};
 
+/// The tiny model's schedule (the model is `common::TINY_MODEL`).
 const TINY: &[&str] = &[
-    "--n-layer",
-    "1",
-    "--n-head",
-    "2",
-    "--n-embd",
-    "16",
-    "--block-size",
-    "16",
-    "--batch-size",
-    "4",
     "--eval-interval",
     "3",
     "--eval-iters",
@@ -40,6 +31,7 @@ fn setup() -> tempfile::TempDir {
 
 fn train(dir: &Path, extra: &[&str]) -> String {
     let mut args = vec!["train", "--data", "corpus.txt", "--out", "run"];
+    args.extend_from_slice(TINY_MODEL);
     args.extend_from_slice(TINY);
     args.extend_from_slice(extra);
     stdout(&quill(&args, dir))

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{error_line, quill, stdout};
+use common::{TINY_MODEL, error_line, quill, stdout};
 
 /// A small corpus with characters that take several GPT-2 tokens (emoji, CJK).
 fn setup() -> tempfile::TempDir {
@@ -16,17 +16,9 @@ fn setup() -> tempfile::TempDir {
     dir
 }
 
+/// The tiny model's schedule here: a higher learning rate, to see the loss fall in 50
+/// steps (the model is `common::TINY_MODEL`).
 const TINY: &[&str] = &[
-    "--n-layer",
-    "1",
-    "--n-head",
-    "2",
-    "--n-embd",
-    "16",
-    "--block-size",
-    "16",
-    "--batch-size",
-    "4",
     "--max-iters",
     "50",
     "--eval-interval",
@@ -77,6 +69,7 @@ fn prepare_train_sample_and_eval_with_each_tokenizer() {
 
         let run = format!("run-{}", tokenizer.replace(':', ""));
         let mut args = vec!["train", "--data", &data, "--out", &run];
+        args.extend_from_slice(TINY_MODEL);
         args.extend_from_slice(TINY);
         let out = stdout(&quill(&args, dir.path()));
         assert!(out.contains(&format!("tokenizer {tokenizer})")), "{out}");
@@ -171,6 +164,7 @@ fn broken_datasets_and_inputs_are_one_line_errors() {
     let bytes = fs::read(&train).unwrap();
     let train_on = |data: &str| {
         let mut args = vec!["train", "--data", data, "--out", "run"];
+        args.extend_from_slice(TINY_MODEL);
         args.extend_from_slice(TINY);
         error_line(&quill(&args, dir.path()))
     };

@@ -5,6 +5,20 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// A 1-layer, 2-head, 16-wide GPT on blocks of 16, batches of 4: fast on any CPU.
+pub const TINY_MODEL: &[&str] = &[
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+];
+
 /// `quill ARGS` in `cwd`.
 pub fn quill(args: &[&str], cwd: &Path) -> Output {
     quill_with_env(args, cwd, &[])
