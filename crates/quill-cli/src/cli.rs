@@ -52,7 +52,7 @@ pub struct DeviceArgs {
 }
 
 /// Where the corpus comes from.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct DataSource {
     /// A UTF-8 text file, a directory of *.txt files, or a dataset directory made by
     /// 'quill data prepare' [default: tiny Shakespeare at data/tinyshakespeare/input.txt,
@@ -60,6 +60,10 @@ pub struct DataSource {
     /// from it if missing]
     #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
+    /// Write nothing (--dry-run): a default dataset that is not prepared yet is
+    /// tokenized in memory instead.
+    #[arg(skip)]
+    pub read_only: bool,
 }
 
 /// `quill data`.

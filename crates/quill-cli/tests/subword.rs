@@ -219,3 +219,77 @@ fn broken_datasets_and_inputs_are_one_line_errors() {
     assert!(err.contains("unknown tokenizer \"bpe\""), "{err}");
     assert!(!dir.path().join("data/b").exists() && !dir.path().join("data/x").exists());
 }
+
+/// Training on token files resumes exactly: 4 steps, then 4 more from the checkpoint,
+/// take the same losses as 8 steps in one go (the Flex backend is deterministic).
+#[test]
+fn a_run_on_token_files_resumes_exactly() {
+    let dir = setup();
+    prepare(dir.path(), "gpt2", "data/g");
+    let train = |args: &[&str]| {
+        let mut all = vec!["train", "--data", "data/g", "--device", "flex"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--eval-interval", "4", "--eval-iters", "1"]);
+        all.extend_from_slice(&["--final-eval-iters", "1", "--sample-chars", "0"]);
+        stdout(&quill(&all, dir.path()))
+    };
+    let mut straight = vec!["--out", "straight", "--max-iters", "8"];
+    straight.extend_from_slice(TINY_MODEL);
+    train(&straight);
+    let mut split = vec!["--out", "split", "--max-iters", "4"];
+    split.extend_from_slice(TINY_MODEL);
+    train(&split);
+    train(&["--resume", "split/last", "--max-iters", "8"]);
+    let losses = |run: &str| -> Vec<(u64, f64)> {
+        fs::read_to_string(dir.path().join(run).join("steps.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["iter"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let expected = losses("straight");
+    assert_eq!(expected.len(), 8);
+    assert_eq!(losses("split"), expected);
+}
+
+/// `--preset shakespeare-gpt2` prepares nanoGPT's data/shakespeare from tiny
+/// Shakespeare on first use; a dry run tokenizes in memory and writes nothing.
+#[test]
+fn the_shakespeare_gpt2_preset_prepares_its_data_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare/input.txt");
+    fs::create_dir_all(dir.path().join("data/tinyshakespeare")).unwrap();
+    fs::copy(&corpus, dir.path().join("data/tinyshakespeare/input.txt")).unwrap();
+    let mut args = vec!["train", "--preset", "shakespeare-gpt2", "--out", "run"];
+    args.extend_from_slice(TINY_MODEL);
+    args.extend_from_slice(&[
+        "--max-iters",
+        "2",
+        "--eval-interval",
+        "2",
+        "--eval-iters",
+        "1",
+    ]);
+    args.extend_from_slice(&["--final-eval-iters", "1", "--sample-chars", "0"]);
+
+    let dry = stdout(&quill(&[&args[..], &["--dry-run"]].concat(), dir.path()));
+    assert!(dry.contains("tokenizer gpt2), vocab_size 50257"), "{dry}");
+    assert!(!dir.path().join("data/shakespeare-gpt2").exists());
+    assert!(!dir.path().join("run").exists());
+
+    let out = stdout(&quill(&args, dir.path()));
+    assert!(
+        out.contains("# data: data/shakespeare-gpt2 (301966 train + 36059 val tokens, tokenizer gpt2), vocab_size 50257"),
+        "{out}"
+    );
+    assert!(out.contains("done: 2 iterations"), "{out}");
+    let meta = fs::read_to_string(dir.path().join("data/shakespeare-gpt2/meta.json")).unwrap();
+    // The source's sha256 is tiny Shakespeare's.
+    assert!(
+        meta.contains("86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),
+        "{meta}"
+    );
+}

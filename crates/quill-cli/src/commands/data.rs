@@ -19,6 +19,7 @@ pub fn run(args: DataArgs) -> Result<()> {
     }
     let source = DataSource {
         data: args.path.or(args.source.data),
+        read_only: false,
     };
     if let Some(dir) = source.data.as_ref().filter(|p| Dataset::is_prepared(p)) {
         let dataset = Dataset::open(dir)?;

@@ -10,7 +10,7 @@ mod train;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use quill_data::prepare::{PrepareOptions, prepare};
 use quill_data::token_file::TokenFormat;
@@ -89,6 +89,11 @@ fn load_dataset(
             Some(path.clone())
         }
         (Some(_), _) | (None, TokenizerSpec::Char) => None,
+        (None, TokenizerSpec::Gpt2)
+            if source.read_only && !Dataset::is_prepared(Path::new(SHAKESPEARE_GPT2)) =>
+        {
+            None
+        }
         (None, TokenizerSpec::Gpt2) => Some(prepare_default_gpt2()?),
         (None, TokenizerSpec::Bpe(_)) => anyhow::bail!(
             "the {spec} tokenizer has no default data: pass --data DIR, a dataset made with `quill data prepare --tokenizer {spec}`"
@@ -145,7 +150,7 @@ fn prepare_default_gpt2() -> Result<PathBuf> {
     if Dataset::is_prepared(&out) {
         return Ok(out);
     }
-    load_corpus(&DataSource { data: None })?;
+    load_corpus(&DataSource::default())?;
     eprintln!(
         "preparing {} from {} with the gpt2 tokenizer",
         out.display(),

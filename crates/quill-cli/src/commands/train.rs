@@ -14,7 +14,7 @@ use quill_train::{
 };
 
 use crate::backend::{self, Job};
-use crate::cli::TrainArgs;
+use crate::cli::{DataSource, TrainArgs};
 use crate::progress::Progress;
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -62,7 +62,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let tokenizer = resume.as_ref().map(|c| &c.tokenizer);
     let spec = TrainConfig::preset_tokenizer(preset);
-    let loaded = super::load_dataset(&args.source, tokenizer, spec, config.val_fraction)?;
+    let source = DataSource {
+        read_only: args.dry_run,
+        ..args.source
+    };
+    let loaded = super::load_dataset(&source, tokenizer, spec, config.val_fraction)?;
     let dataset = loaded.dataset;
     dataset.split.check_block_size(config.block_size)?;
     let estimate = MemoryEstimate::training(
