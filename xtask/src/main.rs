@@ -117,11 +117,15 @@ fn custom_loop() -> Result<()> {
     Ok(())
 }
 
-/// `quill-model` without `fused-cpu` has no Flex, gemm or rayon; `quill-data` without
-/// `download` has no HTTP client.
+/// `quill-model` without `fused-cpu` has no Flex, gemm or rayon, and no tokenizer
+/// libraries (it uses `quill-data` without `subword`); `quill-data` without `download`
+/// has no HTTP client.
 fn slim_builds() -> Result<()> {
     let checks = [
-        ("quill-model", &["burn-flex", "gemm", "rayon"][..]),
+        (
+            "quill-model",
+            &["burn-flex", "gemm", "rayon", "tokenizers", "bpe"][..],
+        ),
         ("quill-data", &["ureq"][..]),
     ];
     for (package, absent) in checks {

@@ -33,6 +33,7 @@
 
 pub mod atomic;
 pub mod batch;
+#[cfg(feature = "subword")]
 pub mod bpe;
 pub mod char_tokenizer;
 pub mod corpus;
@@ -46,6 +47,7 @@ pub mod token_file;
 pub mod tokenizer;
 
 pub use batch::{BatchSampler, Split, TokenSource, Tokens};
+#[cfg(feature = "subword")]
 pub use bpe::BpeTokenizer;
 pub use char_tokenizer::CharTokenizer;
 pub use corpus::{Corpus, TINY_SHAKESPEARE};

@@ -15,13 +15,14 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+#[cfg(feature = "subword")]
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+#[cfg(feature = "subword")]
 use crate::bpe::BpeTokenizer;
 use crate::token_file::{TokenDtype, TokenFormat, TokenWriter};
 use crate::tokenizer::{Tokenizer, TokenizerSpec};
@@ -122,7 +123,15 @@ pub fn prepare(
     let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
 
     let tokenizer = match options.tokenizer {
+        #[cfg(feature = "subword")]
         TokenizerSpec::Gpt2 => Tokenizer::gpt2(),
+        #[cfg(not(feature = "subword"))]
+        TokenizerSpec::Gpt2 | TokenizerSpec::Bpe(_) => {
+            return Err(DataError::BadTokenizer(format!(
+                "{}: quill-data was built without its subword feature",
+                options.tokenizer
+            )));
+        }
         TokenizerSpec::Char => {
             let mut chars = BTreeSet::new();
             let mut ascii = [false; 128];
@@ -149,6 +158,7 @@ pub fn prepare(
                 .collect();
             Tokenizer::Char(CharTokenizer::from_text(&text)?)
         }
+        #[cfg(feature = "subword")]
         TokenizerSpec::Bpe(vocab_size) => {
             progress(Phase::Training, 0, split_at);
             let mut stream = TextStream::new(&files, split_at, options.lossy);
@@ -201,13 +211,10 @@ pub fn prepare(
         let mut stream = TextStream::new(&files, u64::MAX, options.lossy);
         stream.split_at = Some(split_at);
         stream.hasher = Some(Sha256::new());
-        let batch_bytes = rayon::current_num_threads().max(1) * CHUNK * 2;
+        let batch_bytes = threads() * CHUNK * 2;
         let mut batch: Vec<Segment> = Vec::new();
         let mut flush = |batch: &mut Vec<Segment>| -> Result<(), DataError> {
-            let ids: Vec<Vec<u32>> = batch
-                .par_iter()
-                .map(|segment| tokenizer.encode(&segment.text))
-                .collect::<Result<_, _>>()?;
+            let ids = encode_all(&tokenizer, batch)?;
             for (segment, ids) in batch.drain(..).zip(ids) {
                 let writer = &mut writers[segment.val as usize];
                 writer.push(&ids)?;
@@ -262,6 +269,31 @@ pub fn prepare(
         Ok(())
     })?;
     Ok(meta)
+}
+
+/// Encodes the segments, on all cores (the `subword` feature brings rayon).
+fn encode_all(tokenizer: &Tokenizer, batch: &[Segment]) -> Result<Vec<Vec<u32>>, DataError> {
+    #[cfg(feature = "subword")]
+    {
+        use rayon::prelude::*;
+        batch
+            .par_iter()
+            .map(|segment| tokenizer.encode(&segment.text))
+            .collect()
+    }
+    #[cfg(not(feature = "subword"))]
+    batch
+        .iter()
+        .map(|segment| tokenizer.encode(&segment.text))
+        .collect()
+}
+
+/// Threads that [`encode_all`] uses.
+fn threads() -> usize {
+    #[cfg(feature = "subword")]
+    return rayon::current_num_threads().max(1);
+    #[cfg(not(feature = "subword"))]
+    1
 }
 
 /// The files to read: `input` itself, or the files under it (recursively, hidden

@@ -13,8 +13,10 @@
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+#[cfg(feature = "subword")]
 use std::sync::Arc;
 
+#[cfg(feature = "subword")]
 use crate::bpe::{BpeKind, BpeTokenizer};
 use crate::{CharTokenizer, DataError};
 
@@ -71,6 +73,7 @@ pub enum Tokenizer {
     /// Characters.
     Char(CharTokenizer),
     /// Byte-level BPE (GPT-2's or trained).
+    #[cfg(feature = "subword")]
     Bpe(Arc<BpeTokenizer>),
 }
 
@@ -82,6 +85,7 @@ impl From<CharTokenizer> for Tokenizer {
 
 impl Tokenizer {
     /// GPT-2's tokenizer.
+    #[cfg(feature = "subword")]
     pub fn gpt2() -> Tokenizer {
         Tokenizer::Bpe(BpeTokenizer::gpt2())
     }
@@ -90,6 +94,7 @@ impl Tokenizer {
     pub fn name(&self) -> String {
         match self {
             Tokenizer::Char(_) => "char".into(),
+            #[cfg(feature = "subword")]
             Tokenizer::Bpe(bpe) => match bpe.kind() {
                 BpeKind::Gpt2 => "gpt2".into(),
                 BpeKind::Bpe { vocab_size, .. } => format!("bpe:{vocab_size}"),
@@ -101,6 +106,7 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         match self {
             Tokenizer::Char(tok) => tok.vocab_size(),
+            #[cfg(feature = "subword")]
             Tokenizer::Bpe(bpe) => bpe.vocab_size(),
         }
     }
@@ -109,6 +115,7 @@ impl Tokenizer {
     pub fn as_char(&self) -> Option<&CharTokenizer> {
         match self {
             Tokenizer::Char(tok) => Some(tok),
+            #[cfg(feature = "subword")]
             Tokenizer::Bpe(_) => None,
         }
     }
@@ -117,6 +124,7 @@ impl Tokenizer {
     pub fn end_of_text(&self) -> Option<u32> {
         match self {
             Tokenizer::Char(_) => None,
+            #[cfg(feature = "subword")]
             Tokenizer::Bpe(bpe) => Some(bpe.end_of_text()),
         }
     }
@@ -125,6 +133,7 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
         match self {
             Tokenizer::Char(tok) => tok.encode(text),
+            #[cfg(feature = "subword")]
             Tokenizer::Bpe(bpe) => Ok(bpe.encode(text)),
         }
     }
@@ -143,6 +152,7 @@ impl Tokenizer {
                     let text = tok.decode(&[id]).map_err(|_| unknown)?;
                     out.extend_from_slice(text.as_bytes());
                 }
+                #[cfg(feature = "subword")]
                 Tokenizer::Bpe(bpe) => out.extend_from_slice(bpe.token_bytes(id).ok_or(unknown)?),
             }
         }
@@ -160,6 +170,7 @@ impl Tokenizer {
     pub fn start_token(&self) -> u32 {
         match self {
             Tokenizer::Char(tok) => tok.start_token(),
+            #[cfg(feature = "subword")]
             Tokenizer::Bpe(bpe) => bpe.encode("\n")[0],
         }
     }
@@ -168,6 +179,7 @@ impl Tokenizer {
     pub fn files(&self) -> Vec<(&'static str, Vec<u8>)> {
         match self {
             Tokenizer::Char(tok) => vec![(VOCAB_FILE, tok.to_json().into_bytes())],
+            #[cfg(feature = "subword")]
             Tokenizer::Bpe(bpe) => {
                 let kind = serde_json::to_vec(bpe.kind()).expect("a kind serialises");
                 let mut files = vec![(TOKENIZER_FILE, kind)];
@@ -186,21 +198,42 @@ impl Tokenizer {
             std::fs::read_to_string(&path).map_err(|e| DataError::io(path, e))
         };
         if dir.join(TOKENIZER_FILE).exists() {
-            let bad = |e: String| DataError::BadTokenizer(format!("{TOKENIZER_FILE}: {e}"));
-            let kind: BpeKind =
-                serde_json::from_str(&read(TOKENIZER_FILE)?).map_err(|e| bad(e.to_string()))?;
-            return Ok(match kind {
-                BpeKind::Gpt2 => Tokenizer::gpt2(),
-                BpeKind::Bpe { .. } => Tokenizer::Bpe(Arc::new(BpeTokenizer::from_ranks(
-                    &kind,
-                    &read(RANKS_FILE)?,
-                )?)),
-            });
+            return read_subword(dir, read);
         }
         Ok(Tokenizer::Char(CharTokenizer::from_json(&read(
             VOCAB_FILE,
         )?)?))
     }
+}
+
+/// The BPE tokenizer saved in `dir` (`tokenizer.json`, and `bpe.tiktoken` when trained).
+#[cfg(feature = "subword")]
+fn read_subword(
+    _dir: &Path,
+    read: impl Fn(&str) -> Result<String, DataError>,
+) -> Result<Tokenizer, DataError> {
+    let bad = |e: String| DataError::BadTokenizer(format!("{TOKENIZER_FILE}: {e}"));
+    let kind: BpeKind =
+        serde_json::from_str(&read(TOKENIZER_FILE)?).map_err(|e| bad(e.to_string()))?;
+    Ok(match kind {
+        BpeKind::Gpt2 => Tokenizer::gpt2(),
+        BpeKind::Bpe { .. } => Tokenizer::Bpe(Arc::new(BpeTokenizer::from_ranks(
+            &kind,
+            &read(RANKS_FILE)?,
+        )?)),
+    })
+}
+
+/// Without the `subword` feature a BPE tokenizer cannot be read.
+#[cfg(not(feature = "subword"))]
+fn read_subword(
+    dir: &Path,
+    _read: impl Fn(&str) -> Result<String, DataError>,
+) -> Result<Tokenizer, DataError> {
+    Err(DataError::BadTokenizer(format!(
+        "{}: a subword tokenizer; quill-data was built without its subword feature",
+        dir.join(TOKENIZER_FILE).display()
+    )))
 }
 
 /// Turns tokens into text as they are generated: bytes of a character split across
@@ -266,6 +299,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "subword")]
     fn stream_decoding_holds_back_split_characters() {
         let gpt2 = Tokenizer::gpt2();
         // An emoji is several byte tokens in GPT-2: the stream prints it only once whole.
@@ -292,6 +326,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "subword")]
     fn files_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         for tok in [
@@ -308,6 +343,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "subword")]
     fn start_tokens_are_newlines() {
         assert_eq!(Tokenizer::gpt2().start_token(), 198);
         let chars = Tokenizer::Char(CharTokenizer::from_text("a\nb").unwrap());
