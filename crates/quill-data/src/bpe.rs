@@ -174,15 +174,13 @@ impl BpeTokenizer {
         Ok(BpeTokenizer::build(kind, tokens, hash_factor))
     }
 
-    /// Reads a trained vocabulary saved as [`BpeTokenizer::ranks`] writes it.
-    pub fn from_ranks(kind: &BpeKind, ranks: &str) -> Result<BpeTokenizer, DataError> {
-        let BpeKind::Bpe {
-            vocab_size,
-            hash_factor,
-        } = *kind
-        else {
-            return Ok(Arc::unwrap_or_clone(Self::gpt2()));
-        };
+    /// Reads a trained vocabulary saved as [`BpeTokenizer::ranks`] writes it, with the
+    /// `vocab_size` and `hash_factor` of its [`BpeKind::Bpe`].
+    pub fn from_ranks(
+        vocab_size: usize,
+        hash_factor: u64,
+        ranks: &str,
+    ) -> Result<BpeTokenizer, DataError> {
         let tokens = parse_tiktoken(ranks)?;
         if tokens.len() + 1 != vocab_size {
             return Err(DataError::BadTokenizer(format!(
@@ -234,16 +232,6 @@ impl BpeTokenizer {
             out.push('\n');
         }
         out
-    }
-}
-
-impl Clone for BpeTokenizer {
-    fn clone(&self) -> Self {
-        let hash_factor = match self.kind {
-            BpeKind::Gpt2 => GPT2_HASH_FACTOR,
-            BpeKind::Bpe { hash_factor, .. } => hash_factor,
-        };
-        BpeTokenizer::build(self.kind.clone(), self.tokens.clone(), hash_factor)
     }
 }
 

@@ -140,23 +140,22 @@ impl Tokenizer {
 
     /// The UTF-8 bytes of `ids`; an id outside the vocabulary is an error.
     pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>, DataError> {
-        let mut out = Vec::new();
-        for (position, &id) in ids.iter().enumerate() {
-            let unknown = DataError::UnknownToken {
-                id,
-                position,
-                vocab_size: self.vocab_size(),
-            };
-            match self {
-                Tokenizer::Char(tok) => {
-                    let text = tok.decode(&[id]).map_err(|_| unknown)?;
-                    out.extend_from_slice(text.as_bytes());
+        match self {
+            Tokenizer::Char(tok) => Ok(tok.decode(ids)?.into_bytes()),
+            #[cfg(feature = "subword")]
+            Tokenizer::Bpe(bpe) => {
+                let mut out = Vec::new();
+                for (position, &id) in ids.iter().enumerate() {
+                    let bytes = bpe.token_bytes(id).ok_or(DataError::UnknownToken {
+                        id,
+                        position,
+                        vocab_size: bpe.vocab_size(),
+                    })?;
+                    out.extend_from_slice(bytes);
                 }
-                #[cfg(feature = "subword")]
-                Tokenizer::Bpe(bpe) => out.extend_from_slice(bpe.token_bytes(id).ok_or(unknown)?),
+                Ok(out)
             }
         }
-        Ok(out)
     }
 
     /// Decodes `ids` to text; byte sequences that are not UTF-8 (a character cut
@@ -217,8 +216,12 @@ fn read_subword(
         serde_json::from_str(&read(TOKENIZER_FILE)?).map_err(|e| bad(e.to_string()))?;
     Ok(match kind {
         BpeKind::Gpt2 => Tokenizer::gpt2(),
-        BpeKind::Bpe { .. } => Tokenizer::Bpe(Arc::new(BpeTokenizer::from_ranks(
-            &kind,
+        BpeKind::Bpe {
+            vocab_size,
+            hash_factor,
+        } => Tokenizer::Bpe(Arc::new(BpeTokenizer::from_ranks(
+            vocab_size,
+            hash_factor,
             &read(RANKS_FILE)?,
         )?)),
     })
