@@ -25,6 +25,33 @@ pub struct GptConfig {
     pub bias: bool,
     /// Whether the LM head shares the token embedding's weights.
     pub tie_weights: bool,
+    /// The MLP's nonlinearity: exact GELU (nanoGPT's `nn.GELU()`, the default) or
+    /// GPT-2's tanh approximation.
+    #[serde(default)]
+    pub activation: Activation,
+    /// Rows of the token embedding and LM head are rounded up to a multiple of this
+    /// (1: none; nanoGPT pads GPT-2's 50,257 to 50,304 = 64·786 for faster matrix
+    /// products). The padding rows are parameters, but their logits are dropped: the
+    /// model's output has `vocab_size` columns, so they are never sampled nor scored.
+    #[serde(default = "one")]
+    pub pad_vocab: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The MLP's nonlinearity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Activation {
+    /// `x·Φ(x)`, exact (PyTorch's `nn.GELU()`, nanoGPT's choice).
+    #[default]
+    Gelu,
+    /// `x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`: GPT-2's `gelu_new`, which its
+    /// released weights were trained with.
+    GeluTanh,
 }
 
 /// The lecture's bigram model: token and position embeddings of width `n_embd`, then a
@@ -64,6 +91,7 @@ impl GptConfig {
         nonzero("n_layer", self.n_layer)?;
         nonzero("n_head", self.n_head)?;
         nonzero("n_embd", self.n_embd)?;
+        nonzero("pad_vocab", self.pad_vocab)?;
         if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(ModelError::Config(format!(
                 "n_embd ({}) must be divisible by n_head ({})",
@@ -79,6 +107,12 @@ impl GptConfig {
         Ok(())
     }
 
+    /// Rows of the token embedding and LM head: `vocab_size` rounded up to a multiple
+    /// of `pad_vocab`.
+    pub fn padded_vocab_size(&self) -> usize {
+        self.vocab_size.next_multiple_of(self.pad_vocab.max(1))
+    }
+
     /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
@@ -88,7 +122,7 @@ impl GptConfig {
     /// absurd settings give a huge number instead of an overflow.
     pub fn num_params(&self) -> f64 {
         let (v, t, c) = (
-            self.vocab_size as f64,
+            self.padded_vocab_size() as f64,
             self.block_size as f64,
             self.n_embd as f64,
         );
@@ -178,6 +212,8 @@ mod tests {
             dropout: 0.2,
             bias: true,
             tie_weights: true,
+            activation: Activation::Gelu,
+            pad_vocab: 1,
         }
     }
 
@@ -190,13 +226,14 @@ mod tests {
     #[test]
     fn invalid_configs_say_why() {
         type Change = fn(&mut GptConfig);
-        let cases: [(Change, &str); 5] = [
+        let cases: [(Change, &str); 6] = [
             (
                 |c| c.n_head = 5,
                 "n_embd (384) must be divisible by n_head (5)",
             ),
             (|c| c.n_layer = 0, "n_layer must be at least 1"),
             (|c| c.vocab_size = 0, "vocab_size must be at least 1"),
+            (|c| c.pad_vocab = 0, "pad_vocab must be at least 1"),
             (|c| c.dropout = 1.0, "dropout must be in [0, 1), got 1"),
             (|c| c.dropout = -0.1, "dropout must be in [0, 1), got -0.1"),
         ];
@@ -208,6 +245,29 @@ mod tests {
                 format!("invalid model configuration: {message}")
             );
         }
+    }
+
+    #[test]
+    fn padding_rounds_up_and_old_configs_read_as_before() {
+        let mut c = config();
+        assert_eq!(c.padded_vocab_size(), 65);
+        c.vocab_size = 50_257;
+        c.pad_vocab = 64;
+        assert_eq!(c.padded_vocab_size(), 50_304);
+        // A config.json written before these settings existed.
+        let old = r#"{"kind":"gpt","vocab_size":65,"block_size":256,"n_layer":6,"n_head":6,
+            "n_embd":384,"dropout":0.2,"bias":true,"tie_weights":true}"#;
+        let parsed: ModelConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(parsed, ModelConfig::Gpt(config()));
+        let json = serde_json::to_string(&GptConfig {
+            activation: Activation::GeluTanh,
+            ..config()
+        })
+        .unwrap();
+        assert!(
+            json.contains(r#""activation":"gelu-tanh","pad_vocab":1"#),
+            "{json}"
+        );
     }
 
     #[test]

@@ -12,12 +12,12 @@ use burn::nn::{Dropout, DropoutConfig, Embedding};
 use burn::tensor::{Int, Tensor, backend::Backend};
 use quill_data::Rng;
 
-use crate::GptConfig;
 use crate::init::{INIT_STD, embedding};
 use crate::kv_cache::{KvCache, LayerKv};
 use crate::layers::{LayerNorm, Linear};
 use crate::ops::causal_attention;
 use crate::params::ParamSpecs;
+use crate::{Activation, GptConfig};
 
 /// Multi-head masked self-attention with one fused QKV projection.
 #[derive(Module, Debug)]
@@ -65,6 +65,8 @@ pub struct Mlp<B: Backend> {
     /// `4C → C` (a residual projection).
     pub c_proj: Linear<B>,
     dropout: Dropout,
+    #[module(skip)]
+    activation: Activation,
 }
 
 impl<B: Backend> Mlp<B> {
@@ -74,12 +76,17 @@ impl<B: Backend> Mlp<B> {
             c_fc: Linear::new(c, 4 * c, bias, INIT_STD, rng, device),
             c_proj: Linear::new(4 * c, c, bias, residual_std(config), rng, device),
             dropout: DropoutConfig::new(config.dropout).init(),
+            activation: config.activation,
         }
     }
 
     /// `[B, T, C] → [B, T, C]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = crate::ops::gelu(self.c_fc.forward(x)); // [B, T, 4C]
+        let h = self.c_fc.forward(x); // [B, T, 4C]
+        let h = match self.activation {
+            Activation::Gelu => crate::ops::gelu(h),
+            Activation::GeluTanh => crate::ops::gelu_tanh(h),
+        };
         self.dropout.forward(self.c_proj.forward(h))
     }
 }
@@ -117,7 +124,7 @@ impl<B: Backend> Block<B> {
 /// The GPT language model.
 #[derive(Module, Debug)]
 pub struct Gpt<B: Backend> {
-    /// Token embedding `[V, C]`.
+    /// Token embedding `[V', C]` (`V'` = V rounded up to a multiple of `pad_vocab`).
     pub wte: Embedding<B>,
     /// Position embedding `[block_size, C]`.
     pub wpe: Embedding<B>,
@@ -125,16 +132,17 @@ pub struct Gpt<B: Backend> {
     pub h: Vec<Block<B>>,
     /// Final LayerNorm.
     pub ln_f: LayerNorm<B>,
-    /// LM head `C → V` (no bias); `None` when tied to `wte`.
+    /// LM head `C → V'` (no bias); `None` when tied to `wte`.
     pub lm_head: Option<Linear<B>>,
     drop: Dropout,
     block_size: usize,
+    vocab_size: usize,
 }
 
 impl<B: Backend> Gpt<B> {
     /// A freshly initialised model (GPT-2 init drawn from `rng`).
     pub fn new(config: &GptConfig, rng: &mut Rng, device: &B::Device) -> Self {
-        let (v, c) = (config.vocab_size, config.n_embd);
+        let (v, c) = (config.padded_vocab_size(), config.n_embd);
         Self {
             wte: embedding(v, c, rng, device),
             wpe: embedding(config.block_size, c, rng, device),
@@ -145,6 +153,7 @@ impl<B: Backend> Gpt<B> {
             lm_head: (!config.tie_weights).then(|| Linear::new(c, v, false, INIT_STD, rng, device)),
             drop: DropoutConfig::new(config.dropout).init(),
             block_size: config.block_size,
+            vocab_size: config.vocab_size,
         }
     }
 
@@ -177,18 +186,23 @@ impl<B: Backend> Gpt<B> {
         self.head(self.ln_f.forward(x)) // [B, T, V]
     }
 
-    /// `[B, T, C] → [B, T, V]`, through `lm_head` or the tied `wteᵀ`.
+    /// `[B, T, C] → [B, T, V]`, through `lm_head` or the tied `wteᵀ`; the logits of
+    /// padding rows are dropped.
     fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(lm_head) => lm_head.forward(x),
             None => {
                 let [b, t, c] = x.dims();
-                let v = self.wte.weight.dims()[0];
+                let padded = self.wte.weight.dims()[0];
                 let logits = x
                     .reshape([b * t, c])
-                    .matmul(self.wte.weight.val().transpose()); // [B·T, V]
-                logits.reshape([b, t, v])
+                    .matmul(self.wte.weight.val().transpose()); // [B·T, V']
+                logits.reshape([b, t, padded])
             }
+        }; // [B, T, V']
+        match logits.dims()[2] > self.vocab_size {
+            true => logits.narrow(2, 0, self.vocab_size), // [B, T, V]
+            false => logits,
         }
     }
 

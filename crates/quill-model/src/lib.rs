@@ -19,11 +19,11 @@
 //!
 //! ```
 //! use burn_ndarray::NdArray;
-//! use quill_model::{GptConfig, ModelConfig, SamplingOptions, generate};
+//! use quill_model::{Activation, GptConfig, ModelConfig, SamplingOptions, generate};
 //!
 //! let config = ModelConfig::Gpt(GptConfig {
 //!     vocab_size: 10, block_size: 8, n_layer: 1, n_head: 2, n_embd: 8,
-//!     dropout: 0.0, bias: true, tie_weights: true,
+//!     dropout: 0.0, bias: true, tie_weights: true, activation: Activation::Gelu, pad_vocab: 1,
 //! });
 //! let model = config.init::<NdArray>(0, &Default::default()).unwrap();
 //! let out = generate(&model, &[vec![1, 2, 3]], 5, &SamplingOptions::greedy(), |_| true).unwrap();
@@ -43,7 +43,7 @@ pub mod params;
 pub mod sampling;
 
 pub use bigram::Bigram;
-pub use config::{BigramConfig, GptConfig, ModelConfig};
+pub use config::{Activation, BigramConfig, GptConfig, ModelConfig};
 pub use error::ModelError;
 pub use gpt::Gpt;
 pub use kv_cache::KvCache;

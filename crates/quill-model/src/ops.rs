@@ -54,6 +54,12 @@ pub fn gelu_slow<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     burn::tensor::activation::gelu(x)
 }
 
+/// GELU's tanh approximation, `x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`: GPT-2's
+/// `gelu_new`, element-wise. No fused kernel yet: Burn's operations on every backend.
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    burn::tensor::activation::gelu_approximate(x)
+}
+
 /// LayerNorm over the last dimension of `x` `[B, T, C]`, with `gamma` (γ) and `beta` (β)
 /// `[C]`: `(x − mean) / √(var + eps) · γ + β`.
 pub fn layer_norm<B: Backend>(

@@ -10,8 +10,8 @@ use burn_ndarray::NdArray;
 use quill_data::Rng;
 use quill_data::batch::ids_to_tensor;
 use quill_model::{
-    GptConfig, KvCache, LanguageModel, ModelConfig, ModelError, SamplingOptions, generate,
-    window_start,
+    Activation, GptConfig, KvCache, LanguageModel, ModelConfig, ModelError, SamplingOptions,
+    generate, window_start,
 };
 
 const BLOCK: usize = 8;
@@ -27,6 +27,8 @@ fn model<B: Backend>() -> LanguageModel<B> {
         dropout: 0.0,
         bias: true,
         tie_weights: true,
+        activation: Activation::Gelu,
+        pad_vocab: 1,
     };
     // Weights far from init make the logits (and so the tokens) depend on the context.
     let model = ModelConfig::Gpt(config)

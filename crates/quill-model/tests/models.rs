@@ -13,8 +13,8 @@ use common::{gpt_config, random_ids};
 use quill_data::Rng;
 use quill_model::params::{export, import};
 use quill_model::{
-    BigramConfig, GptConfig, LanguageModel, ModelConfig, ModelError, SamplingOptions, generate,
-    window_start,
+    Activation, BigramConfig, GptConfig, LanguageModel, ModelConfig, ModelError, SamplingOptions,
+    generate, window_start,
 };
 
 type B = NdArray<f32>;
@@ -108,6 +108,8 @@ fn parameter_count_matches_the_closed_form() {
         dropout: 0.2,
         bias: true,
         tie_weights: true,
+        activation: Activation::Gelu,
+        pad_vocab: 1,
     };
     let per_block = 2 * c // ln_1
         + (c * 3 * c + 3 * c) // c_attn

@@ -5,7 +5,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use burn_autodiff::Autodiff;
 use burn_flex::Flex;
 use quill_data::Rng;
-use quill_model::{GptConfig, ModelConfig};
+use quill_model::{Activation, GptConfig, ModelConfig};
 use quill_train::{Batch, TrainConfig, Trainer};
 
 type B = Autodiff<Flex>;
@@ -33,6 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         dropout: 0.0,
         bias: false,
         tie_weights: true,
+        activation: Activation::Gelu,
+        pad_vocab: 1,
     };
     let model = ModelConfig::Gpt(gpt).init::<B>(0, &Default::default())?;
     // AdamW, schedule and clipping settings: the `cpu` preset's, shortened.

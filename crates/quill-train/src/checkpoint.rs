@@ -208,7 +208,7 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Serialises named f32 tensors as safetensors (with `{"format": "pt"}` metadata).
-fn to_safetensors<'a>(
+pub(crate) fn to_safetensors<'a>(
     tensors: impl Iterator<Item = &'a NamedTensor>,
     dir: &Path,
 ) -> Result<Vec<u8>, TrainError> {

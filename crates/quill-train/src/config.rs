@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use quill_data::{BatchSampler, TokenizerSpec};
-use quill_model::{BigramConfig, GptConfig, ModelConfig};
+use quill_model::{Activation, BigramConfig, GptConfig, ModelConfig};
 
 use crate::TrainError;
 
@@ -32,11 +32,11 @@ pub enum Schedule {
 /// Declares [`TrainConfig`], its all-optional twin [`TrainOverrides`] (what a TOML file
 /// or the command line may change), and [`TrainConfig::apply`], from one field list.
 macro_rules! train_config {
-    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty ),* $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $(#[serde $serde:tt])? $field:ident : $ty:ty ),* $(,)?) => {
         /// Every setting of a training run. Saved in each checkpoint's `config.json`.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         pub struct TrainConfig {
-            $( $(#[doc = $doc])* pub $field: $ty, )*
+            $( $(#[doc = $doc])* $(#[serde $serde])? pub $field: $ty, )*
         }
 
         /// Changes to a [`TrainConfig`]: the keys of a `--config` TOML file and the
@@ -74,6 +74,12 @@ train_config! {
     bias: bool,
     /// Share the token embedding with the LM head (GPT).
     tie_weights: bool,
+    /// The MLP's nonlinearity (GPT): gelu (exact, nanoGPT) or gelu-tanh (GPT-2's weights).
+    #[serde(default)]
+    activation: Activation,
+    /// Round the embedding and LM head rows up to a multiple of this (GPT; 1: none).
+    #[serde(default = "one")]
+    pad_vocab: usize,
     /// Sequences per micro-batch.
     batch_size: usize,
     /// Micro-batches per optimizer step.
@@ -112,6 +118,10 @@ train_config! {
     sample_chars: usize,
 }
 
+fn one() -> usize {
+    1
+}
+
 /// Names of the built-in presets.
 pub const PRESETS: [&str; 5] = [
     "bigram",
@@ -133,6 +143,8 @@ impl TrainConfig {
             dropout: 0.2,
             bias: false,
             tie_weights: true,
+            activation: Activation::Gelu,
+            pad_vocab: 1,
             batch_size: 64,
             grad_accum: 1,
             max_iters: 5000,
@@ -283,6 +295,8 @@ impl TrainConfig {
                 dropout: self.dropout,
                 bias: self.bias,
                 tie_weights: self.tie_weights,
+                activation: self.activation,
+                pad_vocab: self.pad_vocab,
             }),
         }
     }

@@ -33,6 +33,14 @@ pub enum TrainError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A Hugging Face checkpoint that quill cannot read or write (see [`crate::hf`]).
+    #[error("{path}: {reason}")]
+    HuggingFace {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// What is wrong, naming the setting or tensor.
+        reason: String,
+    },
     /// A saved optimizer state that does not fit (missing or unexpected moments).
     #[error("optimizer state: {0}")]
     OptimizerState(String),

@@ -12,6 +12,7 @@
 //!   evaluation, samples, records, checkpoints.
 //! - [`inference`]: prompts, stop sequences and streaming for sampling.
 //! - [`checkpoint`]: self-contained, atomically written checkpoint directories.
+//! - [`hf`]: Hugging Face GPT-2 checkpoints to and from quill's.
 //! - [`run_dir`]: the run directory: one trainer at a time, records, cleanup after
 //!   killed writers.
 //! - [`metrics`]: `metrics.jsonl` and `steps.jsonl` records.
@@ -41,6 +42,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod evaluate;
+pub mod hf;
 pub mod inference;
 pub mod memory;
 pub mod metrics;

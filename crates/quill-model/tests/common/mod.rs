@@ -1,7 +1,7 @@
 //! Helpers shared by the model tests.
 
 use quill_data::Rng;
-use quill_model::GptConfig;
+use quill_model::{Activation, GptConfig};
 
 /// A 2-layer, 2-head, 16-wide GPT with block 8.
 pub fn gpt_config(vocab_size: usize, tie_weights: bool) -> GptConfig {
@@ -14,6 +14,8 @@ pub fn gpt_config(vocab_size: usize, tie_weights: bool) -> GptConfig {
         dropout: 0.0,
         bias: true,
         tie_weights,
+        activation: Activation::Gelu,
+        pad_vocab: 1,
     }
 }
 

@@ -1,0 +1,390 @@
+//! Hugging Face GPT-2 checkpoints (`config.json` + `model.safetensors`, as
+//! `transformers.GPT2LMHeadModel.save_pretrained` writes them) to and from quill
+//! checkpoints, as nanoGPT's `GPT.from_pretrained` reads them.
+//!
+//! The architecture is the same; what differs is the layout:
+//! - Hugging Face's `Conv1D` stores Linear weights `[in, out]` (quill's own layout);
+//!   quill's checkpoints store them `[out, in]`, as `torch.nn.Linear` and nanoGPT do.
+//! - Names: `transformer.h.0.attn.c_attn.weight` in both, but a `GPT2Model` (not
+//!   `…LMHeadModel`) file has no `transformer.` prefix, and older files carry the
+//!   attention masks `h.N.attn.bias` / `h.N.attn.masked_bias`, which are buffers, not
+//!   weights.
+//! - The tied LM head is left out of Hugging Face files (`tie_word_embeddings`).
+//! - Weights may be float32, float16 or bfloat16; quill computes in float32.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use quill_data::{Rng, Tokenizer};
+use quill_model::params::NamedTensor;
+use quill_model::{Activation, GptConfig, ModelConfig};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{Value, json};
+
+use crate::checkpoint::{Checkpoint, RunConfig, TrainState, to_safetensors};
+use crate::config::{ModelKind, Schedule};
+use crate::{TrainConfig, TrainError};
+
+/// The GPT-2 checkpoints OpenAI released, as the Hugging Face Hub names them.
+pub const GPT2_MODELS: [&str; 4] = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"];
+
+/// The files of a Hugging Face GPT-2 checkpoint directory.
+pub const HF_FILES: [&str; 2] = ["config.json", "model.safetensors"];
+
+/// GPT-2's LayerNorm epsilon, the only one quill's LayerNorm has.
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+/// The weights quill stores `[out, in]` and Hugging Face `[in, out]`.
+const CONV1D: [&str; 4] = [
+    ".attn.c_attn.weight",
+    ".attn.c_proj.weight",
+    ".mlp.c_fc.weight",
+    ".mlp.c_proj.weight",
+];
+
+fn is_conv1d(name: &str) -> bool {
+    CONV1D.iter().any(|suffix| name.ends_with(suffix))
+}
+
+fn error(path: &Path, reason: impl Into<String>) -> TrainError {
+    TrainError::HuggingFace {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads a Hugging Face `config.json` of a GPT-2 model into quill's model settings.
+/// Anything GPT-2 does not have (another `model_type`, another LayerNorm epsilon, an
+/// activation other than GELU, an MLP other than 4×) is an error naming the setting.
+pub fn gpt_config(path: &Path, text: &str) -> Result<GptConfig, TrainError> {
+    let bad = |reason: String| error(path, reason);
+    let config: Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let model_type = config.get("model_type").and_then(Value::as_str);
+    if model_type != Some("gpt2") {
+        return Err(bad(format!(
+            "model_type is {}, but quill imports GPT-2 checkpoints (model_type \"gpt2\")",
+            model_type.map_or("missing".to_string(), |t| format!("{t:?}"))
+        )));
+    }
+    let size = |key: &str| -> Result<usize, TrainError> {
+        config
+            .get(key)
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| bad(format!("{key} is missing or not a whole number")))
+    };
+    let n_embd = size("n_embd")?;
+    let activation = match config.get("activation_function").and_then(Value::as_str) {
+        Some("gelu_new") | Some("gelu_pytorch_tanh") | None => Activation::GeluTanh,
+        Some("gelu") => Activation::Gelu,
+        Some(other) => {
+            return Err(bad(format!(
+                "activation_function {other:?} is not supported (gelu_new or gelu)"
+            )));
+        }
+    };
+    let eps = config.get("layer_norm_epsilon").and_then(Value::as_f64);
+    if eps.is_some_and(|eps| (eps - LAYER_NORM_EPS).abs() > 1e-12) {
+        return Err(bad(format!(
+            "layer_norm_epsilon is {}, quill's LayerNorm uses {LAYER_NORM_EPS}",
+            eps.unwrap_or_default()
+        )));
+    }
+    if let Some(inner) = config.get("n_inner").and_then(Value::as_u64)
+        && inner as usize != 4 * n_embd
+    {
+        return Err(bad(format!(
+            "n_inner is {inner}, quill's MLP is 4 × n_embd = {}",
+            4 * n_embd
+        )));
+    }
+    let flag =
+        |key: &str, default: bool| config.get(key).and_then(Value::as_bool).unwrap_or(default);
+    if flag("scale_attn_by_inverse_layer_idx", false) || !flag("scale_attn_weights", true) {
+        return Err(bad(
+            "attention scaling other than 1/√head_size (scale_attn_by_inverse_layer_idx or \
+             scale_attn_weights) is not supported"
+                .to_string(),
+        ));
+    }
+    let gpt = GptConfig {
+        vocab_size: size("vocab_size")?,
+        block_size: size("n_positions")?,
+        n_layer: size("n_layer")?,
+        n_head: size("n_head")?,
+        n_embd,
+        dropout: 0.0,
+        bias: true,
+        tie_weights: flag("tie_word_embeddings", true),
+        activation,
+        pad_vocab: 1,
+    };
+    gpt.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(gpt)
+}
+
+/// The tensors of a Hugging Face `model.safetensors`, renamed and laid out as quill's
+/// checkpoints store them, in float32. Attention-mask buffers are dropped.
+pub fn read_weights(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<BTreeMap<String, NamedTensor>, TrainError> {
+    let bad = |reason: String| error(path, reason);
+    let file = SafeTensors::deserialize(bytes).map_err(|e| bad(e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in file.tensors() {
+        if name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
+            continue;
+        }
+        let name = match name.starts_with("transformer.") || name == "lm_head.weight" {
+            true => name,
+            false => format!("transformer.{name}"),
+        };
+        let values = to_f32(view.dtype(), view.data()).ok_or_else(|| {
+            bad(format!(
+                "tensor {name} is {:?}; expected F32, F16 or BF16",
+                view.dtype()
+            ))
+        })?;
+        let shape = view.shape().to_vec();
+        let tensor = match is_conv1d(&name) {
+            true if shape.len() == 2 => transpose(name.clone(), &shape, &values),
+            true => {
+                return Err(bad(format!(
+                    "tensor {name} has shape {shape:?}, expected 2 dimensions"
+                )));
+            }
+            false => NamedTensor {
+                name: name.clone(),
+                shape,
+                values,
+            },
+        };
+        out.insert(name, tensor);
+    }
+    Ok(out)
+}
+
+/// Little-endian float32, float16 or bfloat16 bytes as float32 values.
+fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// `[r, c]` → `[c, r]`.
+fn transpose(name: String, shape: &[usize], values: &[f32]) -> NamedTensor {
+    let (r, c) = (shape[0], shape[1]);
+    let mut out = vec![0.0; values.len()];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = values[i * c + j];
+        }
+    }
+    NamedTensor {
+        name,
+        shape: vec![c, r],
+        values: out,
+    }
+}
+
+/// nanoGPT's `finetune_shakespeare.py` settings for an imported model: batch 1 × 32
+/// micro-batches of the full context, constant learning rate 3e-5, 20 steps,
+/// evaluation every 5 steps on 40 batches; the rest from nanoGPT's `train.py` defaults
+/// (weight decay 0.1, β2 0.95, clipping at 1).
+pub fn finetune_config(gpt: &GptConfig) -> TrainConfig {
+    TrainConfig {
+        model: ModelKind::Gpt,
+        n_layer: gpt.n_layer,
+        n_head: gpt.n_head,
+        n_embd: gpt.n_embd,
+        block_size: gpt.block_size,
+        dropout: gpt.dropout,
+        bias: gpt.bias,
+        tie_weights: gpt.tie_weights,
+        activation: gpt.activation,
+        pad_vocab: gpt.pad_vocab,
+        batch_size: 1,
+        grad_accum: 32,
+        max_iters: 20,
+        eval_interval: 5,
+        eval_iters: 40,
+        final_eval_iters: 40,
+        lr: 3e-5,
+        min_lr: 3e-5,
+        schedule: Schedule::Constant,
+        warmup_iters: 0,
+        weight_decay: 0.1,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        grad_clip: 1.0,
+        seed: 1337,
+        val_fraction: 0.1,
+        sample_chars: 100,
+    }
+}
+
+/// Reads the Hugging Face GPT-2 checkpoint in `dir` (see [`HF_FILES`]) as a quill
+/// checkpoint with GPT-2's tokenizer, [`finetune_config`]'s settings and no optimizer
+/// state. The embedding (and an untied head) get zero rows up to a multiple of
+/// `pad_vocab`. A missing tensor, one of another shape, or one GPT-2 has no place for
+/// is an error naming it: the model is built on `device` to check.
+pub fn import<B: Backend>(
+    dir: &Path,
+    pad_vocab: usize,
+    device: &B::Device,
+) -> Result<Checkpoint, TrainError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        fs::read(&path).map_err(|e| error(&path, e.to_string()))
+    };
+    let config_path = dir.join(HF_FILES[0]);
+    let text =
+        String::from_utf8(read(HF_FILES[0])?).map_err(|e| error(&config_path, e.to_string()))?;
+    let mut gpt = gpt_config(&config_path, &text)?;
+    let tokenizer = Tokenizer::gpt2();
+    if gpt.vocab_size != tokenizer.vocab_size() {
+        return Err(error(
+            &config_path,
+            format!(
+                "vocab_size is {}, GPT-2's tokenizer has {} tokens",
+                gpt.vocab_size,
+                tokenizer.vocab_size()
+            ),
+        ));
+    }
+    let weights_path = dir.join(HF_FILES[1]);
+    let mut weights = read_weights(&weights_path, &read(HF_FILES[1])?)?;
+    gpt.pad_vocab = pad_vocab;
+    gpt.validate()?;
+    let rows = gpt.padded_vocab_size();
+    for name in ["transformer.wte.weight", "lm_head.weight"] {
+        if let Some(t) = weights.get_mut(name)
+            && t.shape.len() == 2
+            && t.shape[0] == gpt.vocab_size
+        {
+            t.values.resize(rows * t.shape[1], 0.0);
+            t.shape[0] = rows;
+        }
+    }
+    let checkpoint = Checkpoint {
+        config: RunConfig {
+            model: ModelConfig::Gpt(gpt.clone()),
+            train: finetune_config(&gpt),
+        },
+        tokenizer,
+        weights,
+        optimizer: BTreeMap::new(),
+        state: TrainState::new(Rng::new(finetune_config(&gpt).seed)),
+    };
+    // Every tensor in place, of the right shape, nothing left over.
+    checkpoint
+        .model::<B>(device)
+        .map_err(|e| error(&weights_path, e.to_string()))?;
+    Ok(checkpoint)
+}
+
+/// Writes `checkpoint` (a GPT with biases) to `out` in Hugging Face's layout:
+/// `config.json` and `model.safetensors` (float32, `[in, out]` Linear weights, no tied
+/// head, padding rows dropped), which `GPT2LMHeadModel.from_pretrained` loads. `out`
+/// is written atomically; an existing directory is replaced only if it is empty or
+/// holds an earlier export.
+pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
+    let ModelConfig::Gpt(gpt) = &checkpoint.config.model else {
+        return Err(error(
+            out,
+            "only GPT checkpoints can be exported (this one is the bigram model)",
+        ));
+    };
+    if !gpt.bias {
+        return Err(error(
+            out,
+            "the checkpoint's model has bias = false; Hugging Face GPT-2 has biases in every Linear and LayerNorm",
+        ));
+    }
+    if out.is_file() || out.is_dir() && !is_replaceable(out) {
+        return Err(error(
+            out,
+            "exists and is not an earlier export (config.json and model.safetensors only); choose another --out",
+        ));
+    }
+    let mut tensors = Vec::new();
+    for (name, t) in &checkpoint.weights {
+        if gpt.tie_weights && name == "lm_head.weight" {
+            continue;
+        }
+        let mut t = match is_conv1d(name) {
+            true => transpose(name.clone(), &t.shape, &t.values),
+            false => t.clone(),
+        };
+        if (name == "transformer.wte.weight" || name == "lm_head.weight")
+            && t.shape[0] > gpt.vocab_size
+        {
+            t.values.truncate(gpt.vocab_size * t.shape[1]);
+            t.shape[0] = gpt.vocab_size;
+        }
+        tensors.push(t);
+    }
+    let special = checkpoint
+        .tokenizer
+        .end_of_text()
+        .filter(|_| checkpoint.tokenizer.as_char().is_none());
+    let config = json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": gpt.vocab_size,
+        "n_positions": gpt.block_size,
+        "n_ctx": gpt.block_size,
+        "n_embd": gpt.n_embd,
+        "n_layer": gpt.n_layer,
+        "n_head": gpt.n_head,
+        "n_inner": null,
+        "activation_function": match gpt.activation {
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_new",
+        },
+        "resid_pdrop": gpt.dropout,
+        "embd_pdrop": gpt.dropout,
+        "attn_pdrop": gpt.dropout,
+        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "initializer_range": 0.02,
+        "scale_attn_weights": true,
+        "tie_word_embeddings": gpt.tie_weights,
+        "bos_token_id": special,
+        "eos_token_id": special,
+        "use_cache": true,
+        "torch_dtype": "float32",
+    });
+    let model = to_safetensors(tensors.iter(), out)?;
+    let config = serde_json::to_vec_pretty(&config).expect("a JSON value serialises");
+    quill_data::atomic::replace_dir(out, |tmp| -> Result<(), TrainError> {
+        quill_data::atomic::write_file(&tmp.join(HF_FILES[0]), &config)?;
+        quill_data::atomic::write_file(&tmp.join(HF_FILES[1]), &model)?;
+        Ok(())
+    })
+}
+
+/// An empty directory, or one holding only the files an export writes.
+fn is_replaceable(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .all(|e| HF_FILES.contains(&e.file_name().to_string_lossy().as_ref()))
+}
