@@ -36,6 +36,65 @@ pub enum Command {
     /// Check that --device computes the same losses as the CPU backend: same initial
     /// weights, same batches, then AdamW steps.
     Parity(ParityArgs),
+    /// Convert a Hugging Face GPT-2 checkpoint into a quill checkpoint, downloading it
+    /// from the Hugging Face Hub unless --from names a local copy.
+    Import(ImportArgs),
+    /// Write a quill GPT checkpoint in another tool's layout (hf: Hugging Face GPT-2,
+    /// which transformers loads).
+    Export(ExportArgs),
+}
+
+/// The checkpoint formats 'quill import' reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportFormat {
+    /// Hugging Face GPT-2 (config.json and model.safetensors).
+    Gpt2,
+}
+
+/// The layouts 'quill export' writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Hugging Face GPT-2: config.json and model.safetensors for
+    /// GPT2LMHeadModel.from_pretrained.
+    Hf,
+}
+
+/// Arguments of 'quill import'.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// What to import.
+    #[arg(value_enum)]
+    pub format: ImportFormat,
+    /// Which GPT-2 to download: gpt2 (124M), gpt2-medium (350M), gpt2-large (774M) or
+    /// gpt2-xl (1558M).
+    #[arg(long, default_value = "gpt2")]
+    pub model: String,
+    /// A directory holding the checkpoint's config.json and model.safetensors (works
+    /// offline); without it, they are downloaded into data/hf/MODEL from the Hub (or
+    /// from the HF_ENDPOINT mirror).
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
+    /// Where to write the quill checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Pad the vocabulary to a multiple of this (nanoGPT: 64, giving 50304); the padding
+    /// is never sampled.
+    #[arg(long, default_value_t = 1)]
+    pub pad_vocab: usize,
+}
+
+/// Arguments of 'quill export'.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The layout to write.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// The quill checkpoint to export.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+    /// Where to write it (a new or empty directory, or an earlier export).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 /// Where the work runs: `--device` and `--dtype`.
@@ -152,6 +211,12 @@ pub struct TrainArgs {
     /// Continue from this checkpoint directory (e.g. runs/cpu/last), exactly where it stopped.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// Start from the weights of this checkpoint (e.g. one made by 'quill import gpt2')
+    /// with a fresh optimizer: finetuning. Its model settings are kept; training
+    /// settings come from its config (or --preset), then --config, then flags, and only
+    /// --dropout and a smaller --block-size may change the model.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// Check every setting, print the effective configuration and the memory estimate,
     /// and stop without training or writing anything.
     #[arg(long)]

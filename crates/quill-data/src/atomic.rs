@@ -33,11 +33,20 @@ fn file_name(path: &Path) -> String {
 /// Writes `bytes` to `dest` through a temporary file, `fsync` and a rename, creating
 /// parent directories as needed.
 pub fn write_file(dest: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    write_with(dest, |file| file.write_all(bytes))
+}
+
+/// [`write_file`] for content that `fill` streams into the temporary file; nothing
+/// lands at `dest` unless `fill` succeeds.
+pub fn write_with(
+    dest: &Path,
+    fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> Result<(), DataError> {
     let dir = parent_of(dest)?;
     let tmp = dir.join(format!(".{}.{}.tmp", file_name(dest), std::process::id()));
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
+        fill(&mut file)?;
         file.sync_all()?;
         fs::rename(&tmp, dest)
     })();

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use quill_data::{Rng, Tokenizer};
 use quill_model::params::{NamedTensor, export, import};
-use quill_model::{LanguageModel, ModelConfig};
+use quill_model::{GptConfig, LanguageModel, ModelConfig};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,8 @@ const MODEL_FILE: &str = "model.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const CONFIG_FILE: &str = "config.json";
 const STATE_FILE: &str = "state.json";
+/// The position table, which a finetuning run with a shorter context crops.
+const POSITIONS: &str = "transformer.wpe.weight";
 
 /// Progress of a run, saved in `state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,29 +138,65 @@ impl Checkpoint {
     /// Checks that a run of `model` can continue from this checkpoint: the model's
     /// settings must be the checkpoint's (training settings may change).
     pub fn check_resumable(&self, model: &ModelConfig) -> Result<(), TrainError> {
-        if &self.config.model == model {
-            return Ok(());
+        match differing_setting(&self.config.model, model) {
+            None => Ok(()),
+            Some((setting, checkpoint, wanted)) => Err(TrainError::ResumeChangesModel {
+                setting,
+                checkpoint,
+                wanted,
+            }),
         }
-        let fields = |m: &ModelConfig| match serde_json::to_value(m) {
-            Ok(serde_json::Value::Object(fields)) => fields,
-            _ => Default::default(),
+    }
+
+    /// Checks that a finetuning run of `model` can start from this checkpoint's weights
+    /// (nanoGPT's `init_from`): `model` must be the checkpoint's model, except for its
+    /// dropout and a block_size no larger than the checkpoint's.
+    pub fn check_init(&self, model: &ModelConfig) -> Result<(), TrainError> {
+        let comparable = match (&self.config.model, model) {
+            (ModelConfig::Gpt(saved), ModelConfig::Gpt(wanted)) => {
+                if wanted.block_size > saved.block_size {
+                    return Err(TrainError::Config(format!(
+                        "block_size {} exceeds the block_size {} of the model being finetuned",
+                        wanted.block_size, saved.block_size
+                    )));
+                }
+                ModelConfig::Gpt(GptConfig {
+                    dropout: wanted.dropout,
+                    block_size: wanted.block_size,
+                    ..saved.clone()
+                })
+            }
+            (saved, _) => saved.clone(),
         };
-        let (saved, wanted) = (fields(&self.config.model), fields(model));
-        let setting = wanted
-            .iter()
-            .find(|(key, value)| saved.get(*key) != Some(value))
-            .map_or_else(|| "kind".to_string(), |(key, _)| key.clone());
-        let value = |fields: &serde_json::Map<_, _>| {
-            fields
-                .get(&setting)
-                .map(|v| v.to_string())
-                .unwrap_or_default()
-        };
-        Err(TrainError::ResumeChangesModel {
-            checkpoint: value(&saved),
-            wanted: value(&wanted),
-            setting,
-        })
+        match differing_setting(&comparable, model) {
+            None => Ok(()),
+            Some((setting, checkpoint, wanted)) => Err(TrainError::InitChangesModel {
+                setting,
+                checkpoint,
+                wanted,
+            }),
+        }
+    }
+
+    /// Builds `model` on `device` from this checkpoint's weights (see
+    /// [`Checkpoint::check_init`]), the position table cropped to its block_size as
+    /// nanoGPT's `crop_block_size` does: the start of a finetuning run.
+    pub fn init_model<B: Backend>(
+        &self,
+        model: &ModelConfig,
+        device: &B::Device,
+    ) -> Result<LanguageModel<B>, TrainError> {
+        self.check_init(model)?;
+        let mut weights = self.weights.clone();
+        if let Some(wpe) = weights.get_mut(POSITIONS)
+            && wpe.shape.len() == 2
+        {
+            let rows = model.block_size().min(wpe.shape[0]);
+            wpe.values.truncate(rows * wpe.shape[1]);
+            wpe.shape[0] = rows;
+        }
+        let fresh = model.init::<B>(0, device)?;
+        Ok(import(fresh, &weights)?)
     }
 
     /// Reads and checks the checkpoint in `dir`.
@@ -197,6 +235,33 @@ impl Checkpoint {
         };
         Ok(checkpoint)
     }
+}
+
+/// The first setting of `wanted` whose value differs from `saved`'s, with both values
+/// (or `kind`, for models of different kinds); `None` when they are equal.
+fn differing_setting(
+    saved: &ModelConfig,
+    wanted: &ModelConfig,
+) -> Option<(String, String, String)> {
+    if saved == wanted {
+        return None;
+    }
+    let fields = |m: &ModelConfig| match serde_json::to_value(m) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => Default::default(),
+    };
+    let (saved, wanted) = (fields(saved), fields(wanted));
+    let setting = wanted
+        .iter()
+        .find(|(key, value)| saved.get(*key) != Some(value))
+        .map_or_else(|| "kind".to_string(), |(key, _)| key.clone());
+    let value = |fields: &serde_json::Map<_, _>| {
+        fields
+            .get(&setting)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
+    Some((setting.clone(), value(&saved), value(&wanted)))
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(name: &str, bytes: &[u8]) -> Result<T, String> {

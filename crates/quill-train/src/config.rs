@@ -54,6 +54,13 @@ macro_rules! train_config {
                 $( if let Some(value) = &overrides.$field { self.$field = value.clone(); } )*
             }
         }
+
+        impl TrainOverrides {
+            /// Takes every field that `later` sets (a command line over a file).
+            pub fn apply(&mut self, later: &TrainOverrides) {
+                $( if later.$field.is_some() { self.$field = later.$field.clone(); } )*
+            }
+        }
     };
 }
 
@@ -310,6 +317,35 @@ impl TrainConfig {
             self.block_size,
             self.seed,
         )?)
+    }
+
+    /// Takes the model settings of `model` (a checkpoint's, for `--init-from`) except
+    /// those `explicit` sets (a file's or the command line's), which must then agree
+    /// with it ([`crate::Checkpoint::init_model`] says which does not). Only dropout
+    /// and a smaller block_size may differ.
+    pub fn adopt_model(&mut self, model: &ModelConfig, explicit: &TrainOverrides) {
+        let ModelConfig::Gpt(gpt) = model else {
+            if let ModelConfig::Bigram(b) = model {
+                self.model = ModelKind::Bigram;
+                self.n_embd = explicit.n_embd.unwrap_or(b.n_embd);
+                self.block_size = explicit.block_size.unwrap_or(b.block_size);
+            }
+            return;
+        };
+        let adopted = TrainOverrides {
+            model: Some(ModelKind::Gpt),
+            n_layer: Some(gpt.n_layer),
+            n_head: Some(gpt.n_head),
+            n_embd: Some(gpt.n_embd),
+            block_size: Some(gpt.block_size),
+            bias: Some(gpt.bias),
+            tie_weights: Some(gpt.tie_weights),
+            activation: Some(gpt.activation),
+            pad_vocab: Some(gpt.pad_vocab),
+            ..Default::default()
+        };
+        self.apply(&adopted);
+        self.apply(explicit);
     }
 
     /// Training tokens per optimizer step.

@@ -56,6 +56,18 @@ pub enum TrainError {
         /// The value asked for.
         wanted: String,
     },
+    /// `--init-from` with model settings other than the checkpoint's.
+    #[error(
+        "{setting} is {checkpoint} in the model being finetuned but {wanted} here; only training settings, dropout and a smaller block_size may change with --init-from"
+    )]
+    InitChangesModel {
+        /// The model setting that differs.
+        setting: String,
+        /// Its value in the checkpoint.
+        checkpoint: String,
+        /// The value asked for.
+        wanted: String,
+    },
     /// The run would need more memory than the device has (see [`crate::memory`]).
     #[error("{0}")]
     OutOfMemory(String),

@@ -282,7 +282,7 @@ pub fn import<B: Backend>(
             t.shape[0] = rows;
         }
     }
-    let checkpoint = Checkpoint {
+    let mut checkpoint = Checkpoint {
         config: RunConfig {
             model: ModelConfig::Gpt(gpt.clone()),
             train: finetune_config(&gpt),
@@ -292,10 +292,15 @@ pub fn import<B: Backend>(
         optimizer: BTreeMap::new(),
         state: TrainState::new(Rng::new(finetune_config(&gpt).seed)),
     };
-    // Every tensor in place, of the right shape, nothing left over.
-    checkpoint
+    // Every tensor in place, of the right shape, nothing left over; then the weights
+    // as quill's checkpoints hold them (a tied head's copy included).
+    let model = checkpoint
         .model::<B>(device)
         .map_err(|e| error(&weights_path, e.to_string()))?;
+    checkpoint.weights = quill_model::params::export(&model)
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
     Ok(checkpoint)
 }
 

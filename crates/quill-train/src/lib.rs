@@ -32,7 +32,7 @@
 //! config.max_iters = 100;
 //! let dataset = Dataset::new(&text, config.val_fraction).unwrap();
 //! let out = RunDir::open("runs/demo").unwrap();
-//! let run = Run { config, dataset: &dataset, out, resume: None, stop: None };
+//! let run = Run { config, dataset: &dataset, out, resume: None, init_from: None, stop: None };
 //! let outcome = train::<Autodiff<Flex>>(run, &Default::default(), &mut ()).unwrap();
 //! println!("{outcome:?}");
 //! ```

@@ -67,6 +67,9 @@ pub struct Run<'a> {
     pub out: RunDir,
     /// A checkpoint to continue from.
     pub resume: Option<Checkpoint>,
+    /// A checkpoint whose weights a fresh run starts from, with a fresh optimizer
+    /// (finetuning; see [`Checkpoint::init_model`]). Ignored when resuming.
+    pub init_from: Option<Checkpoint>,
     /// Set (e.g. by Ctrl-C) to save a checkpoint and stop at the next step.
     pub stop: Option<&'a AtomicBool>,
 }
@@ -88,6 +91,7 @@ pub fn train<AB: AutodiffBackend>(
         dataset,
         mut out,
         resume,
+        init_from,
         stop,
     } = run;
     config.validate()?;
@@ -115,7 +119,13 @@ pub fn train<AB: AutodiffBackend>(
         }
         None => {
             out.start_fresh()?;
-            let model = run_config.model.init::<AB>(config.seed, device)?;
+            let model = match &init_from {
+                Some(init) => {
+                    dataset.check_tokenizer(&init.tokenizer)?;
+                    init.init_model::<AB>(&run_config.model, device)?
+                }
+                None => run_config.model.init::<AB>(config.seed, device)?,
+            };
             (
                 Trainer::new(model, &config),
                 TrainState::new(sampler.rng().clone()),

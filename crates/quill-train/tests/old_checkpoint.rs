@@ -53,6 +53,7 @@ fn a_checkpoint_from_before_the_redesign_resumes_exactly() {
         dataset: &dataset,
         out: RunDir::open(tmp.path()).unwrap(),
         resume: Some(checkpoint),
+        init_from: None,
         stop: None,
     };
     let outcome =

@@ -86,6 +86,7 @@ fn run_to(
         dataset: &dataset,
         out: RunDir::open(out)?,
         resume,
+        init_from: None,
         stop,
     };
     train::<AB>(run, &Default::default(), observer)

@@ -4,6 +4,7 @@ mod bench;
 mod data;
 mod devices;
 mod eval;
+mod hub;
 mod parity;
 mod sample;
 mod train;
@@ -29,6 +30,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Devices(args) => devices::run(args),
         Command::Parity(args) => parity::run(args),
+        Command::Import(args) => hub::import(args),
+        Command::Export(args) => hub::export(args),
     }
 }
 

@@ -27,10 +27,11 @@ const FINAL_SAMPLE_SUBWORDS: usize = 150;
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let preset = args.preset.as_deref().unwrap_or("cpu");
-    let out = match (&args.out, &args.resume) {
-        (Some(out), _) => out.clone(),
-        (None, Some(dir)) => dir.parent().map(PathBuf::from).unwrap_or_default(),
-        (None, None) => PathBuf::from("runs").join(preset),
+    let out = match (&args.out, &args.resume, &args.init_from) {
+        (Some(out), _, _) => out.clone(),
+        (None, Some(dir), _) => dir.parent().map(PathBuf::from).unwrap_or_default(),
+        (None, None, Some(_)) if args.preset.is_none() => PathBuf::from("runs/finetune"),
+        (None, None, _) => PathBuf::from("runs").join(preset),
     };
     // Every check that needs no data comes first: the device, the settings, the memory.
     let target = backend::prepare(args.target.device, args.target.dtype)?;
@@ -41,26 +42,45 @@ pub fn run(args: TrainArgs) -> Result<()> {
         _ => None,
     };
     let resume = args.resume.as_deref().map(Checkpoint::load).transpose()?;
-    let mut config = match &resume {
-        Some(checkpoint) => checkpoint.config.train.clone(),
-        None => TrainConfig::preset(preset)?,
+    let init_from = args
+        .init_from
+        .as_deref()
+        .map(Checkpoint::load)
+        .transpose()?;
+    let mut config = match (&resume, &init_from) {
+        (Some(checkpoint), _) => checkpoint.config.train.clone(),
+        (None, Some(checkpoint)) if args.preset.is_none() => checkpoint.config.train.clone(),
+        _ => TrainConfig::preset(preset)?,
     };
-    if let Some(file) = &args.config {
-        let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
-        config.apply(&TrainConfig::overrides_from_toml(&text)?);
-    }
+    let file = match &args.config {
+        Some(file) => {
+            let text =
+                std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+            TrainConfig::overrides_from_toml(&text)?
+        }
+        None => Default::default(),
+    };
+    config.apply(&file);
     config.apply(&args.overrides);
+    if let Some(checkpoint) = &init_from {
+        let mut explicit = file;
+        explicit.apply(&args.overrides);
+        config.adopt_model(&checkpoint.config.model, &explicit);
+    }
     config.validate()?;
     // Before the corpus is read (or downloaded): the memory without the vocabulary's
     // share, which is all of it for settings that would need terabytes.
-    let known_vocab = resume.as_ref().map_or(1, |c| c.tokenizer.vocab_size());
+    let known_vocab = resume
+        .as_ref()
+        .or(init_from.as_ref())
+        .map_or(1, |c| c.tokenizer.vocab_size());
     target.check_memory(&MemoryEstimate::training(
         &config,
         known_vocab,
         target.dtype_bytes(),
     ))?;
 
-    let tokenizer = resume.as_ref().map(|c| &c.tokenizer);
+    let tokenizer = resume.as_ref().or(init_from.as_ref()).map(|c| &c.tokenizer);
     let spec = TrainConfig::preset_tokenizer(preset);
     let source = DataSource {
         read_only: args.dry_run,
@@ -69,6 +89,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let loaded = super::load_dataset(&source, tokenizer, spec, config.val_fraction)?;
     let dataset = loaded.dataset;
     dataset.split.check_block_size(config.block_size)?;
+    if let Some(checkpoint) = &init_from {
+        checkpoint.check_init(&config.model_config(dataset.tokenizer.vocab_size()))?;
+    }
     let estimate = MemoryEstimate::training(
         &config,
         dataset.tokenizer.vocab_size(),
@@ -77,9 +100,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     target.check_memory(&estimate)?;
     println!(
         "# effective configuration ({})",
-        match &args.resume {
-            Some(dir) => format!("resumed from {}", dir.display()),
-            None => format!("preset {preset}"),
+        match (&args.resume, &args.init_from) {
+            (Some(dir), _) => format!("resumed from {}", dir.display()),
+            (None, Some(dir)) => format!("finetuning {}", dir.display()),
+            (None, None) => format!("preset {preset}"),
         }
     );
     print!("{}", toml::to_string(&config)?);
@@ -118,6 +142,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         dataset,
         out: run_dir,
         resume,
+        init_from,
     })
 }
 
@@ -126,6 +151,7 @@ struct TrainJob {
     dataset: Dataset,
     out: RunDir,
     resume: Option<Checkpoint>,
+    init_from: Option<Checkpoint>,
 }
 
 impl Job for TrainJob {
@@ -137,6 +163,7 @@ impl Job for TrainJob {
             dataset: &self.dataset,
             out: self.out,
             resume: self.resume,
+            init_from: self.init_from,
             stop: Some(&STOP),
         };
         let mut progress = Progress::new();

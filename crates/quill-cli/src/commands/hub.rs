@@ -1,0 +1,159 @@
+//! `quill import gpt2` and `quill export --format hf`: Hugging Face GPT-2 checkpoints
+//! in and out (the conversion is `quill_train::hf`; this adds the download and the
+//! command line).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use quill_model::ModelConfig;
+use quill_train::Checkpoint;
+use quill_train::hf::{self, GPT2_MODELS, HF_FILES};
+
+use crate::backend::{self, DType, DeviceChoice, Job};
+use crate::cli::{ExportArgs, ImportArgs};
+
+/// The Hub, unless `HF_ENDPOINT` names a mirror (as `huggingface_hub` reads it).
+const HUB: &str = "https://huggingface.co";
+
+/// `(n_layer, n_head, n_embd)` of each released GPT-2, to check what was downloaded.
+fn released_shape(model: &str) -> (usize, usize, usize) {
+    match model {
+        "gpt2" => (12, 12, 768),
+        "gpt2-medium" => (24, 16, 1024),
+        "gpt2-large" => (36, 20, 1280),
+        _ => (48, 25, 1600),
+    }
+}
+
+pub fn import(args: ImportArgs) -> Result<()> {
+    if args.out.exists() && !is_empty_or_checkpoint(&args.out) {
+        bail!(
+            "{} exists and is not a quill checkpoint; choose another --out",
+            args.out.display()
+        );
+    }
+    let (dir, released) = match &args.from {
+        Some(dir) => (dir.clone(), None),
+        None => (download(&args.model)?, Some(args.model.as_str())),
+    };
+    let target = backend::prepare(DeviceChoice::Cpu, DType::F32)?;
+    let checkpoint = target.run(ImportJob {
+        dir: dir.clone(),
+        pad_vocab: args.pad_vocab,
+    })?;
+    let ModelConfig::Gpt(gpt) = &checkpoint.config.model else {
+        unreachable!("hf::import builds GPTs")
+    };
+    if let Some(model) = released {
+        let shape = (gpt.n_layer, gpt.n_head, gpt.n_embd);
+        if shape != released_shape(model) {
+            bail!(
+                "{}: n_layer, n_head, n_embd are {shape:?}, but {model} has {:?}; delete the directory to download it again",
+                dir.display(),
+                released_shape(model)
+            );
+        }
+    }
+    checkpoint.save(&args.out)?;
+    println!(
+        "imported {} into {}: {:.1}M parameters, {} layers, {} heads, {} wide, context {}, vocabulary {}{}, {}",
+        dir.display(),
+        args.out.display(),
+        gpt.num_params() / 1e6,
+        gpt.n_layer,
+        gpt.n_head,
+        gpt.n_embd,
+        gpt.block_size,
+        gpt.vocab_size,
+        match gpt.padded_vocab_size() {
+            rows if rows > gpt.vocab_size => format!(" (padded to {rows})"),
+            _ => String::new(),
+        },
+        match gpt.activation {
+            quill_model::Activation::Gelu => "GELU",
+            quill_model::Activation::GeluTanh => "GELU (tanh)",
+        }
+    );
+    println!(
+        "sample:   quill sample --checkpoint {} --prompt \"Hello, I'm a language model,\"",
+        args.out.display()
+    );
+    println!(
+        "finetune: quill train --init-from {} --data data/NAME (a dataset prepared with --tokenizer gpt2)",
+        args.out.display()
+    );
+    Ok(())
+}
+
+struct ImportJob {
+    dir: PathBuf,
+    pad_vocab: usize,
+}
+
+impl Job for ImportJob {
+    type Output = Checkpoint;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Checkpoint> {
+        Ok(hf::import::<B::InnerBackend>(
+            &self.dir,
+            self.pad_vocab,
+            &device,
+        )?)
+    }
+}
+
+fn is_empty_or_checkpoint(dir: &Path) -> bool {
+    dir.is_dir()
+        && (dir.join("state.json").is_file()
+            || std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none()))
+}
+
+/// `config.json` and `model.safetensors` of `model` in `data/hf/MODEL`, downloaded
+/// (with a progress bar) unless already there.
+fn download(model: &str) -> Result<PathBuf> {
+    if !GPT2_MODELS.contains(&model) {
+        bail!(
+            "unknown --model {model:?}; the GPT-2 models are {} (or pass --from DIR)",
+            GPT2_MODELS.join(", ")
+        );
+    }
+    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| HUB.to_string());
+    let dir = PathBuf::from("data/hf").join(model);
+    for file in HF_FILES {
+        let dest = dir.join(file);
+        if dest.is_file() {
+            continue;
+        }
+        let url = format!(
+            "{}/{model}/resolve/main/{file}",
+            endpoint.trim_end_matches('/')
+        );
+        eprintln!("downloading {url}");
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                .expect("a valid template"),
+        );
+        let result = quill_data::download::fetch_url(&url, &dest, |read, total| {
+            bar.set_length(total.max(read));
+            bar.set_position(read);
+        });
+        bar.finish_and_clear();
+        result.with_context(|| {
+            format!("could not download {model} (pass --from DIR to import a local copy)")
+        })?;
+    }
+    Ok(dir)
+}
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    let checkpoint = Checkpoint::load(&args.checkpoint)?;
+    hf::export(&checkpoint, &args.out)?;
+    println!(
+        "wrote {} ({}): load it with transformers.GPT2LMHeadModel.from_pretrained(\"{}\")",
+        args.out.display(),
+        HF_FILES.join(", "),
+        args.out.display()
+    );
+    Ok(())
+}
