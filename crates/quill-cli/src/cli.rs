@@ -296,6 +296,11 @@ pub struct BenchArgs {
     /// shakespeare-char, cpu or shakespeare-gpt2.
     #[arg(long, default_value = "cpu")]
     pub preset: String,
+    /// Measure sampling from this checkpoint instead (e.g. an imported GPT-2): tokens/s
+    /// with the KV cache, from one start token, after an 8-token warm-up, and the peak
+    /// RSS. No training, no data.
+    #[arg(long, value_name = "DIR", conflicts_with = "preset")]
+    pub checkpoint: Option<PathBuf>,
     #[command(flatten)]
     pub source: DataSource,
     /// Timed training steps.

@@ -641,6 +641,8 @@ fn help_text_is_plain_english() {
         "devices",
         "parity",
         "data prepare",
+        "import",
+        "export",
     ] {
         let args: Vec<&str> = command.split_whitespace().chain(["--help"]).collect();
         let help = stdout(&quill(&args, dir.path()));

@@ -315,17 +315,186 @@ fn matmul(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, scale: f32) {
 /// pass). `y` is `[n, out]`.
 pub fn linear_forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d_in: usize, y: &mut [f32]) {
     let d_out = w.len() / d_in;
+    linear_forward_strided(x, StridedWeight::rows(w, d_in, d_out), b, y);
+}
+
+/// A `d_in × d_out` weight read in place from `data`: element `(i, j)` at
+/// `data[i·rs + j·cs]`. A tied LM head is the transpose of the `[V, C]` token table
+/// (`rs` 1, `cs` C), multiplied without copying the table.
+#[derive(Debug, Clone, Copy)]
+pub struct StridedWeight<'a> {
+    /// The elements (the view's first element first).
+    pub data: &'a [f32],
+    /// Input features (rows).
+    pub d_in: usize,
+    /// Output features (columns).
+    pub d_out: usize,
+    /// Distance between rows.
+    pub rs: usize,
+    /// Distance between columns.
+    pub cs: usize,
+}
+
+impl<'a> StridedWeight<'a> {
+    /// A row-major `[d_in, d_out]` weight.
+    pub fn rows(data: &'a [f32], d_in: usize, d_out: usize) -> Self {
+        StridedWeight {
+            data,
+            d_in,
+            d_out,
+            rs: d_out,
+            cs: 1,
+        }
+    }
+}
+
+/// [`linear_forward`] with the weight a [`StridedWeight`].
+pub fn linear_forward_strided(x: &[f32], w: StridedWeight, b: Option<&[f32]>, y: &mut [f32]) {
+    let (d_in, d_out) = (w.d_in, w.d_out);
     let rows = x.len() / d_in;
     if let Some(b) = b {
         for row in y.chunks_mut(d_out) {
             row.copy_from_slice(b);
         }
     }
-    let (x, w) = (
-        View::rows(x, rows, d_in, d_in),
-        View::rows(w, d_in, d_out, d_out),
-    );
-    gemm(y, d_out, x, w, 1.0, b.is_some());
+    let x = View::rows(x, rows, d_in, d_in);
+    let w = View {
+        data: w.data,
+        rows: d_in,
+        cols: d_out,
+        rs: w.rs,
+        cs: w.cs,
+    };
+    match rows <= FEW_ROWS && (w.cs == 1 || w.rs == 1) {
+        true => few_rows(y, x, w, b.is_some()),
+        false => gemm(y, d_out, x, w, 1.0, b.is_some()),
+    }
+}
+
+/// Calls `$f(args…)` — an `#[inline(always)]` function — compiled for AVX2 and FMA
+/// when the CPU has them. [`simd`] does the same for a closure, but a closure as large
+/// as a whole pass over a weight is not inlined into `simd`'s AVX2 function, and then
+/// runs 4 lanes wide (`perf annotate` showed `mulps` on `xmm` registers).
+macro_rules! with_avx2 {
+    ($f:ident($($arg:expr),* $(,)?)) => {{
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2(out: &mut [f32], x: View, w: View, range: std::ops::Range<usize>) {
+            $f(out, x, w, range)
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            unsafe { avx2($($arg),*) }
+        } else {
+            $f($($arg),*)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        $f($($arg),*)
+    }};
+}
+
+/// [`few_rows`]' pass over the input features `rows` of a row-contiguous `W`:
+/// `out[r, :] += x[r, i]·W[i, :]` (`out` is `[m, n]`).
+#[inline(always)]
+fn rows_of_w(out: &mut [f32], x: View, w: View, rows: std::ops::Range<usize>) {
+    let (k, n) = (w.rows, w.cols);
+    let w_row = |i: usize| &w.data[i * w.rs..i * w.rs + n];
+    // Four rows of `W` per pass over `out`: a quarter of the loads and stores of `out`.
+    let mut i = rows.start;
+    while i + 4 <= rows.end {
+        for (r, out) in out.chunks_mut(n).enumerate() {
+            let x = &x.data[r * x.rs..r * x.rs + k];
+            let (a, b, c, d) = (x[i], x[i + 1], x[i + 2], x[i + 3]);
+            let (wa, wb, wc, wd) = (w_row(i), w_row(i + 1), w_row(i + 2), w_row(i + 3));
+            for j in 0..n {
+                out[j] += a * wa[j] + b * wb[j] + c * wc[j] + d * wd[j];
+            }
+        }
+        i += 4;
+    }
+    for i in i..rows.end {
+        for (r, out) in out.chunks_mut(n).enumerate() {
+            axpy(out, x.data[r * x.rs + i], w_row(i));
+        }
+    }
+}
+
+/// [`few_rows`]' pass over the outputs `cols` of a column-contiguous `W`:
+/// `out[r, j − cols.start] = x[r, :]·W[:, j]` (`out` is `[m, cols.len()]`).
+#[inline(always)]
+fn columns_of_w(out: &mut [f32], x: View, w: View, cols: std::ops::Range<usize>) {
+    let (k, width) = (w.rows, cols.len());
+    for (jj, j) in cols.enumerate() {
+        let w_j = &w.data[j * w.cs..j * w.cs + k];
+        for r in 0..x.rows {
+            out[r * width + jj] = dot(&x.data[r * x.rs..r * x.rs + k], w_j);
+        }
+    }
+}
+
+/// Up to this many rows, [`few_rows`] multiplies instead of `gemm`.
+const FEW_ROWS: usize = 8;
+
+/// `y = x·W` (plus `y`'s old values when `accumulate`) for the few rows of `x` that
+/// sampling feeds (one per sequence), reading `W` once, straight from memory. Such a
+/// product is bound by reading the weight: `gemm` first packs `W` into blocks — as
+/// much traffic again — and keeps a single-row product on one thread. Here each
+/// thread streams one contiguous stretch of `W`, whichever way it is laid out:
+/// - rows of `W` contiguous (`cs` 1, a Linear weight `[in, out]`): a stretch of input
+///   features `i`, each adding `x[r, i]·W[i, :]` to a partial `[m, n]` result; the
+///   partial results are summed at the end;
+/// - columns contiguous (`rs` 1, the transposed `[V, C]` table of a tied LM head): a
+///   stretch of outputs `j`, each `y[r, j]` the dot product of row `r` of `x` with
+///   column `j` of `W`.
+fn few_rows(y: &mut [f32], x: View, w: View, accumulate: bool) {
+    let (m, k, n) = (x.rows, w.rows, w.cols);
+    assert!(fits(x.data.len(), m, k, x.rs, x.cs) && fits(w.data.len(), k, n, w.rs, w.cs));
+    assert!(y.len() >= m * n && x.cs == 1);
+    let tasks = 2 * rayon::current_num_threads();
+    if !accumulate {
+        y[..m * n].fill(0.0);
+    }
+    if w.cs == 1 {
+        let stretch = k.div_ceil(tasks).max(1);
+        let partial = (0..k)
+            .step_by(stretch)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|i0| {
+                let mut out = vec![0f32; m * n];
+                let rows = i0..(i0 + stretch).min(k);
+                with_avx2!(rows_of_w(&mut out, x, w, rows));
+                out
+            })
+            .reduce_with(|mut a, b| {
+                simd(|| axpy(&mut a, 1.0, &b));
+                a
+            });
+        if let Some(partial) = partial {
+            simd(|| axpy(&mut y[..m * n], 1.0, &partial));
+        }
+    } else {
+        let stretch = n.div_ceil(tasks).max(1);
+        let blocks: Vec<(usize, Vec<f32>)> = (0..n)
+            .step_by(stretch)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|j0| {
+                let width = stretch.min(n - j0);
+                let mut out = vec![0f32; m * width];
+                with_avx2!(columns_of_w(&mut out, x, w, j0..j0 + width));
+                (j0, out)
+            })
+            .collect();
+        for (j0, out) in blocks {
+            let width = out.len() / m;
+            for (r, part) in out.chunks(width).enumerate() {
+                let dst = &mut y[r * n + j0..r * n + j0 + width];
+                dst.iter_mut().zip(part).for_each(|(d, p)| *d += p);
+            }
+        }
+    }
 }
 
 /// The backward pass of [`linear_forward`] from `dy` `[n, out]`: writes `dx = dy·Wᵀ`

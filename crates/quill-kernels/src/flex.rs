@@ -286,14 +286,37 @@ struct LinearState {
     w: FlexTensor,
 }
 
-/// `x·W + b` for `x` `[n, in]`, `W` `[in, out]`: `[n, out]`.
+/// `x·W + b` for `x` `[n, in]`, `W` `[in, out]`: `[n, out]`. A `W` that is a strided
+/// view of `f32` values (a transposed table: the tied LM head) is read in place.
 pub(super) fn linear(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor {
     let [d_in, d_out] = shape(w).dims::<2>();
     let rows = x.layout().num_elements() / d_in;
     let mut y = vec![0f32; rows * d_out];
     let b = b.map(values);
-    cpu::linear_forward(&values(x), &values(w), b.as_deref(), d_in, &mut y);
+    let x = values(x);
+    match strided_f32(w) {
+        Some(w) => cpu::linear_forward_strided(&x, w, b.as_deref(), &mut y),
+        None => cpu::linear_forward(&x, &values(w), b.as_deref(), d_in, &mut y),
+    }
     tensor(y, Shape::new([rows, d_out]))
+}
+
+/// A 2-D `f32` tensor with non-negative strides, as a weight read in place.
+fn strided_f32(w: &FlexTensor) -> Option<cpu::StridedWeight<'_>> {
+    let layout = w.layout();
+    let [d_in, d_out] = layout.shape().dims::<2>();
+    let (rs, cs) = match layout.strides() {
+        &[rs, cs] if rs >= 0 && cs >= 0 && w.dtype() == DType::F32 => (rs as usize, cs as usize),
+        _ => return None,
+    };
+    let data = w.storage::<f32>().get(layout.start_offset()..)?;
+    Some(cpu::StridedWeight {
+        data,
+        d_in,
+        d_out,
+        rs,
+        cs,
+    })
 }
 
 /// Parents: `x`, `W` and, when `N` is 3, `b`.

@@ -46,11 +46,11 @@ fn one() -> usize {
 #[serde(rename_all = "kebab-case")]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Activation {
-    /// `x·Φ(x)`, exact (PyTorch's `nn.GELU()`, nanoGPT's choice).
+    /// Exact GELU, x·Φ(x) (PyTorch's nn.GELU(), nanoGPT's choice).
     #[default]
     Gelu,
-    /// `x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`: GPT-2's `gelu_new`, which its
-    /// released weights were trained with.
+    /// GELU's tanh approximation, x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³))): GPT-2's
+    /// gelu_new, which its released weights were trained with.
     GeluTanh,
 }
 

@@ -193,10 +193,9 @@ impl<B: Backend> Gpt<B> {
             Some(lm_head) => lm_head.forward(x),
             None => {
                 let [b, t, c] = x.dims();
-                let padded = self.wte.weight.dims()[0];
-                let logits = x
-                    .reshape([b * t, c])
-                    .matmul(self.wte.weight.val().transpose()); // [B·T, V']
+                let head = self.wte.weight.val().transpose(); // [C, V'], a view
+                let logits = crate::ops::linear(x.reshape([b * t, c]), head, None); // [B·T, V']
+                let padded = logits.dims()[1];
                 logits.reshape([b, t, padded])
             }
         }; // [B, T, V']

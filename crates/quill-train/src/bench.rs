@@ -147,6 +147,24 @@ pub struct SampleBench {
     pub identical_tokens: bool,
 }
 
+/// Generates `n` tokens (temperature 1, from token 0, one sequence) with or without
+/// the KV cache: the tokens and the seconds taken.
+pub fn time_generation<B: Backend>(
+    model: &LanguageModel<B>,
+    n: usize,
+    seed: u64,
+    kv_cache: bool,
+) -> Result<(Vec<Vec<u32>>, f64), TrainError> {
+    let options = SamplingOptions {
+        seed,
+        kv_cache,
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let out = generate(model, &[vec![0]], n, &options, |_| true)?;
+    Ok((out, start.elapsed().as_secs_f64()))
+}
+
 /// Generates `new_tokens` tokens (temperature 1, from token 0) with and without the
 /// cache, after a short untimed warm-up of each path, and times both.
 pub fn bench_sampling<B: Backend>(
@@ -154,16 +172,7 @@ pub fn bench_sampling<B: Backend>(
     new_tokens: usize,
     seed: u64,
 ) -> Result<SampleBench, TrainError> {
-    let run = |kv_cache: bool, n: usize| -> Result<(Vec<Vec<u32>>, f64), TrainError> {
-        let options = SamplingOptions {
-            seed,
-            kv_cache,
-            ..Default::default()
-        };
-        let start = Instant::now();
-        let out = generate(model, &[vec![0]], n, &options, |_| true)?;
-        Ok((out, start.elapsed().as_secs_f64()))
-    };
+    let run = |kv_cache: bool, n: usize| time_generation(model, n, seed, kv_cache);
     run(true, 8)?;
     run(false, 8)?;
     let (cached, cached_s) = run(true, new_tokens)?;

@@ -23,7 +23,7 @@ use quill_model::{Activation, GptConfig, ModelConfig};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{Value, json};
 
-use crate::checkpoint::{Checkpoint, RunConfig, TrainState, to_safetensors};
+use crate::checkpoint::{Checkpoint, RunConfig, TrainState, write_safetensors};
 use crate::config::{ModelKind, Schedule};
 use crate::{TrainConfig, TrainError};
 
@@ -375,12 +375,10 @@ pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
         "use_cache": true,
         "torch_dtype": "float32",
     });
-    let model = to_safetensors(tensors.iter(), out)?;
     let config = serde_json::to_vec_pretty(&config).expect("a JSON value serialises");
     quill_data::atomic::replace_dir(out, |tmp| -> Result<(), TrainError> {
         quill_data::atomic::write_file(&tmp.join(HF_FILES[0]), &config)?;
-        quill_data::atomic::write_file(&tmp.join(HF_FILES[1]), &model)?;
-        Ok(())
+        write_safetensors(tensors.iter(), &tmp.join(HF_FILES[1]))
     })
 }
 

@@ -1,10 +1,16 @@
 //! `quill bench`: training, evaluation and sampling speed of a preset on one device.
 
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
 use anyhow::{Result, ensure};
+use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use quill_data::Dataset;
-use quill_train::bench::{SampleBench, TrainBench, bench_sampling, bench_training, peak_rss_mb};
-use quill_train::{MemoryEstimate, TrainConfig};
+use quill_train::bench::{
+    SampleBench, TrainBench, bench_sampling, bench_training, peak_rss_mb, time_generation,
+};
+use quill_train::{Checkpoint, MemoryEstimate, TrainConfig};
 use serde::Serialize;
 
 use crate::backend::{self, Job};
@@ -30,6 +36,9 @@ struct Report {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(dir) = &args.checkpoint {
+        return checkpoint(dir, &args);
+    }
     let config = TrainConfig::preset(&args.preset)?;
     ensure!(args.iters > 0, "--iters must be at least 1");
     ensure!(args.eval_iters > 0, "--eval-iters must be at least 1");
@@ -102,6 +111,90 @@ fn print_text(r: &Report) {
     }
     if let Some(mb) = r.peak_rss_mb {
         println!("peak RSS:           {mb:.0} MiB");
+    }
+}
+
+/// What `quill bench --checkpoint DIR --json` prints.
+#[derive(Debug, Serialize)]
+struct CheckpointReport {
+    checkpoint: PathBuf,
+    backend: String,
+    num_params: usize,
+    num_threads: usize,
+    sample_new_tokens: usize,
+    sample_tokens_per_s: f64,
+    /// Seconds to read the checkpoint and build the model on the device.
+    load_s: f64,
+    peak_rss_mb: Option<f64>,
+}
+
+fn checkpoint(dir: &Path, args: &BenchArgs) -> Result<()> {
+    ensure!(args.sample_tokens > 0, "--sample-tokens must be at least 1");
+    let target = backend::prepare(args.target.device, args.target.dtype)?;
+    let start = Instant::now();
+    let checkpoint = Checkpoint::load(dir)?;
+    target.check_memory(&MemoryEstimate::sampling(
+        &checkpoint.config.model,
+        1,
+        target.dtype_bytes(),
+    ))?;
+    let job = SampleJob {
+        checkpoint,
+        tokens: args.sample_tokens,
+        seed: 1337,
+        start,
+    };
+    let (backend, num_params, load_s, tokens_per_s) = target.run(job)?;
+    let report = CheckpointReport {
+        checkpoint: dir.to_path_buf(),
+        backend,
+        num_params,
+        num_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        sample_new_tokens: args.sample_tokens,
+        sample_tokens_per_s: tokens_per_s,
+        load_s,
+        peak_rss_mb: peak_rss_mb(),
+    };
+    super::print_report(args.json, &report, |r| {
+        println!(
+            "{} on {}: {:.1}M parameters, loaded in {:.2} s",
+            r.checkpoint.display(),
+            r.backend,
+            r.num_params as f64 / 1e6,
+            r.load_s
+        );
+        println!(
+            "sampling:           {:.2} tokens/s with the KV cache ({} tokens)",
+            r.sample_tokens_per_s, r.sample_new_tokens
+        );
+        if let Some(mb) = r.peak_rss_mb {
+            println!("peak RSS:           {mb:.0} MiB");
+        }
+    })
+}
+
+struct SampleJob {
+    checkpoint: Checkpoint,
+    tokens: usize,
+    seed: u64,
+    start: Instant,
+}
+
+impl Job for SampleJob {
+    type Output = (String, usize, f64, f64);
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
+        let model = self.checkpoint.model::<B::InnerBackend>(&device)?;
+        drop(self.checkpoint);
+        let load_s = self.start.elapsed().as_secs_f64();
+        time_generation(&model, 8, self.seed, true)?;
+        let (_, seconds) = time_generation(&model, self.tokens, self.seed, true)?;
+        let name = <B as Backend>::name(&device);
+        Ok((
+            name,
+            model.num_params(),
+            load_s,
+            self.tokens as f64 / seconds,
+        ))
     }
 }
 
