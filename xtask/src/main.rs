@@ -10,8 +10,11 @@
 //!   `BENCHMARKS.md` (see [`bench`](mod@bench)).
 //! - `cargo xtask bench-tokenizer [--mb N] [--bpe VOCAB] [--train]`: tokenizer
 //!   throughput and memory beside tiktoken (see [`tokenizer_bench`]).
+//! - `cargo xtask bench-gpt2 [--tokens N] [--pairs P]`: sampling a GPT-2-124M-shaped
+//!   model beside transformers, and the memory of finetuning it (see [`gpt2_bench`]).
 
 mod bench;
+mod gpt2_bench;
 mod tokenizer_bench;
 
 use std::path::{Path, PathBuf};
@@ -36,10 +39,38 @@ fn main() -> Result<()> {
         ["ci"] => ci(),
         ["bench", rest @ ..] => bench::run(rest),
         ["bench-tokenizer", rest @ ..] => tokenizer_bench::run(rest),
+        ["bench-gpt2", rest @ ..] => gpt2_bench::run(rest),
         _ => bail!(
-            "usage: cargo xtask data [--from FILE] | cargo xtask ci | cargo xtask bench [--iters N] [--quick] | cargo xtask bench-tokenizer [--mb N] [--bpe VOCAB] [--train]"
+            "usage: cargo xtask data [--from FILE] | cargo xtask ci | cargo xtask bench [--iters N] [--quick] | cargo xtask bench-tokenizer [--mb N] [--bpe VOCAB] [--train] | cargo xtask bench-gpt2 [--tokens N] [--pairs P]"
         ),
     }
+}
+
+/// `PROGRAM ARGS` under `/usr/bin/time` (its report written into `dir`): stdout, peak
+/// RSS (MiB) and wall seconds.
+pub(crate) fn timed(program: &str, args: &[&str], dir: &Path) -> Result<(String, f64, f64)> {
+    std::fs::create_dir_all(dir)?;
+    let stats = dir.join("time.txt");
+    eprintln!("$ {program} {}", args.join(" "));
+    let output = Command::new("/usr/bin/time")
+        .args(["-f", "%M %e", "-o"])
+        .arg(&stats)
+        .arg(program)
+        .args(args)
+        .output()
+        .context("run /usr/bin/time")?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stats = std::fs::read_to_string(&stats)?;
+    let mut fields = stats.split_whitespace();
+    let rss_kb: f64 = fields.next().context("rss")?.parse()?;
+    let wall: f64 = fields.next().context("wall")?.parse()?;
+    Ok((String::from_utf8(output.stdout)?, rss_kb / 1024.0, wall))
 }
 
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {

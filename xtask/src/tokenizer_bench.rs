@@ -166,27 +166,7 @@ fn prepare(text: &str, tokenizer: &str, out: &str) -> Result<(Value, f64, f64)> 
 
 /// `quill ARGS` under `/usr/bin/time`: stdout, peak RSS (MB) and wall seconds.
 fn timed(args: &[&str]) -> Result<(String, f64, f64)> {
-    let stats = PathBuf::from(DIR).join("time.txt");
-    eprintln!("$ quill {}", args.join(" "));
-    let output = Command::new("/usr/bin/time")
-        .args(["-f", "%M %e", "-o"])
-        .arg(&stats)
-        .arg("target/release/quill")
-        .args(args)
-        .output()
-        .context("run /usr/bin/time")?;
-    if !output.status.success() {
-        bail!(
-            "quill {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let stats = std::fs::read_to_string(&stats)?;
-    let mut fields = stats.split_whitespace();
-    let rss_kb: f64 = fields.next().context("rss")?.parse()?;
-    let wall: f64 = fields.next().context("wall")?.parse()?;
-    Ok((String::from_utf8(output.stdout)?, rss_kb / 1024.0, wall))
+    crate::timed("target/release/quill", args, Path::new(DIR))
 }
 
 /// The benchmark text of `mb` MB, made once.

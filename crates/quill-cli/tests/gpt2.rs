@@ -103,6 +103,25 @@ fn import_sample_finetune_export_reimport() {
     let continuation = quill_data::Tokenizer::gpt2().decode(&greedy).unwrap();
     assert_eq!(out.trim_end_matches('\n'), format!("{text}{continuation}"));
 
+    // Evaluation on a prepared GPT-2 dataset: the random model is near ln 50257 = 10.8.
+    let out = stdout(&quill(
+        &[
+            "eval",
+            "--checkpoint",
+            "ck",
+            "--data",
+            "data/verse",
+            "--eval-iters",
+            "2",
+            "--json",
+        ],
+        cwd,
+    ));
+    let val = serde_json::from_str::<serde_json::Value>(&out).unwrap()["val_loss"]
+        .as_f64()
+        .unwrap();
+    assert!((9.5..12.0).contains(&val), "{val}");
+
     // Finetuning: 20 steps at a shorter context, a fresh optimizer, the loss falls.
     let finetune = [
         "train",

@@ -152,7 +152,14 @@ fn prompts_are_gpt2_tokens_and_greedy_continuations_are_token_identical() {
                 kv_cache,
                 ..SamplingOptions::greedy()
             };
-            let out = generate(&model, &[prompt.ids.clone()], 20, &options, |_| true).unwrap();
+            let out = generate(
+                &model,
+                std::slice::from_ref(&prompt.ids),
+                20,
+                &options,
+                |_| true,
+            )
+            .unwrap();
             assert_eq!(
                 out[0][prompt.ids.len()..],
                 prompt.greedy,
