@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-use common::{error_line, quill, quill_with_env, stdout};
+use common::{TINY_MODEL, error_line, quill, quill_with_env, stdout};
 use safetensors::SafeTensors;
 
 fn fixture() -> PathBuf {
@@ -285,36 +285,24 @@ fn finetuning_errors_are_one_line() {
     );
 
     // Export refuses what Hugging Face GPT-2 cannot hold, and a directory of other files.
-    stdout(&quill(
-        &[
-            "train",
-            "--data",
-            "data/chars",
-            "--out",
-            "runs/nobias",
-            "--bias",
-            "false",
-            "--n-layer",
-            "1",
-            "--n-head",
-            "2",
-            "--n-embd",
-            "16",
-            "--block-size",
-            "8",
-            "--batch-size",
-            "2",
-            "--max-iters",
-            "1",
-            "--eval-iters",
-            "1",
-            "--final-eval-iters",
-            "1",
-            "--sample-chars",
-            "0",
-        ],
-        cwd,
-    ));
+    let nobias = [
+        "train",
+        "--data",
+        "data/chars",
+        "--out",
+        "runs/nobias",
+        "--bias",
+        "false",
+        "--max-iters",
+        "1",
+        "--eval-iters",
+        "1",
+        "--final-eval-iters",
+        "1",
+        "--sample-chars",
+        "0",
+    ];
+    stdout(&quill(&[&nobias[..], TINY_MODEL].concat(), cwd));
     assert!(
         error_line(&quill(
             &[
@@ -412,6 +400,12 @@ fn downloads_from_the_hub_endpoint_and_checks_what_arrived() {
     let cwd = dir.path();
     let file = |name: &str| fs::read(fixture().join(name)).unwrap();
     let (config, weights) = (file("config.json"), file("model.safetensors"));
+    // `quill import gpt2` from the server on `port`: its one-line error.
+    let import_from = |port: u16| {
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let args = ["import", "gpt2", "--out", "ck"];
+        error_line(&quill_with_env(&args, cwd, &[("HF_ENDPOINT", &endpoint)]))
+    };
 
     // A download cut short lands nothing.
     let cut = weights[..1000].to_vec();
@@ -430,12 +424,7 @@ fn downloads_from_the_hub_endpoint_and_checks_what_arrived() {
         ],
         2,
     );
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let err = error_line(&quill_with_env(
-        &["import", "gpt2", "--out", "ck"],
-        cwd,
-        &[("HF_ENDPOINT", &endpoint)],
-    ));
+    let err = import_from(port);
     assert!(err.starts_with("error: could not download gpt2"), "{err}");
     assert!(cwd.join("data/hf/gpt2/config.json").is_file());
     let leftovers: Vec<_> = fs::read_dir(cwd.join("data/hf/gpt2"))
@@ -458,12 +447,7 @@ fn downloads_from_the_hub_endpoint_and_checks_what_arrived() {
         )],
         1,
     );
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let err = error_line(&quill_with_env(
-        &["import", "gpt2", "--out", "ck"],
-        cwd,
-        &[("HF_ENDPOINT", &endpoint)],
-    ));
+    let err = import_from(port);
     assert!(
         err.ends_with("n_layer, n_head, n_embd are (2, 2, 32), but gpt2 has (12, 12, 768); delete the directory to download it again"),
         "{err}"
