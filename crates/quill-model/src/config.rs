@@ -33,11 +33,12 @@ pub struct GptConfig {
     /// (1: none; nanoGPT pads GPT-2's 50,257 to 50,304 = 64·786 for faster matrix
     /// products). The padding rows are parameters, but their logits are dropped: the
     /// model's output has `vocab_size` columns, so they are never sampled nor scored.
-    #[serde(default = "one")]
+    #[serde(default = "no_vocab_padding")]
     pub pad_vocab: usize,
 }
 
-fn one() -> usize {
+/// `pad_vocab` of configurations written before it existed: 1, no padding.
+pub fn no_vocab_padding() -> usize {
     1
 }
 

@@ -185,15 +185,23 @@ impl Checkpoint {
         device: &B::Device,
     ) -> Result<LanguageModel<B>, TrainError> {
         self.check_init(model)?;
-        let mut weights = self.weights.clone();
-        if let Some(wpe) = weights.get_mut(POSITIONS)
-            && wpe.shape.len() == 2
-        {
-            let rows = model.block_size().min(wpe.shape[0]);
-            wpe.values.truncate(rows * wpe.shape[1]);
-            wpe.shape[0] = rows;
-        }
         let fresh = model.init::<B>(0, device)?;
+        let rows = model.block_size();
+        let crop = self
+            .weights
+            .get(POSITIONS)
+            .filter(|wpe| wpe.shape.len() == 2 && wpe.shape[0] > rows);
+        let Some(wpe) = crop else {
+            return Ok(import(fresh, &self.weights)?);
+        };
+        // A copy of the weights with the position table cropped (`import` takes one map).
+        let mut weights = self.weights.clone();
+        let cropped = NamedTensor {
+            name: POSITIONS.to_string(),
+            shape: vec![rows, wpe.shape[1]],
+            values: wpe.values[..rows * wpe.shape[1]].to_vec(),
+        };
+        weights.insert(POSITIONS.to_string(), cropped);
         Ok(import(fresh, &weights)?)
     }
 

@@ -85,7 +85,7 @@ train_config! {
     #[serde(default)]
     activation: Activation,
     /// Round the embedding and LM head rows up to a multiple of this (GPT; 1: none).
-    #[serde(default = "one")]
+    #[serde(default = "quill_model::config::no_vocab_padding")]
     pad_vocab: usize,
     /// Sequences per micro-batch.
     batch_size: usize,
@@ -123,10 +123,6 @@ train_config! {
     val_fraction: f64,
     /// Tokens sampled and shown at each evaluation (0 disables).
     sample_chars: usize,
-}
-
-fn one() -> usize {
-    1
 }
 
 /// Names of the built-in presets.
@@ -324,25 +320,25 @@ impl TrainConfig {
     /// with it ([`crate::Checkpoint::init_model`] says which does not). Only dropout
     /// and a smaller block_size may differ.
     pub fn adopt_model(&mut self, model: &ModelConfig, explicit: &TrainOverrides) {
-        let ModelConfig::Gpt(gpt) = model else {
-            if let ModelConfig::Bigram(b) = model {
-                self.model = ModelKind::Bigram;
-                self.n_embd = explicit.n_embd.unwrap_or(b.n_embd);
-                self.block_size = explicit.block_size.unwrap_or(b.block_size);
-            }
-            return;
-        };
-        let adopted = TrainOverrides {
-            model: Some(ModelKind::Gpt),
-            n_layer: Some(gpt.n_layer),
-            n_head: Some(gpt.n_head),
-            n_embd: Some(gpt.n_embd),
-            block_size: Some(gpt.block_size),
-            bias: Some(gpt.bias),
-            tie_weights: Some(gpt.tie_weights),
-            activation: Some(gpt.activation),
-            pad_vocab: Some(gpt.pad_vocab),
-            ..Default::default()
+        let adopted = match model {
+            ModelConfig::Bigram(b) => TrainOverrides {
+                model: Some(ModelKind::Bigram),
+                n_embd: Some(b.n_embd),
+                block_size: Some(b.block_size),
+                ..Default::default()
+            },
+            ModelConfig::Gpt(gpt) => TrainOverrides {
+                model: Some(ModelKind::Gpt),
+                n_layer: Some(gpt.n_layer),
+                n_head: Some(gpt.n_head),
+                n_embd: Some(gpt.n_embd),
+                block_size: Some(gpt.block_size),
+                bias: Some(gpt.bias),
+                tie_weights: Some(gpt.tie_weights),
+                activation: Some(gpt.activation),
+                pad_vocab: Some(gpt.pad_vocab),
+                ..Default::default()
+            },
         };
         self.apply(&adopted);
         self.apply(explicit);

@@ -282,26 +282,24 @@ pub fn import<B: Backend>(
             t.shape[0] = rows;
         }
     }
-    let mut checkpoint = Checkpoint {
-        config: RunConfig {
-            model: ModelConfig::Gpt(gpt.clone()),
-            train: finetune_config(&gpt),
-        },
-        tokenizer,
-        weights,
-        optimizer: BTreeMap::new(),
-        state: TrainState::new(Rng::new(finetune_config(&gpt).seed)),
-    };
-    // Every tensor in place, of the right shape, nothing left over; then the weights
-    // as quill's checkpoints hold them (a tied head's copy included).
-    let model = checkpoint
-        .model::<B>(device)
+    // Every tensor in place, of the right shape, nothing left over; then the checkpoint
+    // as training captures one (a tied head's copy included).
+    let model = ModelConfig::Gpt(gpt.clone()).init::<B>(0, device)?;
+    let model = quill_model::params::import(model, &weights)
         .map_err(|e| error(&weights_path, e.to_string()))?;
-    checkpoint.weights = quill_model::params::export(&model)
-        .into_iter()
-        .map(|t| (t.name.clone(), t))
-        .collect();
-    Ok(checkpoint)
+    let train = finetune_config(&gpt);
+    let state = TrainState::new(Rng::new(train.seed));
+    let config = RunConfig {
+        model: ModelConfig::Gpt(gpt),
+        train,
+    };
+    Ok(Checkpoint::capture(
+        config,
+        tokenizer,
+        &model,
+        Vec::new(),
+        state,
+    ))
 }
 
 /// Writes `checkpoint` (a GPT with biases) to `out` in Hugging Face's layout:
