@@ -42,6 +42,51 @@ pub enum Command {
     /// Write a quill GPT checkpoint in another tool's layout (hf: Hugging Face GPT-2,
     /// which transformers loads).
     Export(ExportArgs),
+    /// Start several ranks of a data-parallel run on this machine, as torchrun does:
+    /// quill launch --nproc 2 -- train --preset cpu
+    Launch(LaunchArgs),
+}
+
+/// Arguments of 'quill launch'.
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// Ranks to start on this machine (one per device, or per group of CPU cores).
+    #[arg(long, value_name = "N")]
+    pub nproc: usize,
+    /// Machines taking part; start 'quill launch' on each with its own --node-rank.
+    #[arg(long, value_name = "M", default_value_t = 1)]
+    pub nnodes: usize,
+    /// This machine's place, 0 to M - 1; machine 0 runs rank 0, the coordinator.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub node_rank: usize,
+    /// HOST:PORT of rank 0, reachable from every machine [default: 127.0.0.1:29500 on
+    /// one machine]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+    /// The quill command each rank runs (train and its arguments), after --.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// Data-parallel training across processes and machines. torchrun's environment
+/// variables are read when the flags are absent.
+#[derive(Debug, Args)]
+pub struct ParallelArgs {
+    /// Processes training one model together (data parallel); --batch-size is per
+    /// process.
+    #[arg(long, env = "WORLD_SIZE", value_name = "N")]
+    pub world_size: Option<usize>,
+    /// This process's rank, 0 to N - 1; rank 0 coordinates, writes the run directory
+    /// and prints progress.
+    #[arg(long, env = "RANK", value_name = "R")]
+    pub rank: Option<usize>,
+    /// HOST:PORT where rank 0 coordinates; rank R also uses PORT + 1 + R [default:
+    /// MASTER_ADDR:MASTER_PORT, or 127.0.0.1:29500]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+    /// Seconds to wait for every rank to join, and for any one step's exchange.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub collective_timeout: u64,
 }
 
 /// The checkpoint formats 'quill import' reads.
@@ -223,6 +268,8 @@ pub struct TrainArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub target: DeviceArgs,
+    #[command(flatten)]
+    pub parallel: ParallelArgs,
     #[command(flatten)]
     pub overrides: TrainOverrides,
 }

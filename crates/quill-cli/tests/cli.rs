@@ -643,6 +643,7 @@ fn help_text_is_plain_english() {
         "data prepare",
         "import",
         "export",
+        "launch",
     ] {
         let args: Vec<&str> = command.split_whitespace().chain(["--help"]).collect();
         let help = stdout(&quill(&args, dir.path()));

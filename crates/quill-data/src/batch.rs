@@ -192,13 +192,27 @@ impl BatchSampler {
         &mut self,
         data: &(impl TokenSource + ?Sized),
     ) -> Result<HostBatch, DataError> {
+        self.sample_host_rows(data, 0..self.batch_size)
+    }
+
+    /// Draws one batch, as [`BatchSampler::sample_host`] does, but reads only its `rows`:
+    /// the generator moves past every row, so each of several processes can take its
+    /// slice of one shared batch (data-parallel training).
+    pub fn sample_host_rows(
+        &mut self,
+        data: &(impl TokenSource + ?Sized),
+        rows: std::ops::Range<usize>,
+    ) -> Result<HostBatch, DataError> {
         check_len("data", data.token_count(), self.block_size)?;
         let n_offsets = (data.token_count() - self.block_size) as u64;
-        let mut x = Vec::with_capacity(self.batch_size * self.block_size);
-        let mut y = Vec::with_capacity(self.batch_size * self.block_size);
+        let mut x = Vec::with_capacity(rows.len() * self.block_size);
+        let mut y = Vec::with_capacity(rows.len() * self.block_size);
         let mut window = Vec::with_capacity(self.block_size + 1);
-        for _ in 0..self.batch_size {
+        for row in 0..self.batch_size {
             let i = self.rng.below(n_offsets) as usize;
+            if !rows.contains(&row) {
+                continue;
+            }
             window.clear();
             data.read_window(i, self.block_size + 1, &mut window)?;
             x.extend_from_slice(&window[..self.block_size]);
@@ -213,8 +227,19 @@ impl BatchSampler {
         data: &(impl TokenSource + ?Sized),
         device: &B::Device,
     ) -> Result<TokenBatch<B>, DataError> {
-        let batch = self.sample_host(data)?;
-        let shape = [self.batch_size, self.block_size];
+        self.sample_rows(data, 0..self.batch_size, device)
+    }
+
+    /// Draws one batch and uploads its `rows` (see [`BatchSampler::sample_host_rows`]) as
+    /// `[rows, block]` tensors.
+    pub fn sample_rows<B: Backend>(
+        &mut self,
+        data: &(impl TokenSource + ?Sized),
+        rows: std::ops::Range<usize>,
+        device: &B::Device,
+    ) -> Result<TokenBatch<B>, DataError> {
+        let shape = [rows.len(), self.block_size];
+        let batch = self.sample_host_rows(data, rows)?;
         Ok((
             ids_to_tensor(&batch.x, shape, device),
             ids_to_tensor(&batch.y, shape, device),
@@ -310,6 +335,20 @@ mod tests {
                     assert_eq!(x[row * 8 + t], x[row * 8 + t - 1] + 1);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn slices_of_a_batch_are_its_rows_and_leave_the_generator_where_the_batch_does() {
+        let data: Vec<u32> = (0..500).collect();
+        let mut whole = BatchSampler::new(6, 8, 42).unwrap();
+        let all = whole.sample_host(&data).unwrap();
+        for (rank, rows) in [0..3, 3..6].into_iter().enumerate() {
+            let mut part = BatchSampler::new(6, 8, 42).unwrap();
+            let slice = part.sample_host_rows(&data, rows.clone()).unwrap();
+            assert_eq!(slice.x, all.x[rows.start * 8..rows.end * 8], "rank {rank}");
+            assert_eq!(slice.y, all.y[rows.start * 8..rows.end * 8], "rank {rank}");
+            assert_eq!(part.rng(), whole.rng(), "rank {rank}");
         }
     }
 

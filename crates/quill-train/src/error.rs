@@ -17,6 +17,9 @@ pub enum TrainError {
     /// From the model.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Data-parallel training: joining, a rank that stopped or differs.
+    #[error("{0}")]
+    Parallel(String),
     /// An I/O error on `path`.
     #[error("{path}: {source}")]
     Io {

@@ -27,11 +27,24 @@ pub fn estimate_loss<B: Backend>(
     eval_iters: usize,
     seed: u64,
 ) -> Result<f32, TrainError> {
+    estimate_loss_rows(model, data, batch_size, 0..batch_size, eval_iters, seed)
+}
+
+/// [`estimate_loss`] on the `rows` of each batch only: one rank's share of a
+/// data-parallel evaluation (the ranks' means, averaged, are the whole batches' mean).
+pub fn estimate_loss_rows<B: Backend>(
+    model: &LanguageModel<B>,
+    data: &(impl TokenSource + ?Sized),
+    batch_size: usize,
+    rows: std::ops::Range<usize>,
+    eval_iters: usize,
+    seed: u64,
+) -> Result<f32, TrainError> {
     let mut sampler = BatchSampler::new(batch_size, model.block_size(), seed)?;
     let device = model.device();
     let mut total = 0.0f64;
     for _ in 0..eval_iters {
-        let (x, y) = sampler.sample::<B>(data, &device)?;
+        let (x, y) = sampler.sample_rows::<B>(data, rows.clone(), &device)?;
         total += model.loss(x, y)?.into_scalar().elem::<f64>();
     }
     Ok((total / eval_iters as f64) as f32)
@@ -45,7 +58,21 @@ pub fn evaluate<B: Backend>(
     eval_iters: usize,
     seed: u64,
 ) -> Result<Losses, TrainError> {
-    let loss = |data: &quill_data::Tokens| estimate_loss(model, data, batch_size, eval_iters, seed);
+    evaluate_rows(model, split, batch_size, 0..batch_size, eval_iters, seed)
+}
+
+/// [`evaluate`] on the `rows` of each batch (see [`estimate_loss_rows`]).
+pub fn evaluate_rows<B: Backend>(
+    model: &LanguageModel<B>,
+    split: &Split,
+    batch_size: usize,
+    rows: std::ops::Range<usize>,
+    eval_iters: usize,
+    seed: u64,
+) -> Result<Losses, TrainError> {
+    let loss = |data: &quill_data::Tokens| {
+        estimate_loss_rows(model, data, batch_size, rows.clone(), eval_iters, seed)
+    };
     Ok(Losses {
         train: loss(&split.train)?,
         val: loss(&split.val)?,

@@ -11,6 +11,8 @@
 //! - [`train`](mod@train): the loop that composes them with the run directory:
 //!   evaluation, samples, records, checkpoints.
 //! - [`inference`]: prompts, stop sequences and streaming for sampling.
+//! - [`distributed`]: data parallelism over Burn's collective engine: ranks, the
+//!   coordinator, faults.
 //! - [`checkpoint`]: self-contained, atomically written checkpoint directories.
 //! - [`hf`]: Hugging Face GPT-2 checkpoints to and from quill's.
 //! - [`run_dir`]: the run directory: one trainer at a time, records, cleanup after
@@ -32,7 +34,7 @@
 //! config.max_iters = 100;
 //! let dataset = Dataset::new(&text, config.val_fraction).unwrap();
 //! let out = RunDir::open("runs/demo").unwrap();
-//! let run = Run { config, dataset: &dataset, out, resume: None, init_from: None, stop: None };
+//! let run = Run { config, dataset: &dataset, out: Some(out), resume: None, init_from: None, stop: None, parallel: None };
 //! let outcome = train::<Autodiff<Flex>>(run, &Default::default(), &mut ()).unwrap();
 //! println!("{outcome:?}");
 //! ```
@@ -40,6 +42,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod distributed;
 pub mod error;
 pub mod evaluate;
 pub mod hf;
@@ -57,7 +60,7 @@ pub mod train;
 pub use checkpoint::{Checkpoint, RunConfig};
 pub use config::{TrainConfig, TrainOverrides};
 pub use error::TrainError;
-pub use evaluate::{Losses, estimate_loss, evaluate};
+pub use evaluate::{Losses, estimate_loss, estimate_loss_rows, evaluate, evaluate_rows};
 pub use inference::{SampleRequest, sample_texts};
 pub use memory::MemoryEstimate;
 pub use run_dir::RunDir;

@@ -94,6 +94,40 @@ impl<B: Backend> GradBuffer<B> {
         self.micro_batches += 1;
     }
 
+    /// Replaces the gradients by their sums over the `ranks` processes of a
+    /// data-parallel run, as one flat tensor that `sum` all-reduces. `extra` values ride
+    /// along and come back summed. The mean gradient then averages every rank's
+    /// micro-batches, as one process with all of them would.
+    pub fn sum_over_ranks(
+        &mut self,
+        ranks: usize,
+        extra: &[f32],
+        sum: impl FnOnce(Tensor<B, 1>) -> Result<Tensor<B, 1>, TrainError>,
+    ) -> Result<Vec<f32>, TrainError> {
+        let device = match self.grads.values().next() {
+            Some(g) => g.device(),
+            None => Default::default(),
+        };
+        let lengths: Vec<usize> = self.grads.values().map(|g| g.dims()[0]).collect();
+        let mut flat: Vec<Tensor<B, 1>> = self.grads.values().cloned().collect();
+        flat.push(Tensor::from_data(
+            TensorData::new(extra.to_vec(), [extra.len()]),
+            &device,
+        ));
+        let summed = sum(Tensor::cat(flat, 0))?;
+        let mut start = 0;
+        for (grad, len) in self.grads.values_mut().zip(lengths) {
+            *grad = summed.clone().slice(start..start + len);
+            start += len;
+        }
+        let extra = summed.slice(start..start + extra.len()).into_data();
+        self.micro_batches *= ranks;
+        extra
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .map_err(|e| TrainError::Parallel(format!("{e:?}")))
+    }
+
     /// The global L2 norm of the mean gradient.
     pub fn global_norm(&self) -> f64 {
         let squares_on_host: Option<f64> = (self.grads.values())

@@ -9,6 +9,7 @@ use quill_data::BatchSampler;
 use quill_model::LanguageModel;
 use quill_model::params::NamedTensor;
 
+use crate::distributed::Collective;
 use crate::optim::{AdamW, GradBuffer, StepOptions};
 use crate::schedule::learning_rate;
 use crate::{TrainConfig, TrainError};
@@ -36,8 +37,21 @@ impl<B: Backend> Batch<B> {
         micro_batches: usize,
         device: &B::Device,
     ) -> Result<Self, TrainError> {
+        let rows = 0..sampler.batch_size();
+        Self::sample_rows(sampler, data, micro_batches, rows, device)
+    }
+
+    /// [`Batch::sample`], keeping only the `rows` of each micro-batch: one rank's slice
+    /// of a data-parallel step.
+    pub fn sample_rows(
+        sampler: &mut BatchSampler,
+        data: &(impl quill_data::TokenSource + ?Sized),
+        micro_batches: usize,
+        rows: std::ops::Range<usize>,
+        device: &B::Device,
+    ) -> Result<Self, TrainError> {
         let micro_batches = (0..micro_batches)
-            .map(|_| sampler.sample::<B>(data, device))
+            .map(|_| sampler.sample_rows::<B>(data, rows.clone(), device))
             .collect::<Result<_, _>>()?;
         Ok(Batch { micro_batches })
     }
@@ -62,6 +76,8 @@ pub struct Trainer<AB: AutodiffBackend> {
     optim: AdamW<AB::InnerBackend>,
     config: TrainConfig,
     iter: usize,
+    /// The other ranks of a data-parallel run: gradients are summed over them.
+    collective: Option<Collective<AB::InnerBackend>>,
 }
 
 impl<AB: AutodiffBackend> Trainer<AB> {
@@ -74,7 +90,20 @@ impl<AB: AutodiffBackend> Trainer<AB> {
             optim: AdamW::new(c.beta1, c.beta2, c.eps, c.weight_decay),
             config: config.clone(),
             iter: 0,
+            collective: None,
         }
+    }
+
+    /// Trains as one rank of a data-parallel run: each step's gradients and loss are
+    /// averaged over all ranks before the update, so every rank applies the same one.
+    pub fn with_collective(mut self, collective: Collective<AB::InnerBackend>) -> Self {
+        self.collective = Some(collective);
+        self
+    }
+
+    /// The data-parallel world this trainer belongs to, if any.
+    pub fn collective(&self) -> Option<&Collective<AB::InnerBackend>> {
+        self.collective.as_ref()
     }
 
     /// A trainer that continues at step `iter` with saved optimizer moments (see
@@ -121,6 +150,17 @@ impl<AB: AutodiffBackend> Trainer<AB> {
     /// AdamW at the schedule's learning rate for this step. A loss that is not finite is
     /// an error, and leaves the model as it was.
     pub fn step(&mut self, batch: &Batch<AB>) -> Result<StepOutput, TrainError> {
+        Ok(self.step_and_vote(batch, false)?.0)
+    }
+
+    /// [`Trainer::step`], and a vote to stop: whether any rank asked to (`stop` here, or
+    /// on another rank of a data-parallel run), so that all ranks stop after the same
+    /// step.
+    pub fn step_and_vote(
+        &mut self,
+        batch: &Batch<AB>,
+        stop: bool,
+    ) -> Result<(StepOutput, bool), TrainError> {
         let (config, iter, model) = (&self.config, self.iter, self.model());
         if config.dropout > 0.0 {
             AB::seed(&model.device(), config.seed.wrapping_add(iter as u64));
@@ -132,7 +172,16 @@ impl<AB: AutodiffBackend> Trainer<AB> {
             loss_sum += loss.clone().into_scalar().elem::<f64>();
             grads.accumulate(model, &loss.backward());
         }
-        let loss = (loss_sum / batch.micro_batches.len().max(1) as f64) as f32;
+        let mut micro_batches = batch.micro_batches.len().max(1);
+        let mut stop = stop;
+        if let Some(collective) = &self.collective {
+            let ranks = collective.world().size;
+            let extra = [loss_sum as f32, f32::from(u8::from(stop))];
+            let summed = grads.sum_over_ranks(ranks, &extra, |g| collective.sum(g))?;
+            (loss_sum, stop) = (f64::from(summed[0]), summed[1] > 0.0);
+            micro_batches *= ranks;
+        }
+        let loss = (loss_sum / micro_batches as f64) as f32;
         if !loss.is_finite() {
             return Err(TrainError::NonFinite { iter, loss });
         }
@@ -148,10 +197,11 @@ impl<AB: AutodiffBackend> Trainer<AB> {
         let (model, grad_norm) = self.optim.step(model, grads, options);
         self.model = Some(model);
         self.iter += 1;
-        Ok(StepOutput {
+        let output = StepOutput {
             loss,
             grad_norm,
             lr,
-        })
+        };
+        Ok((output, stop))
     }
 }

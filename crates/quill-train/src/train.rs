@@ -11,7 +11,8 @@ use quill_model::ModelConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, RunConfig, TrainState};
-use crate::evaluate::evaluate;
+use crate::distributed::{Collective, World, fingerprint};
+use crate::evaluate::{Losses, evaluate_rows};
 use crate::inference::{SampleRequest, sample_texts};
 use crate::metrics::EvalRecord;
 use crate::run_dir::RunDir;
@@ -43,6 +44,9 @@ pub trait Observer {
     fn on_step(&mut self, _step: &StepReport) {}
     /// After each evaluation, with a short sample when `sample_chars` > 0.
     fn on_eval(&mut self, _record: &EvalRecord, _sample: Option<&str>) {}
+    /// In a data-parallel run, after each evaluation found the weights equal on every
+    /// rank: their fingerprint (see [`weights_fingerprint`]).
+    fn on_weights_agree(&mut self, _iter: usize, _fingerprint: u64) {}
 }
 
 /// An observer that ignores everything.
@@ -63,8 +67,9 @@ pub struct Run<'a> {
     pub config: TrainConfig,
     /// The corpus.
     pub dataset: &'a Dataset,
-    /// The run directory, opened (and locked) with [`RunDir::open`].
-    pub out: RunDir,
+    /// The run directory, opened (and locked) with [`RunDir::open`]; `None` records and
+    /// saves nothing (the ranks other than 0 of a data-parallel run).
+    pub out: Option<RunDir>,
     /// A checkpoint to continue from.
     pub resume: Option<Checkpoint>,
     /// A checkpoint whose weights a fresh run starts from, with a fresh optimizer
@@ -72,6 +77,10 @@ pub struct Run<'a> {
     pub init_from: Option<Checkpoint>,
     /// Set (e.g. by Ctrl-C) to save a checkpoint and stop at the next step.
     pub stop: Option<&'a AtomicBool>,
+    /// One rank of a data-parallel run: `batch_size` is per rank, each step's batch of
+    /// `size × batch_size` rows is drawn from the shared seeded stream and this rank
+    /// trains on its slice; gradients, losses and the stop are agreed on by all ranks.
+    pub parallel: Option<World>,
 }
 
 /// Evaluation batches differ between evaluations but are fixed by the random seed.
@@ -93,6 +102,7 @@ pub fn train<AB: AutodiffBackend>(
         resume,
         init_from,
         stop,
+        parallel,
     } = run;
     config.validate()?;
     dataset.split.check_block_size(config.block_size)?;
@@ -100,7 +110,30 @@ pub fn train<AB: AutodiffBackend>(
         model: config.model_config(dataset.tokenizer.vocab_size()),
         train: config.clone(),
     };
-    let mut sampler = config.batch_sampler()?;
+    let collective = match parallel {
+        Some(world) => {
+            let collective = Collective::<AB::InnerBackend>::join(world, device)?;
+            let settings = settings_fingerprint(&run_config, dataset, &collective, &resume)?;
+            collective.check_same(
+                "the settings (model, training, data, world size or checkpoint)",
+                settings,
+            )?;
+            Some(collective)
+        }
+        None => None,
+    };
+    // Every rank draws the whole batch of all ranks (the same seeded stream as one
+    // process with that batch) and keeps its own rows.
+    let (ranks, rows) = collective.as_ref().map_or((1, 0..config.batch_size), |c| {
+        let r = c.world().rank;
+        (
+            c.world().size,
+            r * config.batch_size..(r + 1) * config.batch_size,
+        )
+    });
+    let mut sampler =
+        quill_data::BatchSampler::new(config.batch_size * ranks, config.block_size, config.seed)?;
+    let tokens_per_iter = config.tokens_per_iter() * ranks;
     let (mut trainer, mut state) = match &resume {
         Some(checkpoint) => {
             checkpoint.check_resumable(&run_config.model)?;
@@ -114,11 +147,15 @@ pub fn train<AB: AutodiffBackend>(
                 s.optimizer_steps,
             )?;
             sampler.set_rng(s.sampler_rng.clone());
-            out.resume_at(s.iter, s.iter >= config.max_iters)?;
+            if let Some(out) = out.as_mut() {
+                out.resume_at(s.iter, s.iter >= config.max_iters)?;
+            }
             (trainer, s.clone())
         }
         None => {
-            out.start_fresh()?;
+            if let Some(out) = out.as_mut() {
+                out.start_fresh()?;
+            }
             let model = match &init_from {
                 Some(init) => {
                     dataset.check_tokenizer(&init.tokenizer)?;
@@ -132,7 +169,11 @@ pub fn train<AB: AutodiffBackend>(
             )
         }
     };
+    if let Some(collective) = collective {
+        trainer = trainer.with_collective(collective);
+    }
     let (start, clock, elapsed_before) = (state.iter, Instant::now(), state.elapsed_s);
+    let mut stop_agreed = false;
     let mut since_eval = (Instant::now(), 0usize);
     let mut lr = learning_rate(&config, start);
     observer.on_start(start, config.max_iters);
@@ -153,23 +194,37 @@ pub fn train<AB: AutodiffBackend>(
                 config.eval_iters
             };
             let model = trainer.model().valid();
-            let losses = evaluate(
+            let mut losses = evaluate_rows(
                 &model,
                 &dataset.split,
-                config.batch_size,
+                config.batch_size * ranks,
+                rows.clone(),
                 eval_iters,
                 eval_seed(config.seed, iter),
             )?;
+            if let Some(collective) = trainer.collective() {
+                let weights = weights_fingerprint(&model);
+                collective.check_same(&format!("the weights at step {iter}"), weights)?;
+                observer.on_weights_agree(iter, weights);
+                let all = collective.gather(&[losses.train, losses.val])?;
+                let mean = |i: usize| all.iter().map(|l| l[i]).sum::<f32>() / ranks as f32;
+                losses = Losses {
+                    train: mean(0),
+                    val: mean(1),
+                };
+            }
             let seconds = since_eval.0.elapsed().as_secs_f64().max(1e-9);
             let record = EvalRecord {
                 iter,
                 train_loss: losses.train,
                 val_loss: losses.val,
                 lr,
-                tokens_per_s: (since_eval.1 * config.tokens_per_iter()) as f64 / seconds,
+                tokens_per_s: (since_eval.1 * tokens_per_iter) as f64 / seconds,
                 elapsed_s: state.elapsed_s,
             };
-            out.record_eval(&record, &plot_title(&out, &run_config, iter))?;
+            if let Some(out) = out.as_mut() {
+                out.record_eval(&record, &plot_title(out, &run_config, iter))?;
+            }
             let sample = (config.sample_chars > 0)
                 .then(|| {
                     let request =
@@ -184,27 +239,35 @@ pub fn train<AB: AutodiffBackend>(
             if improved {
                 state.best_val_loss = Some(record.val_loss);
             }
-            let checkpoint = capture(&run_config, dataset, &trainer, &state);
-            out.save_checkpoint(&checkpoint, improved)?;
+            if let Some(out) = &out {
+                let checkpoint = capture(&run_config, dataset, &trainer, &state);
+                out.save_checkpoint(&checkpoint, improved)?;
+            }
             if last {
                 return Ok(Outcome::Finished(record));
             }
             since_eval = (Instant::now(), 0);
         }
-        if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
-            out.flush()?;
-            out.save_checkpoint(&capture(&run_config, dataset, &trainer, &state), false)?;
+        let stop_wanted = stop.is_some_and(|s| s.load(Ordering::SeqCst));
+        // Ranks stop together, after the step in which one of them asked to.
+        if stop_agreed || (stop_wanted && ranks == 1) {
+            if let Some(out) = out.as_mut() {
+                out.flush()?;
+                out.save_checkpoint(&capture(&run_config, dataset, &trainer, &state), false)?;
+            }
             return Ok(Outcome::Interrupted(iter));
         }
 
         let step_start = Instant::now();
-        let batch = Batch::sample(
+        let batch = Batch::sample_rows(
             &mut sampler,
             &dataset.split.train,
             config.grad_accum,
+            rows.clone(),
             device,
         )?;
-        let step = trainer.step(&batch)?;
+        let (step, stop_voted) = trainer.step_and_vote(&batch, stop_wanted)?;
+        stop_agreed = stop_voted;
         lr = step.lr;
         since_eval.1 += 1;
         let seconds = step_start.elapsed().as_secs_f64().max(1e-9);
@@ -213,11 +276,51 @@ pub fn train<AB: AutodiffBackend>(
             loss: step.loss,
             lr: step.lr,
             grad_norm: step.grad_norm,
-            tokens_per_s: config.tokens_per_iter() as f64 / seconds,
+            tokens_per_s: tokens_per_iter as f64 / seconds,
         };
-        out.record_step(&report)?;
+        if let Some(out) = out.as_mut() {
+            out.record_step(&report)?;
+        }
         observer.on_step(&report);
     }
+}
+
+/// What every rank of a data-parallel run must agree on before training: the model and
+/// training settings, the data (vocabulary, split sizes, the first tokens), the world
+/// size and the checkpoint's step when resuming.
+fn settings_fingerprint<B: burn::tensor::backend::Backend>(
+    run_config: &RunConfig,
+    dataset: &Dataset,
+    collective: &Collective<B>,
+    resume: &Option<Checkpoint>,
+) -> Result<u64, TrainError> {
+    use quill_data::TokenSource;
+    let split = &dataset.split;
+    let mut first = Vec::new();
+    let n = split.train.token_count().min(256);
+    split.train.read_window(0, n, &mut first)?;
+    let settings = serde_json::json!({
+        "run": run_config,
+        "vocab_size": dataset.tokenizer.vocab_size(),
+        "tokens": [split.train.token_count(), split.val.token_count()],
+        "first_tokens": first,
+        "world_size": collective.world().size,
+        "resume_iter": resume.as_ref().map(|c| c.state.iter),
+    });
+    Ok(fingerprint(settings.to_string().as_bytes()))
+}
+
+/// A fingerprint of a model's weights (every parameter's bits, in the order of their
+/// names): ranks compare it at each evaluation.
+pub fn weights_fingerprint<B: burn::tensor::backend::Backend>(
+    model: &quill_model::LanguageModel<B>,
+) -> u64 {
+    let mut bytes = Vec::new();
+    for tensor in quill_model::params::export(model) {
+        bytes.extend(tensor.name.bytes());
+        bytes.extend(tensor.values.iter().flat_map(|v| v.to_bits().to_le_bytes()));
+    }
+    fingerprint(&bytes)
 }
 
 /// The checkpoint of the run as it is now.

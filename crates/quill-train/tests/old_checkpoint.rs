@@ -51,10 +51,11 @@ fn a_checkpoint_from_before_the_redesign_resumes_exactly() {
     let run = quill_train::Run {
         config,
         dataset: &dataset,
-        out: RunDir::open(tmp.path()).unwrap(),
+        out: Some(RunDir::open(tmp.path()).unwrap()),
         resume: Some(checkpoint),
         init_from: None,
         stop: None,
+        parallel: None,
     };
     let outcome =
         quill_train::train::<Autodiff<NdArray>>(run, &Default::default(), &mut ()).unwrap();

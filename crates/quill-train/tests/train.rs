@@ -84,10 +84,11 @@ fn run_to(
     let run = Run {
         config,
         dataset: &dataset,
-        out: RunDir::open(out)?,
+        out: Some(RunDir::open(out)?),
         resume,
         init_from: None,
         stop,
+        parallel: None,
     };
     train::<AB>(run, &Default::default(), observer)
 }

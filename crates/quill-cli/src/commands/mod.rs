@@ -5,6 +5,7 @@ mod data;
 mod devices;
 mod eval;
 mod hub;
+mod launch;
 mod parity;
 mod sample;
 mod train;
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Parity(args) => parity::run(args),
         Command::Import(args) => hub::import(args),
         Command::Export(args) => hub::export(args),
+        Command::Launch(args) => launch::run(args),
     }
 }
 

@@ -7,14 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use quill_data::Dataset;
+use quill_train::distributed::World;
 use quill_train::memory::human_bytes;
+use quill_train::metrics::EvalRecord;
 use quill_train::{
-    Checkpoint, MemoryEstimate, Outcome, Run, RunDir, SampleRequest, TrainConfig, sample_texts,
-    train,
+    Checkpoint, MemoryEstimate, Observer, Outcome, Run, RunDir, SampleRequest, StepReport,
+    TrainConfig, sample_texts, train,
 };
 
 use crate::backend::{self, Job};
-use crate::cli::{DataSource, TrainArgs};
+use crate::cli::{DataSource, ParallelArgs, TrainArgs};
 use crate::progress::Progress;
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -25,8 +27,31 @@ static STOP: AtomicBool = AtomicBool::new(false);
 const FINAL_SAMPLE_CHARS: usize = 500;
 const FINAL_SAMPLE_SUBWORDS: usize = 150;
 
+/// The data-parallel world the flags (or torchrun's variables) describe; `None` for one
+/// process.
+pub fn world(args: &ParallelArgs) -> Result<Option<World>> {
+    let size = args.world_size.unwrap_or(1);
+    let rank = args.rank.unwrap_or(0);
+    if size == 1 && rank == 0 {
+        return Ok(None);
+    }
+    let coordinator = args.coordinator.clone().unwrap_or_else(|| {
+        let var = |name: &str, default: &str| std::env::var(name).unwrap_or(default.into());
+        format!(
+            "{}:{}",
+            var("MASTER_ADDR", "127.0.0.1"),
+            var("MASTER_PORT", "29500")
+        )
+    });
+    let timeout = std::time::Duration::from_secs(args.collective_timeout);
+    Ok(Some(World::new(size, rank, &coordinator, timeout)?))
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     let preset = args.preset.as_deref().unwrap_or("cpu");
+    let world = world(&args.parallel)?;
+    // Rank 0 of a data-parallel run (or the only process) writes and reports.
+    let writer = world.as_ref().is_none_or(|w| w.rank == 0);
     let out = match (&args.out, &args.resume, &args.init_from) {
         (Some(out), _, _) => out.clone(),
         (None, Some(dir), _) => dir.parent().map(PathBuf::from).unwrap_or_default(),
@@ -38,7 +63,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // A resumed run's directory is opened (locked, and cleaned of what killed writers
     // left, which may put a checkpoint back in place) before its checkpoint is read.
     let mut run_dir = match &args.resume {
-        Some(_) if !args.dry_run && out.is_dir() => Some(RunDir::open(&out)?),
+        Some(_) if writer && !args.dry_run && out.is_dir() => Some(RunDir::open(&out)?),
         _ => None,
     };
     let resume = args.resume.as_deref().map(Checkpoint::load).transpose()?;
@@ -82,8 +107,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let tokenizer = resume.as_ref().or(init_from.as_ref()).map(|c| &c.tokenizer);
     let spec = TrainConfig::preset_tokenizer(preset);
+    // Only the writer may prepare a dataset; another rank that cannot see it stops.
     let source = DataSource {
-        read_only: args.dry_run,
+        read_only: args.dry_run || !writer,
         ..args.source
     };
     let loaded = super::load_dataset(&source, tokenizer, spec, config.val_fraction)?;
@@ -98,6 +124,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
         target.dtype_bytes(),
     );
     target.check_memory(&estimate)?;
+    if !writer {
+        return run_rank(
+            args.dry_run,
+            target,
+            config,
+            dataset,
+            resume,
+            init_from,
+            world,
+        );
+    }
     println!(
         "# effective configuration ({})",
         match (&args.resume, &args.init_from) {
@@ -131,33 +168,119 @@ pub fn run(args: TrainArgs) -> Result<()> {
     for note in run_dir.recovered() {
         eprintln!("{}: {note}", out.display());
     }
+    install_stop_handler();
+    target.run(TrainJob {
+        config,
+        dataset,
+        out: Some(run_dir),
+        resume,
+        init_from,
+        world,
+    })
+}
+
+/// A rank other than 0: trains its share, writes nothing, prints one line at the end.
+fn run_rank(
+    dry_run: bool,
+    target: backend::Prepared,
+    config: TrainConfig,
+    dataset: Dataset,
+    resume: Option<Checkpoint>,
+    init_from: Option<Checkpoint>,
+    world: Option<World>,
+) -> Result<()> {
+    if dry_run {
+        return Ok(());
+    }
+    install_stop_handler();
+    target.run(TrainJob {
+        config,
+        dataset,
+        out: None,
+        resume,
+        init_from,
+        world,
+    })
+}
+
+/// Ctrl-C saves a checkpoint and stops (all ranks together); a second one quits at once.
+fn install_stop_handler() {
     let _ = ctrlc::set_handler(|| {
         if STOP.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
         eprintln!("\ninterrupted: saving a checkpoint (Ctrl-C again quits at once)");
     });
-    target.run(TrainJob {
-        config,
-        dataset,
-        out: run_dir,
-        resume,
-        init_from,
-    })
 }
 
 struct TrainJob {
     config: TrainConfig,
     dataset: Dataset,
-    out: RunDir,
+    /// `None` on the ranks other than 0.
+    out: Option<RunDir>,
     resume: Option<Checkpoint>,
     init_from: Option<Checkpoint>,
+    world: Option<World>,
+}
+
+/// Passes progress on to the progress bar (rank 0), and keeps the weights' fingerprint
+/// of a data-parallel run.
+struct RankObserver<'a> {
+    progress: Option<&'a mut Progress>,
+    weights: Option<(usize, u64)>,
+}
+
+impl Observer for RankObserver<'_> {
+    fn on_start(&mut self, start: usize, max_iters: usize) {
+        if let Some(p) = self.progress.as_mut() {
+            p.on_start(start, max_iters);
+        }
+    }
+    fn on_step(&mut self, step: &StepReport) {
+        if let Some(p) = self.progress.as_mut() {
+            p.on_step(step);
+        }
+    }
+    fn on_eval(&mut self, record: &EvalRecord, sample: Option<&str>) {
+        if let Some(p) = self.progress.as_mut() {
+            p.on_eval(record, sample);
+        }
+    }
+    fn on_weights_agree(&mut self, iter: usize, fingerprint: u64) {
+        self.weights = Some((iter, fingerprint));
+    }
 }
 
 impl Job for TrainJob {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let (last, best) = (self.out.last(), self.out.best());
+        let Some(out) = &self.out else {
+            let rank = self.world.as_ref().map_or(0, |w| w.rank);
+            let size = self.world.as_ref().map_or(1, |w| w.size);
+            let mut observer = RankObserver {
+                progress: None,
+                weights: None,
+            };
+            let run = Run {
+                config: self.config,
+                dataset: &self.dataset,
+                out: None,
+                resume: self.resume,
+                init_from: self.init_from,
+                stop: Some(&STOP),
+                parallel: self.world,
+            };
+            let outcome = train::<B>(run, &device, &mut observer)?;
+            let iter = match outcome {
+                Outcome::Finished(record) => record.iter,
+                Outcome::Interrupted(iter) => iter,
+            };
+            let weights = agreed(&observer, size).map_or_else(String::new, |w| format!("; {w}"));
+            println!("rank {rank}: stopped after {iter} iterations{weights}");
+            return Ok(());
+        };
+        let (last, best) = (out.last(), out.best());
+        let size = self.world.as_ref().map_or(1, |w| w.size);
         let run = Run {
             config: self.config,
             dataset: &self.dataset,
@@ -165,10 +288,19 @@ impl Job for TrainJob {
             resume: self.resume,
             init_from: self.init_from,
             stop: Some(&STOP),
+            parallel: self.world,
         };
         let mut progress = Progress::new();
-        let outcome = train::<B>(run, &device, &mut progress);
+        let mut observer = RankObserver {
+            progress: Some(&mut progress),
+            weights: None,
+        };
+        let outcome = train::<B>(run, &device, &mut observer);
+        let weights = agreed(&observer, size);
         progress.finish();
+        if let Some(weights) = weights {
+            println!("rank 0: {weights}");
+        }
         match outcome? {
             Outcome::Interrupted(iter) => {
                 println!(
@@ -199,4 +331,12 @@ impl Job for TrainJob {
         }
         Ok(())
     }
+}
+
+/// `weights fingerprint 3f…, equal on all 2 ranks at step 200`; `None` for one process.
+fn agreed(observer: &RankObserver<'_>, ranks: usize) -> Option<String> {
+    let (iter, fingerprint) = observer.weights.filter(|_| ranks > 1)?;
+    Some(format!(
+        "weights fingerprint {fingerprint:016x}, equal on all {ranks} ranks at step {iter}"
+    ))
 }

@@ -1,0 +1,213 @@
+//! `quill launch`: starts the ranks of a data-parallel run on this machine, as torchrun
+//! does: each rank is this program with the given command and torchrun's environment
+//! (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`). Their output
+//! comes back line by line with a `[rank R]` prefix; Ctrl-C is passed on to every rank
+//! (they save a checkpoint together); when one rank fails, the others are stopped.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::LaunchArgs;
+
+/// Ctrl-C presses not yet passed on to the ranks.
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+/// How long stopped ranks get to exit before they are killed.
+const GRACE: Duration = Duration::from_secs(5);
+
+pub fn run(args: LaunchArgs) -> Result<()> {
+    if args.nproc == 0 || args.nnodes == 0 {
+        bail!("--nproc and --nnodes must be at least 1");
+    }
+    if args.node_rank >= args.nnodes {
+        bail!(
+            "--node-rank {} is outside {} machines (0 to {})",
+            args.node_rank,
+            args.nnodes,
+            args.nnodes - 1
+        );
+    }
+    let coordinator = match (&args.coordinator, args.nnodes) {
+        (Some(c), _) => c.clone(),
+        (None, 1) => "127.0.0.1:29500".into(),
+        (None, _) => bail!("--coordinator HOST:PORT is needed with several machines"),
+    };
+    let (host, port) = coordinator
+        .rsplit_once(':')
+        .with_context(|| format!("--coordinator {coordinator:?} is not HOST:PORT"))?;
+    let world = args.nproc * args.nnodes;
+    // As torchrun sets OMP_NUM_THREADS: the ranks share this machine's cores.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .div_ceil(args.nproc)
+        .max(1);
+    let exe = std::env::current_exe().context("the path of this program")?;
+    let (mut ranks, mut relays) = (Vec::new(), Vec::new());
+    for local in 0..args.nproc {
+        let rank = args.node_rank * args.nproc + local;
+        let mut command = Command::new(&exe);
+        command
+            .args(&args.command)
+            .env("WORLD_SIZE", world.to_string())
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", local.to_string())
+            .env("MASTER_ADDR", host)
+            .env("MASTER_PORT", port)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            command.env("RAYON_NUM_THREADS", threads.to_string());
+        }
+        // The terminal's Ctrl-C reaches this process only; it is passed on once.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting rank {rank}"))?;
+        let out = child.stdout.take().expect("piped");
+        let err = child.stderr.take().expect("piped");
+        relays.push(std::thread::spawn(move || relay(out, rank, false)));
+        relays.push(std::thread::spawn(move || relay(err, rank, true)));
+        ranks.push((rank, child));
+    }
+    let _ = ctrlc::set_handler(|| {
+        INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+    });
+    let outcome = supervise(ranks);
+    // Every rank has ended: print the rest of what they wrote.
+    for relay in relays {
+        let _ = relay.join();
+    }
+    outcome
+}
+
+/// Waits for every rank; passes Ctrl-C on; when a rank fails, stops the others and
+/// names it.
+fn supervise(mut ranks: Vec<(usize, Child)>) -> Result<()> {
+    let mut running: Vec<bool> = vec![true; ranks.len()];
+    loop {
+        for _ in 0..INTERRUPTS.swap(0, Ordering::SeqCst) {
+            for (i, (_, child)) in ranks.iter_mut().enumerate() {
+                if running[i] {
+                    signal(child, Signal::Interrupt);
+                }
+            }
+        }
+        let mut failed = Vec::new();
+        for (i, (rank, child)) in ranks.iter_mut().enumerate() {
+            if !running[i] {
+                continue;
+            }
+            let Some(status) = child.try_wait().context("waiting for a rank")? else {
+                continue;
+            };
+            running[i] = false;
+            if !status.success() {
+                failed.push((*rank, status));
+            }
+        }
+        // A rank killed by a signal is the cause; ranks that ended with an error at the
+        // same time saw it go.
+        failed.sort_by_key(|(_, status)| status.code().is_some());
+        if let Some(&(rank, status)) = failed.first() {
+            stop_all(&mut ranks, &mut running);
+            bail!("rank {rank} {}; stopped the other ranks", describe(status));
+        }
+        if running.iter().all(|r| !r) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Asks every running rank to terminate, then kills those still there after [`GRACE`].
+fn stop_all(ranks: &mut [(usize, Child)], running: &mut [bool]) {
+    for (i, (_, child)) in ranks.iter_mut().enumerate() {
+        if running[i] {
+            signal(child, Signal::Terminate);
+        }
+    }
+    let start = Instant::now();
+    for (i, (_, child)) in ranks.iter_mut().enumerate() {
+        while running[i] {
+            if let Ok(Some(_)) = child.try_wait() {
+                running[i] = false;
+            } else if start.elapsed() > GRACE {
+                let _ = child.kill();
+                let _ = child.wait();
+                running[i] = false;
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+fn signal(child: &mut Child, signal: Signal) {
+    #[cfg(unix)]
+    {
+        let number = match signal {
+            Signal::Interrupt => libc::SIGINT,
+            Signal::Terminate => libc::SIGTERM,
+        };
+        // SAFETY: kill(2) on the id of a child not yet waited for (so not reused).
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, number);
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if matches!(signal, Signal::Terminate) {
+            let _ = child.kill();
+        }
+    }
+}
+
+/// `exited with status 1`, `was killed by signal 9 (SIGKILL)`.
+fn describe(status: ExitStatus) -> String {
+    #[cfg(unix)]
+    if let Some(number) = std::os::unix::process::ExitStatusExt::signal(&status) {
+        let name = match number {
+            libc::SIGKILL => " (SIGKILL)",
+            libc::SIGTERM => " (SIGTERM)",
+            libc::SIGINT => " (SIGINT)",
+            libc::SIGSEGV => " (SIGSEGV)",
+            libc::SIGABRT => " (SIGABRT)",
+            _ => "",
+        };
+        return format!("was killed by signal {number}{name}");
+    }
+    match status.code() {
+        Some(code) => format!("exited with status {code}"),
+        None => format!("ended: {status}"),
+    }
+}
+
+/// Copies a rank's output line by line, each with the rank's prefix.
+fn relay(stream: impl Read, rank: usize, to_stderr: bool) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\n', '\r']);
+        // Progress bars redraw with carriage returns: keep the last state.
+        let text = text.rsplit('\r').next().unwrap_or_default();
+        let prefixed = format!("[rank {rank}] {text}\n");
+        let _ = if to_stderr {
+            std::io::stderr().lock().write_all(prefixed.as_bytes())
+        } else {
+            std::io::stdout().lock().write_all(prefixed.as_bytes())
+        };
+        line.clear();
+    }
+}

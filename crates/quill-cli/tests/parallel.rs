@@ -1,0 +1,424 @@
+//! Data-parallel training with real processes on Flex over localhost: two ranks train
+//! the model of one process with their batches together, resume exactly, and stop
+//! cleanly (one line each) when a rank dies, differs, cannot reach the coordinator or
+//! cannot see the data.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TINY_MODEL, error_line, quill, stdout};
+
+/// A directory with tiny Shakespeare at data/tiny.txt.
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare/input.txt");
+    fs::create_dir_all(dir.path().join("data")).unwrap();
+    fs::copy(&corpus, dir.path().join("data/tiny.txt")).unwrap();
+    dir
+}
+
+/// `quill train` on the tiny model and corpus, `batch` rows per rank, then `extra`.
+fn train_args(batch: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["train", "--data", "data/tiny.txt", "--device", "flex"];
+    // The tiny model with this test's batch size.
+    let model = TINY_MODEL.split(|a| *a == "--batch-size").next().unwrap();
+    args.extend_from_slice(model);
+    args.extend_from_slice(&["--batch-size", batch, "--eval-iters", "2"]);
+    args.extend_from_slice(&["--final-eval-iters", "4", "--sample-chars", "0"]);
+    args.extend_from_slice(extra);
+    args.into_iter().map(String::from).collect()
+}
+
+/// Rank `rank` of `world` ranks coordinated at 127.0.0.1:`port`, started now.
+fn spawn_rank(dir: &Path, args: &[String], world: usize, rank: usize, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_quill"))
+        .args(args)
+        .args([
+            "--world-size",
+            &world.to_string(),
+            "--rank",
+            &rank.to_string(),
+        ])
+        .args(["--coordinator", &format!("127.0.0.1:{port}")])
+        .current_dir(dir)
+        .env_remove("RUST_BACKTRACE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("quill starts")
+}
+
+/// Both ranks of a 2-rank run, to the end.
+fn two_ranks(dir: &Path, args: &[String], port: u16) -> [Output; 2] {
+    let ranks = [0, 1].map(|r| spawn_rank(dir, args, 2, r, port));
+    ranks.map(|r| r.wait_with_output().unwrap())
+}
+
+/// `(iter, loss)` of each step in `run/steps.jsonl`.
+fn step_losses(dir: &Path, run: &str) -> Vec<(u64, f64)> {
+    fs::read_to_string(dir.join(run).join("steps.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["iter"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+/// The weights fingerprint a rank printed at the end.
+fn fingerprint(out: &str) -> String {
+    let at = out.find("weights fingerprint ").expect(out) + "weights fingerprint ".len();
+    out[at..at + 16].to_string()
+}
+
+/// The float weights of `run/last`, in file order.
+fn weights(dir: &Path, run: &str) -> Vec<(String, Vec<f32>)> {
+    let bytes = fs::read(dir.join(run).join("last/model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let mut tensors: Vec<(String, Vec<f32>)> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .map(|(name, t)| {
+            let at = t["data_offsets"].as_array().unwrap();
+            let (a, b) = (at[0].as_u64().unwrap(), at[1].as_u64().unwrap());
+            let data = &bytes[8 + header_len + a as usize..8 + header_len + b as usize];
+            let values = data
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (name.clone(), values)
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+#[test]
+fn two_ranks_of_six_train_the_model_of_one_rank_of_twelve() {
+    let dir = setup();
+    let steps = ["--max-iters", "20", "--eval-interval", "10"];
+    stdout(&quill(
+        &train_args("12", &[&steps[..], &["--out", "one"]].concat())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        dir.path(),
+    ));
+    let [rank0, rank1] = two_ranks(
+        dir.path(),
+        &train_args("6", &[&steps[..], &["--out", "two"]].concat()),
+        29810,
+    );
+    let (out0, out1) = (stdout(&rank0), stdout(&rank1));
+    // Each rank checked at every evaluation that the weights are the same everywhere.
+    assert_eq!(fingerprint(&out0), fingerprint(&out1));
+    assert!(
+        out1.contains("rank 1: stopped after 20 iterations"),
+        "{out1}"
+    );
+    // Rank 0 alone writes.
+    assert!(out0.contains("done: 20 iterations"), "{out0}");
+    assert!(!out1.contains("effective configuration"), "{out1}");
+
+    let (one, two) = (
+        step_losses(dir.path(), "one"),
+        step_losses(dir.path(), "two"),
+    );
+    assert_eq!(one.len(), 20);
+    assert_eq!(two.len(), 20);
+    for ((i, a), (j, b)) in one.iter().zip(&two) {
+        assert_eq!(i, j);
+        assert!((a - b).abs() <= 1e-4, "step {i}: {a} vs {b}");
+    }
+    // The losses move: equality is not two constant runs.
+    assert!((one[0].1 - one[19].1).abs() > 1e-3, "{one:?}");
+    let metrics = |run: &str| -> Vec<f64> {
+        fs::read_to_string(dir.path().join(run).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["val_loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (val1, val2) = (metrics("one"), metrics("two"));
+    assert_eq!(val1.len(), 3);
+    for (a, b) in val1.iter().zip(&val2) {
+        assert!((a - b).abs() <= 1e-4, "{val1:?} vs {val2:?}");
+    }
+    let (w1, w2) = (weights(dir.path(), "one"), weights(dir.path(), "two"));
+    assert_eq!(w1.len(), w2.len());
+    for ((name, a), (_, b)) in w1.iter().zip(&w2) {
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(worst <= 1e-4, "{name}: {worst}");
+    }
+}
+
+#[test]
+fn a_two_rank_run_resumes_exactly() {
+    let dir = setup();
+    let straight = train_args(
+        "4",
+        &[
+            "--max-iters",
+            "8",
+            "--eval-interval",
+            "4",
+            "--out",
+            "straight",
+        ],
+    );
+    for out in two_ranks(dir.path(), &straight, 29820) {
+        stdout(&out);
+    }
+    let split = train_args(
+        "4",
+        &["--max-iters", "4", "--eval-interval", "4", "--out", "split"],
+    );
+    for out in two_ranks(dir.path(), &split, 29830) {
+        stdout(&out);
+    }
+    let resume: Vec<String> = ["train", "--resume", "split/last", "--max-iters", "8"]
+        .iter()
+        .chain(&[
+            "--data",
+            "data/tiny.txt",
+            "--device",
+            "flex",
+            "--sample-chars",
+            "0",
+        ])
+        .map(|s| s.to_string())
+        .collect();
+    let [r0, r1] = two_ranks(dir.path(), &resume, 29840);
+    let (r0, r1) = (stdout(&r0), stdout(&r1));
+    assert_eq!(fingerprint(&r0), fingerprint(&r1));
+    let expected = step_losses(dir.path(), "straight");
+    assert_eq!(expected.len(), 8);
+    assert_eq!(step_losses(dir.path(), "split"), expected);
+    assert_eq!(
+        weights(dir.path(), "split"),
+        weights(dir.path(), "straight")
+    );
+}
+
+#[test]
+fn a_killed_rank_stops_the_other_with_its_name() {
+    let dir = setup();
+    let args = train_args(
+        "4",
+        &[
+            "--max-iters",
+            "100000",
+            "--eval-interval",
+            "100000",
+            "--out",
+            "k",
+        ],
+    );
+    let mut rank0 = spawn_rank(dir.path(), &args, 2, 0, 29850);
+    let mut rank1 = spawn_rank(dir.path(), &args, 2, 1, 29850);
+    // Training is under way once rank 0 records steps.
+    let steps = dir.path().join("k/steps.jsonl");
+    let start = Instant::now();
+    while fs::metadata(&steps).map_or(true, |m| m.len() < 200) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no steps recorded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rank1.kill().unwrap();
+    rank1.wait().unwrap();
+    let killed = Instant::now();
+    let out = rank0_exit(&mut rank0, Duration::from_secs(20));
+    let line = error_line(&out);
+    assert!(line.starts_with("error: rank 1 stopped"), "{line}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        killed.elapsed()
+    );
+}
+
+/// Waits at most `limit` for `child` to end (killing it then, failing the test).
+fn rank0_exit(child: &mut Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("rank 0 still runs {limit:?} after rank 1 died");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut out = Output {
+        status: child.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    use std::io::Read;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut out.stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_end(&mut out.stderr)
+        .unwrap();
+    out
+}
+
+#[test]
+fn ranks_with_other_settings_are_refused_at_start() {
+    let dir = setup();
+    let args = train_args("4", &["--max-iters", "4", "--out", "m"]);
+    let other: Vec<String> = args
+        .iter()
+        .cloned()
+        .chain(["--seed".into(), "7".into()])
+        .collect();
+    let rank0 = spawn_rank(dir.path(), &args, 2, 0, 29860);
+    let rank1 = spawn_rank(dir.path(), &other, 2, 1, 29860);
+    for out in [rank0, rank1].map(|r| r.wait_with_output().unwrap()) {
+        assert_eq!(
+            error_line(&out),
+            "error: the settings (model, training, data, world size or checkpoint) of rank 1 differ from rank 0's"
+        );
+    }
+    assert!(!dir.path().join("m/steps.jsonl").exists());
+}
+
+#[test]
+fn an_unreachable_coordinator_and_a_missing_rank_time_out() {
+    let dir = setup();
+    let args = train_args(
+        "4",
+        &[
+            "--max-iters",
+            "4",
+            "--out",
+            "u",
+            "--collective-timeout",
+            "2",
+        ],
+    );
+    let start = Instant::now();
+    let alone = spawn_rank(dir.path(), &args, 2, 1, 29870)
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(
+        error_line(&alone),
+        "error: cannot reach the coordinator at 127.0.0.1:29870 within 2 s (is rank 0 running?)"
+    );
+    assert!(start.elapsed() < Duration::from_secs(15));
+    // Rank 1 cannot see the data: it says so; rank 0 gives up waiting for it.
+    let missing: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a == "data/tiny.txt" {
+                "data/absent.txt".into()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let rank0 = spawn_rank(dir.path(), &args, 2, 0, 29880);
+    let rank1 = spawn_rank(dir.path(), &missing, 2, 1, 29880);
+    let [out0, out1] = [rank0, rank1].map(|r| r.wait_with_output().unwrap());
+    let line = error_line(&out1);
+    assert!(line.contains("data/absent.txt"), "{line}");
+    assert_eq!(
+        error_line(&out0),
+        "error: not all 2 ranks joined within 2 s (coordinator 127.0.0.1:29880)"
+    );
+}
+
+#[test]
+fn launch_starts_the_ranks_and_names_one_that_dies() {
+    let dir = setup();
+    let mut args = vec!["launch".to_string(), "--nproc".into(), "2".into()];
+    args.extend([
+        "--coordinator".into(),
+        "127.0.0.1:29890".into(),
+        "--".into(),
+    ]);
+    args.extend(train_args(
+        "4",
+        &["--max-iters", "6", "--eval-interval", "3", "--out", "l"],
+    ));
+    let out = stdout(&quill(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        dir.path(),
+    ));
+    assert!(out.contains("[rank 0] done: 6 iterations"), "{out}");
+    assert!(
+        out.contains("[rank 1] rank 1: stopped after 6 iterations"),
+        "{out}"
+    );
+    let sample = quill(
+        &["sample", "--checkpoint", "l/best", "--max-new-tokens", "20"],
+        dir.path(),
+    );
+    assert!(!stdout(&sample).is_empty());
+
+    // A rank killed under launch: launch names it and stops the other.
+    args.iter_mut().for_each(|a| {
+        if a == "6" {
+            *a = "100000".into();
+        }
+        if a == "l" {
+            *a = "k".into();
+        }
+    });
+    let mut launch = Command::new(env!("CARGO_BIN_EXE_quill"))
+        .args(&args)
+        .current_dir(dir.path())
+        .env_remove("RUST_BACKTRACE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let steps = dir.path().join("k/steps.jsonl");
+    let start = Instant::now();
+    while fs::metadata(&steps).map_or(true, |m| m.len() < 200) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no steps recorded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", launch.id())).unwrap();
+    let pids: Vec<i32> = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{children}");
+    // The ranks start in order: the second is rank 1.
+    Command::new("kill")
+        .args(["-9", &pids[1].to_string()])
+        .status()
+        .unwrap();
+    let out = rank0_exit(&mut launch, Duration::from_secs(20));
+    assert_eq!(
+        error_line(&out),
+        "error: rank 1 was killed by signal 9 (SIGKILL); stopped the other ranks"
+    );
+}

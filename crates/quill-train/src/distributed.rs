@@ -1,0 +1,402 @@
+//! Data parallelism on Burn's collective engine (`burn-collective`): several processes,
+//! on one machine or several, train one model, as PyTorch's DDP does for nanoGPT.
+//!
+//! - **Ranks.** `world_size` processes; rank 0 also runs the collective's orchestrator on
+//!   the coordinator's port (`MASTER_PORT`), which the others reach at `HOST:PORT`. Rank
+//!   `r` serves its tensors to its peers on port `PORT + 1 + r`.
+//! - **Joining.** [`Collective::join`] registers with the orchestrator, then every rank
+//!   learns every other's address (an all-gather, done as an all-reduce of one slot per
+//!   rank), so that it can tell which rank stopped.
+//! - **Faults.** Each collective call runs beside a watchdog: every second it checks that
+//!   each peer still accepts connections on its port. A rank that died is named in the
+//!   error within about a second; a call that does not finish within the timeout (a
+//!   rank that hangs) is an error too. Burn's calls themselves never time out.
+//! - **Agreement.** [`Collective::check_same`] compares a hash across ranks (the
+//!   settings at start-up, the weights at each evaluation) and names the ranks that
+//!   differ from rank 0.
+
+use std::marker::PhantomData;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_collective::{AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation};
+
+use crate::TrainError;
+
+/// Where a process stands in a data-parallel run: torchrun's `WORLD_SIZE`, `RANK`,
+/// `MASTER_ADDR:MASTER_PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct World {
+    /// Processes in the run.
+    pub size: usize,
+    /// This process, `0..size`; rank 0 coordinates and writes.
+    pub rank: usize,
+    /// The coordinator's host name or address.
+    pub host: String,
+    /// The coordinator's port; rank `r` also uses `port + 1 + r`.
+    pub port: u16,
+    /// How long joining may take, and the longest a collective call may wait.
+    pub timeout: Duration,
+}
+
+impl World {
+    /// A world, checked: a rank inside it, ports that exist.
+    pub fn new(
+        size: usize,
+        rank: usize,
+        coordinator: &str,
+        timeout: Duration,
+    ) -> Result<World, TrainError> {
+        let bad = |why: String| TrainError::Parallel(why);
+        if size == 0 {
+            return Err(bad("the world size must be at least 1".into()));
+        }
+        if rank >= size {
+            return Err(bad(format!(
+                "rank {rank} is outside a world of {size} (ranks are 0 to {})",
+                size - 1
+            )));
+        }
+        let (host, port) = coordinator
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+            .filter(|(h, _)| !h.is_empty())
+            .ok_or_else(|| bad(format!("coordinator {coordinator:?} is not HOST:PORT")))?;
+        if usize::from(port) + size > usize::from(u16::MAX) {
+            return Err(bad(format!(
+                "coordinator port {port} leaves no room for {size} ranks' ports above it"
+            )));
+        }
+        Ok(World {
+            size,
+            rank,
+            host: host.to_string(),
+            port,
+            timeout,
+        })
+    }
+
+    /// The port rank `rank` serves its tensors on.
+    pub fn data_port(&self, rank: usize) -> u16 {
+        self.port + 1 + rank as u16
+    }
+
+    fn coordinator(&self) -> Result<SocketAddr, TrainError> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.find(SocketAddr::is_ipv4))
+            .ok_or_else(|| {
+                TrainError::Parallel(format!(
+                    "cannot resolve the coordinator's host {:?}",
+                    self.host
+                ))
+            })
+    }
+}
+
+/// A joined data-parallel world on backend `B` (the inner backend of training).
+#[derive(Debug)]
+pub struct Collective<B: Backend> {
+    world: World,
+    /// Every rank's data-service address, this one's included.
+    peers: Vec<SocketAddr>,
+    device: B::Device,
+    _backend: PhantomData<B>,
+}
+
+/// A hash of `bytes` (FNV-1a, 64 bits): what ranks compare.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A 64-bit hash as four 16-bit pieces, each exact in `f32`.
+fn hash_pieces(hash: u64) -> [f32; 4] {
+    std::array::from_fn(|i| ((hash >> (16 * i)) & 0xffff) as f32)
+}
+
+fn hash_from_pieces(pieces: &[f32]) -> u64 {
+    (pieces.iter().enumerate()).fold(0, |h, (i, &p)| h | ((p as u64) << (16 * i)))
+}
+
+impl<B: Backend> Collective<B> {
+    /// Joins the world on `device`: rank 0 starts the orchestrator, every rank registers
+    /// and learns the others' addresses. Waits at most `world.timeout` for all ranks.
+    pub fn join(world: World, device: &B::Device) -> Result<Self, TrainError> {
+        let coordinator = world.coordinator()?;
+        let own_ip = own_address(coordinator.ip());
+        let data_port = world.data_port(world.rank);
+        let in_use = |port: u16| {
+            TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_err().then(|| {
+                TrainError::Parallel(format!(
+                    "port {port} is in use on this machine (another run?); pick another coordinator port"
+                ))
+            })
+        };
+        if world.rank == 0
+            && let Some(err) = in_use(world.port)
+        {
+            return Err(err);
+        }
+        if let Some(err) = in_use(data_port) {
+            return Err(err);
+        }
+        if world.rank == 0 {
+            let port = world.port;
+            std::thread::Builder::new()
+                .name("quill-orchestrator".into())
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(1)
+                        .enable_all()
+                        .build()
+                        .expect("a tokio runtime");
+                    runtime.block_on(burn_collective::start_global_orchestrator(port));
+                })
+                .map_err(|e| TrainError::Parallel(format!("orchestrator thread: {e}")))?;
+        }
+        let address = |ip: IpAddr, port: u16| format!("ws://{ip}:{port}");
+        let config = CollectiveConfig::default()
+            .with_num_devices(1)
+            .with_num_nodes(world.size as u32)
+            .with_global_address(address(coordinator.ip(), world.port).parse().expect("text"))
+            .with_node_address(address(own_ip, data_port).parse().expect("text"))
+            .with_data_service_port(data_port)
+            // Tree and ring both work; with two ranks the tree moves each half of the
+            // data once fewer (BENCHMARKS.md has the measurement).
+            .with_global_all_reduce_strategy(AllReduceStrategy::Tree(2));
+        let rank = world.rank;
+        let on = device.clone();
+        let registered = watch(
+            move || burn_collective::register::<B>(PeerId(rank as u32), on, config),
+            Duration::from_millis(500),
+            world.timeout,
+            || None,
+        )
+        .map_err(|_| {
+            let waited = world.timeout.as_secs();
+            TrainError::Parallel(if rank != 0 && !accepts(coordinator) {
+                format!("cannot reach the coordinator at {coordinator} within {waited} s (is rank 0 running?)")
+            } else {
+                format!(
+                    "not all {} ranks joined within {waited} s (coordinator {coordinator})",
+                    world.size
+                )
+            })
+        })?;
+        registered.map_err(|e| {
+            TrainError::Parallel(match format!("{e:?}") {
+                e if e.contains("RegisterParamsMismatch") => format!(
+                    "rank {rank}'s world size ({}) differs from the ranks that joined first",
+                    world.size
+                ),
+                e => format!("joining the world: {e}"),
+            })
+        })?;
+        let mut collective = Collective {
+            peers: vec![SocketAddr::new(own_ip, data_port); world.size],
+            world,
+            device: device.clone(),
+            _backend: PhantomData,
+        };
+        // Everyone's address: an all-gather of (IPv4, port).
+        let ip = match own_ip {
+            IpAddr::V4(v4) => v4.octets().map(f32::from),
+            IpAddr::V6(_) => [127.0, 0.0, 0.0, 1.0],
+        };
+        let slots = collective.gather(&[ip[0], ip[1], ip[2], ip[3], f32::from(data_port)])?;
+        collective.peers = slots
+            .iter()
+            .map(|s| {
+                let ip = Ipv4Addr::new(s[0] as u8, s[1] as u8, s[2] as u8, s[3] as u8);
+                SocketAddr::new(IpAddr::V4(ip), s[4] as u16)
+            })
+            .collect();
+        Ok(collective)
+    }
+
+    /// The world this process joined.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// Sums `tensor` over all ranks; every rank gets the sum.
+    pub fn sum(&self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>, TrainError> {
+        if self.world.size == 1 {
+            return Ok(tensor);
+        }
+        let rank = PeerId(self.world.rank as u32);
+        let primitive = tensor.into_primitive().tensor();
+        let summed = watch(
+            move || burn_collective::all_reduce::<B>(rank, primitive, ReduceOperation::Sum),
+            Duration::from_secs(1),
+            self.world.timeout,
+            || self.stopped_peer(),
+        )
+        .map_err(|e| match e {
+            Waited::TimedOut => TrainError::Parallel(format!(
+                "the other ranks did not answer within {} s",
+                self.world.timeout.as_secs()
+            )),
+            Waited::Stopped(why) => TrainError::Parallel(why),
+        })?
+        .map_err(|e| {
+            // Burn names peers by its own node numbers; name the rank that stopped.
+            let stopped = (0..10).find_map(|_| {
+                let found = self.stopped_peer();
+                if found.is_none() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                found
+            });
+            TrainError::Parallel(stopped.unwrap_or_else(|| format!("all-reduce failed: {e:?}")))
+        })?;
+        Ok(Tensor::from_primitive(TensorPrimitive::Float(summed)))
+    }
+
+    /// Every rank's `values` (the same length on every rank), by rank.
+    pub fn gather(&self, values: &[f32]) -> Result<Vec<Vec<f32>>, TrainError> {
+        let (n, rank) = (values.len(), self.world.rank);
+        let mut slots = vec![0.0f32; n * self.world.size];
+        slots[rank * n..(rank + 1) * n].copy_from_slice(values);
+        let shape = [n * self.world.size];
+        let slots = Tensor::<B, 1>::from_data(TensorData::new(slots, shape), &self.device);
+        let all = self
+            .sum(slots)?
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>();
+        let all = all.map_err(|e| TrainError::Parallel(format!("{e:?}")))?;
+        Ok(all.chunks(n.max(1)).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Checks that every rank has the same `hash` of `what`; the error names the ranks
+    /// whose hash differs from rank 0's.
+    pub fn check_same(&self, what: &str, hash: u64) -> Result<(), TrainError> {
+        let hashes: Vec<u64> = (self.gather(&hash_pieces(hash))?.iter())
+            .map(|p| hash_from_pieces(p))
+            .collect();
+        let differ: Vec<String> = (1..hashes.len())
+            .filter(|&r| hashes[r] != hashes[0])
+            .map(|r| r.to_string())
+            .collect();
+        if differ.is_empty() {
+            return Ok(());
+        }
+        Err(TrainError::Parallel(format!(
+            "{what} of rank{} {} differ from rank 0's",
+            if differ.len() > 1 { "s" } else { "" },
+            differ.join(", ")
+        )))
+    }
+
+    /// A peer that no longer accepts connections: it stopped.
+    fn stopped_peer(&self) -> Option<String> {
+        (self.peers.iter().enumerate())
+            .filter(|&(r, _)| r != self.world.rank)
+            .find(|(_, addr)| !accepts(**addr))
+            .map(|(r, addr)| format!("rank {r} stopped (nothing answers at {addr})"))
+    }
+}
+
+/// Why [`watch`] gave up.
+enum Waited {
+    /// `timeout` passed.
+    TimedOut,
+    /// `check` found a reason.
+    Stopped(String),
+}
+
+/// Runs `work` on its own thread and waits for it, calling `check` every `every`: gives
+/// up when `check` finds a reason or after `timeout`. Burn's collective calls block
+/// forever when a peer is gone; the abandoned thread ends with the process.
+fn watch<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+    every: Duration,
+    timeout: Duration,
+    check: impl Fn() -> Option<String>,
+) -> Result<T, Waited> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("quill-collective".into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(|e| Waited::Stopped(format!("collective thread: {e}")))?;
+    let start = Instant::now();
+    loop {
+        match rx.recv_timeout(every) {
+            Ok(value) => return Ok(value),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Waited::Stopped(
+                    "the collective call failed inside Burn".into(),
+                ));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if let Some(why) = check() {
+            return Err(Waited::Stopped(why));
+        }
+        if start.elapsed() >= timeout {
+            return Err(Waited::TimedOut);
+        }
+    }
+}
+
+/// Whether something accepts TCP connections at `addr`.
+fn accepts(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// The address other ranks reach this machine at: loopback when the coordinator is
+/// local, else the address this machine uses to reach the coordinator.
+fn own_address(coordinator: IpAddr) -> IpAddr {
+    if coordinator.is_loopback() {
+        return IpAddr::V4(Ipv4Addr::LOCALHOST);
+    }
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| {
+            s.connect(SocketAddr::new(coordinator, 9))?;
+            s.local_addr()
+        })
+        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worlds_are_checked() {
+        let t = Duration::from_secs(1);
+        let w = World::new(2, 1, "127.0.0.1:29500", t).unwrap();
+        assert_eq!(
+            (w.host.as_str(), w.port, w.data_port(1)),
+            ("127.0.0.1", 29500, 29502)
+        );
+        for (size, rank, at, message) in [
+            (0, 0, "h:1", "at least 1"),
+            (2, 2, "h:1", "rank 2 is outside a world of 2"),
+            (2, 0, "h", "is not HOST:PORT"),
+            (2, 0, ":80", "is not HOST:PORT"),
+            (2, 0, "h:99999", "is not HOST:PORT"),
+            (4, 0, "h:65534", "no room"),
+        ] {
+            let err = World::new(size, rank, at, t).unwrap_err().to_string();
+            assert!(err.contains(message), "{err}");
+        }
+    }
+
+    #[test]
+    fn hashes_travel_exactly_as_four_pieces() {
+        for hash in [0, 1, u64::MAX, fingerprint(b"quill"), 0x8000_0000_0000_ffff] {
+            assert_eq!(hash_from_pieces(&hash_pieces(hash)), hash);
+        }
+        assert_ne!(fingerprint(b"seed=1"), fingerprint(b"seed=2"));
+    }
+}
