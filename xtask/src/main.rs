@@ -12,9 +12,12 @@
 //!   throughput and memory beside tiktoken (see [`tokenizer_bench`]).
 //! - `cargo xtask bench-gpt2 [--tokens N] [--pairs P]`: sampling a GPT-2-124M-shaped
 //!   model beside transformers, and the memory of finetuning it (see [`gpt2_bench`]).
+//! - `cargo xtask bench-parallel [--pairs P] [--iters N]`: the cost of data parallelism
+//!   with real processes over localhost (see [`parallel_bench`]).
 
 mod bench;
 mod gpt2_bench;
+mod parallel_bench;
 mod tokenizer_bench;
 
 use std::path::{Path, PathBuf};
@@ -40,8 +43,9 @@ fn main() -> Result<()> {
         ["bench", rest @ ..] => bench::run(rest),
         ["bench-tokenizer", rest @ ..] => tokenizer_bench::run(rest),
         ["bench-gpt2", rest @ ..] => gpt2_bench::run(rest),
+        ["bench-parallel", rest @ ..] => parallel_bench::run(rest),
         _ => bail!(
-            "usage: cargo xtask data [--from FILE] | cargo xtask ci | cargo xtask bench [--iters N] [--quick] | cargo xtask bench-tokenizer [--mb N] [--bpe VOCAB] [--train] | cargo xtask bench-gpt2 [--tokens N] [--pairs P]"
+            "usage: cargo xtask data [--from FILE] | cargo xtask ci | cargo xtask bench [--iters N] [--quick] | cargo xtask bench-tokenizer [--mb N] [--bpe VOCAB] [--train] | cargo xtask bench-gpt2 [--tokens N] [--pairs P] | cargo xtask bench-parallel [--pairs P] [--iters N]"
         ),
     }
 }

@@ -63,7 +63,9 @@ pub struct LaunchArgs {
     /// one machine]
     #[arg(long, value_name = "HOST:PORT")]
     pub coordinator: Option<String>,
-    /// The quill command each rank runs (train and its arguments), after --.
+    /// The quill command each rank runs (train and its arguments), after --. Its
+    /// --device may list one device per rank (cuda:0,cuda:1); a bare cuda or wgpu
+    /// gives rank R of this machine device R.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<std::ffi::OsString>,
 }

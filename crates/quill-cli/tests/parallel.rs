@@ -364,6 +364,10 @@ fn launch_starts_the_ranks_and_names_one_that_dies() {
         "4",
         &["--max-iters", "6", "--eval-interval", "3", "--out", "l"],
     ));
+    // One device per rank, from a list (launch hands them out).
+    for arg in args.iter_mut().filter(|a| *a == "flex") {
+        *arg = "flex,flex".into();
+    }
     let out = stdout(&quill(
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
         dir.path(),

@@ -65,4 +65,4 @@ pub use inference::{SampleRequest, sample_texts};
 pub use memory::MemoryEstimate;
 pub use run_dir::RunDir;
 pub use step::{Batch, StepOutput, Trainer};
-pub use train::{Observer, Outcome, Run, StepReport, train};
+pub use train::{Agreement, Observer, Outcome, Run, StepReport, train};

@@ -45,8 +45,23 @@ pub trait Observer {
     /// After each evaluation, with a short sample when `sample_chars` > 0.
     fn on_eval(&mut self, _record: &EvalRecord, _sample: Option<&str>) {}
     /// In a data-parallel run, after each evaluation found the weights equal on every
-    /// rank: their fingerprint (see [`weights_fingerprint`]).
-    fn on_weights_agree(&mut self, _iter: usize, _fingerprint: u64) {}
+    /// rank.
+    fn on_ranks_agree(&mut self, _agreement: &Agreement) {}
+}
+
+/// What the ranks of a data-parallel run agreed on at an evaluation, and what the
+/// exchanges cost this rank so far.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Agreement {
+    /// Steps taken.
+    pub iter: usize,
+    /// The weights' fingerprint, the same on every rank (see [`weights_fingerprint`]).
+    pub weights: u64,
+    /// Seconds this rank spent in all-reduces (gradients and checks), waiting for the
+    /// others included.
+    pub exchange_s: f64,
+    /// All-reduces so far: one per step, plus the checks.
+    pub exchanges: usize,
 }
 
 /// An observer that ignores everything.
@@ -205,7 +220,13 @@ pub fn train<AB: AutodiffBackend>(
             if let Some(collective) = trainer.collective() {
                 let weights = weights_fingerprint(&model);
                 collective.check_same(&format!("the weights at step {iter}"), weights)?;
-                observer.on_weights_agree(iter, weights);
+                let (spent, exchanges) = collective.time_in_sums();
+                observer.on_ranks_agree(&Agreement {
+                    iter,
+                    weights,
+                    exchange_s: spent.as_secs_f64(),
+                    exchanges,
+                });
                 let all = collective.gather(&[losses.train, losses.val])?;
                 let mean = |i: usize| all.iter().map(|l| l[i]).sum::<f32>() / ranks as f32;
                 losses = Losses {

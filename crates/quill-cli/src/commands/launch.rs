@@ -51,7 +51,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         let rank = args.node_rank * args.nproc + local;
         let mut command = Command::new(&exe);
         command
-            .args(&args.command)
+            .args(rank_command(&args.command, local, args.nproc)?)
             .env("WORLD_SIZE", world.to_string())
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", local.to_string())
@@ -84,6 +84,47 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         let _ = relay.join();
     }
     outcome
+}
+
+/// The command of the rank with local index `local` of `nproc`: one device each, as
+/// nanoGPT's DDP takes `cuda:LOCAL_RANK`. `--device a,b` gives rank 0 `a` and rank 1
+/// `b`; a bare `--device cuda` (or `wgpu`) becomes `cuda:LOCAL_RANK`.
+fn rank_command(
+    command: &[std::ffi::OsString],
+    local: usize,
+    nproc: usize,
+) -> Result<Vec<std::ffi::OsString>> {
+    let mut out = Vec::with_capacity(command.len());
+    let mut args = command.iter();
+    while let Some(arg) = args.next() {
+        let (flag, value) = match arg.to_str() {
+            Some("--device") => match args.next() {
+                Some(value) => ("--device", value.to_string_lossy().into_owned()),
+                None => {
+                    out.push(arg.clone());
+                    continue;
+                }
+            },
+            Some(a) if a.starts_with("--device=") => ("--device", a["--device=".len()..].into()),
+            _ => {
+                out.push(arg.clone());
+                continue;
+            }
+        };
+        let devices: Vec<&str> = value.split(',').collect();
+        let device = match devices.as_slice() {
+            [one @ ("cuda" | "wgpu")] => format!("{one}:{local}"),
+            [one] => one.to_string(),
+            many if many.len() == nproc => many[local].to_string(),
+            many => bail!(
+                "--device lists {} devices for {nproc} ranks; give one per rank",
+                many.len()
+            ),
+        };
+        out.push(flag.into());
+        out.push(device.into());
+    }
+    Ok(out)
 }
 
 /// Waits for every rank; passes Ctrl-C on; when a rank fails, stops the others and
@@ -209,5 +250,47 @@ fn relay(stream: impl Read, rank: usize, to_stderr: bool) {
             std::io::stdout().lock().write_all(prefixed.as_bytes())
         };
         line.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rank(command: &str, local: usize, nproc: usize) -> Result<String> {
+        let command: Vec<_> = command.split(' ').map(Into::into).collect();
+        let out = rank_command(&command, local, nproc)?;
+        Ok(out
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" "))
+    }
+
+    #[test]
+    fn each_rank_gets_its_device() {
+        let c = "train --device cuda:0,cuda:1 --preset cpu";
+        assert_eq!(rank(c, 1, 2).unwrap(), "train --device cuda:1 --preset cpu");
+        assert_eq!(
+            rank("train --device cuda", 1, 2).unwrap(),
+            "train --device cuda:1"
+        );
+        assert_eq!(
+            rank("train --device=wgpu", 0, 2).unwrap(),
+            "train --device wgpu:0"
+        );
+        assert_eq!(
+            rank("train --device flex", 1, 2).unwrap(),
+            "train --device flex"
+        );
+        assert_eq!(
+            rank("train --preset cpu", 1, 2).unwrap(),
+            "train --preset cpu"
+        );
+        let err = rank("train --device cuda:0,cuda:1", 0, 3).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--device lists 2 devices for 3 ranks; give one per rank"
+        );
     }
 }

@@ -11,8 +11,8 @@ use quill_train::distributed::World;
 use quill_train::memory::human_bytes;
 use quill_train::metrics::EvalRecord;
 use quill_train::{
-    Checkpoint, MemoryEstimate, Observer, Outcome, Run, RunDir, SampleRequest, StepReport,
-    TrainConfig, sample_texts, train,
+    Agreement, Checkpoint, MemoryEstimate, Observer, Outcome, Run, RunDir, SampleRequest,
+    StepReport, TrainConfig, sample_texts, train,
 };
 
 use crate::backend::{self, Job};
@@ -227,7 +227,7 @@ struct TrainJob {
 /// of a data-parallel run.
 struct RankObserver<'a> {
     progress: Option<&'a mut Progress>,
-    weights: Option<(usize, u64)>,
+    agreed: Option<Agreement>,
 }
 
 impl Observer for RankObserver<'_> {
@@ -246,8 +246,8 @@ impl Observer for RankObserver<'_> {
             p.on_eval(record, sample);
         }
     }
-    fn on_weights_agree(&mut self, iter: usize, fingerprint: u64) {
-        self.weights = Some((iter, fingerprint));
+    fn on_ranks_agree(&mut self, agreement: &Agreement) {
+        self.agreed = Some(*agreement);
     }
 }
 
@@ -259,7 +259,7 @@ impl Job for TrainJob {
             let size = self.world.as_ref().map_or(1, |w| w.size);
             let mut observer = RankObserver {
                 progress: None,
-                weights: None,
+                agreed: None,
             };
             let run = Run {
                 config: self.config,
@@ -293,7 +293,7 @@ impl Job for TrainJob {
         let mut progress = Progress::new();
         let mut observer = RankObserver {
             progress: Some(&mut progress),
-            weights: None,
+            agreed: None,
         };
         let outcome = train::<B>(run, &device, &mut observer);
         let weights = agreed(&observer, size);
@@ -333,10 +333,12 @@ impl Job for TrainJob {
     }
 }
 
-/// `weights fingerprint 3f…, equal on all 2 ranks at step 200`; `None` for one process.
+/// `weights fingerprint 3f…, equal on all 2 ranks at step 200; 0.41 s in 205
+/// all-reduces`; `None` for one process.
 fn agreed(observer: &RankObserver<'_>, ranks: usize) -> Option<String> {
-    let (iter, fingerprint) = observer.weights.filter(|_| ranks > 1)?;
+    let a = observer.agreed.filter(|_| ranks > 1)?;
     Some(format!(
-        "weights fingerprint {fingerprint:016x}, equal on all {ranks} ranks at step {iter}"
+        "weights fingerprint {:016x}, equal on all {ranks} ranks at step {}; {:.2} s in {} all-reduces",
+        a.weights, a.iter, a.exchange_s, a.exchanges
     ))
 }
