@@ -36,23 +36,8 @@ pub fn run(args: &[&str]) -> Result<()> {
     std::fs::create_dir_all(work.join("data/tinyshakespeare"))?;
     std::fs::copy(crate::CORPUS, work.join("data/tinyshakespeare/input.txt"))?;
     let quill = std::fs::canonicalize(QUILL)?;
-    let iters_s = iters.to_string();
-    let common = [
-        "--preset",
-        "cpu",
-        "--max-iters",
-        &iters_s,
-        "--eval-interval",
-        "100000",
-        "--eval-iters",
-        "1",
-        "--final-eval-iters",
-        "1",
-        "--sample-chars",
-        "0",
-        "--device",
-        "flex",
-    ];
+    let cpu = flags("cpu", iters);
+    let common: Vec<&str> = cpu.iter().map(String::as_str).collect();
     let mut one_ms = Vec::new();
     let mut exchanges = String::new();
     let mut two_ms = Vec::new();
@@ -74,35 +59,11 @@ pub fn run(args: &[&str]) -> Result<()> {
             one_ms[pair], two_ms[pair]
         );
     }
-    let out = run_quill(
-        &quill,
-        &[
-            "launch",
-            "--nproc",
-            "2",
-            "--",
-            "train",
-            "--preset",
-            "shakespeare-char",
-            "--batch-size",
-            "1",
-            "--max-iters",
-            "10",
-            "--eval-interval",
-            "100000",
-            "--eval-iters",
-            "1",
-            "--final-eval-iters",
-            "1",
-            "--sample-chars",
-            "0",
-            "--device",
-            "flex",
-            "--out",
-            "sc",
-        ],
-        work,
-    )?;
+    let char_model = flags("shakespeare-char", 10);
+    let mut args = vec!["launch", "--nproc", "2", "--", "train", "--batch-size", "1"];
+    args.extend(char_model.iter().map(String::as_str));
+    args.extend_from_slice(&["--out", "sc"]);
+    let out = run_quill(&quill, &args, work)?;
     println!("## Data parallelism on this machine (cargo xtask bench-parallel)\n");
     println!(
         "cpu preset, global batch 12 x 64 tokens, {iters} steps, median after 10 warm-up steps:\n"
@@ -123,6 +84,30 @@ pub fn run(args: &[&str]) -> Result<()> {
         println!("    {line}");
     }
     Ok(())
+}
+
+/// `quill train` flags: `preset`, `iters` steps, no evaluation but the shortest final
+/// one, no samples, on Flex.
+fn flags(preset: &str, iters: usize) -> Vec<String> {
+    let iters = iters.to_string();
+    [
+        "--preset",
+        preset,
+        "--max-iters",
+        &iters,
+        "--eval-interval",
+        "100000",
+        "--eval-iters",
+        "1",
+        "--final-eval-iters",
+        "1",
+        "--sample-chars",
+        "0",
+        "--device",
+        "flex",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Runs quill in `dir`; its stdout.

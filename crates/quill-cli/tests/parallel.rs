@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TINY_MODEL, error_line, quill, stdout};
+use common::{TINY_MODEL, error_line, quill, stdout, step_losses};
 
 /// A directory with tiny Shakespeare at data/tiny.txt.
 fn setup() -> tempfile::TempDir {
@@ -56,18 +56,6 @@ fn spawn_rank(dir: &Path, args: &[String], world: usize, rank: usize, port: u16)
 fn two_ranks(dir: &Path, args: &[String], port: u16) -> [Output; 2] {
     let ranks = [0, 1].map(|r| spawn_rank(dir, args, 2, r, port));
     ranks.map(|r| r.wait_with_output().unwrap())
-}
-
-/// `(iter, loss)` of each step in `run/steps.jsonl`.
-fn step_losses(dir: &Path, run: &str) -> Vec<(u64, f64)> {
-    fs::read_to_string(dir.join(run).join("steps.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["iter"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
-        })
-        .collect()
 }
 
 /// The weights fingerprint a rank printed at the end.
@@ -232,16 +220,7 @@ fn a_killed_rank_stops_the_other_with_its_name() {
     );
     let mut rank0 = spawn_rank(dir.path(), &args, 2, 0, 29850);
     let mut rank1 = spawn_rank(dir.path(), &args, 2, 1, 29850);
-    // Training is under way once rank 0 records steps.
-    let steps = dir.path().join("k/steps.jsonl");
-    let start = Instant::now();
-    while fs::metadata(&steps).map_or(true, |m| m.len() < 200) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no steps recorded"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_steps(&dir.path().join("k/steps.jsonl"));
     rank1.kill().unwrap();
     rank1.wait().unwrap();
     let killed = Instant::now();
@@ -253,6 +232,18 @@ fn a_killed_rank_stops_the_other_with_its_name() {
         "{:?}",
         killed.elapsed()
     );
+}
+
+/// Waits until rank 0 has recorded a few steps: training is under way.
+fn wait_for_steps(steps: &Path) {
+    let start = Instant::now();
+    while fs::metadata(steps).map_or(true, |m| m.len() < 200) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no steps recorded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits at most `limit` for `child` to end (killing it then, failing the test).
@@ -400,15 +391,7 @@ fn launch_starts_the_ranks_and_names_one_that_dies() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let steps = dir.path().join("k/steps.jsonl");
-    let start = Instant::now();
-    while fs::metadata(&steps).map_or(true, |m| m.len() < 200) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no steps recorded"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_steps(&dir.path().join("k/steps.jsonl"));
     let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", launch.id())).unwrap();
     let pids: Vec<i32> = children
         .split_whitespace()

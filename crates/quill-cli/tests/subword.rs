@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
-use common::{TINY_MODEL, error_line, quill, stdout};
+use common::{TINY_MODEL, error_line, quill, stdout, step_losses};
 
 /// A small corpus with characters that take several GPT-2 tokens (emoji, CJK).
 fn setup() -> tempfile::TempDir {
@@ -240,16 +240,7 @@ fn a_run_on_token_files_resumes_exactly() {
     split.extend_from_slice(TINY_MODEL);
     train(&split);
     train(&["--resume", "split/last", "--max-iters", "8"]);
-    let losses = |run: &str| -> Vec<(u64, f64)> {
-        fs::read_to_string(dir.path().join(run).join("steps.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                (v["iter"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
-            })
-            .collect()
-    };
+    let losses = |run: &str| step_losses(dir.path(), run);
     let expected = losses("straight");
     assert_eq!(expected.len(), 8);
     assert_eq!(losses("split"), expected);

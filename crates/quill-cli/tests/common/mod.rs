@@ -55,3 +55,15 @@ pub fn error_line(out: &Output) -> String {
     assert!(line.starts_with("error: "), "{stderr}");
     line
 }
+
+/// `(iter, loss)` of each step in `dir/run/steps.jsonl`.
+pub fn step_losses(dir: &Path, run: &str) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(dir.join(run).join("steps.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["iter"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
