@@ -35,15 +35,17 @@ fn train_args(batch: &str, extra: &[&str]) -> Vec<String> {
 
 /// Rank `rank` of `world` ranks coordinated at 127.0.0.1:`port`, started now.
 fn spawn_rank(dir: &Path, args: &[String], world: usize, rank: usize, port: u16) -> Child {
+    let mut args = args.to_vec();
+    args.extend(["--world-size".into(), world.to_string(), "--rank".into()]);
+    args.extend([rank.to_string(), "--coordinator".into()]);
+    args.push(format!("127.0.0.1:{port}"));
+    spawn_quill(dir, &args)
+}
+
+/// `quill ARGS` in `dir`, started now, its output piped.
+fn spawn_quill(dir: &Path, args: &[String]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_quill"))
         .args(args)
-        .args([
-            "--world-size",
-            &world.to_string(),
-            "--rank",
-            &rank.to_string(),
-        ])
-        .args(["--coordinator", &format!("127.0.0.1:{port}")])
         .current_dir(dir)
         .env_remove("RUST_BACKTRACE")
         .stdout(Stdio::piped())
@@ -383,14 +385,7 @@ fn launch_starts_the_ranks_and_names_one_that_dies() {
             *a = "k".into();
         }
     });
-    let mut launch = Command::new(env!("CARGO_BIN_EXE_quill"))
-        .args(&args)
-        .current_dir(dir.path())
-        .env_remove("RUST_BACKTRACE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut launch = spawn_quill(dir.path(), &args);
     wait_for_steps(&dir.path().join("k/steps.jsonl"));
     let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", launch.id())).unwrap();
     let pids: Vec<i32> = children
@@ -408,4 +403,78 @@ fn launch_starts_the_ranks_and_names_one_that_dies() {
         error_line(&out),
         "error: rank 1 was killed by signal 9 (SIGKILL); stopped the other ranks"
     );
+}
+
+#[test]
+fn ctrl_c_under_launch_stops_every_rank_after_the_same_step_then_they_resume() {
+    let dir = setup();
+    let launch = |port: &str, train: Vec<String>| -> Vec<String> {
+        let mut args: Vec<String> = ["launch", "--nproc", "2", "--coordinator", port, "--"]
+            .map(String::from)
+            .to_vec();
+        args.extend(train);
+        args
+    };
+    let long = [
+        "--max-iters",
+        "100000",
+        "--eval-interval",
+        "100000",
+        "--out",
+        "c",
+    ];
+    let mut run = spawn_quill(
+        dir.path(),
+        &launch("127.0.0.1:29900", train_args("4", &long)),
+    );
+    wait_for_steps(&dir.path().join("c/steps.jsonl"));
+    Command::new("kill")
+        .args(["-INT", &run.id().to_string()])
+        .status()
+        .unwrap();
+    let out = rank0_exit(&mut run, Duration::from_secs(30));
+    let text = stdout(&out);
+    let stopped = |prefix: &str| -> usize {
+        let at = text.find(prefix).expect(&text) + prefix.len();
+        let digits: String = text[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    let iter = stopped("[rank 0] stopped after ");
+    assert_eq!(stopped("[rank 1] rank 1: stopped after "), iter, "{text}");
+    assert!(
+        text.contains("resume with: quill train --resume c/last"),
+        "{text}"
+    );
+    assert!(iter > 0 && iter < 100_000, "{text}");
+
+    let target = (iter + 3).to_string();
+    let mut resume: Vec<String> = ["train", "--resume", "c/last", "--max-iters", &target]
+        .map(String::from)
+        .to_vec();
+    resume.extend(
+        [
+            "--data",
+            "data/tiny.txt",
+            "--device",
+            "flex",
+            "--sample-chars",
+            "0",
+        ]
+        .map(String::from),
+    );
+    let out = stdout(&quill(
+        &launch("127.0.0.1:29910", resume)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        dir.path(),
+    ));
+    assert!(
+        out.contains(&format!("[rank 0] done: {target} iterations")),
+        "{out}"
+    );
+    assert_eq!(step_losses(dir.path(), "c").len(), iter + 3);
 }
