@@ -149,12 +149,41 @@ pub struct ExportArgs {
 pub struct DeviceArgs {
     /// Device: auto (CUDA, else a hardware WGPU adapter, else CPU), cpu, flex, ndarray,
     /// wgpu, wgpu:cpu, wgpu:N, cuda, cuda:N ('quill devices' lists what this machine has).
+    /// quill train takes a list, cuda:0,cuda:1: one worker per device, training one
+    /// model together.
     #[arg(long, default_value = "auto")]
-    pub device: DeviceChoice,
+    pub device: DeviceList,
     /// Float type: f32 everywhere; bf16 and f16 on CUDA; f16 on WGPU adapters with
     /// 16-bit float shaders.
     #[arg(long, value_enum, default_value_t = DType::F32)]
     pub dtype: DType,
+}
+
+/// One device, or several separated by commas (data parallelism in one process).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceList(pub Vec<DeviceChoice>);
+
+impl std::str::FromStr for DeviceList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .map(DeviceList)
+    }
+}
+
+impl DeviceArgs {
+    /// The one device of a command that uses one.
+    pub fn one(&self) -> anyhow::Result<DeviceChoice> {
+        match self.device.0.as_slice() {
+            [one] => Ok(*one),
+            many => anyhow::bail!(
+                "--device lists {} devices; only quill train uses several",
+                many.len()
+            ),
+        }
+    }
 }
 
 /// Where the corpus comes from.

@@ -118,10 +118,14 @@ fn two_ranks_of_six_train_the_model_of_one_rank_of_twelve() {
     assert!(out0.contains("done: 20 iterations"), "{out0}");
     assert!(!out1.contains("effective configuration"), "{out1}");
 
-    let (one, two) = (
-        step_losses(dir.path(), "one"),
-        step_losses(dir.path(), "two"),
-    );
+    same_training(dir.path(), "one", "two");
+}
+
+/// Runs `one` and `two` took the same 20 steps within 1e-4: losses, evaluations and
+/// the final weights.
+fn same_training(dir: &Path, first: &str, second: &str) {
+    let runs = (first, second);
+    let (one, two) = (step_losses(dir, first), step_losses(dir, second));
     assert_eq!(one.len(), 20);
     assert_eq!(two.len(), 20);
     for ((i, a), (j, b)) in one.iter().zip(&two) {
@@ -131,7 +135,7 @@ fn two_ranks_of_six_train_the_model_of_one_rank_of_twelve() {
     // The losses move: equality is not two constant runs.
     assert!((one[0].1 - one[19].1).abs() > 1e-3, "{one:?}");
     let metrics = |run: &str| -> Vec<f64> {
-        fs::read_to_string(dir.path().join(run).join("metrics.jsonl"))
+        fs::read_to_string(dir.join(run).join("metrics.jsonl"))
             .unwrap()
             .lines()
             .map(|l| {
@@ -141,12 +145,12 @@ fn two_ranks_of_six_train_the_model_of_one_rank_of_twelve() {
             })
             .collect()
     };
-    let (val1, val2) = (metrics("one"), metrics("two"));
+    let (val1, val2) = (metrics(runs.0), metrics(runs.1));
     assert_eq!(val1.len(), 3);
     for (a, b) in val1.iter().zip(&val2) {
         assert!((a - b).abs() <= 1e-4, "{val1:?} vs {val2:?}");
     }
-    let (w1, w2) = (weights(dir.path(), "one"), weights(dir.path(), "two"));
+    let (w1, w2) = (weights(dir, runs.0), weights(dir, runs.1));
     assert_eq!(w1.len(), w2.len());
     for ((name, a), (_, b)) in w1.iter().zip(&w2) {
         let worst = a
@@ -477,4 +481,48 @@ fn ctrl_c_under_launch_stops_every_rank_after_the_same_step_then_they_resume() {
         "{out}"
     );
     assert_eq!(step_losses(dir.path(), "c").len(), iter + 3);
+}
+
+#[test]
+fn two_devices_in_one_process_train_the_model_of_one() {
+    let dir = setup();
+    let steps = ["--max-iters", "20", "--eval-interval", "10"];
+    let run = |batch: &str, device: &str, out: &str| {
+        let args: Vec<String> = train_args(batch, &[&steps[..], &["--out", out]].concat())
+            .into_iter()
+            .map(|a| if a == "flex" { device.to_string() } else { a })
+            .collect();
+        stdout(&quill(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            dir.path(),
+        ))
+    };
+    run("12", "flex", "one");
+    let out = run("6", "flex,flex", "two");
+    let rank1 = out
+        .lines()
+        .find(|l| l.starts_with("rank 1: stopped after 20 iterations"));
+    let rank0 = out
+        .lines()
+        .find(|l| l.starts_with("rank 0: weights fingerprint"));
+    assert_eq!(
+        fingerprint(rank0.expect(&out)),
+        fingerprint(rank1.expect(&out))
+    );
+    same_training(dir.path(), "one", "two");
+    // Other commands take one device.
+    let line = error_line(&quill(
+        &[
+            "sample",
+            "--checkpoint",
+            "two/best",
+            "--device",
+            "flex,flex",
+        ],
+        dir.path(),
+    ));
+    assert_eq!(
+        line,
+        "error: --device lists 2 devices; only quill train uses several"
+    );
 }

@@ -40,6 +40,19 @@ pub struct World {
     pub port: u16,
     /// How long joining may take, and the longest a collective call may wait.
     pub timeout: Duration,
+    /// The ranks are threads of this process, one per device (no coordinator, no
+    /// ports): see [`World::in_process`].
+    pub in_process: bool,
+}
+
+/// Set when a worker of an in-process world stopped: the others stop waiting for it.
+static IN_PROCESS_STOPPED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Tells the other workers of this process's in-process world that one of them stopped
+/// (with an error): their collective calls end with an error instead of waiting.
+pub fn stop_in_process_workers() {
+    IN_PROCESS_STOPPED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 impl World {
@@ -76,7 +89,21 @@ impl World {
             host: host.to_string(),
             port,
             timeout,
+            in_process: false,
         })
+    }
+
+    /// Rank `rank` of `size` workers in this process, one per device, summing through
+    /// burn-collective's local all-reduce.
+    pub fn in_process(size: usize, rank: usize, timeout: Duration) -> World {
+        World {
+            size,
+            rank,
+            host: String::new(),
+            port: 0,
+            timeout,
+            in_process: true,
+        }
     }
 
     /// The port rank `rank` serves its tensors on.
@@ -130,6 +157,9 @@ impl<B: Backend> Collective<B> {
     /// Joins the world on `device`: rank 0 starts the orchestrator, every rank registers
     /// and learns the others' addresses. Waits at most `world.timeout` for all ranks.
     pub fn join(world: World, device: &B::Device) -> Result<Self, TrainError> {
+        if world.in_process {
+            return Self::join_in_process(world, device);
+        }
         let coordinator = world.coordinator()?;
         let own_ip = own_address(coordinator.ip());
         let data_port = world.data_port(world.rank);
@@ -223,6 +253,33 @@ impl<B: Backend> Collective<B> {
         Ok(collective)
     }
 
+    /// Joins the workers of this process (see [`World::in_process`]).
+    fn join_in_process(world: World, device: &B::Device) -> Result<Self, TrainError> {
+        let config = CollectiveConfig::default().with_num_devices(world.size);
+        let (rank, on) = (world.rank, device.clone());
+        watch(
+            move || burn_collective::register::<B>(PeerId(rank as u32), on, config),
+            Duration::from_millis(200),
+            world.timeout,
+            stopped_in_process,
+        )
+        .map_err(|_| {
+            TrainError::Parallel(format!(
+                "not all {} device workers joined within {} s",
+                world.size,
+                world.timeout.as_secs()
+            ))
+        })?
+        .map_err(|e| TrainError::Parallel(format!("joining the device workers: {e:?}")))?;
+        Ok(Collective {
+            peers: Vec::new(),
+            world,
+            device: device.clone(),
+            spent: Default::default(),
+            _backend: PhantomData,
+        })
+    }
+
     /// The world this process joined.
     pub fn world(&self) -> &World {
         &self.world
@@ -310,13 +367,23 @@ impl<B: Backend> Collective<B> {
         )))
     }
 
-    /// A peer that no longer accepts connections: it stopped.
+    /// A peer that no longer accepts connections (or, in process, a worker that
+    /// failed): it stopped.
     fn stopped_peer(&self) -> Option<String> {
+        if self.world.in_process {
+            return stopped_in_process();
+        }
         (self.peers.iter().enumerate())
             .filter(|&(r, _)| r != self.world.rank)
             .find(|(_, addr)| !accepts(**addr))
             .map(|(r, addr)| format!("rank {r} stopped (nothing answers at {addr})"))
     }
+}
+
+fn stopped_in_process() -> Option<String> {
+    IN_PROCESS_STOPPED
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .then(|| "another device's worker stopped".to_string())
 }
 
 /// Why [`watch`] gave up.

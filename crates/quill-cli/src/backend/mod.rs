@@ -358,6 +358,13 @@ impl Prepared {
         Ok(())
     }
 
+    /// Whether `other` runs on the same backend with the same float type (its device
+    /// may differ): workers of one process must share a backend to sum together.
+    pub fn same_backend(&self, other: &Prepared) -> bool {
+        std::mem::discriminant(&self.target) == std::mem::discriminant(&other.target)
+            && self.dtype == other.dtype
+    }
+
     /// Where it runs, e.g. `cpu (flex backend)`.
     pub fn name(&self) -> String {
         self.target.to_string()

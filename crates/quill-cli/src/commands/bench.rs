@@ -42,7 +42,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let config = TrainConfig::preset(&args.preset)?;
     ensure!(args.iters > 0, "--iters must be at least 1");
     ensure!(args.eval_iters > 0, "--eval-iters must be at least 1");
-    let target = backend::prepare(args.target.device, args.target.dtype)?;
+    let target = backend::prepare(args.target.one()?, args.target.dtype)?;
     let spec = TrainConfig::preset_tokenizer(&args.preset);
     let dataset = super::load_dataset(&args.source, None, spec, config.val_fraction)?.dataset;
     target.check_memory(&MemoryEstimate::training(
@@ -130,7 +130,7 @@ struct CheckpointReport {
 
 fn checkpoint(dir: &Path, args: &BenchArgs) -> Result<()> {
     ensure!(args.sample_tokens > 0, "--sample-tokens must be at least 1");
-    let target = backend::prepare(args.target.device, args.target.dtype)?;
+    let target = backend::prepare(args.target.one()?, args.target.dtype)?;
     let start = Instant::now();
     let checkpoint = Checkpoint::load(dir)?;
     target.check_memory(&MemoryEstimate::sampling(

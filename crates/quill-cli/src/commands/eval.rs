@@ -9,7 +9,7 @@ use crate::backend::{self, Job};
 use crate::cli::EvalArgs;
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let target = backend::prepare(args.target.device, args.target.dtype)?;
+    let target = backend::prepare(args.target.one()?, args.target.dtype)?;
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
     let eval_iters = args
         .eval_iters

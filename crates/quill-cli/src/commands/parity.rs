@@ -47,7 +47,7 @@ pub fn run(args: ParityArgs) -> Result<()> {
     config.validate()?;
     // A device that is not compiled in, not present or failing to start fails here,
     // before the data is read and before the reference run.
-    let target = backend::prepare(args.target.device, args.target.dtype)?;
+    let target = backend::prepare(args.target.one()?, args.target.dtype)?;
     let spec = TrainConfig::preset_tokenizer(args.preset.as_deref().unwrap_or("cpu"));
     let dataset = super::load_dataset(&args.source, None, spec, config.val_fraction)?.dataset;
     let vocab_size = dataset.tokenizer.vocab_size();

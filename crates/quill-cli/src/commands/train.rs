@@ -2,9 +2,11 @@
 //! Ctrl-C handling, and a sample at the end.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use quill_data::Dataset;
 use quill_train::distributed::World;
@@ -43,7 +45,7 @@ pub fn world(args: &ParallelArgs) -> Result<Option<World>> {
             var("MASTER_PORT", "29500")
         )
     });
-    let timeout = std::time::Duration::from_secs(args.collective_timeout);
+    let timeout = Duration::from_secs(args.collective_timeout);
     Ok(Some(World::new(size, rank, &coordinator, timeout)?))
 }
 
@@ -59,7 +61,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (None, None, _) => PathBuf::from("runs").join(preset),
     };
     // Every check that needs no data comes first: the device, the settings, the memory.
-    let target = backend::prepare(args.target.device, args.target.dtype)?;
+    let devices = args.target.device.0.clone();
+    if devices.len() > 1 && world.is_some() {
+        bail!(
+            "--device lists several devices and --world-size starts several processes: use one (quill launch hands a device list out, one per rank)"
+        );
+    }
+    let target = backend::prepare(devices[0], args.target.dtype)?;
     // A resumed run's directory is opened (locked, and cleaned of what killed writers
     // left, which may put a checkpoint back in place) before its checkpoint is read.
     let mut run_dir = match &args.resume {
@@ -169,14 +177,79 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eprintln!("{}: {note}", out.display());
     }
     install_stop_handler();
-    target.run(TrainJob {
+    let job = TrainJob {
         config,
-        dataset,
+        dataset: Arc::new(dataset),
         out: Some(run_dir),
         resume,
         init_from,
         world,
-    })
+    };
+    if devices.len() == 1 {
+        return target.run(job);
+    }
+    let timeout = Duration::from_secs(args.parallel.collective_timeout);
+    run_on_devices(target, &devices[1..], args.target.dtype, timeout, job)
+}
+
+/// Data parallelism in one process: one worker thread per device, each a rank of an
+/// in-process world (`job` is rank 0's, which writes). The first worker's error is the
+/// answer; the others stop when one fails.
+fn run_on_devices(
+    first: backend::Prepared,
+    more: &[backend::DeviceChoice],
+    dtype: backend::DType,
+    timeout: Duration,
+    job: TrainJob,
+) -> Result<()> {
+    let mut targets = vec![first];
+    for &device in more {
+        let target = backend::prepare(device, dtype)?;
+        if !target.same_backend(&targets[0]) {
+            bail!(
+                "the devices of one process must use one backend; {} and {} differ",
+                targets[0].name(),
+                target.name()
+            );
+        }
+        targets.push(target);
+    }
+    let size = targets.len();
+    let mut jobs: Vec<TrainJob> = (0..size)
+        .map(|rank| TrainJob {
+            config: job.config.clone(),
+            dataset: job.dataset.clone(),
+            out: None,
+            resume: job.resume.clone(),
+            init_from: job.init_from.clone(),
+            world: Some(World::in_process(size, rank, timeout)),
+        })
+        .collect();
+    jobs[0].out = job.out;
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (jobs.into_iter().zip(&targets))
+            .map(|(job, target)| {
+                scope.spawn(move || {
+                    let result = target.run(job);
+                    if result.is_err() {
+                        quill_train::distributed::stop_in_process_workers();
+                    }
+                    result
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a device worker panicked")))
+            })
+            .collect()
+    });
+    // A worker that stopped because another failed is not the cause.
+    let mut errors: Vec<anyhow::Error> = results.into_iter().filter_map(Result::err).collect();
+    errors.sort_by_key(|e| e.to_string().contains("another device's worker stopped"));
+    errors.into_iter().next().map_or(Ok(()), Err)
 }
 
 /// A rank other than 0: trains its share, writes nothing, prints one line at the end.
@@ -195,7 +268,7 @@ fn run_rank(
     install_stop_handler();
     target.run(TrainJob {
         config,
-        dataset,
+        dataset: Arc::new(dataset),
         out: None,
         resume,
         init_from,
@@ -215,7 +288,7 @@ fn install_stop_handler() {
 
 struct TrainJob {
     config: TrainConfig,
-    dataset: Dataset,
+    dataset: Arc<Dataset>,
     /// `None` on the ranks other than 0.
     out: Option<RunDir>,
     resume: Option<Checkpoint>,
