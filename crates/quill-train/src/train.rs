@@ -1,4 +1,4 @@
-//! The training loop, composed of the public pieces: a [`Trainer`] steps, [`evaluate`]
+//! The training loop, composed of the public pieces: a [`Trainer`] steps, [`evaluate`](crate::evaluate())
 //! measures, the [`RunDir`] records and checkpoints, an [`Observer`] shows progress.
 
 use std::sync::atomic::{AtomicBool, Ordering};
