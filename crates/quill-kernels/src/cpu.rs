@@ -6,8 +6,11 @@
 use rayon::prelude::*;
 
 /// Runs `f` compiled for AVX2 and FMA when this x86-64 CPU has them, else as built.
-/// (`f` and the `#[inline(always)]` helpers it calls are inlined into the
-/// `target_feature` function, so their loops are vectorised 8 lanes wide.)
+/// `f` and the `#[inline(always)]` helpers it calls are inlined into the
+/// `target_feature` function, so their loops are vectorised 8 lanes wide. The closure
+/// must be marked too, `simd(#[inline(always)] || …)`: a large one is otherwise
+/// compiled on its own, without AVX2, and called from here (objdump found GELU,
+/// LayerNorm and attention running 4 lanes wide).
 #[inline(always)]
 pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
@@ -75,11 +78,14 @@ const FRAC_1_SQRT_TAU: f32 = 0.398_942_3;
 pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
     let n = rows_per_task(x.len() / 64) * 64;
     y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
-        simd(|| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = x * normal_cdf(x).0;
-            }
-        })
+        simd(
+            #[inline(always)]
+            || {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x * normal_cdf(x).0;
+                }
+            },
+        )
     });
 }
 
@@ -89,12 +95,15 @@ pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     dx.par_chunks_mut(n)
         .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
         .for_each(|(dx, (x, dy))| {
-            simd(|| {
-                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                    let (cdf, gauss) = normal_cdf(x);
-                    *dx = dy * (cdf + x * FRAC_1_SQRT_TAU * gauss);
-                }
-            })
+            simd(
+                #[inline(always)]
+                || {
+                    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                        let (cdf, gauss) = normal_cdf(x);
+                        *dx = dy * (cdf + x * FRAC_1_SQRT_TAU * gauss);
+                    }
+                },
+            )
         });
 }
 
@@ -168,20 +177,25 @@ pub fn layer_norm_forward(
         .zip(x.par_chunks(rows * c))
         .zip(mean.par_chunks_mut(rows).zip(rstd.par_chunks_mut(rows)))
         .for_each(|((y, x), (mean, rstd))| {
-            simd(|| {
-                for (((y, x), mean), rstd) in y.chunks_mut(c).zip(x.chunks(c)).zip(mean).zip(rstd) {
-                    let m = x.iter().sum::<f32>() / c as f32;
-                    let var = x.iter().map(|&v| (v - m) * (v - m)).sum::<f32>() / c as f32;
-                    let r = 1.0 / (var + eps).sqrt();
-                    for ((y, &x), &g) in y.iter_mut().zip(x).zip(gamma) {
-                        *y = (x - m) * r * g;
+            simd(
+                #[inline(always)]
+                || {
+                    for (((y, x), mean), rstd) in
+                        y.chunks_mut(c).zip(x.chunks(c)).zip(mean).zip(rstd)
+                    {
+                        let m = x.iter().sum::<f32>() / c as f32;
+                        let var = x.iter().map(|&v| (v - m) * (v - m)).sum::<f32>() / c as f32;
+                        let r = 1.0 / (var + eps).sqrt();
+                        for ((y, &x), &g) in y.iter_mut().zip(x).zip(gamma) {
+                            *y = (x - m) * r * g;
+                        }
+                        if let Some(beta) = beta {
+                            axpy(y, 1.0, beta);
+                        }
+                        (*mean, *rstd) = (m, r);
                     }
-                    if let Some(beta) = beta {
-                        axpy(y, 1.0, beta);
-                    }
-                    (*mean, *rstd) = (m, r);
-                }
-            })
+                },
+            )
         });
 }
 
@@ -203,28 +217,33 @@ pub fn layer_norm_backward(
         .zip(x.par_chunks(rows * c).zip(dy.par_chunks(rows * c)))
         .zip(mean.par_chunks(rows).zip(rstd.par_chunks(rows)))
         .map(|((dx, (x, dy)), (mean, rstd))| {
-            simd(|| {
-                let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
-                let mut xhat = vec![0f32; c];
-                let rows = dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c));
-                for (((dx, x), dy), (&m, &r)) in rows.zip(mean.iter().zip(rstd)) {
-                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-                    for ((xh, &x), (&dy, &g)) in xhat.iter_mut().zip(x).zip(dy.iter().zip(gamma)) {
-                        *xh = (x - m) * r;
-                        sum_g += dy * g;
-                        sum_gx += dy * g * *xh;
+            simd(
+                #[inline(always)]
+                || {
+                    let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
+                    let mut xhat = vec![0f32; c];
+                    let rows = dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c));
+                    for (((dx, x), dy), (&m, &r)) in rows.zip(mean.iter().zip(rstd)) {
+                        let (mut sum_g, mut sum_gx) = (0f32, 0f32);
+                        for ((xh, &x), (&dy, &g)) in
+                            xhat.iter_mut().zip(x).zip(dy.iter().zip(gamma))
+                        {
+                            *xh = (x - m) * r;
+                            sum_g += dy * g;
+                            sum_gx += dy * g * *xh;
+                        }
+                        let (mean_g, mean_gx) = (sum_g / c as f32, sum_gx / c as f32);
+                        for (((dx, &xh), &dy), &g) in dx.iter_mut().zip(&xhat).zip(dy).zip(gamma) {
+                            *dx = r * (dy * g - mean_g - xh * mean_gx);
+                        }
+                        axpy(&mut dbeta, 1.0, dy);
+                        for ((dg, &xh), &dy) in dgamma.iter_mut().zip(&xhat).zip(dy) {
+                            *dg += dy * xh;
+                        }
                     }
-                    let (mean_g, mean_gx) = (sum_g / c as f32, sum_gx / c as f32);
-                    for (((dx, &xh), &dy), &g) in dx.iter_mut().zip(&xhat).zip(dy).zip(gamma) {
-                        *dx = r * (dy * g - mean_g - xh * mean_gx);
-                    }
-                    axpy(&mut dbeta, 1.0, dy);
-                    for ((dg, &xh), &dy) in dgamma.iter_mut().zip(&xhat).zip(dy) {
-                        *dg += dy * xh;
-                    }
-                }
-                (dgamma, dbeta)
-            })
+                    (dgamma, dbeta)
+                },
+            )
         })
         .collect();
     let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
@@ -489,11 +508,17 @@ fn few_rows(y: &mut [f32], x: View, w: View, accumulate: bool) {
                 out
             })
             .reduce_with(|mut a, b| {
-                simd(|| axpy(&mut a, 1.0, &b));
+                simd(
+                    #[inline(always)]
+                    || axpy(&mut a, 1.0, &b),
+                );
                 a
             });
         if let Some(partial) = partial {
-            simd(|| axpy(&mut y[..m * n], 1.0, &partial));
+            simd(
+                #[inline(always)]
+                || axpy(&mut y[..m * n], 1.0, &partial),
+            );
         }
     } else {
         let stretch = n.div_ceil(tasks).max(1);
@@ -538,11 +563,14 @@ pub fn linear_backward(
     matmul(dx, d_in, dyv, w.t(), 1.0);
     matmul(dw, d_out, x.t(), dyv, 1.0);
     let mut db = vec![0f32; d_out];
-    simd(|| {
-        for row in dy.chunks(d_out) {
-            axpy(&mut db, 1.0, row);
-        }
-    });
+    simd(
+        #[inline(always)]
+        || {
+            for row in dy.chunks(d_out) {
+                axpy(&mut db, 1.0, row);
+            }
+        },
+    );
     db
 }
 
@@ -623,16 +651,19 @@ pub fn attention_forward(qkv: &[f32], dims: AttentionDims, y: &mut [f32], lse: &
         .zip(lse.par_chunks_mut(n_head * t))
         .zip(qkv.par_chunks(t * 3 * c))
         .for_each(|((y, lse), qkv)| {
-            simd(|| {
-                let mut p = vec![0f32; t * t];
-                for (h, lse) in lse.chunks_mut(t).enumerate() {
-                    let [q, k, v] = head(qkv, dims, h);
-                    scores(q, k, scale, &mut p);
-                    causal_log_sum_exp(&p, lse);
-                    causal_softmax(&mut p, lse);
-                    matmul(&mut y[h * hs..], c, View::rows(&p, t, t, t), v, 1.0);
-                }
-            })
+            simd(
+                #[inline(always)]
+                || {
+                    let mut p = vec![0f32; t * t];
+                    for (h, lse) in lse.chunks_mut(t).enumerate() {
+                        let [q, k, v] = head(qkv, dims, h);
+                        scores(q, k, scale, &mut p);
+                        causal_log_sum_exp(&p, lse);
+                        causal_softmax(&mut p, lse);
+                        matmul(&mut y[h * hs..], c, View::rows(&p, t, t, t), v, 1.0);
+                    }
+                },
+            )
         });
 }
 
@@ -652,26 +683,29 @@ pub fn attention_backward(
         .zip(qkv.par_chunks(t * 3 * c))
         .zip(lse.par_chunks(n_head * t).zip(dy.par_chunks(t * c)))
         .for_each(|((dqkv, qkv), (lse, dy))| {
-            simd(|| {
-                let (mut p, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
-                for (h, lse) in lse.chunks(t).enumerate() {
-                    let [q, k, v] = head(qkv, dims, h);
-                    let dy = View::rows(&dy[h * hs..], t, hs, c);
-                    scores(q, k, scale, &mut p);
-                    causal_softmax(&mut p, lse); // recomputed, not stored
-                    matmul(&mut ds, t, dy, v.t(), 1.0); // dp
-                    for (p, ds) in p.chunks(t).zip(ds.chunks_mut(t)) {
-                        let d = dot(p, ds);
-                        for (ds, &p) in ds.iter_mut().zip(p) {
-                            *ds = p * (*ds - d) * scale;
+            simd(
+                #[inline(always)]
+                || {
+                    let (mut p, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
+                    for (h, lse) in lse.chunks(t).enumerate() {
+                        let [q, k, v] = head(qkv, dims, h);
+                        let dy = View::rows(&dy[h * hs..], t, hs, c);
+                        scores(q, k, scale, &mut p);
+                        causal_softmax(&mut p, lse); // recomputed, not stored
+                        matmul(&mut ds, t, dy, v.t(), 1.0); // dp
+                        for (p, ds) in p.chunks(t).zip(ds.chunks_mut(t)) {
+                            let d = dot(p, ds);
+                            for (ds, &p) in ds.iter_mut().zip(p) {
+                                *ds = p * (*ds - d) * scale;
+                            }
                         }
+                        let (p, ds) = (View::rows(&p, t, t, t), View::rows(&ds, t, t, t));
+                        matmul(&mut dqkv[h * hs..], 3 * c, ds, k, 1.0);
+                        matmul(&mut dqkv[c + h * hs..], 3 * c, ds.t(), q, 1.0);
+                        matmul(&mut dqkv[2 * c + h * hs..], 3 * c, p.t(), dy, 1.0);
                     }
-                    let (p, ds) = (View::rows(&p, t, t, t), View::rows(&ds, t, t, t));
-                    matmul(&mut dqkv[h * hs..], 3 * c, ds, k, 1.0);
-                    matmul(&mut dqkv[c + h * hs..], 3 * c, ds.t(), q, 1.0);
-                    matmul(&mut dqkv[2 * c + h * hs..], 3 * c, p.t(), dy, 1.0);
-                }
-            })
+                },
+            )
         });
 }
 

@@ -35,7 +35,10 @@ fn on_host<B: Backend, const N: usize, R>(
 ) -> Option<R> {
     #[cfg(feature = "fused-cpu")]
     return quill_kernels::with_f32_values(tensors, |values| {
-        quill_kernels::vectorized(|| f(values))
+        quill_kernels::vectorized(
+            #[inline(always)]
+            || f(values),
+        )
     });
     #[cfg(not(feature = "fused-cpu"))]
     {
@@ -132,9 +135,11 @@ impl<B: Backend> GradBuffer<B> {
     pub fn global_norm(&self) -> f64 {
         let squares_on_host: Option<f64> = (self.grads.values())
             .map(|g| {
-                on_host([g], |[g]| {
-                    g.iter().map(|&x| x as f64 * x as f64).sum::<f64>()
-                })
+                on_host(
+                    [g],
+                    #[inline(always)]
+                    |[g]| g.iter().map(|&x| x as f64 * x as f64).sum::<f64>(),
+                )
             })
             .sum();
         if let Some(total) = squares_on_host {
@@ -378,7 +383,11 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
             sqrt_bias_correction2: (1.0 - o.beta2.powi(t)).sqrt() as f32,
             eps: o.eps as f32,
         };
-        let fused = on_host([&p, &g, &m, &v], |[p, g, m, v]| hyper.update(p, g, m, v));
+        let fused = on_host(
+            [&p, &g, &m, &v],
+            #[inline(always)]
+            |[p, g, m, v]| hyper.update(p, g, m, v),
+        );
         let (p, m, v) = match fused {
             Some(new) => {
                 let device = p.device();
