@@ -33,6 +33,38 @@ fn train_args(batch: &str, extra: &[&str]) -> Vec<String> {
     args.into_iter().map(String::from).collect()
 }
 
+/// [`train_args`] with batch 4 for `max_iters` steps, evaluating every `eval`, into
+/// `out`.
+fn run_args(max_iters: &str, eval: &str, out: &str) -> Vec<String> {
+    train_args(
+        "4",
+        &[
+            "--max-iters",
+            max_iters,
+            "--eval-interval",
+            eval,
+            "--out",
+            out,
+        ],
+    )
+}
+
+/// `quill train --resume FROM --max-iters N` on the tiny corpus.
+fn resume_args(from: &str, max_iters: &str) -> Vec<String> {
+    ["train", "--resume", from, "--max-iters", max_iters]
+        .into_iter()
+        .chain([
+            "--data",
+            "data/tiny.txt",
+            "--device",
+            "flex",
+            "--sample-chars",
+            "0",
+        ])
+        .map(String::from)
+        .collect()
+}
+
 /// Rank `rank` of `world` ranks coordinated at 127.0.0.1:`port`, started now.
 fn spawn_rank(dir: &Path, args: &[String], world: usize, rank: usize, port: u16) -> Child {
     let mut args = args.to_vec();
@@ -165,39 +197,15 @@ fn same_training(dir: &Path, first: &str, second: &str) {
 #[test]
 fn a_two_rank_run_resumes_exactly() {
     let dir = setup();
-    let straight = train_args(
-        "4",
-        &[
-            "--max-iters",
-            "8",
-            "--eval-interval",
-            "4",
-            "--out",
-            "straight",
-        ],
-    );
+    let straight = run_args("8", "4", "straight");
     for out in two_ranks(dir.path(), &straight, 29820) {
         stdout(&out);
     }
-    let split = train_args(
-        "4",
-        &["--max-iters", "4", "--eval-interval", "4", "--out", "split"],
-    );
+    let split = run_args("4", "4", "split");
     for out in two_ranks(dir.path(), &split, 29830) {
         stdout(&out);
     }
-    let resume: Vec<String> = ["train", "--resume", "split/last", "--max-iters", "8"]
-        .iter()
-        .chain(&[
-            "--data",
-            "data/tiny.txt",
-            "--device",
-            "flex",
-            "--sample-chars",
-            "0",
-        ])
-        .map(|s| s.to_string())
-        .collect();
+    let resume = resume_args("split/last", "8");
     let [r0, r1] = two_ranks(dir.path(), &resume, 29840);
     let (r0, r1) = (stdout(&r0), stdout(&r1));
     assert_eq!(fingerprint(&r0), fingerprint(&r1));
@@ -213,17 +221,7 @@ fn a_two_rank_run_resumes_exactly() {
 #[test]
 fn a_killed_rank_stops_the_other_with_its_name() {
     let dir = setup();
-    let args = train_args(
-        "4",
-        &[
-            "--max-iters",
-            "100000",
-            "--eval-interval",
-            "100000",
-            "--out",
-            "k",
-        ],
-    );
+    let args = run_args("100000", "100000", "k");
     let mut rank0 = spawn_rank(dir.path(), &args, 2, 0, 29850);
     let mut rank1 = spawn_rank(dir.path(), &args, 2, 1, 29850);
     wait_for_steps(&dir.path().join("k/steps.jsonl"));
@@ -419,18 +417,8 @@ fn ctrl_c_under_launch_stops_every_rank_after_the_same_step_then_they_resume() {
         args.extend(train);
         args
     };
-    let long = [
-        "--max-iters",
-        "100000",
-        "--eval-interval",
-        "100000",
-        "--out",
-        "c",
-    ];
-    let mut run = spawn_quill(
-        dir.path(),
-        &launch("127.0.0.1:29900", train_args("4", &long)),
-    );
+    let long = run_args("100000", "100000", "c");
+    let mut run = spawn_quill(dir.path(), &launch("127.0.0.1:29900", long));
     wait_for_steps(&dir.path().join("c/steps.jsonl"));
     Command::new("kill")
         .args(["-INT", &run.id().to_string()])
@@ -455,20 +443,7 @@ fn ctrl_c_under_launch_stops_every_rank_after_the_same_step_then_they_resume() {
     assert!(iter > 0 && iter < 100_000, "{text}");
 
     let target = (iter + 3).to_string();
-    let mut resume: Vec<String> = ["train", "--resume", "c/last", "--max-iters", &target]
-        .map(String::from)
-        .to_vec();
-    resume.extend(
-        [
-            "--data",
-            "data/tiny.txt",
-            "--device",
-            "flex",
-            "--sample-chars",
-            "0",
-        ]
-        .map(String::from),
-    );
+    let resume = resume_args("c/last", &target);
     let out = stdout(&quill(
         &launch("127.0.0.1:29910", resume)
             .iter()
