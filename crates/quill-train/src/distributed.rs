@@ -139,7 +139,13 @@ pub struct Collective<B: Backend> {
 
 /// A hash of `bytes` (FNV-1a, 64 bits): what ranks compare.
 pub fn fingerprint(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+    fingerprint_more(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+/// [`fingerprint`] of everything hashed into `hash` so far followed by `bytes`, so that
+/// data can be hashed piece by piece without being copied together.
+pub fn fingerprint_more(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
@@ -180,14 +186,14 @@ impl<B: Backend> Collective<B> {
         }
         if world.rank == 0 {
             let port = world.port;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .map_err(|e| TrainError::Parallel(format!("orchestrator runtime: {e}")))?;
             std::thread::Builder::new()
                 .name("quill-orchestrator".into())
                 .spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(1)
-                        .enable_all()
-                        .build()
-                        .expect("a tokio runtime");
                     runtime.block_on(burn_collective::start_global_orchestrator(port));
                 })
                 .map_err(|e| TrainError::Parallel(format!("orchestrator thread: {e}")))?;
@@ -230,13 +236,8 @@ impl<B: Backend> Collective<B> {
                 e => format!("joining the world: {e}"),
             })
         })?;
-        let mut collective = Collective {
-            peers: vec![SocketAddr::new(own_ip, data_port); world.size],
-            world,
-            device: device.clone(),
-            spent: Default::default(),
-            _backend: PhantomData,
-        };
+        // No peers to watch until the addresses are known.
+        let mut collective = Collective::joined(world, device);
         // Everyone's address: an all-gather of (IPv4, port).
         let ip = match own_ip {
             IpAddr::V4(v4) => v4.octets().map(f32::from),
@@ -271,13 +272,18 @@ impl<B: Backend> Collective<B> {
             ))
         })?
         .map_err(|e| TrainError::Parallel(format!("joining the device workers: {e:?}")))?;
-        Ok(Collective {
+        Ok(Collective::joined(world, device))
+    }
+
+    /// A collective registered with burn-collective, before any peer address is known.
+    fn joined(world: World, device: &B::Device) -> Self {
+        Collective {
             peers: Vec::new(),
             world,
             device: device.clone(),
             spent: Default::default(),
             _backend: PhantomData,
-        })
+        }
     }
 
     /// The world this process joined.
@@ -480,5 +486,7 @@ mod tests {
             assert_eq!(hash_from_pieces(&hash_pieces(hash)), hash);
         }
         assert_ne!(fingerprint(b"seed=1"), fingerprint(b"seed=2"));
+        let whole = fingerprint(b"quill weights");
+        assert_eq!(fingerprint_more(fingerprint(b"quill "), b"weights"), whole);
     }
 }

@@ -11,7 +11,7 @@ use quill_model::ModelConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, RunConfig, TrainState};
-use crate::distributed::{Collective, World, fingerprint};
+use crate::distributed::{Collective, World, fingerprint, fingerprint_more};
 use crate::evaluate::{Losses, evaluate_rows};
 use crate::inference::{SampleRequest, sample_texts};
 use crate::metrics::EvalRecord;
@@ -336,12 +336,14 @@ fn settings_fingerprint<B: burn::tensor::backend::Backend>(
 pub fn weights_fingerprint<B: burn::tensor::backend::Backend>(
     model: &quill_model::LanguageModel<B>,
 ) -> u64 {
-    let mut bytes = Vec::new();
+    let mut hash = fingerprint(&[]);
     for tensor in quill_model::params::export(model) {
-        bytes.extend(tensor.name.bytes());
-        bytes.extend(tensor.values.iter().flat_map(|v| v.to_bits().to_le_bytes()));
+        hash = fingerprint_more(hash, tensor.name.as_bytes());
+        for v in &tensor.values {
+            hash = fingerprint_more(hash, &v.to_bits().to_le_bytes());
+        }
     }
-    fingerprint(&bytes)
+    hash
 }
 
 /// The checkpoint of the run as it is now.

@@ -132,55 +132,50 @@ pub fn run(args: TrainArgs) -> Result<()> {
         target.dtype_bytes(),
     );
     target.check_memory(&estimate)?;
-    if !writer {
-        return run_rank(
-            args.dry_run,
-            target,
-            config,
-            dataset,
-            resume,
-            init_from,
-            world,
+    if writer {
+        println!(
+            "# effective configuration ({})",
+            match (&args.resume, &args.init_from) {
+                (Some(dir), _) => format!("resumed from {}", dir.display()),
+                (None, Some(dir)) => format!("finetuning {}", dir.display()),
+                (None, None) => format!("preset {preset}"),
+            }
         );
-    }
-    println!(
-        "# effective configuration ({})",
-        match (&args.resume, &args.init_from) {
-            (Some(dir), _) => format!("resumed from {}", dir.display()),
-            (None, Some(dir)) => format!("finetuning {}", dir.display()),
-            (None, None) => format!("preset {preset}"),
+        print!("{}", toml::to_string(&config)?);
+        println!(
+            "# data: {}, vocab_size {}, run directory: {}",
+            loaded.description,
+            dataset.tokenizer.vocab_size(),
+            out.display()
+        );
+        println!(
+            "# memory: {estimate}{}",
+            target.memory().map_or_else(
+                || format!("; {} does not report its memory", target.name()),
+                |(bytes, place)| format!("; {place} has {}", human_bytes(bytes))
+            )
+        );
+        if args.dry_run {
+            println!("# dry run: nothing trained, nothing written");
         }
-    );
-    print!("{}", toml::to_string(&config)?);
-    println!(
-        "# data: {}, vocab_size {}, run directory: {}",
-        loaded.description,
-        dataset.tokenizer.vocab_size(),
-        out.display()
-    );
-    println!(
-        "# memory: {estimate}{}",
-        target.memory().map_or_else(
-            || format!("; {} does not report its memory", target.name()),
-            |(bytes, place)| format!("; {place} has {}", human_bytes(bytes))
-        )
-    );
+    }
     if args.dry_run {
-        println!("# dry run: nothing trained, nothing written");
         return Ok(());
     }
-    let run_dir = match run_dir.take() {
-        Some(dir) => dir,
-        None => RunDir::open(&out)?,
+    // Rank 0 (or the only process) records; the other ranks write nothing.
+    let run_dir = match (writer, run_dir.take()) {
+        (false, _) => None,
+        (true, Some(dir)) => Some(dir),
+        (true, None) => Some(RunDir::open(&out)?),
     };
-    for note in run_dir.recovered() {
+    for note in run_dir.iter().flat_map(RunDir::recovered) {
         eprintln!("{}: {note}", out.display());
     }
     install_stop_handler();
     let job = TrainJob {
         config,
         dataset: Arc::new(dataset),
-        out: Some(run_dir),
+        out: run_dir,
         resume,
         init_from,
         world,
@@ -252,30 +247,6 @@ fn run_on_devices(
     errors.into_iter().next().map_or(Ok(()), Err)
 }
 
-/// A rank other than 0: trains its share, writes nothing, prints one line at the end.
-fn run_rank(
-    dry_run: bool,
-    target: backend::Prepared,
-    config: TrainConfig,
-    dataset: Dataset,
-    resume: Option<Checkpoint>,
-    init_from: Option<Checkpoint>,
-    world: Option<World>,
-) -> Result<()> {
-    if dry_run {
-        return Ok(());
-    }
-    install_stop_handler();
-    target.run(TrainJob {
-        config,
-        dataset: Arc::new(dataset),
-        out: None,
-        resume,
-        init_from,
-        world,
-    })
-}
-
 /// Ctrl-C saves a checkpoint and stops (all ranks together); a second one quits at once.
 fn install_stop_handler() {
     let _ = ctrlc::set_handler(|| {
@@ -327,33 +298,15 @@ impl Observer for RankObserver<'_> {
 impl Job for TrainJob {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let Some(out) = &self.out else {
-            let rank = self.world.as_ref().map_or(0, |w| w.rank);
-            let size = self.world.as_ref().map_or(1, |w| w.size);
-            let mut observer = RankObserver {
-                progress: None,
-                agreed: None,
-            };
-            let run = Run {
-                config: self.config,
-                dataset: &self.dataset,
-                out: None,
-                resume: self.resume,
-                init_from: self.init_from,
-                stop: Some(&STOP),
-                parallel: self.world,
-            };
-            let outcome = train::<B>(run, &device, &mut observer)?;
-            let iter = match outcome {
-                Outcome::Finished(record) => record.iter,
-                Outcome::Interrupted(iter) => iter,
-            };
-            let weights = agreed(&observer, size).map_or_else(String::new, |w| format!("; {w}"));
-            println!("rank {rank}: stopped after {iter} iterations{weights}");
-            return Ok(());
-        };
-        let (last, best) = (out.last(), out.best());
+        let rank = self.world.as_ref().map_or(0, |w| w.rank);
         let size = self.world.as_ref().map_or(1, |w| w.size);
+        // Rank 0 (the one with the run directory) shows progress and the sample.
+        let places = self.out.as_ref().map(|out| (out.last(), out.best()));
+        let mut progress = places.is_some().then(Progress::new);
+        let mut observer = RankObserver {
+            progress: progress.as_mut(),
+            agreed: None,
+        };
         let run = Run {
             config: self.config,
             dataset: &self.dataset,
@@ -363,14 +316,20 @@ impl Job for TrainJob {
             stop: Some(&STOP),
             parallel: self.world,
         };
-        let mut progress = Progress::new();
-        let mut observer = RankObserver {
-            progress: Some(&mut progress),
-            agreed: None,
-        };
         let outcome = train::<B>(run, &device, &mut observer);
         let weights = agreed(&observer, size);
-        progress.finish();
+        if let Some(progress) = &progress {
+            progress.finish();
+        }
+        let Some((last, best)) = places else {
+            let iter = match outcome? {
+                Outcome::Finished(record) => record.iter,
+                Outcome::Interrupted(iter) => iter,
+            };
+            let weights = weights.map_or_else(String::new, |w| format!("; {w}"));
+            println!("rank {rank}: stopped after {iter} iterations{weights}");
+            return Ok(());
+        };
         if let Some(weights) = weights {
             println!("rank 0: {weights}");
         }
