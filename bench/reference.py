@@ -5,7 +5,7 @@ Not part of quill: `cargo xtask bench` runs it only when `import torch` works, s
 BENCHMARKS.md shows quill/PyTorch ratios measured in one run on one machine.
 
 Usage: reference.py --config CONFIG.json --data input.txt [--iters N] [--warmup N]
-                    [--eval-iters N] [--threads N]
+                    [--eval-iters N] [--threads N] [--to-loss LOSS [--eval-every N]]
 
 CONFIG.json is the "config" object of `quill bench --json` (quill's TrainConfig), so both
 sides train exactly the same shapes and hyperparameters. The model is nanoGPT's (pre-LN
@@ -13,6 +13,11 @@ blocks, fused QKV, GELU MLP, tied or untied head, GPT-2 init); the optimizer is
 torch.optim.AdamW with quill's decay groups (Linear weights, and a tied wte, decay;
 biases, LayerNorms and untied embeddings do not), global-norm clipping and the cosine
 schedule with linear warm-up. Prints one JSON object with the fields of `quill bench`.
+
+With --to-loss, it measures time to target as `quill bench --to-loss` does: from fresh
+weights, train until the val loss, evaluated every --eval-every steps on the same
+eval_iters x batch_size evenly spaced windows (start i*(len-block_size-1)//n), is at most
+LOSS, or max_iters steps are done; it prints the fields of `quill bench --to-loss`.
 """
 import argparse
 import json
@@ -131,11 +136,20 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--eval-iters", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--to-loss", type=float, default=None)
+    ap.add_argument("--eval-every", type=int, default=50)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with open(args.config) as f:
         c = json.load(f)
+    nanogpt = {"position": "learned", "norm": "layer", "activation": "gelu",
+               "zero_init_proj": False, "optimizer": "adamw"}
+    for key, value in nanogpt.items():
+        if c.get(key, value) != value:
+            raise SystemExit(f"reference.py implements nanoGPT only: {key} must be {value!r}")
+    if c["schedule"] not in ("constant", "cosine"):
+        raise SystemExit("reference.py implements the constant and cosine schedules only")
     with open(args.data, encoding="utf-8") as f:
         text = f.read()
     chars = sorted(set(text))
@@ -175,6 +189,9 @@ def main():
         return loss_sum
 
     model.train()
+    if args.to_loss is not None:
+        to_loss(args, c, model, step, val, cold)
+        return
     step(0)
     first_step_s = time.perf_counter() - cold
     for it in range(1, args.warmup + 1):
@@ -209,6 +226,42 @@ def main():
         "eval_tokens_per_s": args.eval_iters * B * T / eval_s,
         "mean_loss": sum(losses) / len(losses),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    }))
+
+
+def to_loss(args, c, model, step, val, cold):
+    B, T = c["batch_size"], c["block_size"]
+    n = c["eval_iters"] * B
+    starts = [i * (len(val) - T - 1) // n for i in range(n)]
+    windows = torch.stack([val[s : s + T + 1] for s in starts])
+
+    def val_loss():
+        model.eval()
+        with torch.no_grad():
+            losses = [model(w[:, :-1], w[:, 1:]).item() for w in windows.split(B)]
+        model.train()
+        return sum(losses) / len(losses)
+
+    curve, train_s, it = [], 0.0, 0
+    while True:
+        if it % args.eval_every == 0 or it == c["max_iters"]:
+            loss = val_loss()
+            curve.append([it, loss])
+            if loss <= args.to_loss or it >= c["max_iters"]:
+                break
+        start = time.perf_counter()
+        step(it)
+        train_s += time.perf_counter() - start
+        it += 1
+    print(json.dumps({
+        "backend": f"pytorch {torch.__version__} eager cpu",
+        "num_threads": torch.get_num_threads(),
+        "target": args.to_loss,
+        "reached": loss <= args.to_loss,
+        "steps": it,
+        "train_s": train_s,
+        "wall_s": time.perf_counter() - cold,
+        "curve": curve,
     }))
 
 

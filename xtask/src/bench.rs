@@ -93,7 +93,9 @@ fn has_nvidia_gpu() -> bool {
 }
 
 /// Runs a command and parses the last line of its stdout as JSON.
-fn json_of(command: &mut Command) -> Result<Value> {
+/// Runs `command` and parses the last line of its stdout as JSON; a failure is an error
+/// with its stderr.
+pub(crate) fn json_of(command: &mut Command) -> Result<Value> {
     eprintln!("$ {command:?}");
     let out = command
         .output()

@@ -14,10 +14,13 @@
 //!   model beside transformers, and the memory of finetuning it (see [`gpt2_bench`]).
 //! - `cargo xtask bench-parallel [--pairs P] [--iters N]`: the cost of data parallelism
 //!   with real processes over localhost (see [`parallel_bench`]).
+//! - `cargo xtask bench-to-loss [--target LOSS] [--seeds N] [--only NAME,...]`: time to
+//!   a validation loss, option by option, beside PyTorch (see [`to_loss_bench`]).
 
 mod bench;
 mod gpt2_bench;
 mod parallel_bench;
+mod to_loss_bench;
 mod tokenizer_bench;
 
 use std::path::{Path, PathBuf};
@@ -44,8 +47,9 @@ fn main() -> Result<()> {
         ["bench-tokenizer", rest @ ..] => tokenizer_bench::run(rest),
         ["bench-gpt2", rest @ ..] => gpt2_bench::run(rest),
         ["bench-parallel", rest @ ..] => parallel_bench::run(rest),
+        ["bench-to-loss", rest @ ..] => to_loss_bench::run(rest),
         _ => bail!(
-            "usage: cargo xtask data [--from FILE] | cargo xtask ci | cargo xtask bench [--iters N] [--quick] | cargo xtask bench-tokenizer [--mb N] [--bpe VOCAB] [--train] | cargo xtask bench-gpt2 [--tokens N] [--pairs P] | cargo xtask bench-parallel [--pairs P] [--iters N]"
+            "usage: cargo xtask data [--from FILE] | cargo xtask ci | cargo xtask bench [--iters N] [--quick] | cargo xtask bench-tokenizer [--mb N] [--bpe VOCAB] [--train] | cargo xtask bench-gpt2 [--tokens N] [--pairs P] | cargo xtask bench-parallel [--pairs P] [--iters N] | cargo xtask bench-to-loss [--target LOSS] [--seeds N] [--only NAME,...]"
         ),
     }
 }

@@ -379,6 +379,22 @@ pub struct BenchArgs {
     /// RSS. No training, no data.
     #[arg(long, value_name = "DIR", conflicts_with = "preset")]
     pub checkpoint: Option<PathBuf>,
+    /// TOML file of training settings (keys as the flags of quill train, in snake_case),
+    /// applied over the preset.
+    #[arg(long, value_name = "FILE", conflicts_with = "checkpoint")]
+    pub config: Option<PathBuf>,
+    /// Seed of the weights and batches [default: the preset's].
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub seed: Option<u64>,
+    /// Time to target instead of speed: train from fresh weights until the validation
+    /// loss is at most LOSS (or max_iters steps are done), evaluating every --eval-every
+    /// steps on the same eval_iters batches of evenly spaced windows, and report the
+    /// steps and seconds it took.
+    #[arg(long, value_name = "LOSS", conflicts_with = "checkpoint")]
+    pub to_loss: Option<f32>,
+    /// With --to-loss: steps between evaluations.
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: usize,
     #[command(flatten)]
     pub source: DataSource,
     /// Timed training steps.

@@ -107,6 +107,58 @@ pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
         });
 }
 
+// ---------------------------------------------------------------- rotary positions
+
+/// `cos` and `sin` of pair `i`'s angle at each position `past..past + t`, `[t, hs/2]`
+/// row-major: `p·BASE^(−2i/hs)`, computed in `f64` (the same values as
+/// `quill_model::rotary`'s tables).
+pub fn rotary_tables(t: usize, past: usize, hs: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
+    let half = hs / 2;
+    let (mut cos, mut sin) = (Vec::with_capacity(t * half), Vec::with_capacity(t * half));
+    for p in past..past + t {
+        for i in 0..half {
+            let (s, c) = (p as f64 * base.powf(-2.0 * i as f64 / hs as f64)).sin_cos();
+            cos.push(c as f32);
+            sin.push(s as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// Rotates the queries and keys of `qkv` `[B, T, 3C]` (heads of `hs` features; pair
+/// `(i, i + hs/2)` of the row at time `τ` turns by the angle whose `cos`/`sin` are
+/// `tables[τ·hs/2 + i]`) into `out`; values are copied. `inverse` turns the other way:
+/// the backward pass, as the rotation's transpose is its inverse.
+pub fn rotary(
+    qkv: &[f32],
+    dims: AttentionDims,
+    (cos, sin): (&[f32], &[f32]),
+    inverse: bool,
+    out: &mut [f32],
+) {
+    let AttentionDims { t, c, .. } = dims;
+    let (hs, half) = (dims.head_dim(), dims.head_dim() / 2);
+    let sign = if inverse { -1.0f32 } else { 1.0 };
+    out.par_chunks_mut(3 * c)
+        .zip(qkv.par_chunks(3 * c))
+        .enumerate()
+        .for_each(|(row, (out, x))| {
+            let tau = row % t;
+            let (cos, sin) = (&cos[tau * half..][..half], &sin[tau * half..][..half]);
+            // queries and keys: 2·n_head heads one after the other
+            for (y, x) in out[..2 * c].chunks_mut(hs).zip(x[..2 * c].chunks(hs)) {
+                let (y1, y2) = y.split_at_mut(half);
+                let (x1, x2) = x.split_at(half);
+                for i in 0..half {
+                    let (cs, sn) = (cos[i], sign * sin[i]);
+                    y1[i] = x1[i] * cs + x2[i] * sn;
+                    y2[i] = x2[i] * cs - x1[i] * sn;
+                }
+            }
+            out[2 * c..].copy_from_slice(&x[2 * c..]);
+        });
+}
+
 // ---------------------------------------------------------------- vector helpers
 
 /// `a·b`, in eight partial sums so that the loop vectorises.

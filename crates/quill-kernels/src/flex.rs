@@ -413,3 +413,61 @@ pub(super) fn attention_tracked(qkv: FloatTensor<Tracked>, n_head: usize) -> Flo
     let (y, state) = attention_with_state(&qkv.primitive, n_head);
     finish(AttentionBackward, [&qkv], state, y)
 }
+
+// ---------------------------------------------------------------- rotary positions
+
+/// Where the rows of a rotary call sit: the attention shape and the first position.
+#[derive(Debug, Clone, Copy)]
+struct RotaryDims {
+    dims: AttentionDims,
+    past: usize,
+    base: f64,
+}
+
+/// Rotary forward (or, `inverse`, its transpose) on a `[B, T, 3C]` Flex tensor.
+fn rotary_pass(qkv: &FlexTensor, r: RotaryDims, inverse: bool) -> FlexTensor {
+    let tables = cpu::rotary_tables(r.dims.t, r.past, r.dims.c / r.dims.n_head, r.base);
+    let mut out = vec![0f32; qkv.layout().num_elements()];
+    cpu::rotary(&values(qkv), r.dims, (&tables.0, &tables.1), inverse, &mut out);
+    tensor(out, shape(qkv))
+}
+
+fn rotary_dims(qkv: &FlexTensor, n_head: usize, past: usize, base: f64) -> RotaryDims {
+    let [_, t, c3] = shape(qkv).dims::<3>();
+    let dims = AttentionDims {
+        t,
+        c: c3 / 3,
+        n_head,
+    };
+    RotaryDims { dims, past, base }
+}
+
+/// Rotary positions of the queries and keys on Flex tensors.
+pub(super) fn rotary(qkv: &FlexTensor, n_head: usize, past: usize, base: f64) -> FlexTensor {
+    rotary_pass(qkv, rotary_dims(qkv, n_head, past, base), false)
+}
+
+#[derive(Debug)]
+struct RotaryBackward;
+
+impl Backward<Flex, 1> for RotaryBackward {
+    type State = RotaryDims;
+
+    fn backward(self, ops: Ops<RotaryDims, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let r = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |dy| rotary_pass(&dy, r, true));
+    }
+}
+
+/// Rotary positions under autodiff: one graph node, whose backward pass rotates the
+/// gradient back.
+pub(super) fn rotary_tracked(
+    qkv: FloatTensor<Tracked>,
+    n_head: usize,
+    past: usize,
+    base: f64,
+) -> FloatTensor<Tracked> {
+    let r = rotary_dims(&qkv.primitive, n_head, past, base);
+    let y = rotary_pass(&qkv.primitive, r, false);
+    finish(RotaryBackward, [&qkv], r, y)
+}

@@ -1,7 +1,7 @@
 //! # quill-kernels
 //!
-//! Fused CPU kernels for the parts of a GPT block: linear layers, GELU, LayerNorm and
-//! causal softmax attention, for Burn's Flex backend in `f32`.
+//! Fused CPU kernels for the parts of a GPT block: linear layers, GELU, LayerNorm,
+//! rotary positions and causal softmax attention, for Burn's Flex backend in `f32`.
 //!
 //! - `cpu` (private): the kernels themselves, on plain `f32` slices, with no Burn types:
 //!   each one pass over its data where Burn's generic composition makes several.
@@ -135,5 +135,23 @@ pub fn causal_attention<B: Backend>(qkv: Tensor<B, 3>, n_head: usize) -> Fused<T
             qkv, n_head,
         ))),
         Route::Other(qkv) => Err(qkv),
+    }
+}
+
+/// Rotary position embeddings of the queries and keys in `qkv` `[B, T, 3C]` (`n_head`
+/// heads; the rows are positions `past..past + T`; frequencies `base^(−2i/hs)`): each
+/// head's pairs `(i, i + hs/2)` turned by their angle, the values unchanged.
+pub fn rotary<B: Backend>(
+    qkv: Tensor<B, 3>,
+    n_head: usize,
+    past: usize,
+    base: f64,
+) -> Fused<Tensor<B, 3>> {
+    match flex::route(qkv) {
+        Route::Plain(x) => Ok(flex::output::<B, Flex, 3>(flex::rotary(&x, n_head, past, base))),
+        Route::Tracked(x) => Ok(flex::output::<B, Tracked, 3>(flex::rotary_tracked(
+            x, n_head, past, base,
+        ))),
+        Route::Other(x) => Err(x),
     }
 }

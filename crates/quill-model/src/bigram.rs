@@ -62,6 +62,6 @@ impl<B: Backend> Bigram<B> {
             &self.position_embedding_table,
             false,
         );
-        specs.linear("lm_head", &self.lm_head);
+        specs.head("lm_head", &self.lm_head);
     }
 }

@@ -35,6 +35,19 @@ pub struct GptConfig {
     /// model's output has `vocab_size` columns, so they are never sampled nor scored.
     #[serde(default = "no_vocab_padding")]
     pub pad_vocab: usize,
+    /// How tokens learn their positions: a learned table added to the token embedding
+    /// (GPT-2, the default) or rotary embeddings of the queries and keys (no table).
+    #[serde(default)]
+    pub position: Position,
+    /// The normalisation before attention, the MLP and the head: LayerNorm (the
+    /// default) or RMSNorm (no mean subtraction, no shift).
+    #[serde(default)]
+    pub norm: Norm,
+    /// Whether the residual projections (attention's and the MLP's `c_proj`) start at
+    /// zero, so that every block starts as the identity (modded-nanogpt), instead of
+    /// GPT-2's `N(0, (0.02/√(2·n_layer))²)`.
+    #[serde(default)]
+    pub zero_init_proj: bool,
 }
 
 /// `pad_vocab` of configurations written before it existed: 1, no padding.
@@ -53,6 +66,33 @@ pub enum Activation {
     /// GELU's tanh approximation, x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³))): GPT-2's
     /// gelu_new, which its released weights were trained with.
     GeluTanh,
+    /// ReLU squared, max(0, x)² (the modded-nanogpt speedrun's MLP).
+    Relu2,
+}
+
+/// How a GPT encodes positions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Position {
+    /// A learned table of block_size vectors added to the token embeddings (GPT-2).
+    #[default]
+    Learned,
+    /// Rotary embeddings (RoFormer): each head's queries and keys are rotated by angles
+    /// proportional to their position, so attention sees relative offsets.
+    Rotary,
+}
+
+/// The normalisation layer of a GPT.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Norm {
+    /// LayerNorm: (x − mean) / √(var + eps) · γ (+ β).
+    #[default]
+    Layer,
+    /// RMSNorm: x / √(mean(x²) + eps) · γ, with no mean and no shift.
+    Rms,
 }
 
 /// The lecture's bigram model: token and position embeddings of width `n_embd`, then a
@@ -99,6 +139,12 @@ impl GptConfig {
                 self.n_embd, self.n_head
             )));
         }
+        if self.position == Position::Rotary && !self.head_dim().is_multiple_of(2) {
+            return Err(ModelError::Config(format!(
+                "rotary positions need an even head size, got n_embd / n_head = {}",
+                self.head_dim()
+            )));
+        }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(ModelError::Config(format!(
                 "dropout must be in [0, 1), got {}",
@@ -128,12 +174,15 @@ impl GptConfig {
             self.n_embd as f64,
         );
         let biases = if self.bias { 1.0 } else { 0.0 };
-        // ln_1, c_attn, c_proj, ln_2, c_fc, mlp.c_proj: 12C² weights, 2C LayerNorm
-        // gains, and 11C biases (ln_1 C, c_attn 3C, c_proj C, ln_2 C, c_fc 4C, proj C).
-        let block = 12.0 * c * c + 2.0 * c + biases * 11.0 * c;
+        // RMSNorm has no shift β.
+        let norm_biases = if self.norm == Norm::Layer { biases } else { 0.0 };
+        // ln_1, c_attn, c_proj, ln_2, c_fc, mlp.c_proj: 12C² weights, 2C norm gains,
+        // 9C Linear biases (c_attn 3C, c_proj C, c_fc 4C, proj C) and 2C norm shifts.
+        let block = 12.0 * c * c + 2.0 * c + biases * 9.0 * c + norm_biases * 2.0 * c;
         let head = if self.tie_weights { 0.0 } else { v * c };
+        let positions = if self.position == Position::Learned { t * c } else { 0.0 };
         // wte + wpe + blocks + ln_f + lm_head
-        v * c + t * c + self.n_layer as f64 * block + (1.0 + biases) * c + head
+        v * c + positions + self.n_layer as f64 * block + (1.0 + norm_biases) * c + head
     }
 }
 
@@ -215,6 +264,9 @@ mod tests {
             tie_weights: true,
             activation: Activation::Gelu,
             pad_vocab: 1,
+            position: Position::Learned,
+            norm: Norm::Layer,
+            zero_init_proj: false,
         }
     }
 
@@ -227,7 +279,11 @@ mod tests {
     #[test]
     fn invalid_configs_say_why() {
         type Change = fn(&mut GptConfig);
-        let cases: [(Change, &str); 6] = [
+        let cases: [(Change, &str); 7] = [
+            (
+                |c| (c.position, c.n_head) = (Position::Rotary, 128),
+                "rotary positions need an even head size, got n_embd / n_head = 3",
+            ),
             (
                 |c| c.n_head = 5,
                 "n_embd (384) must be divisible by n_head (5)",

@@ -17,7 +17,7 @@ use crate::kv_cache::{KvCache, LayerKv};
 use crate::layers::{LayerNorm, Linear};
 use crate::ops::causal_attention;
 use crate::params::ParamSpecs;
-use crate::{Activation, GptConfig};
+use crate::{Activation, GptConfig, Position};
 
 /// Multi-head masked self-attention with one fused QKV projection.
 #[derive(Module, Debug)]
@@ -29,6 +29,8 @@ pub struct CausalSelfAttention<B: Backend> {
     attn_dropout: Dropout,
     resid_dropout: Dropout,
     n_head: usize,
+    #[module(skip)]
+    position: Position,
 }
 
 impl<B: Backend> CausalSelfAttention<B> {
@@ -40,6 +42,7 @@ impl<B: Backend> CausalSelfAttention<B> {
             attn_dropout: DropoutConfig::new(config.dropout).init(),
             resid_dropout: DropoutConfig::new(config.dropout).init(),
             n_head: config.n_head,
+            position: config.position,
         }
     }
 
@@ -47,17 +50,29 @@ impl<B: Backend> CausalSelfAttention<B> {
     /// positions in `cache`, to which it adds its own).
     pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
         let qkv = self.c_attn.forward(x); // [B, T, 3C]
+        let qkv = match self.position {
+            Position::Learned => qkv,
+            Position::Rotary => {
+                let past = cache.as_ref().map_or(0, |layer| layer.len());
+                crate::ops::rotary(qkv, self.n_head, past) // [B, T, 3C]
+            }
+        };
         let y = causal_attention(qkv, self.n_head, &self.attn_dropout, cache); // [B, T, C]
         self.resid_dropout.forward(self.c_proj.forward(y))
     }
 }
 
-/// Residual projections are scaled down by `√(2·n_layer)` (GPT-2).
+/// Residual projections are scaled down by `√(2·n_layer)` (GPT-2), or start at zero
+/// (`zero_init_proj`; the generator still draws them, so the other weights stay the
+/// same as without the option).
 fn residual_std(config: &GptConfig) -> f64 {
-    INIT_STD / (2.0 * config.n_layer as f64).sqrt()
+    match config.zero_init_proj {
+        true => 0.0,
+        false => INIT_STD / (2.0 * config.n_layer as f64).sqrt(),
+    }
 }
 
-/// The position-wise feed-forward network `C → 4C → GELU → C`.
+/// The position-wise feed-forward network `C → 4C → GELU (or ReLU²) → C`.
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     /// `C → 4C`.
@@ -86,12 +101,13 @@ impl<B: Backend> Mlp<B> {
         let h = match self.activation {
             Activation::Gelu => crate::ops::gelu(h),
             Activation::GeluTanh => crate::ops::gelu_tanh(h),
+            Activation::Relu2 => crate::ops::relu2(h),
         };
         self.dropout.forward(self.c_proj.forward(h))
     }
 }
 
-/// A pre-LayerNorm transformer block.
+/// A pre-norm transformer block.
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     /// LayerNorm before attention.
@@ -106,10 +122,11 @@ pub struct Block<B: Backend> {
 
 impl<B: Backend> Block<B> {
     fn new(config: &GptConfig, rng: &mut Rng, device: &B::Device) -> Self {
+        let norm = || LayerNorm::of_kind(config.norm, config.n_embd, config.bias, device);
         Self {
-            ln_1: LayerNorm::new(config.n_embd, config.bias, device),
+            ln_1: norm(),
             attn: CausalSelfAttention::new(config, rng, device),
-            ln_2: LayerNorm::new(config.n_embd, config.bias, device),
+            ln_2: norm(),
             mlp: Mlp::new(config, rng, device),
         }
     }
@@ -126,8 +143,8 @@ impl<B: Backend> Block<B> {
 pub struct Gpt<B: Backend> {
     /// Token embedding `[V', C]` (`V'` = V rounded up to a multiple of `pad_vocab`).
     pub wte: Embedding<B>,
-    /// Position embedding `[block_size, C]`.
-    pub wpe: Embedding<B>,
+    /// Position embedding `[block_size, C]`; `None` with rotary positions.
+    pub wpe: Option<Embedding<B>>,
     /// The transformer blocks.
     pub h: Vec<Block<B>>,
     /// Final LayerNorm.
@@ -143,13 +160,16 @@ impl<B: Backend> Gpt<B> {
     /// A freshly initialised model (GPT-2 init drawn from `rng`).
     pub fn new(config: &GptConfig, rng: &mut Rng, device: &B::Device) -> Self {
         let (v, c) = (config.padded_vocab_size(), config.n_embd);
+        let wte = embedding(v, c, rng, device);
+        // Drawn either way, so the other weights do not depend on the position encoding.
+        let wpe = embedding(config.block_size, c, rng, device);
         Self {
-            wte: embedding(v, c, rng, device),
-            wpe: embedding(config.block_size, c, rng, device),
+            wte,
+            wpe: (config.position == Position::Learned).then_some(wpe),
             h: (0..config.n_layer)
                 .map(|_| Block::new(config, rng, device))
                 .collect(),
-            ln_f: LayerNorm::new(c, config.bias, device),
+            ln_f: LayerNorm::of_kind(config.norm, c, config.bias, device),
             lm_head: (!config.tie_weights).then(|| Linear::new(c, v, false, INIT_STD, rng, device)),
             drop: DropoutConfig::new(config.dropout).init(),
             block_size: config.block_size,
@@ -169,8 +189,12 @@ impl<B: Backend> Gpt<B> {
     pub fn forward(&self, idx: Tensor<B, 2, Int>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
         let [_, t] = idx.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let pos = position_embedding(&self.wpe, &idx, past); // [1, T, C]
-        let mut x = self.drop.forward(self.wte.forward(idx) + pos); // [B, T, C]
+        let tokens = self.wte.forward(idx.clone()); // [B, T, C]
+        let x = match &self.wpe {
+            Some(wpe) => tokens + position_embedding(wpe, &idx, past), // + [1, T, C]
+            None => tokens, // rotary: positions enter in attention
+        };
+        let mut x = self.drop.forward(x);
         match cache {
             None => {
                 for block in &self.h {
@@ -211,7 +235,9 @@ impl<B: Backend> Gpt<B> {
     pub fn param_specs(&self, specs: &mut ParamSpecs) {
         let tied = self.lm_head.is_none();
         specs.embedding("transformer.wte.weight", &self.wte, tied);
-        specs.embedding("transformer.wpe.weight", &self.wpe, false);
+        if let Some(wpe) = &self.wpe {
+            specs.embedding("transformer.wpe.weight", wpe, false);
+        }
         for (i, block) in self.h.iter().enumerate() {
             let name = |part: &str| format!("transformer.h.{i}.{part}");
             specs.layer_norm(&name("ln_1"), &block.ln_1);
@@ -223,7 +249,7 @@ impl<B: Backend> Gpt<B> {
         }
         specs.layer_norm("transformer.ln_f", &self.ln_f);
         if let Some(lm_head) = &self.lm_head {
-            specs.linear("lm_head", lm_head);
+            specs.head("lm_head", lm_head);
         }
     }
 }

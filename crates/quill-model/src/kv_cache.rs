@@ -10,6 +10,16 @@ pub struct LayerKv<B: Backend> {
 }
 
 impl<B: Backend> LayerKv<B> {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.kv.as_ref().map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.kv.is_none()
+    }
+
     /// Appends the new positions' keys and values `[B, nh, T, hs]`; returns all of them,
     /// `[B, nh, P + T, hs]`, and the number `P` of positions cached before.
     pub fn append(

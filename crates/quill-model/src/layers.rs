@@ -1,11 +1,12 @@
 //! The two layers with weights a GPT is built from besides embeddings: [`Linear`] and
-//! [`LayerNorm`], thin modules over [`crate::ops`] so that the model's code reads
+//! [`LayerNorm`] (or RMSNorm), thin modules over [`crate::ops`] so that the model's code reads
 //! `self.c_fc.forward(x)` whatever the backend.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
 use quill_data::Rng;
 
+use crate::Norm;
 use crate::init::normal_param;
 use crate::ops;
 
@@ -48,14 +49,17 @@ impl<B: Backend> Linear<B> {
     }
 }
 
-/// LayerNorm over the last dimension with its own epsilon (PyTorch's 1e-5).
+/// LayerNorm over the last dimension with its own epsilon (PyTorch's 1e-5), or RMSNorm
+/// when built with [`Norm::Rms`].
 #[derive(Module, Debug)]
 pub struct LayerNorm<B: Backend> {
     /// The gain γ, `[C]`, initialised to 1.
     pub weight: Param<Tensor<B, 1>>,
-    /// The shift β, `[C]`, initialised to 0, when the layer has one.
+    /// The shift β, `[C]`, initialised to 0, when the layer has one (RMSNorm never has).
     pub bias: Option<Param<Tensor<B, 1>>>,
     eps: f64,
+    #[module(skip)]
+    kind: Norm,
 }
 
 impl<B: Backend> LayerNorm<B> {
@@ -64,16 +68,28 @@ impl<B: Backend> LayerNorm<B> {
 
     /// LayerNorm over `d` features.
     pub fn new(d: usize, bias: bool, device: &B::Device) -> Self {
+        Self::of_kind(Norm::Layer, d, bias, device)
+    }
+
+    /// A LayerNorm or an RMSNorm (which ignores `bias`) over `d` features.
+    pub fn of_kind(kind: Norm, d: usize, bias: bool, device: &B::Device) -> Self {
+        let bias = bias && kind == Norm::Layer;
         LayerNorm {
             weight: Param::from_tensor(Tensor::ones([d], device)),
             bias: bias.then(|| Param::from_tensor(Tensor::zeros([d], device))),
             eps: Self::EPS,
+            kind,
         }
     }
 
     /// `[B, T, C] → [B, T, C]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let bias = self.bias.as_ref().map(|b| b.val());
-        ops::layer_norm(x, self.weight.val(), bias, self.eps)
+        match self.kind {
+            Norm::Layer => {
+                let bias = self.bias.as_ref().map(|b| b.val());
+                ops::layer_norm(x, self.weight.val(), bias, self.eps)
+            }
+            Norm::Rms => ops::rms_norm(x, self.weight.val(), self.eps),
+        }
     }
 }

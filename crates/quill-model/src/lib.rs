@@ -8,6 +8,7 @@
 //!   a plain reference version beside it.
 //! - [`layers`]: the [`Linear`] and [`LayerNorm`] modules over those operations.
 //! - [`gpt`]: nanoGPT's [`Gpt`]: causal self-attention → MLP → block → model.
+//! - [`rotary`]: rotary position embeddings of queries and keys.
 //! - [`kv_cache`]: the [`KvCache`] generation uses.
 //! - [`bigram`]: the [`Bigram`] model of Karpathy's "Let's build GPT" lecture.
 //! - [`model`]: [`LanguageModel`], either of the two behind one type, with its loss.
@@ -19,11 +20,12 @@
 //!
 //! ```
 //! use burn_ndarray::NdArray;
-//! use quill_model::{Activation, GptConfig, ModelConfig, SamplingOptions, generate};
+//! use quill_model::{Activation, GptConfig, ModelConfig, Norm, Position, SamplingOptions, generate};
 //!
 //! let config = ModelConfig::Gpt(GptConfig {
 //!     vocab_size: 10, block_size: 8, n_layer: 1, n_head: 2, n_embd: 8,
 //!     dropout: 0.0, bias: true, tie_weights: true, activation: Activation::Gelu, pad_vocab: 1,
+//!     position: Position::Learned, norm: Norm::Layer, zero_init_proj: false,
 //! });
 //! let model = config.init::<NdArray>(0, &Default::default()).unwrap();
 //! let out = generate(&model, &[vec![1, 2, 3]], 5, &SamplingOptions::greedy(), |_| true).unwrap();
@@ -40,10 +42,11 @@ pub mod layers;
 pub mod model;
 pub mod ops;
 pub mod params;
+pub mod rotary;
 pub mod sampling;
 
 pub use bigram::Bigram;
-pub use config::{Activation, BigramConfig, GptConfig, ModelConfig};
+pub use config::{Activation, BigramConfig, GptConfig, ModelConfig, Norm, Position};
 pub use error::ModelError;
 pub use gpt::Gpt;
 pub use kv_cache::KvCache;

@@ -84,6 +84,31 @@ pub fn layer_norm_slow<B: Backend>(
     Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(x, gamma, beta, eps)))
 }
 
+/// RMSNorm over the last dimension of `x` `[B, T, C]` with gain `gamma` `[C]`:
+/// `x / √(mean(x²) + eps) · γ`. No fused kernel: Burn's operations on every backend.
+pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, gamma: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+    let c = gamma.dims()[0];
+    let mean_square = x.clone().powi_scalar(2).mean_dim(2); // [B, T, 1]
+    x * (mean_square + eps).sqrt().recip() * gamma.reshape([1, 1, c])
+}
+
+/// ReLU squared, `max(0, x)²`, element-wise. Burn's operations on every backend.
+pub fn relu2<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    burn::tensor::activation::relu(x).powi_scalar(2)
+}
+
+/// Rotary position embeddings of the queries and keys in `qkv` `[B, T, 3C]`, whose rows
+/// are positions `past..past + T` (see [`crate::rotary`]); the values pass unchanged.
+pub fn rotary<B: Backend>(qkv: Tensor<B, 3>, n_head: usize, past: usize) -> Tensor<B, 3> {
+    fast_path!(qkv = quill_kernels::rotary(qkv, n_head, past, crate::rotary::BASE));
+    rotary_slow(qkv, n_head, past)
+}
+
+/// [`rotary`] in Burn's operations.
+pub fn rotary_slow<B: Backend>(qkv: Tensor<B, 3>, n_head: usize, past: usize) -> Tensor<B, 3> {
+    crate::rotary::rotate_qk(qkv, n_head, past)
+}
+
 /// Causal self-attention of `n_head` heads over `qkv` `[B, T, 3C]` (queries, keys and
 /// values side by side, as one `C → 3C` projection writes them) → `[B, T, C]`: new
 /// position `t` attends to positions `≤ t`, and to the `P` positions already in `cache`

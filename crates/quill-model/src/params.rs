@@ -39,6 +39,9 @@ pub struct ParamSpec {
     pub transposed: bool,
     /// Whether AdamW's weight decay applies to it.
     pub decays: bool,
+    /// Whether it is a hidden matrix: a Linear weight inside a block (not an embedding,
+    /// the LM head or a gain), which Muon may update instead of AdamW.
+    pub hidden: bool,
 }
 
 /// Every parameter of a model, by id, as the model declares them.
@@ -64,12 +67,21 @@ impl ParamSpecs {
             name,
             transposed,
             decays,
+            hidden: false,
         };
         self.by_id.insert(param.id, spec);
     }
 
-    /// `{prefix}.weight` (transposed, decays) and `{prefix}.bias`.
+    /// `{prefix}.weight` (transposed, decays, a hidden matrix) and `{prefix}.bias`.
     pub fn linear<B: Backend>(&mut self, prefix: &str, layer: &Linear<B>) {
+        self.head(prefix, layer);
+        if let Some(spec) = self.by_id.get_mut(&layer.weight.id) {
+            spec.hidden = true;
+        }
+    }
+
+    /// An output layer: [`ParamSpecs::linear`], but not a hidden matrix.
+    pub fn head<B: Backend>(&mut self, prefix: &str, layer: &Linear<B>) {
         self.add(&layer.weight, format!("{prefix}.weight"), true, true);
         if let Some(bias) = &layer.bias {
             self.add(bias, format!("{prefix}.bias"), false, false);

@@ -1,7 +1,9 @@
 //! The KV cache computes what full recompute computes: the same logits (to rounding)
 //! and exactly the same tokens, greedy and sampled, inside and beyond the block. On
 //! NdArray both paths are Burn's generic attention; on Flex the full recompute takes the
-//! fused kernel and the cache the generic path.
+//! fused kernel and the cache the generic path. Both recipes: nanoGPT's (learned
+//! positions, LayerNorm, GELU) and the fast one (rotary positions, which the cache must
+//! continue at the right offset, RMSNorm, ReLU²).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
@@ -10,14 +12,15 @@ use burn_ndarray::NdArray;
 use quill_data::Rng;
 use quill_data::batch::ids_to_tensor;
 use quill_model::{
-    Activation, GptConfig, KvCache, LanguageModel, ModelConfig, ModelError, SamplingOptions,
-    generate, window_start,
+    Activation, GptConfig, KvCache, LanguageModel, ModelConfig, ModelError, Norm, Position,
+    SamplingOptions, generate, window_start,
 };
 
 const BLOCK: usize = 8;
 const VOCAB: usize = 13;
 
-fn model<B: Backend>() -> LanguageModel<B> {
+/// nanoGPT's recipe, or (`fast`) rotary positions, RMSNorm and ReLU².
+fn model<B: Backend>(fast: bool) -> LanguageModel<B> {
     let config = GptConfig {
         vocab_size: VOCAB,
         block_size: BLOCK,
@@ -27,8 +30,11 @@ fn model<B: Backend>() -> LanguageModel<B> {
         dropout: 0.0,
         bias: true,
         tie_weights: true,
-        activation: Activation::Gelu,
+        activation: if fast { Activation::Relu2 } else { Activation::Gelu },
         pad_vocab: 1,
+        position: if fast { Position::Rotary } else { Position::Learned },
+        norm: if fast { Norm::Rms } else { Norm::Layer },
+        zero_init_proj: false,
     };
     // Weights far from init make the logits (and so the tokens) depend on the context.
     let model = ModelConfig::Gpt(config)
@@ -59,12 +65,14 @@ fn host<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
 
 #[test]
 fn cached_logits_equal_full_forward() {
-    cached_logits_equal_full_forward_on::<NdArray>();
-    cached_logits_equal_full_forward_on::<Flex>();
+    for fast in [false, true] {
+        cached_logits_equal_full_forward_on::<NdArray>(fast);
+        cached_logits_equal_full_forward_on::<Flex>(fast);
+    }
 }
 
-fn cached_logits_equal_full_forward_on<B: Backend>() {
-    let model = model::<B>();
+fn cached_logits_equal_full_forward_on<B: Backend>(fast: bool) {
+    let model = model::<B>(fast);
     let tokens: Vec<u32> = (0..BLOCK as u32)
         .map(|i| (i * 5 + 1) % VOCAB as u32)
         .collect();
@@ -116,22 +124,28 @@ fn the_window_grows_to_block_size_then_shifts_by_half() {
     assert!(starts.iter().zip(1..).all(|(s, len)| len - s <= BLOCK));
 }
 
-fn both(prompts: &[Vec<u32>], max_new: usize, options: SamplingOptions) -> Vec<Vec<u32>> {
-    let a = both_on::<NdArray>(prompts, max_new, options.clone());
+fn both(
+    fast: bool,
+    prompts: &[Vec<u32>],
+    max_new: usize,
+    options: SamplingOptions,
+) -> Vec<Vec<u32>> {
+    let a = both_on::<NdArray>(fast, prompts, max_new, options.clone());
     assert_eq!(
         a,
-        both_on::<Flex>(prompts, max_new, options),
+        both_on::<Flex>(fast, prompts, max_new, options),
         "NdArray and Flex differ"
     );
     a
 }
 
 fn both_on<B: Backend>(
+    fast: bool,
     prompts: &[Vec<u32>],
     max_new: usize,
     options: SamplingOptions,
 ) -> Vec<Vec<u32>> {
-    let model = model::<B>();
+    let model = model::<B>(fast);
     let cached = SamplingOptions {
         kv_cache: true,
         ..options.clone()
@@ -148,6 +162,15 @@ fn both_on<B: Backend>(
 
 #[test]
 fn cached_generation_equals_recompute() {
+    cached_generation_equals_recompute_with(false);
+}
+
+#[test]
+fn cached_generation_equals_recompute_with_rotary_positions() {
+    cached_generation_equals_recompute_with(true);
+}
+
+fn cached_generation_equals_recompute_with(fast: bool) {
     let mut rng = Rng::new(5);
     let mut prompt =
         |len: usize| -> Vec<u32> { (0..len).map(|_| rng.below(VOCAB as u64) as u32).collect() };
@@ -207,7 +230,7 @@ fn cached_generation_equals_recompute() {
     ];
     let mut outputs = Vec::new();
     for (name, prompts, max_new, options) in cases {
-        let out = both(&prompts, max_new, options);
+        let out = both(fast, &prompts, max_new, options);
         assert!(
             out.iter().all(|r| r.len() == prompts[0].len() + max_new),
             "{name}"

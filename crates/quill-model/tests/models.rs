@@ -110,6 +110,9 @@ fn parameter_count_matches_the_closed_form() {
         tie_weights: true,
         activation: Activation::Gelu,
         pad_vocab: 1,
+        position: quill_model::Position::Learned,
+        norm: quill_model::Norm::Layer,
+        zero_init_proj: false,
     };
     let per_block = 2 * c // ln_1
         + (c * 3 * c + 3 * c) // c_attn
@@ -135,12 +138,24 @@ fn parameter_count_matches_the_closed_form() {
     assert_eq!(untied.num_params(), closed_form + c * v);
     let no_bias = GptConfig {
         bias: false,
-        ..config
+        ..config.clone()
     };
     let no_bias = ModelConfig::Gpt(no_bias)
         .init::<B>(0, &Default::default())
         .unwrap();
     assert_eq!(no_bias.num_params() - t * c, 10_646_784);
+    // Rotary positions drop wpe; RMSNorm drops every norm's shift (2C per block, C at
+    // the end); the closed form of num_params agrees.
+    let fast = GptConfig {
+        position: quill_model::Position::Rotary,
+        norm: quill_model::Norm::Rms,
+        ..config
+    };
+    let model = ModelConfig::Gpt(fast.clone())
+        .init::<B>(0, &Default::default())
+        .unwrap();
+    assert_eq!(model.num_params(), closed_form - t * c - (2 * l + 1) * c);
+    assert_eq!(fast.num_params(), model.num_params() as f64);
 }
 
 #[test]

@@ -73,6 +73,13 @@ fn fast_paths_equal_their_reference_versions() {
         run(12, 3, linear(true)),
     );
 
+    // Rotary positions of 3 heads of 4, at positions 7..12 (after a cache of 7).
+    assert_close(
+        "rotary",
+        run(36, 5, |x| ops::rotary(x, 3, 7)),
+        run(36, 5, |x| ops::rotary_slow(x, 3, 7)),
+    );
+
     // 3 heads of 4 over a [2, 5, 3·12] projection; dropout 0 takes the fused path.
     let dropout = DropoutConfig::new(0.0).init();
     let attention = |x| ops::causal_attention(x, 3, &dropout, None);

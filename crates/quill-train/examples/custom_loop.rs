@@ -35,6 +35,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tie_weights: true,
         activation: Activation::Gelu,
         pad_vocab: 1,
+        position: quill_model::Position::Learned,
+        norm: quill_model::Norm::Layer,
+        zero_init_proj: false,
     };
     let model = ModelConfig::Gpt(gpt).init::<B>(0, &Default::default())?;
     // AdamW, schedule and clipping settings: the `cpu` preset's, shortened.

@@ -2,12 +2,15 @@
 //!
 //! [`bench_training`] times the training step the trainer runs (same batches, model,
 //! AdamW and clipping), the evaluation forward pass, and reports nanoGPT's model FLOPs
-//! per token; [`bench_sampling`] times generation with and without the KV cache.
+//! per token; [`bench_sampling`] times generation with and without the KV cache;
+//! [`bench_to_loss`] times training until the validation loss reaches a target.
 
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
+use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use quill_data::TokenSource;
 use quill_data::Dataset;
 use quill_model::{LanguageModel, ModelConfig, SamplingOptions, generate};
 use serde::Serialize;
@@ -46,7 +49,11 @@ pub struct TrainBench {
 pub fn flops_per_token(model: &ModelConfig, num_params: usize) -> f64 {
     match model {
         ModelConfig::Gpt(g) => {
-            let n = (num_params - g.block_size * g.n_embd) as f64;
+            let positions = match g.position {
+                quill_model::Position::Learned => g.block_size * g.n_embd,
+                quill_model::Position::Rotary => 0,
+            };
+            let n = (num_params - positions) as f64;
             6.0 * n + 12.0 * (g.n_layer * g.n_embd * g.block_size) as f64
         }
         ModelConfig::Bigram(_) => 6.0 * num_params as f64,
@@ -124,6 +131,116 @@ pub fn bench_training<AB: AutodiffBackend>(
     })
 }
 
+/// Time to a target validation loss: training from fresh weights until an evaluation
+/// reaches it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToLossBench {
+    /// The target validation loss.
+    pub target: f32,
+    /// Whether an evaluation reached it within `max_iters` steps.
+    pub reached: bool,
+    /// Optimizer steps taken until then (`max_iters` when it was not reached).
+    pub steps: usize,
+    /// Wall seconds of those steps (drawing batches, forward, backward, update), the
+    /// evaluations excluded.
+    pub train_s: f64,
+    /// Wall seconds from before the model's initialisation to the evaluation that
+    /// reached the target (or the last one), evaluations included.
+    pub wall_s: f64,
+    /// `(step, val loss)` of every evaluation.
+    pub curve: Vec<(usize, f32)>,
+}
+
+/// The starts of `n` evenly spaced windows of `block_size + 1` tokens in `len` tokens:
+/// `⌊i·(len − block_size − 1)/n⌋`, `i = 0..n`. A fixed set, the same for every run and
+/// easy to reproduce elsewhere (`bench/reference.py` uses the same).
+pub fn eval_windows(len: usize, block_size: usize, n: usize) -> Vec<usize> {
+    let span = len.saturating_sub(block_size + 1);
+    (0..n).map(|i| i * span / n).collect()
+}
+
+/// Mean loss of `model` on the windows starting at `starts`, in batches of `batch_size`.
+fn loss_on_windows<B: Backend>(
+    model: &LanguageModel<B>,
+    data: &(impl quill_data::TokenSource + ?Sized),
+    starts: &[usize],
+    batch_size: usize,
+) -> Result<f32, TrainError> {
+    let (t, device) = (model.block_size(), model.device());
+    let (mut total, mut batches) = (0.0f64, 0usize);
+    for chunk in starts.chunks(batch_size) {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        let mut window = Vec::with_capacity(t + 1);
+        for &start in chunk {
+            window.clear();
+            data.read_window(start, t + 1, &mut window)?;
+            x.extend_from_slice(&window[..t]);
+            y.extend_from_slice(&window[1..]);
+        }
+        let ids = |v: Vec<u32>| quill_data::batch::ids_to_tensor::<B, 2>(&v, [chunk.len(), t], &device);
+        let loss = model.loss(ids(x), ids(y))?;
+        total += loss.into_scalar().elem::<f64>();
+        batches += 1;
+    }
+    Ok((total / batches.max(1) as f64) as f32)
+}
+
+/// Trains `config` from fresh weights (its seed, schedule and `max_iters`) and evaluates
+/// the val split every `eval_every` steps, on `eval_batches · batch_size` fixed windows
+/// ([`eval_windows`]), until the loss is at most `target` or `max_iters` steps are done.
+pub fn bench_to_loss<AB: AutodiffBackend>(
+    config: &TrainConfig,
+    dataset: &Dataset,
+    device: &AB::Device,
+    target: f32,
+    eval_every: usize,
+    eval_batches: usize,
+) -> Result<ToLossBench, TrainError> {
+    if eval_every == 0 || eval_batches == 0 {
+        return Err(TrainError::Config(
+            "time to loss needs evaluations: --eval-every and --eval-iters at least 1".into(),
+        ));
+    }
+    config.validate()?;
+    dataset.split.check_block_size(config.block_size)?;
+    let sync =
+        || AB::sync(device).map_err(|e| TrainError::Device(e.to_string().replace('\n', " ")));
+    let (train, val) = (&dataset.split.train, &dataset.split.val);
+    let windows = eval_windows(
+        val.token_count(),
+        config.block_size,
+        eval_batches * config.batch_size,
+    );
+
+    let cold = Instant::now();
+    let model = (config.model_config(dataset.tokenizer.vocab_size())).init::<AB>(config.seed, device)?;
+    let mut trainer = Trainer::new(model, config);
+    let mut sampler = config.batch_sampler()?;
+    let (mut curve, mut train_s) = (Vec::new(), 0.0);
+    loop {
+        let step = trainer.iter();
+        if step % eval_every == 0 || step == config.max_iters {
+            let loss = loss_on_windows(&trainer.model().valid(), val, &windows, config.batch_size)?;
+            curve.push((step, loss));
+            if loss <= target || step >= config.max_iters {
+                return Ok(ToLossBench {
+                    target,
+                    reached: loss <= target,
+                    steps: step,
+                    train_s,
+                    wall_s: cold.elapsed().as_secs_f64(),
+                    curve,
+                });
+            }
+        }
+        let start = Instant::now();
+        let batch = Batch::sample(&mut sampler, train, config.grad_accum, device)?;
+        trainer.step(&batch)?;
+        sync()?;
+        train_s += start.elapsed().as_secs_f64();
+    }
+}
+
 /// The peak resident set size of this process in MiB (`VmHWM`), where the OS reports it.
 pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -196,6 +313,14 @@ mod tests {
     use burn_flex::Flex;
 
     use super::*;
+
+    #[test]
+    fn eval_windows_are_evenly_spaced_and_fit() {
+        assert_eq!(eval_windows(100, 9, 4), [0, 22, 45, 67]);
+        let starts = eval_windows(111_540, 64, 240);
+        assert_eq!(starts.len(), 240);
+        assert!(starts.iter().all(|&s| s + 65 <= 111_540));
+    }
 
     #[test]
     fn flops_per_token_is_nanogpts_for_shakespeare_char() {

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use quill_data::{BatchSampler, TokenizerSpec};
-use quill_model::{Activation, BigramConfig, GptConfig, ModelConfig};
+use quill_model::{Activation, BigramConfig, GptConfig, ModelConfig, Norm, Position};
 
 use crate::TrainError;
 
@@ -27,6 +27,22 @@ pub enum Schedule {
     Constant,
     /// Linear warmup, then cosine decay to the minimum learning rate at the last step.
     Cosine,
+    /// Warmup, stable, decay: linear warmup, the peak learning rate, then a linear
+    /// decay to the minimum over the last `cooldown_iters` steps (modded-nanogpt's).
+    Wsd,
+}
+
+/// Which optimizer updates the hidden matrices (the Linear weights inside blocks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// AdamW for every parameter (nanoGPT).
+    #[default]
+    Adamw,
+    /// Muon (momentum orthogonalised by Newton–Schulz) for the hidden matrices; AdamW
+    /// for embeddings, the LM head, gains and biases.
+    Muon,
 }
 
 /// Declares [`TrainConfig`], its all-optional twin [`TrainOverrides`] (what a TOML file
@@ -87,6 +103,15 @@ train_config! {
     /// Round the embedding and LM head rows up to a multiple of this (GPT; 1: none).
     #[serde(default = "quill_model::config::no_vocab_padding")]
     pad_vocab: usize,
+    /// Position encoding (GPT): learned (a table, GPT-2) or rotary.
+    #[serde(default)]
+    position: Position,
+    /// Normalisation layers (GPT): layer (LayerNorm) or rms (RMSNorm).
+    #[serde(default)]
+    norm: Norm,
+    /// Start the residual projections at zero (GPT).
+    #[serde(default)]
+    zero_init_proj: bool,
     /// Sequences per micro-batch.
     batch_size: usize,
     /// Micro-batches per optimizer step.
@@ -105,8 +130,20 @@ train_config! {
     min_lr: f64,
     /// Learning-rate schedule.
     schedule: Schedule,
-    /// Linear warmup steps (cosine schedule).
+    /// Linear warmup steps (cosine and wsd schedules).
     warmup_iters: usize,
+    /// Final steps of linear decay to min_lr (wsd schedule).
+    #[serde(default)]
+    cooldown_iters: usize,
+    /// The hidden matrices' optimizer: adamw or muon.
+    #[serde(default)]
+    optimizer: OptimizerKind,
+    /// Muon's peak learning rate (the schedule scales it as it scales lr).
+    #[serde(default = "default_muon_lr")]
+    muon_lr: f64,
+    /// Muon's momentum (Nesterov).
+    #[serde(default = "default_muon_momentum")]
+    muon_momentum: f64,
     /// AdamW decoupled weight decay (on ≥2-D weights only).
     weight_decay: f64,
     /// AdamW β1.
@@ -123,6 +160,16 @@ train_config! {
     val_fraction: f64,
     /// Tokens sampled and shown at each evaluation (0 disables).
     sample_chars: usize,
+}
+
+/// `muon_lr` of configurations written before Muon existed: modded-nanogpt's 0.05.
+pub(crate) fn default_muon_lr() -> f64 {
+    0.05
+}
+
+/// `muon_momentum` of configurations written before Muon existed: 0.95.
+pub(crate) fn default_muon_momentum() -> f64 {
+    0.95
 }
 
 /// Names of the built-in presets.
@@ -148,6 +195,9 @@ impl TrainConfig {
             tie_weights: true,
             activation: Activation::Gelu,
             pad_vocab: 1,
+            position: Position::Learned,
+            norm: Norm::Layer,
+            zero_init_proj: false,
             batch_size: 64,
             grad_accum: 1,
             max_iters: 5000,
@@ -158,6 +208,10 @@ impl TrainConfig {
             min_lr: 1e-4,
             schedule: Schedule::Cosine,
             warmup_iters: 100,
+            cooldown_iters: 0,
+            optimizer: OptimizerKind::Adamw,
+            muon_lr: default_muon_lr(),
+            muon_momentum: default_muon_momentum(),
             weight_decay: 0.1,
             beta1: 0.9,
             beta2: 0.99,
@@ -271,6 +325,19 @@ impl TrainConfig {
             ((0.0..1.0).contains(&self.beta2), "beta2 must be in [0, 1)"),
             (self.eps > 0.0, "eps must be > 0"),
             (
+                self.muon_lr > 0.0 && self.muon_lr.is_finite(),
+                "muon_lr must be a positive number",
+            ),
+            (
+                (0.0..1.0).contains(&self.muon_momentum),
+                "muon_momentum must be in [0, 1)",
+            ),
+            (
+                self.schedule != Schedule::Wsd
+                    || self.warmup_iters + self.cooldown_iters <= self.max_iters,
+                "the wsd schedule needs warmup_iters + cooldown_iters ≤ max_iters",
+            ),
+            (
                 self.grad_clip >= 0.0,
                 "grad_clip must be ≥ 0 (0 disables clipping)",
             ),
@@ -300,6 +367,9 @@ impl TrainConfig {
                 tie_weights: self.tie_weights,
                 activation: self.activation,
                 pad_vocab: self.pad_vocab,
+                position: self.position,
+                norm: self.norm,
+                zero_init_proj: self.zero_init_proj,
             }),
         }
     }
@@ -337,6 +407,9 @@ impl TrainConfig {
                 tie_weights: Some(gpt.tie_weights),
                 activation: Some(gpt.activation),
                 pad_vocab: Some(gpt.pad_vocab),
+                position: Some(gpt.position),
+                norm: Some(gpt.norm),
+                zero_init_proj: Some(gpt.zero_init_proj),
                 ..Default::default()
             },
         };

@@ -19,7 +19,7 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use quill_data::{Rng, Tokenizer};
 use quill_model::params::NamedTensor;
-use quill_model::{Activation, GptConfig, ModelConfig};
+use quill_model::{Activation, GptConfig, ModelConfig, Norm, Position};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{Value, json};
 
@@ -120,6 +120,9 @@ pub fn gpt_config(path: &Path, text: &str) -> Result<GptConfig, TrainError> {
         tie_weights: flag("tie_word_embeddings", true),
         activation,
         pad_vocab: 1,
+        position: Position::Learned,
+        norm: Norm::Layer,
+        zero_init_proj: false,
     };
     gpt.validate().map_err(|e| bad(e.to_string()))?;
     Ok(gpt)
@@ -218,6 +221,9 @@ pub fn finetune_config(gpt: &GptConfig) -> TrainConfig {
         tie_weights: gpt.tie_weights,
         activation: gpt.activation,
         pad_vocab: gpt.pad_vocab,
+        position: gpt.position,
+        norm: gpt.norm,
+        zero_init_proj: gpt.zero_init_proj,
         batch_size: 1,
         grad_accum: 32,
         max_iters: 20,
@@ -228,6 +234,10 @@ pub fn finetune_config(gpt: &GptConfig) -> TrainConfig {
         min_lr: 3e-5,
         schedule: Schedule::Constant,
         warmup_iters: 0,
+        cooldown_iters: 0,
+        optimizer: crate::config::OptimizerKind::Adamw,
+        muon_lr: crate::config::default_muon_lr(),
+        muon_momentum: crate::config::default_muon_momentum(),
         weight_decay: 0.1,
         beta1: 0.9,
         beta2: 0.95,
@@ -320,6 +330,17 @@ pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
             "the checkpoint's model has bias = false; Hugging Face GPT-2 has biases in every Linear and LayerNorm",
         ));
     }
+    let unlike_gpt2 = [
+        (gpt.activation == Activation::Relu2, "activation = relu2"),
+        (gpt.position == Position::Rotary, "position = rotary"),
+        (gpt.norm == Norm::Rms, "norm = rms"),
+    ];
+    if let Some((_, setting)) = unlike_gpt2.iter().find(|(unlike, _)| *unlike) {
+        return Err(error(
+            out,
+            format!("the checkpoint's model has {setting}, which Hugging Face GPT-2 cannot express"),
+        ));
+    }
     if out.is_file() || out.is_dir() && !is_replaceable(out) {
         return Err(error(
             out,
@@ -360,6 +381,7 @@ pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
         "activation_function": match gpt.activation {
             Activation::Gelu => "gelu",
             Activation::GeluTanh => "gelu_new",
+            Activation::Relu2 => unreachable!("refused above"),
         },
         "resid_pdrop": gpt.dropout,
         "embd_pdrop": gpt.dropout,

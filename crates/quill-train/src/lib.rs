@@ -3,8 +3,9 @@
 //! Training for quill's models, nanoGPT-style:
 //!
 //! - [`config`]: [`TrainConfig`], the presets and their overrides.
-//! - [`schedule`]: warmup + cosine learning rate.
+//! - [`schedule`]: warmup + cosine (or constant, or warmup–stable–decay) learning rate.
 //! - [`optim`]: AdamW with decay groups, global-norm clipping, gradient accumulation.
+//! - [`muon`]: Muon, which may update the hidden matrices instead of AdamW.
 //! - [`step`]: the public optimizer step: a [`Trainer`] (model + AdamW + schedule) whose
 //!   [`Trainer::step`] takes a [`Batch`] and returns a [`StepOutput`].
 //! - [`evaluate`](mod@evaluate): train and val [`Losses`] of a model.
@@ -49,6 +50,7 @@ pub mod hf;
 pub mod inference;
 pub mod memory;
 pub mod metrics;
+pub mod muon;
 pub mod optim;
 pub mod parity;
 pub mod plot;

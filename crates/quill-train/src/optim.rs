@@ -12,6 +12,10 @@
 //! - **Accumulation.** Gradients of `grad_accum` micro-batches are summed in
 //!   [`GradBuffer`] and divided by their count before the step.
 //!
+//! - **Muon.** Optionally ([`AdamW::with_muon`]), the hidden matrices (Linear weights
+//!   inside blocks) are updated by [`crate::muon`] instead, at their own learning rate
+//!   and without weight decay; AdamW keeps the rest.
+//!
 //! Names and decay groups are the model's own declaration
 //! ([`LanguageModel::param_specs`]); state is keyed by parameter name, so it saves and
 //! loads with checkpoints.
@@ -131,6 +135,13 @@ impl<B: Backend> GradBuffer<B> {
             .map_err(|e| TrainError::Parallel(format!("{e:?}")))
     }
 
+    /// The mean gradient of the parameter called `name` (flattened, in quill's layout),
+    /// if it has one.
+    pub fn gradient(&self, name: &str) -> Option<Tensor<B, 1>> {
+        let sum = self.grads.get(name)?.clone();
+        Some(sum / self.micro_batches.max(1) as f64)
+    }
+
     /// The global L2 norm of the mean gradient.
     pub fn global_norm(&self) -> f64 {
         let squares_on_host: Option<f64> = (self.grads.values())
@@ -165,9 +176,12 @@ pub struct StepOptions {
     pub lr: f64,
     /// Global-norm clip (0 disables).
     pub grad_clip: f64,
+    /// Muon's learning rate for the hidden matrices (unused without Muon).
+    pub muon_lr: f64,
 }
 
-/// AdamW (decoupled weight decay, bias-corrected moments), as PyTorch computes it.
+/// AdamW (decoupled weight decay, bias-corrected moments), as PyTorch computes it; with
+/// Muon for the hidden matrices when asked.
 #[derive(Debug, Clone)]
 pub struct AdamW<B: Backend> {
     beta1: f64,
@@ -176,10 +190,15 @@ pub struct AdamW<B: Backend> {
     weight_decay: f64,
     step: u64,
     moments: BTreeMap<String, (Tensor<B, 1>, Tensor<B, 1>)>,
+    /// Muon's momentum coefficient, when Muon updates the hidden matrices.
+    muon_momentum: Option<f64>,
+    /// Muon's momentum buffers, flattened, by parameter name.
+    momentum: BTreeMap<String, Tensor<B, 1>>,
 }
 
 const EXP_AVG: &str = "exp_avg.";
 const EXP_AVG_SQ: &str = "exp_avg_sq.";
+const MOMENTUM: &str = "momentum_buffer.";
 
 impl<B: Backend> AdamW<B> {
     /// A fresh optimizer.
@@ -191,7 +210,15 @@ impl<B: Backend> AdamW<B> {
             weight_decay,
             step: 0,
             moments: BTreeMap::new(),
+            muon_momentum: None,
+            momentum: BTreeMap::new(),
         }
+    }
+
+    /// Updates the hidden matrices with Muon (momentum `momentum`) instead of AdamW.
+    pub fn with_muon(mut self, momentum: f64) -> Self {
+        self.muon_momentum = Some(momentum);
+        self
     }
 
     /// Steps taken so far.
@@ -222,11 +249,13 @@ impl<B: Backend> AdamW<B> {
             grads: grads.grads,
             scale,
             lr: options.lr,
+            muon_lr: options.muon_lr,
         };
         (model.map(&mut update), norm)
     }
 
-    /// The moments as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`).
+    /// The moments as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`, and
+    /// Muon's `momentum_buffer.<param>`).
     pub fn state(&self) -> Vec<NamedTensor> {
         let host = |name: String, t: &Tensor<B, 1>| NamedTensor {
             name,
@@ -241,6 +270,9 @@ impl<B: Backend> AdamW<B> {
                     host(format!("{EXP_AVG_SQ}{name}"), v),
                 ]
             })
+            .chain(
+                (self.momentum.iter()).map(|(name, buf)| host(format!("{MOMENTUM}{name}"), buf)),
+            )
             .collect()
     }
 
@@ -257,7 +289,17 @@ impl<B: Backend> AdamW<B> {
         };
         let upload = |t: &NamedTensor| to_f32(upload(t));
         self.moments.clear();
+        self.momentum.clear();
         for (key, m) in tensors {
+            if let Some(name) = key.strip_prefix(MOMENTUM) {
+                if self.muon_momentum.is_none() {
+                    return Err(bad(format!(
+                        "{key} is Muon's, and this run does not use Muon"
+                    )));
+                }
+                self.momentum.insert(name.to_string(), upload(m));
+                continue;
+            }
             let Some(name) = key.strip_prefix(EXP_AVG) else {
                 if !key.starts_with(EXP_AVG_SQ) {
                     return Err(bad(format!("unexpected tensor {key}")));
@@ -350,6 +392,25 @@ struct Update<'a, B: Backend> {
     grads: BTreeMap<String, Tensor<B, 1>>,
     scale: f64,
     lr: f64,
+    muon_lr: f64,
+}
+
+impl<B: Backend> Update<'_, B> {
+    /// Muon's step for the hidden matrix `p` `[in, out]` (flattened, f32) called `name`.
+    fn muon(&mut self, name: &str, p: Tensor<B, 1>, g: Tensor<B, 1>, dims: [usize; 2]) -> Tensor<B, 1> {
+        let momentum = self.optim.muon_momentum.expect("called with Muon only");
+        let buf = (self.optim.momentum.remove(name)).unwrap_or_else(|| p.zeros_like());
+        let (p, buf) = crate::muon::step(
+            p.reshape(dims),
+            (g * self.scale).reshape(dims),
+            buf.reshape(dims),
+            self.muon_lr,
+            momentum,
+        );
+        let n = dims[0] * dims[1];
+        self.optim.momentum.insert(name.to_string(), buf.reshape([n]));
+        p.reshape([n])
+    }
 }
 
 impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Update<'_, B> {
@@ -364,8 +425,14 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
         // The update and the moments are f32 whatever the parameters' dtype: in f16,
         // eps (1e-8) is 0 and a parameter without gradient would get 0/0.
         let p = to_f32(tensor.inner().reshape([shape.num_elements()])); // [n]
-        let o = &mut *self.optim;
         let g = to_f32(grad);
+        if spec.hidden && D == 2 && self.optim.muon_momentum.is_some() {
+            let p = self.muon(&name, p, g, [shape.dims::<2>()[0], shape.dims::<2>()[1]]);
+            let p = if dtype == DType::F32 { p } else { p.cast(dtype) };
+            let updated = Tensor::<AB, D>::from_inner(p.reshape(shape)).require_grad();
+            return Param::from_mapped_value(id, updated, mapper);
+        }
+        let o = &mut *self.optim;
         let (m, v) = o
             .moments
             .remove(&name)

@@ -12,6 +12,7 @@ use quill_model::params::NamedTensor;
 use crate::distributed::Collective;
 use crate::optim::{AdamW, GradBuffer, StepOptions};
 use crate::schedule::learning_rate;
+use crate::config::OptimizerKind;
 use crate::{TrainConfig, TrainError};
 
 /// The data of one optimizer step: one or more micro-batches of inputs `x` and targets
@@ -85,9 +86,13 @@ impl<AB: AutodiffBackend> Trainer<AB> {
     /// optimizer, schedule, clipping and dropout seed.
     pub fn new(model: LanguageModel<AB>, config: &TrainConfig) -> Self {
         let c = config;
+        let optim = AdamW::new(c.beta1, c.beta2, c.eps, c.weight_decay);
         Trainer {
             model: Some(model),
-            optim: AdamW::new(c.beta1, c.beta2, c.eps, c.weight_decay),
+            optim: match c.optimizer {
+                OptimizerKind::Adamw => optim,
+                OptimizerKind::Muon => optim.with_muon(c.muon_momentum),
+            },
             config: config.clone(),
             iter: 0,
             collective: None,
@@ -189,6 +194,8 @@ impl<AB: AutodiffBackend> Trainer<AB> {
         let options = StepOptions {
             lr,
             grad_clip: config.grad_clip,
+            // The schedule scales Muon's rate as it scales AdamW's.
+            muon_lr: config.muon_lr * lr / config.lr,
         };
         let model = self
             .model

@@ -139,6 +139,7 @@ fn matches_pytorch_adamw_with_global_norm_clipping<A: AutodiffBackend>() {
             model,
             buffer,
             StepOptions {
+                muon_lr: 0.0,
                 lr: LR,
                 grad_clip: CLIP,
             },
@@ -187,6 +188,7 @@ fn two_accumulated_micro_batches_equal_one_of_their_mean() {
     }
     assert!((once.global_norm() - twice.global_norm()).abs() < 1e-6);
     let options = StepOptions {
+        muon_lr: 0.0,
         lr: LR,
         grad_clip: 0.0,
     };

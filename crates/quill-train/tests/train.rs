@@ -9,7 +9,8 @@ use burn_autodiff::Autodiff;
 use burn_flex::Flex;
 use quill_data::{DataError, Dataset};
 use quill_train::checkpoint::{Checkpoint, last_dir};
-use quill_train::config::{ModelKind, Schedule};
+use quill_model::{Activation, Norm, Position};
+use quill_train::config::{ModelKind, OptimizerKind, Schedule};
 use quill_train::metrics::{EvalRecord, read_jsonl};
 use quill_train::plot::LossPlot;
 use quill_train::train::human_count;
@@ -162,16 +163,26 @@ fn interrupted_then_resumed(
     stop_after: usize,
     flag: &'static AtomicBool,
 ) -> (Vec<(usize, f32)>, Outcome) {
+    interrupted_then_resumed_with(config(), out, stop_after, flag)
+}
+
+/// [`interrupted_then_resumed`] with other settings.
+fn interrupted_then_resumed_with(
+    config: TrainConfig,
+    out: &Path,
+    stop_after: usize,
+    flag: &'static AtomicBool,
+) -> (Vec<(usize, f32)>, Outcome) {
     let mut first = Record {
         stop_after: Some((stop_after, flag)),
         ..Default::default()
     };
-    let outcome = run_to(config(), out, None, Some(flag), &mut first).unwrap();
+    let outcome = run_to(config.clone(), out, None, Some(flag), &mut first).unwrap();
     assert_eq!(outcome, Outcome::Interrupted(stop_after));
     let checkpoint = Checkpoint::load(&out.join("last")).unwrap();
     assert_eq!(checkpoint.state.iter, stop_after);
     let mut second = Record::default();
-    let outcome = run_to(config(), out, Some(checkpoint), None, &mut second).unwrap();
+    let outcome = run_to(config, out, Some(checkpoint), None, &mut second).unwrap();
     let mut losses = first.losses;
     losses.extend(second.losses);
     (losses, outcome)
@@ -229,6 +240,60 @@ fn resume_continues_bit_for_bit() {
         };
         assert_eq!(svg, redrawn.svg().unwrap(), "{name}");
         assert_eq!(svg.matches("<circle").count(), 2 * 3 + 2, "{name}");
+    }
+}
+
+#[test]
+fn every_option_of_the_fast_recipe_is_recorded_and_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let options: [(&str, fn(&mut TrainConfig)); 7] = [
+        ("muon", |c| c.optimizer = OptimizerKind::Muon),
+        ("rotary", |c| c.position = Position::Rotary),
+        ("relu2", |c| c.activation = Activation::Relu2),
+        ("rmsnorm", |c| c.norm = Norm::Rms),
+        ("zero-init", |c| c.zero_init_proj = true),
+        ("wsd", |c| (c.schedule, c.cooldown_iters) = (Schedule::Wsd, 4)),
+        ("all", |c| {
+            (c.optimizer, c.position, c.activation) =
+                (OptimizerKind::Muon, Position::Rotary, Activation::Relu2);
+            (c.norm, c.zero_init_proj) = (Norm::Rms, true);
+            (c.schedule, c.cooldown_iters) = (Schedule::Wsd, 4);
+        }),
+    ];
+    let mut trajectories = vec![];
+    for (name, change) in options {
+        let mut config = config();
+        change(&mut config);
+        let mut full = Record::default();
+        let out = dir.path().join(format!("{name}-full"));
+        run_to(config.clone(), &out, None, None, &mut full).unwrap();
+        let saved = Checkpoint::load(&out.join("last")).unwrap();
+        assert_eq!(saved.config.train, config, "{name}: the checkpoint records it");
+        assert_eq!(saved.config.model, config.model_config(expected_vocab()), "{name}");
+
+        let flag: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+        let out = dir.path().join(name);
+        let (losses, _) = interrupted_then_resumed_with(config, &out, 3, flag);
+        assert_eq!(losses, full.losses, "{name}: resumed losses differ");
+        let resumed = Checkpoint::load(&out.join("last")).unwrap();
+        assert_eq!(resumed.weights, saved.weights, "{name}: resumed weights differ");
+        assert_eq!(resumed.optimizer, saved.optimizer, "{name}: optimizer state differs");
+        if name == "muon" || name == "all" {
+            assert!(
+                saved.optimizer.keys().any(|k| k.starts_with("momentum_buffer.")),
+                "{name}: Muon's momentum is saved"
+            );
+        }
+        trajectories.push(full.losses);
+    }
+    // Each option changes the training (none is silently ignored).
+    let baseline = {
+        let mut full = Record::default();
+        run_to(config(), &dir.path().join("baseline"), None, None, &mut full).unwrap();
+        full.losses
+    };
+    for (losses, (name, _)) in trajectories.iter().zip(options) {
+        assert_ne!(losses, &baseline, "{name} trains like the baseline");
     }
 }
 

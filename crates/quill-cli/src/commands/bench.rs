@@ -8,7 +8,8 @@ use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use quill_data::Dataset;
 use quill_train::bench::{
-    SampleBench, TrainBench, bench_sampling, bench_training, peak_rss_mb, time_generation,
+    SampleBench, ToLossBench, TrainBench, bench_sampling, bench_to_loss, bench_training,
+    peak_rss_mb, time_generation,
 };
 use quill_train::{Checkpoint, MemoryEstimate, TrainConfig};
 use serde::Serialize;
@@ -39,7 +40,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(dir) = &args.checkpoint {
         return checkpoint(dir, &args);
     }
-    let config = TrainConfig::preset(&args.preset)?;
+    let mut config = TrainConfig::preset(&args.preset)?;
+    config.apply(&super::config_file(args.config.as_deref())?);
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    config.validate()?;
     ensure!(args.iters > 0, "--iters must be at least 1");
     ensure!(args.eval_iters > 0, "--eval-iters must be at least 1");
     let target = backend::prepare(args.target.one()?, args.target.dtype)?;
@@ -50,6 +56,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
         dataset.tokenizer.vocab_size(),
         target.dtype_bytes(),
     ))?;
+    if let Some(loss) = args.to_loss {
+        ensure!(
+            loss.is_finite() && loss > 0.0,
+            "--to-loss must be a positive number"
+        );
+        ensure!(args.eval_every > 0, "--eval-every must be at least 1");
+        let job = ToLossJob {
+            config: config.clone(),
+            dataset,
+            target: loss,
+            eval_every: args.eval_every,
+        };
+        let (backend, result) = target.run(job)?;
+        let report = ToLossReport {
+            preset: args.preset.clone(),
+            backend,
+            num_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            to_loss: result,
+            config,
+        };
+        return super::print_report(args.json, &report, print_to_loss);
+    }
     let job = BenchJob {
         config: config.clone(),
         dataset,
@@ -111,6 +139,55 @@ fn print_text(r: &Report) {
     }
     if let Some(mb) = r.peak_rss_mb {
         println!("peak RSS:           {mb:.0} MiB");
+    }
+}
+
+/// What `quill bench --to-loss LOSS --json` prints.
+#[derive(Debug, Serialize)]
+struct ToLossReport {
+    preset: String,
+    backend: String,
+    num_threads: usize,
+    #[serde(flatten)]
+    to_loss: ToLossBench,
+    config: TrainConfig,
+}
+
+fn print_to_loss(r: &ToLossReport) {
+    let t = &r.to_loss;
+    let last = t.curve.last().map_or(f32::NAN, |&(_, loss)| loss);
+    match t.reached {
+        true => println!(
+            "{} on {} (seed {}): val {last:.4} <= {} after {} steps: {:.1} s of training, {:.1} s wall with evaluations",
+            r.preset, r.backend, r.config.seed, t.target, t.steps, t.train_s, t.wall_s
+        ),
+        false => println!(
+            "{} on {} (seed {}): val {last:.4} > {} after all {} steps ({:.1} s of training): not reached",
+            r.preset, r.backend, r.config.seed, t.target, t.steps, t.train_s
+        ),
+    }
+}
+
+struct ToLossJob {
+    config: TrainConfig,
+    dataset: Dataset,
+    target: f32,
+    eval_every: usize,
+}
+
+impl Job for ToLossJob {
+    type Output = (String, ToLossBench);
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
+        let c = &self.config;
+        let result = bench_to_loss::<B>(
+            c,
+            &self.dataset,
+            &device,
+            self.target,
+            self.eval_every,
+            c.eval_iters,
+        )?;
+        Ok((<B as Backend>::name(&device), result))
     }
 }
 

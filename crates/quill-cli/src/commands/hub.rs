@@ -74,6 +74,7 @@ pub fn import(args: ImportArgs) -> Result<()> {
         match gpt.activation {
             quill_model::Activation::Gelu => "GELU",
             quill_model::Activation::GeluTanh => "GELU (tanh)",
+            quill_model::Activation::Relu2 => "ReLU²",
         }
     );
     println!(

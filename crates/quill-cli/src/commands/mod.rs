@@ -10,7 +10,7 @@ mod parity;
 mod sample;
 mod train;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
@@ -175,6 +175,16 @@ fn prepare_default_gpt2() -> Result<PathBuf> {
 }
 
 /// Prints `report` as one line of JSON with `--json`, else as `text` writes it.
+/// The settings of a `--config` TOML file, or none.
+fn config_file(path: Option<&std::path::Path>) -> Result<quill_train::TrainOverrides> {
+    let Some(file) = path else {
+        return Ok(Default::default());
+    };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{}", file.display()))?;
+    Ok(quill_train::TrainConfig::overrides_from_toml(&text)?)
+}
+
 fn print_report<T: Serialize>(json: bool, report: &T, text: impl FnOnce(&T)) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(report)?);

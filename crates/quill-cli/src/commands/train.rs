@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use quill_data::Dataset;
 use quill_train::distributed::World;
@@ -85,14 +85,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (None, Some(checkpoint)) if args.preset.is_none() => checkpoint.config.train.clone(),
         _ => TrainConfig::preset(preset)?,
     };
-    let file = match &args.config {
-        Some(file) => {
-            let text =
-                std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
-            TrainConfig::overrides_from_toml(&text)?
-        }
-        None => Default::default(),
-    };
+    let file = super::config_file(args.config.as_deref())?;
     config.apply(&file);
     config.apply(&args.overrides);
     if let Some(checkpoint) = &init_from {

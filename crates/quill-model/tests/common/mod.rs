@@ -16,6 +16,9 @@ pub fn gpt_config(vocab_size: usize, tie_weights: bool) -> GptConfig {
         tie_weights,
         activation: Activation::Gelu,
         pad_vocab: 1,
+        position: quill_model::Position::Learned,
+        norm: quill_model::Norm::Layer,
+        zero_init_proj: false,
     }
 }
 
