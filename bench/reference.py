@@ -238,7 +238,8 @@ def to_loss(args, c, model, step, val, cold):
     def val_loss():
         model.eval()
         with torch.no_grad():
-            losses = [model(w[:, :-1], w[:, 1:]).item() for w in windows.split(B)]
+            losses = [model(w[:, :-1].contiguous(), w[:, 1:].contiguous()).item()
+                      for w in windows.split(B)]
         model.train()
         return sum(losses) / len(losses)
 

@@ -96,17 +96,7 @@ fn has_nvidia_gpu() -> bool {
 /// Runs `command` and parses the last line of its stdout as JSON; a failure is an error
 /// with its stderr.
 pub(crate) fn json_of(command: &mut Command) -> Result<Value> {
-    eprintln!("$ {command:?}");
-    let out = command
-        .output()
-        .with_context(|| format!("run {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let stdout = String::from_utf8(out.stdout)?;
+    let stdout = String::from_utf8(crate::stdout_of(command)?)?;
     let line = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(line).with_context(|| format!("parse the output of {command:?}"))
 }

@@ -54,31 +54,39 @@ fn main() -> Result<()> {
     }
 }
 
+/// Runs `command` (echoed to stderr first) to its end; its stdout, or an error with its
+/// stderr when it fails.
+pub(crate) fn stdout_of(command: &mut Command) -> Result<Vec<u8>> {
+    eprintln!("$ {command:?}");
+    let out = command
+        .output()
+        .with_context(|| format!("run {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
 /// `PROGRAM ARGS` under `/usr/bin/time` (its report written into `dir`): stdout, peak
 /// RSS (MiB) and wall seconds.
 pub(crate) fn timed(program: &str, args: &[&str], dir: &Path) -> Result<(String, f64, f64)> {
     std::fs::create_dir_all(dir)?;
     let stats = dir.join("time.txt");
-    eprintln!("$ {program} {}", args.join(" "));
-    let output = Command::new("/usr/bin/time")
-        .args(["-f", "%M %e", "-o"])
-        .arg(&stats)
-        .arg(program)
-        .args(args)
-        .output()
-        .context("run /usr/bin/time")?;
-    if !output.status.success() {
-        bail!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let stdout = stdout_of(
+        Command::new("/usr/bin/time")
+            .args(["-f", "%M %e", "-o"])
+            .arg(&stats)
+            .arg(program)
+            .args(args),
+    )?;
     let stats = std::fs::read_to_string(&stats)?;
     let mut fields = stats.split_whitespace();
     let rss_kb: f64 = fields.next().context("rss")?.parse()?;
     let wall: f64 = fields.next().context("wall")?.parse()?;
-    Ok((String::from_utf8(output.stdout)?, rss_kb / 1024.0, wall))
+    Ok((String::from_utf8(stdout)?, rss_kb / 1024.0, wall))
 }
 
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {
@@ -178,18 +186,8 @@ fn slim_builds() -> Result<()> {
             "--prefix",
             "none",
         ];
-        eprintln!("$ cargo {}", args.join(" "));
-        let out = Command::new(env!("CARGO"))
-            .args(args)
-            .output()
-            .context("run cargo tree")?;
-        if !out.status.success() {
-            bail!(
-                "cargo tree -p {package} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let tree = String::from_utf8_lossy(&out.stdout);
+        let out = stdout_of(Command::new(env!("CARGO")).args(args))?;
+        let tree = String::from_utf8_lossy(&out);
         let found: Vec<&str> = tree
             .lines()
             .filter_map(|line| line.split_whitespace().next())

@@ -112,20 +112,8 @@ fn flags(preset: &str, iters: usize) -> Vec<String> {
 
 /// Runs quill in `dir`; its stdout.
 fn run_quill(quill: &Path, args: &[&str], dir: &Path) -> Result<String> {
-    eprintln!("$ quill {}", args.join(" "));
-    let output = Command::new(quill)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .context("run quill")?;
-    if !output.status.success() {
-        bail!(
-            "quill {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8(output.stdout)?)
+    let stdout = crate::stdout_of(Command::new(quill).args(args).current_dir(dir))?;
+    Ok(String::from_utf8(stdout)?)
 }
 
 /// Median milliseconds per step of a run's `steps.jsonl` after 10 warm-up steps, from

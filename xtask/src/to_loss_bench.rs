@@ -96,11 +96,19 @@ pub fn run(args: &[&str]) -> Result<()> {
         let mut runs = Vec::new();
         for seed in (0..seeds).map(|i| 1337 + i) {
             let report = quill(variant, seed, target)?;
-            writeln!(log, "{}", serde_json::json!({"variant": variant.name, "run": report}))?;
+            writeln!(
+                log,
+                "{}",
+                serde_json::json!({"variant": variant.name, "run": report})
+            )?;
             eprintln!("{}", line(variant.name, &report));
             if variant.preset == "cpu" && variant.toml.is_empty() && wanted(PYTORCH) {
                 let torch = pytorch(&python, &report, target)?;
-                writeln!(log, "{}", serde_json::json!({"variant": PYTORCH, "run": torch}))?;
+                writeln!(
+                    log,
+                    "{}",
+                    serde_json::json!({"variant": PYTORCH, "run": torch})
+                )?;
                 eprintln!("{}", line(PYTORCH, &torch));
                 push(&mut table, PYTORCH, torch);
             }
@@ -123,7 +131,14 @@ fn push(table: &mut Vec<(String, Vec<Value>)>, name: &str, run: Value) {
 fn quill(variant: &Variant, seed: u64, target: f64) -> Result<Value> {
     let mut command = Command::new("target/release/quill");
     command
-        .args(["bench", "--json", "--preset", variant.preset, "--device", "cpu"])
+        .args([
+            "bench",
+            "--json",
+            "--preset",
+            variant.preset,
+            "--device",
+            "cpu",
+        ])
         .args(["--data", CORPUS, "--seed", &seed.to_string()])
         .args(["--to-loss", &target.to_string()]);
     if !variant.toml.is_empty() {
@@ -143,7 +158,12 @@ fn pytorch(python: &str, report: &Value, target: f64) -> Result<Value> {
             .arg("bench/reference.py")
             .arg("--config")
             .arg(config)
-            .args(["--data", CORPUS, "--threads", &report["num_threads"].to_string()])
+            .args([
+                "--data",
+                CORPUS,
+                "--threads",
+                &report["num_threads"].to_string(),
+            ])
             .args(["--to-loss", &target.to_string()]),
     )
 }

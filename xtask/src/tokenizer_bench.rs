@@ -59,17 +59,11 @@ pub fn run(args: &[&str]) -> Result<()> {
             .output()
             .is_ok_and(|o| o.status.success());
     if has_tiktoken {
-        let output = Command::new(&python)
-            .args(["bench/tiktoken_bench.py", &text, &cores.to_string()])
-            .output()
-            .context("run bench/tiktoken_bench.py")?;
-        if !output.status.success() {
-            bail!(
-                "tiktoken_bench.py failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let t: Value = serde_json::from_slice(&output.stdout)?;
+        let t: Value = crate::bench::json_of(Command::new(&python).args([
+            "bench/tiktoken_bench.py",
+            &text,
+            &cores.to_string(),
+        ]))?;
         let mbs = t["mb_per_s"].as_f64().unwrap_or(0.0);
         rows.push(format!(
             "| tiktoken {} `gpt2` (tokenizing only; best of 1 thread {:.1} s, batch of {cores} threads {:.1} s) | {} | {:.1} | {mbs:.1} | {:.0} |",

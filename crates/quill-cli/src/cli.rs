@@ -272,7 +272,8 @@ pub enum TokenFileFormat {
 /// `quill train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Preset: bigram, lecture, shakespeare-char, cpu or shakespeare-gpt2 [default: cpu]
+    /// Preset: bigram, lecture, shakespeare-char, cpu, shakespeare-gpt2, cpu-fast or
+    /// shakespeare-char-fast [default: cpu]
     #[arg(long, conflicts_with = "resume")]
     pub preset: Option<String>,
     /// TOML file of settings (keys as the flags, in snake_case), applied over the preset.
@@ -371,7 +372,7 @@ pub struct EvalArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// The preset to measure, from freshly initialised weights: bigram, lecture,
-    /// shakespeare-char, cpu or shakespeare-gpt2.
+    /// shakespeare-char, cpu, shakespeare-gpt2, cpu-fast or shakespeare-char-fast.
     #[arg(long, default_value = "cpu")]
     pub preset: String,
     /// Measure sampling from this checkpoint instead (e.g. an imported GPT-2): tokens/s

@@ -107,6 +107,92 @@ pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
         });
 }
 
+// ---------------------------------------------------------------- Newton–Schulz
+
+/// Muon's orthogonalisation of a row-major `rows × cols` matrix `g` into `out` (same
+/// shape): `X = g / (‖g‖_F + 1e-7)`, then `steps` times `X ← a·X + (b·A + c·A²)·X` with
+/// `A = X·Xᵀ`, on the orientation whose `A` is the smaller (a tall matrix is read
+/// transposed and written back transposed). One thread: [`newton_schulz_all`] spreads
+/// the matrices of a step over the cores (far better than splitting each of these
+/// small products).
+pub fn newton_schulz(
+    g: &[f32],
+    rows: usize,
+    cols: usize,
+    (a, b, c): (f32, f32, f32),
+    steps: usize,
+    out: &mut [f32],
+) {
+    let wide = rows <= cols;
+    let (r, s) = if wide { (rows, cols) } else { (cols, rows) };
+    // Pass 1: X, normalised, row-major r × s (a tall g transposed on the way).
+    let norm = g.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+    let inv = (1.0 / (norm + 1e-7)) as f32;
+    let mut x = vec![0f32; r * s];
+    for (i, row) in x.chunks_mut(s).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = inv
+                * if wide {
+                    g[i * cols + j]
+                } else {
+                    g[j * cols + i]
+                };
+        }
+    }
+    let (mut gram, mut poly, mut next) = (vec![0f32; r * r], vec![0f32; r * r], vec![0f32; r * s]);
+    for _ in 0..steps {
+        let xv = View::rows(&x, r, s, s);
+        // A = X·Xᵀ; then poly = b·A + c·A·A (A·A added onto b·A).
+        gemm_on(&mut gram, r, xv, xv.t(), 1.0, false, false);
+        for (p, &q) in poly.iter_mut().zip(&gram) {
+            *p = b * q;
+        }
+        let gv = View::rows(&gram, r, r, r);
+        gemm_on(&mut poly, r, gv, gv, c, true, false);
+        // X' = a·X + poly·X.
+        for (n, &v) in next.iter_mut().zip(&x) {
+            *n = a * v;
+        }
+        gemm_on(
+            &mut next,
+            s,
+            View::rows(&poly, r, r, r),
+            xv,
+            1.0,
+            true,
+            false,
+        );
+        std::mem::swap(&mut x, &mut next);
+    }
+    for (i, row) in out.chunks_mut(cols).enumerate() {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = if wide { x[i * s + j] } else { x[j * s + i] };
+        }
+    }
+}
+
+/// [`newton_schulz`] of each `(values, rows, cols)` matrix, one rayon task each
+/// (largest first, so that the cores finish together).
+pub fn newton_schulz_all(
+    matrices: &[(&[f32], usize, usize)],
+    coeffs: (f32, f32, f32),
+    steps: usize,
+) -> Vec<Vec<f32>> {
+    let mut order: Vec<usize> = (0..matrices.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(matrices[i].1 * matrices[i].2));
+    let mut done: Vec<(usize, Vec<f32>)> = order
+        .into_par_iter()
+        .map(|i| {
+            let (g, rows, cols) = matrices[i];
+            let mut out = vec![0f32; rows * cols];
+            newton_schulz(g, rows, cols, coeffs, steps, &mut out);
+            (i, out)
+        })
+        .collect();
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, out)| out).collect()
+}
+
 // ---------------------------------------------------------------- rotary positions
 
 /// `cos` and `sin` of pair `i`'s angle at each position `past..past + t`, `[t, hs/2]`
@@ -353,6 +439,20 @@ fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
 /// multiplication Flex itself uses); products of at least 192³ multiply-adds are
 /// spread over rayon's threads, smaller ones run on the calling thread.
 fn gemm(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, scale: f32, accumulate: bool) {
+    let parallel = lhs.rows * rhs.cols * lhs.cols >= 192 * 192 * 192;
+    gemm_on(dst, dst_rs, lhs, rhs, scale, accumulate, parallel);
+}
+
+/// [`gemm`], on all of rayon's threads when `parallel`, else on the calling thread.
+fn gemm_on(
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: View,
+    rhs: View,
+    scale: f32,
+    accumulate: bool,
+    parallel: bool,
+) {
     let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions");
     assert!(fits(dst.len(), m, n, dst_rs, 1), "dst out of bounds");
@@ -364,7 +464,7 @@ fn gemm(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, scale: f32, accumu
         fits(rhs.data.len(), k, n, rhs.rs, rhs.cs),
         "rhs out of bounds"
     );
-    let parallelism = match m * n * k >= 192 * 192 * 192 {
+    let parallelism = match parallel {
         true => ::gemm::Parallelism::Rayon(0),
         false => ::gemm::Parallelism::None,
     };

@@ -428,7 +428,13 @@ struct RotaryDims {
 fn rotary_pass(qkv: &FlexTensor, r: RotaryDims, inverse: bool) -> FlexTensor {
     let tables = cpu::rotary_tables(r.dims.t, r.past, r.dims.c / r.dims.n_head, r.base);
     let mut out = vec![0f32; qkv.layout().num_elements()];
-    cpu::rotary(&values(qkv), r.dims, (&tables.0, &tables.1), inverse, &mut out);
+    cpu::rotary(
+        &values(qkv),
+        r.dims,
+        (&tables.0, &tables.1),
+        inverse,
+        &mut out,
+    );
     tensor(out, shape(qkv))
 }
 
@@ -470,4 +476,25 @@ pub(super) fn rotary_tracked(
     let r = rotary_dims(&qkv.primitive, n_head, past, base);
     let y = rotary_pass(&qkv.primitive, r, false);
     finish(RotaryBackward, [&qkv], r, y)
+}
+
+// ---------------------------------------------------------------- Newton–Schulz
+
+/// Muon's orthogonalisation of `[rows, cols]` Flex tensors, spread over the cores.
+pub(super) fn newton_schulz_all(
+    gs: &[FlexTensor],
+    coeffs: (f32, f32, f32),
+    steps: usize,
+) -> Vec<FlexTensor> {
+    let values: Vec<_> = gs.iter().map(values).collect();
+    let matrices: Vec<(&[f32], usize, usize)> = (gs.iter().zip(&values))
+        .map(|(g, v)| {
+            let [rows, cols] = shape(g).dims::<2>();
+            (&**v, rows, cols)
+        })
+        .collect();
+    let outs = cpu::newton_schulz_all(&matrices, coeffs, steps);
+    (outs.into_iter().zip(gs))
+        .map(|(out, g)| tensor(out, shape(g)))
+        .collect()
 }

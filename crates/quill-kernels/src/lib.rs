@@ -1,7 +1,8 @@
 //! # quill-kernels
 //!
 //! Fused CPU kernels for the parts of a GPT block: linear layers, GELU, LayerNorm,
-//! rotary positions and causal softmax attention, for Burn's Flex backend in `f32`.
+//! rotary positions and causal softmax attention, for Burn's Flex backend in `f32`; and
+//! the Newton–Schulz orthogonalisation of the Muon optimizer.
 //!
 //! - `cpu` (private): the kernels themselves, on plain `f32` slices, with no Burn types:
 //!   each one pass over its data where Burn's generic composition makes several.
@@ -148,10 +149,40 @@ pub fn rotary<B: Backend>(
     base: f64,
 ) -> Fused<Tensor<B, 3>> {
     match flex::route(qkv) {
-        Route::Plain(x) => Ok(flex::output::<B, Flex, 3>(flex::rotary(&x, n_head, past, base))),
+        Route::Plain(x) => Ok(flex::output::<B, Flex, 3>(flex::rotary(
+            &x, n_head, past, base,
+        ))),
         Route::Tracked(x) => Ok(flex::output::<B, Tracked, 3>(flex::rotary_tracked(
             x, n_head, past, base,
         ))),
         Route::Other(x) => Err(x),
     }
+}
+
+/// Muon's orthogonalisation of each `[rows, cols]` matrix of `gs` (no autodiff: an
+/// optimizer's step): `X = g / ‖g‖_F`, then `steps` times `X ← a·X + (b·A + c·A²)·X`,
+/// `A = X·Xᵀ`, on the orientation whose `A` is the smaller; the matrices spread over
+/// the cores. Handed back, in order, unless every one is a Flex `f32` tensor.
+pub fn newton_schulz<B: Backend>(
+    gs: Vec<Tensor<B, 2>>,
+    coeffs: (f32, f32, f32),
+    steps: usize,
+) -> Fused<Vec<Tensor<B, 2>>> {
+    let routed: Vec<Route<B, 2>> = gs.into_iter().map(flex::route).collect();
+    if !routed.iter().all(|r| matches!(r, Route::Plain(_))) {
+        let back = routed.into_iter().map(|r| match r {
+            Route::Plain(x) => flex::output::<B, Flex, 2>(x),
+            Route::Tracked(x) => flex::output::<B, Tracked, 2>(x),
+            Route::Other(x) => x,
+        });
+        return Err(back.collect());
+    }
+    let plain: Vec<_> = (routed.into_iter())
+        .filter_map(|r| match r {
+            Route::Plain(x) => Some(x),
+            _ => None,
+        })
+        .collect();
+    let outs = flex::newton_schulz_all(&plain, coeffs, steps);
+    Ok(outs.into_iter().map(flex::output::<B, Flex, 2>).collect())
 }

@@ -175,12 +175,20 @@ impl GptConfig {
         );
         let biases = if self.bias { 1.0 } else { 0.0 };
         // RMSNorm has no shift β.
-        let norm_biases = if self.norm == Norm::Layer { biases } else { 0.0 };
+        let norm_biases = if self.norm == Norm::Layer {
+            biases
+        } else {
+            0.0
+        };
         // ln_1, c_attn, c_proj, ln_2, c_fc, mlp.c_proj: 12C² weights, 2C norm gains,
         // 9C Linear biases (c_attn 3C, c_proj C, c_fc 4C, proj C) and 2C norm shifts.
         let block = 12.0 * c * c + 2.0 * c + biases * 9.0 * c + norm_biases * 2.0 * c;
         let head = if self.tie_weights { 0.0 } else { v * c };
-        let positions = if self.position == Position::Learned { t * c } else { 0.0 };
+        let positions = if self.position == Position::Learned {
+            t * c
+        } else {
+            0.0
+        };
         // wte + wpe + blocks + ln_f + lm_head
         v * c + positions + self.n_layer as f64 * block + (1.0 + norm_biases) * c + head
     }

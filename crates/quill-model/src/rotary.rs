@@ -48,10 +48,7 @@ pub fn rotate_qk<B: Backend>(qkv: Tensor<B, 3>, n_head: usize, past: usize) -> T
     let c = qkv.dims()[2] / 3;
     let part = |i: usize| qkv.clone().narrow(2, i * c, c); // [B, T, C]
     let (q, k, v) = (part(0), part(1), part(2));
-    Tensor::cat(
-        vec![rotate(q, n_head, past), rotate(k, n_head, past), v],
-        2,
-    ) // [B, T, 3C]
+    Tensor::cat(vec![rotate(q, n_head, past), rotate(k, n_head, past), v], 2) // [B, T, 3C]
 }
 
 #[cfg(test)]

@@ -30,9 +30,17 @@ fn model<B: Backend>(fast: bool) -> LanguageModel<B> {
         dropout: 0.0,
         bias: true,
         tie_weights: true,
-        activation: if fast { Activation::Relu2 } else { Activation::Gelu },
+        activation: if fast {
+            Activation::Relu2
+        } else {
+            Activation::Gelu
+        },
         pad_vocab: 1,
-        position: if fast { Position::Rotary } else { Position::Learned },
+        position: if fast {
+            Position::Rotary
+        } else {
+            Position::Learned
+        },
         norm: if fast { Norm::Rms } else { Norm::Layer },
         zero_init_proj: false,
     };

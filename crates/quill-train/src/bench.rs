@@ -10,8 +10,8 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use quill_data::TokenSource;
 use quill_data::Dataset;
+use quill_data::TokenSource;
 use quill_model::{LanguageModel, ModelConfig, SamplingOptions, generate};
 use serde::Serialize;
 
@@ -77,18 +77,12 @@ pub fn bench_training<AB: AutodiffBackend>(
             "the benchmark needs at least one timed step and one eval batch".into(),
         ));
     }
-    config.validate()?;
     let data = &dataset.split.train;
-    dataset.split.check_block_size(config.block_size)?;
-    let sync =
-        || AB::sync(device).map_err(|e| TrainError::Device(e.to_string().replace('\n', " ")));
-
+    let sync = || sync::<AB>(device);
     let cold = Instant::now();
+    let (mut trainer, mut sampler) = fresh_trainer::<AB>(config, dataset, device)?;
     let model_config = config.model_config(dataset.tokenizer.vocab_size());
-    let model = model_config.init::<AB>(config.seed, device)?;
-    let num_params = model.num_params();
-    let mut trainer = Trainer::new(model, config);
-    let mut sampler = config.batch_sampler()?;
+    let num_params = trainer.model().num_params();
     let mut step = || {
         let batch = Batch::sample(&mut sampler, data, config.grad_accum, device)?;
         trainer.step(&batch)
@@ -129,6 +123,25 @@ pub fn bench_training<AB: AutodiffBackend>(
         eval_tokens_per_s: eval_tokens as f64 / start.elapsed().as_secs_f64(),
         mean_loss: (loss_sum / iters as f64) as f32,
     })
+}
+
+/// Waits for `device` to finish its queued work.
+fn sync<B: Backend>(device: &B::Device) -> Result<(), TrainError> {
+    B::sync(device).map_err(|e| TrainError::Device(e.to_string().replace('\n', " ")))
+}
+
+/// A trainer of `config`'s model, freshly initialised from its seed, and its batch
+/// sampler, after checking the settings and that the dataset fits the block size.
+fn fresh_trainer<AB: AutodiffBackend>(
+    config: &TrainConfig,
+    dataset: &Dataset,
+    device: &AB::Device,
+) -> Result<(Trainer<AB>, quill_data::BatchSampler), TrainError> {
+    config.validate()?;
+    dataset.split.check_block_size(config.block_size)?;
+    let model_config = config.model_config(dataset.tokenizer.vocab_size());
+    let model = model_config.init::<AB>(config.seed, device)?;
+    Ok((Trainer::new(model, config), config.batch_sampler()?))
 }
 
 /// Time to a target validation loss: training from fresh weights until an evaluation
@@ -177,7 +190,8 @@ fn loss_on_windows<B: Backend>(
             x.extend_from_slice(&window[..t]);
             y.extend_from_slice(&window[1..]);
         }
-        let ids = |v: Vec<u32>| quill_data::batch::ids_to_tensor::<B, 2>(&v, [chunk.len(), t], &device);
+        let ids =
+            |v: Vec<u32>| quill_data::batch::ids_to_tensor::<B, 2>(&v, [chunk.len(), t], &device);
         let loss = model.loss(ids(x), ids(y))?;
         total += loss.into_scalar().elem::<f64>();
         batches += 1;
@@ -201,21 +215,14 @@ pub fn bench_to_loss<AB: AutodiffBackend>(
             "time to loss needs evaluations: --eval-every and --eval-iters at least 1".into(),
         ));
     }
-    config.validate()?;
-    dataset.split.check_block_size(config.block_size)?;
-    let sync =
-        || AB::sync(device).map_err(|e| TrainError::Device(e.to_string().replace('\n', " ")));
     let (train, val) = (&dataset.split.train, &dataset.split.val);
     let windows = eval_windows(
         val.token_count(),
         config.block_size,
         eval_batches * config.batch_size,
     );
-
     let cold = Instant::now();
-    let model = (config.model_config(dataset.tokenizer.vocab_size())).init::<AB>(config.seed, device)?;
-    let mut trainer = Trainer::new(model, config);
-    let mut sampler = config.batch_sampler()?;
+    let (mut trainer, mut sampler) = fresh_trainer::<AB>(config, dataset, device)?;
     let (mut curve, mut train_s) = (Vec::new(), 0.0);
     loop {
         let step = trainer.iter();
@@ -236,7 +243,7 @@ pub fn bench_to_loss<AB: AutodiffBackend>(
         let start = Instant::now();
         let batch = Batch::sample(&mut sampler, train, config.grad_accum, device)?;
         trainer.step(&batch)?;
-        sync()?;
+        sync::<AB>(device)?;
         train_s += start.elapsed().as_secs_f64();
     }
 }

@@ -338,7 +338,9 @@ pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
     if let Some((_, setting)) = unlike_gpt2.iter().find(|(unlike, _)| *unlike) {
         return Err(error(
             out,
-            format!("the checkpoint's model has {setting}, which Hugging Face GPT-2 cannot express"),
+            format!(
+                "the checkpoint's model has {setting}, which Hugging Face GPT-2 cannot express"
+            ),
         ));
     }
     if out.is_file() || out.is_dir() && !is_replaceable(out) {

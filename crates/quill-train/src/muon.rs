@@ -21,6 +21,24 @@ pub const NEWTON_SCHULZ_STEPS: usize = 5;
 /// smaller (the result is the same up to rounding: the iteration commutes with
 /// transposition).
 pub fn orthogonalize<B: Backend>(g: Tensor<B, 2>) -> Tensor<B, 2> {
+    let mut one = orthogonalize_all(vec![g]);
+    one.pop().expect("one matrix in, one out")
+}
+
+/// [`orthogonalize`] of every matrix, on the fused CPU kernel when it serves the
+/// backend (the matrices then spread over the cores, one thread each).
+pub fn orthogonalize_all<B: Backend>(gs: Vec<Tensor<B, 2>>) -> Vec<Tensor<B, 2>> {
+    #[cfg(feature = "fused-cpu")]
+    let gs = match quill_kernels::newton_schulz(gs, NEWTON_SCHULZ, NEWTON_SCHULZ_STEPS) {
+        Ok(xs) => return xs,
+        Err(gs) => gs,
+    };
+    gs.into_iter().map(orthogonalize_slow).collect()
+}
+
+/// [`orthogonalize`] in Burn's operations (every backend; the fused CPU kernel serves
+/// Flex).
+pub fn orthogonalize_slow<B: Backend>(g: Tensor<B, 2>) -> Tensor<B, 2> {
     let [m, n] = g.dims();
     let wide = m <= n;
     let g = if wide { g } else { g.transpose() }; // [r, s], r ≤ s
@@ -35,22 +53,21 @@ pub fn orthogonalize<B: Backend>(g: Tensor<B, 2>) -> Tensor<B, 2> {
     if wide { x } else { x.transpose() }
 }
 
-/// One Muon step of a weight `p` `[in, out]` (quill's layout) with gradient `g` and
-/// momentum buffer `buf`, both `[in, out]`: `buf ← μ·buf + (1−μ)·g`, the Nesterov
-/// direction `(1−μ)·g + μ·buf` orthogonalised, and `p ← p − lr·√max(1, out/in)·O`
-/// (the factor keeps the update's RMS per output in line for tall PyTorch matrices).
-/// Returns `(p, buf)` after the step.
-pub fn step<B: Backend>(
-    p: Tensor<B, 2>,
-    g: Tensor<B, 2>,
-    buf: Tensor<B, 2>,
-    lr: f64,
+/// Muon's momentum with Nesterov's look-ahead, for a gradient `g` and its buffer `buf`
+/// (same shape): `buf ← μ·buf + (1−μ)·g`, and the direction `(1−μ)·g + μ·buf` to be
+/// orthogonalised. Returns `(direction, buf)`.
+pub fn nesterov<B: Backend, const D: usize>(
+    g: Tensor<B, D>,
+    buf: Tensor<B, D>,
     momentum: f64,
-) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let [d_in, d_out] = p.dims();
+) -> (Tensor<B, D>, Tensor<B, D>) {
     let buf = buf * momentum + g.clone() * (1.0 - momentum);
-    let direction = g * (1.0 - momentum) + buf.clone() * momentum;
-    let scale = (d_out as f64 / d_in as f64).max(1.0).sqrt();
-    let p = p - orthogonalize(direction) * (lr * scale);
-    (p, buf)
+    (g * (1.0 - momentum) + buf.clone() * momentum, buf)
+}
+
+/// The factor `√max(1, out/in)` of a `d_in → d_out` weight's update (Keller Jordan's
+/// `max(1, rows/cols)^0.5` for PyTorch's `[out, in]` layout): the update's RMS per
+/// output stays in line for weights that widen.
+pub fn shape_factor(d_in: usize, d_out: usize) -> f64 {
+    (d_out as f64 / d_in as f64).max(1.0).sqrt()
 }

@@ -243,15 +243,61 @@ impl<B: Backend> AdamW<B> {
             scale *= (options.grad_clip / (norm + 1e-6)).min(1.0);
         }
         self.step += 1;
+        let specs = model.param_specs();
+        let mut grads = grads.grads;
+        let muon = match self.muon_momentum {
+            Some(momentum) => {
+                self.muon_updates(&model, &specs, &mut grads, scale, momentum, options.muon_lr)
+            }
+            None => BTreeMap::new(),
+        };
         let mut update = Update {
             optim: self,
-            specs: model.param_specs(),
-            grads: grads.grads,
+            specs,
+            grads,
+            muon,
             scale,
             lr: options.lr,
-            muon_lr: options.muon_lr,
         };
         (model.map(&mut update), norm)
+    }
+
+    /// Muon's updates of the hidden matrices of `model`, by name, flattened: each
+    /// gradient (times `scale`) taken out of `grads` into its momentum buffer, the
+    /// Nesterov directions orthogonalised together ([`crate::muon::orthogonalize_all`]),
+    /// times `lr·√max(1, out/in)`.
+    fn muon_updates<AB>(
+        &mut self,
+        model: &LanguageModel<AB>,
+        specs: &ParamSpecs,
+        grads: &mut BTreeMap<String, Tensor<B, 1>>,
+        scale: f64,
+        momentum: f64,
+        lr: f64,
+    ) -> BTreeMap<String, Tensor<B, 1>>
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+    {
+        let mut names = Vec::new();
+        let mut directions = Vec::new();
+        for (name, dims) in hidden_matrices(model, specs) {
+            let Some(g) = grads.remove(&name) else {
+                continue;
+            };
+            let g = to_f32(g) * scale;
+            let buf = (self.momentum.remove(&name)).unwrap_or_else(|| g.zeros_like());
+            let (direction, buf) = crate::muon::nesterov(g, buf, momentum);
+            self.momentum.insert(name.clone(), buf);
+            directions.push(direction.reshape(dims));
+            names.push((name, dims));
+        }
+        let orthogonal = crate::muon::orthogonalize_all(directions);
+        (names.into_iter().zip(orthogonal))
+            .map(|((name, [d_in, d_out]), o)| {
+                let step = o * (lr * crate::muon::shape_factor(d_in, d_out));
+                (name, step.reshape([d_in * d_out]))
+            })
+            .collect()
     }
 
     /// The moments as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`, and
@@ -270,9 +316,7 @@ impl<B: Backend> AdamW<B> {
                     host(format!("{EXP_AVG_SQ}{name}"), v),
                 ]
             })
-            .chain(
-                (self.momentum.iter()).map(|(name, buf)| host(format!("{MOMENTUM}{name}"), buf)),
-            )
+            .chain((self.momentum.iter()).map(|(name, buf)| host(format!("{MOMENTUM}{name}"), buf)))
             .collect()
     }
 
@@ -386,31 +430,41 @@ impl Hyper {
     }
 }
 
+/// The hidden matrices of `model` (see [`quill_model::params::ParamSpec::hidden`]): name
+/// and `[in, out]` shape.
+fn hidden_matrices<AB: AutodiffBackend>(
+    model: &LanguageModel<AB>,
+    specs: &ParamSpecs,
+) -> Vec<(String, [usize; 2])> {
+    struct Hidden<'a> {
+        specs: &'a ParamSpecs,
+        out: Vec<(String, [usize; 2])>,
+    }
+    impl<AB: AutodiffBackend> ModuleVisitor<AB> for Hidden<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+            let spec = declared(self.specs, &param.id);
+            if spec.hidden && D == 2 {
+                let dims = param.val().dims();
+                self.out.push((spec.name.clone(), [dims[0], dims[1]]));
+            }
+        }
+    }
+    let mut hidden = Hidden {
+        specs,
+        out: Vec::new(),
+    };
+    model.visit(&mut hidden);
+    hidden.out
+}
+
 struct Update<'a, B: Backend> {
     optim: &'a mut AdamW<B>,
     specs: ParamSpecs,
     grads: BTreeMap<String, Tensor<B, 1>>,
+    /// Muon's updates of the hidden matrices, subtracted as they are.
+    muon: BTreeMap<String, Tensor<B, 1>>,
     scale: f64,
     lr: f64,
-    muon_lr: f64,
-}
-
-impl<B: Backend> Update<'_, B> {
-    /// Muon's step for the hidden matrix `p` `[in, out]` (flattened, f32) called `name`.
-    fn muon(&mut self, name: &str, p: Tensor<B, 1>, g: Tensor<B, 1>, dims: [usize; 2]) -> Tensor<B, 1> {
-        let momentum = self.optim.muon_momentum.expect("called with Muon only");
-        let buf = (self.optim.momentum.remove(name)).unwrap_or_else(|| p.zeros_like());
-        let (p, buf) = crate::muon::step(
-            p.reshape(dims),
-            (g * self.scale).reshape(dims),
-            buf.reshape(dims),
-            self.muon_lr,
-            momentum,
-        );
-        let n = dims[0] * dims[1];
-        self.optim.momentum.insert(name.to_string(), buf.reshape([n]));
-        p.reshape([n])
-    }
 }
 
 impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Update<'_, B> {
@@ -418,20 +472,25 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
         let (id, tensor, mapper) = param.consume();
         let spec = declared(&self.specs, &id);
         let (name, decay) = (spec.name.clone(), spec.decays);
-        let Some(grad) = self.grads.remove(&name) else {
-            return Param::from_mapped_value(id, tensor, mapper);
-        };
         let (shape, dtype) = (tensor.shape(), tensor.dtype());
-        // The update and the moments are f32 whatever the parameters' dtype: in f16,
-        // eps (1e-8) is 0 and a parameter without gradient would get 0/0.
-        let p = to_f32(tensor.inner().reshape([shape.num_elements()])); // [n]
-        let g = to_f32(grad);
-        if spec.hidden && D == 2 && self.optim.muon_momentum.is_some() {
-            let p = self.muon(&name, p, g, [shape.dims::<2>()[0], shape.dims::<2>()[1]]);
-            let p = if dtype == DType::F32 { p } else { p.cast(dtype) };
+        let flat = |t: Tensor<AB, D>| to_f32(t.inner().reshape([shape.num_elements()])); // [n]
+        if let Some(step) = self.muon.remove(&name) {
+            let p = flat(tensor) - step;
+            let p = if dtype == DType::F32 {
+                p
+            } else {
+                p.cast(dtype)
+            };
             let updated = Tensor::<AB, D>::from_inner(p.reshape(shape)).require_grad();
             return Param::from_mapped_value(id, updated, mapper);
         }
+        let Some(grad) = self.grads.remove(&name) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        // The update and the moments are f32 whatever the parameters' dtype: in f16,
+        // eps (1e-8) is 0 and a parameter without gradient would get 0/0.
+        let p = flat(tensor);
+        let g = to_f32(grad);
         let o = &mut *self.optim;
         let (m, v) = o
             .moments

@@ -9,10 +9,10 @@ use quill_data::BatchSampler;
 use quill_model::LanguageModel;
 use quill_model::params::NamedTensor;
 
+use crate::config::OptimizerKind;
 use crate::distributed::Collective;
 use crate::optim::{AdamW, GradBuffer, StepOptions};
 use crate::schedule::learning_rate;
-use crate::config::OptimizerKind;
 use crate::{TrainConfig, TrainError};
 
 /// The data of one optimizer step: one or more micro-batches of inputs `x` and targets

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, ElementConversion, Tensor};
 use burn_autodiff::Autodiff;
 use burn_flex::Flex;
 use burn_ndarray::NdArray;
@@ -82,16 +82,37 @@ fn orthogonalize_matches_newton_schulz_on_wide_and_tall_matrices() {
 fn orthogonalize_matches<B: Backend>() {
     let device = Default::default();
     B::seed(&device, 3);
-    for [m, n] in [[3, 5], [6, 4], [8, 8]] {
-        let g = Tensor::<B, 2>::random([m, n], Distribution::Normal(0.0, 0.5), &device);
+    let shapes = [[3, 5], [6, 4], [8, 8]];
+    let gs: Vec<Tensor<B, 2>> = (shapes.iter())
+        .map(|&s| Tensor::random(s, Distribution::Normal(0.0, 0.5), &device))
+        .collect();
+    // All at once (the optimizer's call: on Flex, spread over the cores) and one by one
+    // agree, in order.
+    let all = muon::orthogonalize_all(gs.clone());
+    for (together, g) in all.into_iter().zip(&gs) {
+        let alone = muon::orthogonalize_slow(g.clone());
+        assert_eq!(together.dims(), alone.dims());
+        let err: f32 = (together - alone).abs().max().into_scalar().elem();
+        assert!(err < 1e-5, "{:?}: differs by {err:e}", g.dims());
+    }
+    for ([m, n], g) in shapes.into_iter().zip(gs) {
         let host = to_matrix(&g.to_data().to_vec::<f32>().unwrap(), n);
-        let got = muon::orthogonalize(g);
-        let got = to_matrix(&got.into_data().to_vec::<f32>().unwrap(), n);
         let want = newton_schulz(&host);
-        let err = max_diff(&got, &want);
-        assert!(err < 1e-4, "[{m}, {n}]: differs by {err:e}");
+        // The fused kernel (on Flex) and the version in Burn's operations.
+        for got in [
+            muon::orthogonalize(g.clone()),
+            muon::orthogonalize_slow(g.clone()),
+        ] {
+            let got = to_matrix(&got.into_data().to_vec::<f32>().unwrap(), n);
+            let err = max_diff(&got, &want);
+            assert!(err < 1e-4, "[{m}, {n}]: differs by {err:e}");
+        }
         // Orthogonalised: every singular value near 1, so X·Xᵀ (of the wide side) ≈ I.
-        let wide = if m <= n { want.clone() } else { transpose(&want) };
+        let wide = if m <= n {
+            want.clone()
+        } else {
+            transpose(&want)
+        };
         let gram = matmul(&wide, &transpose(&wide));
         for (i, row) in gram.iter().enumerate() {
             assert!((0.4..1.5).contains(&row[i]), "[{m}, {n}]: σ² {}", row[i]);
@@ -148,7 +169,12 @@ fn muon_moves_hidden_matrices_and_adamw_the_rest() {
         grad_clip: 0.0,
         muon_lr: MUON_LR,
     };
-    let hidden = ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"];
+    let hidden = [
+        "attn.c_attn.weight",
+        "attn.c_proj.weight",
+        "mlp.c_fc.weight",
+        "mlp.c_proj.weight",
+    ];
     let is_hidden = |name: &str| hidden.iter().any(|h| name.ends_with(h));
     let (mut with_muon, mut adamw) = (tiny_gpt(), tiny_gpt());
     let mut muon_optim = AdamW::new(0.9, 0.99, 1e-8, 0.1).with_muon(MU);
@@ -165,7 +191,12 @@ fn muon_moves_hidden_matrices_and_adamw_the_rest() {
             .iter()
             .filter(|(name, _)| is_hidden(name))
             .map(|(name, (shape, _))| {
-                let flat = g.gradient(name).unwrap().into_data().to_vec::<f32>().unwrap();
+                let flat = g
+                    .gradient(name)
+                    .unwrap()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap();
                 // quill holds [in, out]: transpose to [out, in].
                 (name.clone(), transpose(&to_matrix(&flat, shape[0])))
             })
@@ -186,7 +217,9 @@ fn muon_moves_hidden_matrices_and_adamw_the_rest() {
             }
             // buf ← μ·buf + (1−μ)·g; direction (1−μ)·g + μ·buf; p ← p − lr·√max(1, out/in)·NS.
             let g = &host[name];
-            let buf = buffers.entry(name.clone()).or_insert_with(|| lin(0.0, g, 0.0, g));
+            let buf = buffers
+                .entry(name.clone())
+                .or_insert_with(|| lin(0.0, g, 0.0, g));
             *buf = lin(MU, buf, 1.0 - MU, g);
             let direction = lin(1.0 - MU, g, MU, buf);
             let scale = (shape[0] as f64 / shape[1] as f64).max(1.0).sqrt();

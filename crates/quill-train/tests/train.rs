@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn_autodiff::Autodiff;
 use burn_flex::Flex;
 use quill_data::{DataError, Dataset};
-use quill_train::checkpoint::{Checkpoint, last_dir};
 use quill_model::{Activation, Norm, Position};
+use quill_train::checkpoint::{Checkpoint, last_dir};
 use quill_train::config::{ModelKind, OptimizerKind, Schedule};
 use quill_train::metrics::{EvalRecord, read_jsonl};
 use quill_train::plot::LossPlot;
@@ -246,13 +246,16 @@ fn resume_continues_bit_for_bit() {
 #[test]
 fn every_option_of_the_fast_recipe_is_recorded_and_resumes_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
-    let options: [(&str, fn(&mut TrainConfig)); 7] = [
+    type Change = fn(&mut TrainConfig);
+    let options: [(&str, Change); 7] = [
         ("muon", |c| c.optimizer = OptimizerKind::Muon),
         ("rotary", |c| c.position = Position::Rotary),
         ("relu2", |c| c.activation = Activation::Relu2),
         ("rmsnorm", |c| c.norm = Norm::Rms),
         ("zero-init", |c| c.zero_init_proj = true),
-        ("wsd", |c| (c.schedule, c.cooldown_iters) = (Schedule::Wsd, 4)),
+        ("wsd", |c| {
+            (c.schedule, c.cooldown_iters) = (Schedule::Wsd, 4)
+        }),
         ("all", |c| {
             (c.optimizer, c.position, c.activation) =
                 (OptimizerKind::Muon, Position::Rotary, Activation::Relu2);
@@ -268,19 +271,35 @@ fn every_option_of_the_fast_recipe_is_recorded_and_resumes_bit_for_bit() {
         let out = dir.path().join(format!("{name}-full"));
         run_to(config.clone(), &out, None, None, &mut full).unwrap();
         let saved = Checkpoint::load(&out.join("last")).unwrap();
-        assert_eq!(saved.config.train, config, "{name}: the checkpoint records it");
-        assert_eq!(saved.config.model, config.model_config(expected_vocab()), "{name}");
+        assert_eq!(
+            saved.config.train, config,
+            "{name}: the checkpoint records it"
+        );
+        assert_eq!(
+            saved.config.model,
+            config.model_config(expected_vocab()),
+            "{name}"
+        );
 
         let flag: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
         let out = dir.path().join(name);
         let (losses, _) = interrupted_then_resumed_with(config, &out, 3, flag);
         assert_eq!(losses, full.losses, "{name}: resumed losses differ");
         let resumed = Checkpoint::load(&out.join("last")).unwrap();
-        assert_eq!(resumed.weights, saved.weights, "{name}: resumed weights differ");
-        assert_eq!(resumed.optimizer, saved.optimizer, "{name}: optimizer state differs");
+        assert_eq!(
+            resumed.weights, saved.weights,
+            "{name}: resumed weights differ"
+        );
+        assert_eq!(
+            resumed.optimizer, saved.optimizer,
+            "{name}: optimizer state differs"
+        );
         if name == "muon" || name == "all" {
             assert!(
-                saved.optimizer.keys().any(|k| k.starts_with("momentum_buffer.")),
+                saved
+                    .optimizer
+                    .keys()
+                    .any(|k| k.starts_with("momentum_buffer.")),
                 "{name}: Muon's momentum is saved"
             );
         }
@@ -289,7 +308,14 @@ fn every_option_of_the_fast_recipe_is_recorded_and_resumes_bit_for_bit() {
     // Each option changes the training (none is silently ignored).
     let baseline = {
         let mut full = Record::default();
-        run_to(config(), &dir.path().join("baseline"), None, None, &mut full).unwrap();
+        run_to(
+            config(),
+            &dir.path().join("baseline"),
+            None,
+            None,
+            &mut full,
+        )
+        .unwrap();
         full.losses
     };
     for (losses, (name, _)) in trajectories.iter().zip(options) {

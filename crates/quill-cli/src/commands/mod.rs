@@ -180,8 +180,7 @@ fn config_file(path: Option<&std::path::Path>) -> Result<quill_train::TrainOverr
     let Some(file) = path else {
         return Ok(Default::default());
     };
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("{}", file.display()))?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
     Ok(quill_train::TrainConfig::overrides_from_toml(&text)?)
 }
 
