@@ -28,7 +28,7 @@ pub enum Schedule {
     /// Linear warmup, then cosine decay to the minimum learning rate at the last step.
     Cosine,
     /// Warmup, stable, decay: linear warmup, the peak learning rate, then a linear
-    /// decay to the minimum over the last `cooldown_iters` steps (modded-nanogpt's).
+    /// decay to the minimum over the last cooldown_iters steps (modded-nanogpt's).
     Wsd,
 }
 
