@@ -1,31 +1,87 @@
 //! The fused kernels themselves: plain `f32` slices in, plain `f32` slices out, each one
 //! pass over its data where Burn's generic composition takes several. Work is split over
 //! rayon's threads by rows (LayerNorm, GELU) or by sequence (attention), and every task
-//! runs in [`simd`], compiled for AVX2 + FMA when the CPU has them.
+//! runs in [`simd`], compiled for AVX-512, else AVX2 + FMA, when the CPU has them.
 
 use rayon::prelude::*;
 
-/// Runs `f` compiled for AVX2 and FMA when this x86-64 CPU has them, else as built.
+/// Runs `f` compiled for the widest vector unit this x86-64 CPU has: AVX-512 (F, VL,
+/// BW, DQ; loops then run 16 lanes wide), else AVX2 and FMA (8 lanes), else as built.
 /// `f` and the `#[inline(always)]` helpers it calls are inlined into the
-/// `target_feature` function, so their loops are vectorised 8 lanes wide. The closure
+/// `target_feature` function, so their loops are vectorised that wide. The closure
 /// must be marked too, `simd(#[inline(always)] || …)`: a large one is otherwise
-/// compiled on its own, without AVX2, and called from here (objdump found GELU,
+/// compiled on its own, without either, and called from here (objdump found GELU,
 /// LayerNorm and attention running 4 lanes wide).
 #[inline(always)]
 pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+        fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
         #[target_feature(enable = "avx2,fma")]
         fn avx2<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { avx2(f) };
+        match unit() {
+            // SAFETY: the CPU has these features (detected by `vector_unit`).
+            VectorUnit::Avx512 => return unsafe { avx512(f) },
+            // SAFETY: as above.
+            VectorUnit::Avx2 => return unsafe { avx2(f) },
+            VectorUnit::Baseline => {}
         }
     }
     f()
+}
+
+/// The vector unit the kernels run on: [`vector_unit`], or in unit tests one that a
+/// test chose (any the CPU has).
+#[inline(always)]
+fn unit() -> VectorUnit {
+    #[cfg(test)]
+    if let Some(unit) = tests::forced_unit() {
+        return unit;
+    }
+    vector_unit()
+}
+
+/// The widest vector unit [`simd`] compiles for on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum VectorUnit {
+    /// AVX-512 F, VL, BW and DQ (with AVX2 and FMA).
+    Avx512,
+    /// AVX2 and FMA.
+    Avx2,
+    /// Neither: the build's own target features.
+    Baseline,
+}
+
+/// What this CPU has, detected once; `QUILL_SIMD=avx2` (or `baseline`) caps it, so
+/// that the narrower paths can be tested and measured on a machine with AVX-512.
+pub(super) fn vector_unit() -> VectorUnit {
+    static UNIT: std::sync::OnceLock<VectorUnit> = std::sync::OnceLock::new();
+    *UNIT.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let cap = std::env::var("QUILL_SIMD").unwrap_or_default();
+            let avx2 = has!("avx2") && has!("fma") && cap != "baseline";
+            let avx512 = avx2
+                && has!("avx512f")
+                && has!("avx512vl")
+                && has!("avx512bw")
+                && has!("avx512dq")
+                && cap != "avx2";
+            match (avx512, avx2) {
+                (true, _) => VectorUnit::Avx512,
+                (false, true) => VectorUnit::Avx2,
+                _ => VectorUnit::Baseline,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        VectorUnit::Baseline
+    })
 }
 
 /// Rows per rayon task: about two tasks per thread, at least one row.
@@ -437,9 +493,12 @@ fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
 /// `dst = scale·lhs·rhs` for a row-major `dst` (rows `dst_rs` apart), plus `dst`'s
 /// old values when `accumulate`. A bounds-checked front to the `gemm` crate (the matrix
 /// multiplication Flex itself uses); products of at least 192³ multiply-adds are
-/// spread over rayon's threads, smaller ones run on the calling thread.
+/// spread over rayon's threads, smaller ones run on the calling thread, as do all of
+/// them when rayon has one thread (a shard of the training step: `gemm`'s parallel
+/// path then only adds its own overhead, about 5% of the step).
 fn gemm(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, scale: f32, accumulate: bool) {
-    let parallel = lhs.rows * rhs.cols * lhs.cols >= 192 * 192 * 192;
+    let parallel =
+        lhs.rows * rhs.cols * lhs.cols >= 192 * 192 * 192 && rayon::current_num_threads() > 1;
     gemm_on(dst, dst_rs, lhs, rhs, scale, accumulate, parallel);
 }
 
@@ -563,23 +622,29 @@ pub fn linear_forward_strided(x: &[f32], w: StridedWeight, b: Option<&[f32]>, y:
     }
 }
 
-/// Calls `$f(args…)` — an `#[inline(always)]` function — compiled for AVX2 and FMA
-/// when the CPU has them. [`simd`] does the same for a closure, but a closure as large
-/// as a whole pass over a weight is not inlined into `simd`'s AVX2 function, and then
-/// runs 4 lanes wide (`perf annotate` showed `mulps` on `xmm` registers).
-macro_rules! with_avx2 {
+/// Calls `$f(args…)` — an `#[inline(always)]` function — compiled for the vector unit
+/// [`simd`] picks. [`simd`] itself takes a closure, but a closure as large as a whole
+/// pass over a weight is not inlined into `simd`'s function, and then runs 4 lanes
+/// wide (`perf annotate` showed `mulps` on `xmm` registers).
+macro_rules! with_simd {
     ($f:ident($($arg:expr),* $(,)?)) => {{
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2(out: &mut [f32], x: View, w: View, range: std::ops::Range<usize>) {
-            $f(out, x, w, range)
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            unsafe { avx2($($arg),*) }
-        } else {
-            $f($($arg),*)
+        {
+            #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
+            fn avx512(out: &mut [f32], x: View, w: View, range: std::ops::Range<usize>) {
+                $f(out, x, w, range)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            fn avx2(out: &mut [f32], x: View, w: View, range: std::ops::Range<usize>) {
+                $f(out, x, w, range)
+            }
+            match unit() {
+                // SAFETY: the CPU has these features (detected by `vector_unit`).
+                VectorUnit::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                VectorUnit::Avx2 => unsafe { avx2($($arg),*) },
+                VectorUnit::Baseline => $f($($arg),*),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         $f($($arg),*)
@@ -656,7 +721,7 @@ fn few_rows(y: &mut [f32], x: View, w: View, accumulate: bool) {
             .map(|i0| {
                 let mut out = vec![0f32; m * n];
                 let rows = i0..(i0 + stretch).min(k);
-                with_avx2!(rows_of_w(&mut out, x, w, rows));
+                with_simd!(rows_of_w(&mut out, x, w, rows));
                 out
             })
             .reduce_with(|mut a, b| {
@@ -681,7 +746,7 @@ fn few_rows(y: &mut [f32], x: View, w: View, accumulate: bool) {
             .map(|j0| {
                 let width = stretch.min(n - j0);
                 let mut out = vec![0f32; m * width];
-                with_avx2!(columns_of_w(&mut out, x, w, j0..j0 + width));
+                with_simd!(columns_of_w(&mut out, x, w, j0..j0 + width));
                 (j0, out)
             })
             .collect();
@@ -765,15 +830,57 @@ fn scores(q: View, k: View, scale: f32, s: &mut [f32]) {
     matmul(s, q.rows, q, k.t(), scale);
 }
 
-/// Each row `i`'s log-sum-exp over its past, `lse_i = ln Σ_{j≤i} e^(s_ij)`.
+/// The largest of `x` (−∞ when empty), in 8 partial maxima so that it vectorises.
 #[inline(always)]
-fn causal_log_sum_exp(s: &[f32], lse: &mut [f32]) {
+fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let x8 = x.chunks_exact(8);
+    let tail = x8
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for x in x8 {
+        for l in 0..8 {
+            acc[l] = acc[l].max(x[l]);
+        }
+    }
+    acc.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// `Σ x`, in 8 partial sums so that it vectorises.
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let x8 = x.chunks_exact(8);
+    let tail: f32 = x8.remainder().iter().sum();
+    for x in x8 {
+        for l in 0..8 {
+            acc[l] += x[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Scores turned in place into the causal softmax probabilities, and each row `i`'s
+/// log-sum-exp over its past, `lse_i = ln Σ_{j≤i} e^(s_ij)`, in one pass of `exp`:
+/// `e^(s_ij − max_i)` for `j ≤ i`, their sum, then the row scaled by its inverse;
+/// 0 after the diagonal.
+#[inline(always)]
+fn causal_softmax_lse(s: &mut [f32], lse: &mut [f32]) {
     let t = lse.len();
-    for (i, (row, lse)) in s.chunks(t).zip(lse).enumerate() {
-        let past = &row[..=i];
-        let max = past.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let sum: f32 = past.iter().map(|&s| exp(s - max)).sum();
-        *lse = max + sum.ln();
+    for (i, (row, lse)) in s.chunks_mut(t).zip(lse).enumerate() {
+        let (past, future) = row.split_at_mut(i + 1);
+        let max = max(past);
+        for p in past.iter_mut() {
+            *p = exp(*p - max);
+        }
+        let total = sum(past);
+        let inv = 1.0 / total;
+        for p in past.iter_mut() {
+            *p *= inv;
+        }
+        future.fill(0.0);
+        *lse = max + total.ln();
     }
 }
 
@@ -810,8 +917,7 @@ pub fn attention_forward(qkv: &[f32], dims: AttentionDims, y: &mut [f32], lse: &
                     for (h, lse) in lse.chunks_mut(t).enumerate() {
                         let [q, k, v] = head(qkv, dims, h);
                         scores(q, k, scale, &mut p);
-                        causal_log_sum_exp(&p, lse);
-                        causal_softmax(&mut p, lse);
+                        causal_softmax_lse(&mut p, lse);
                         matmul(&mut y[h * hs..], c, View::rows(&p, t, t, t), v, 1.0);
                     }
                 },
@@ -864,6 +970,80 @@ pub fn attention_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    /// The unit [`every_vector_unit_computes_the_same_bits`] runs the kernels on (0: none
+    /// forced). Other tests that run meanwhile use it too, and pass on any unit.
+    static FORCED: AtomicU8 = AtomicU8::new(0);
+
+    pub(super) fn forced_unit() -> Option<VectorUnit> {
+        match FORCED.load(Ordering::Relaxed) {
+            1 => Some(VectorUnit::Baseline),
+            2 => Some(VectorUnit::Avx2),
+            3 => Some(VectorUnit::Avx512),
+            _ => None,
+        }
+    }
+
+    /// Every kernel's outputs, on fixed inputs: GELU, LayerNorm and attention, forward
+    /// and backward.
+    fn all_kernels() -> Vec<Vec<f32>> {
+        let dims = AttentionDims {
+            t: 13,
+            c: 24,
+            n_head: 3,
+        };
+        let (b, c) = (2, dims.c);
+        let x = values(b * dims.t * c, 1);
+        let (gamma, beta, dy) = (values(c, 2), values(c, 3), values(x.len(), 4));
+        let mut gelu = vec![0.0; x.len()];
+        let mut dgelu = vec![0.0; x.len()];
+        gelu_forward(&x, &mut gelu);
+        gelu_backward(&x, &dy, &mut dgelu);
+        let rows = x.len() / c;
+        let (mut ln, mut mean, mut rstd) = (vec![0.0; x.len()], vec![0.0; rows], vec![0.0; rows]);
+        layer_norm_forward(&x, &gamma, Some(&beta), 1e-5, &mut ln, &mut mean, &mut rstd);
+        let mut dln = vec![0.0; x.len()];
+        let (dgamma, dbeta) = layer_norm_backward(&x, &gamma, &mean, &rstd, &dy, &mut dln);
+        let qkv: Vec<f32> = values(3 * x.len(), 5).iter().map(|v| 3.0 * v).collect();
+        let (mut y, mut lse) = (vec![0.0; x.len()], vec![0.0; b * dims.n_head * dims.t]);
+        attention_forward(&qkv, dims, &mut y, &mut lse);
+        let mut dqkv = vec![0.0; qkv.len()];
+        attention_backward(&qkv, &lse, &dy, dims, &mut dqkv);
+        vec![
+            gelu, dgelu, ln, mean, rstd, dln, dgamma, dbeta, y, lse, dqkv,
+        ]
+    }
+
+    /// The same bits on every unit: Rust never fuses `a·b + c` into one FMA on its own,
+    /// and the kernels' sums run in a fixed order of 8 partial sums, so the width of
+    /// the vectors changes the speed, not the values.
+    #[test]
+    fn every_vector_unit_computes_the_same_bits() {
+        let baseline = {
+            FORCED.store(1, Ordering::Relaxed);
+            all_kernels()
+        };
+        // The units this CPU has, beyond the baseline.
+        let units = match vector_unit() {
+            VectorUnit::Avx512 => vec![2, 3],
+            VectorUnit::Avx2 => vec![2],
+            VectorUnit::Baseline => vec![],
+        };
+        for unit in units {
+            FORCED.store(unit, Ordering::Relaxed);
+            for (i, (got, want)) in all_kernels().iter().zip(&baseline).enumerate() {
+                for (g, w) in got.iter().zip(want) {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "unit {unit}, output {i}: {g} against {w} on the baseline"
+                    );
+                }
+            }
+        }
+        FORCED.store(0, Ordering::Relaxed);
+    }
 
     /// Reference `erf` in f64 (std has none): Simpson's rule on `2/√π·e^(−t²)`.
     fn erf_ref(x: f64) -> f64 {

@@ -59,8 +59,10 @@ pub fn with_f32_values<B: Backend, const D: usize, const N: usize, R>(
     Some(f(slices))
 }
 
-/// Runs `f` compiled for AVX2 and FMA when the CPU has them (its loops, and the
-/// `#[inline]` functions it calls, are then vectorised eight lanes wide), else as built.
+/// Runs `f` compiled for AVX-512 when the CPU has it, else for AVX2 and FMA, else as
+/// built (its loops, and the `#[inline]` functions it calls, are then vectorised 16 or
+/// 8 lanes wide). `QUILL_SIMD=avx2` or `QUILL_SIMD=baseline` in the environment caps
+/// the choice, to test or measure the narrower paths.
 pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     cpu::simd(f)
 }
