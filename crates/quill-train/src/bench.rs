@@ -42,6 +42,8 @@ pub struct TrainBench {
     pub eval_tokens_per_s: f64,
     /// The mean loss of the timed steps (a sanity check: about ln(vocab) at the start).
     pub mean_loss: f32,
+    /// The shards each micro-batch ran as, in parallel ([`Trainer::shards`]).
+    pub shards: usize,
 }
 
 /// nanoGPT's `estimate_mfu` numerator: FLOPs per token for a forward and backward pass.
@@ -83,6 +85,7 @@ pub fn bench_training<AB: AutodiffBackend>(
     let (mut trainer, mut sampler) = fresh_trainer::<AB>(config, dataset, device)?;
     let model_config = config.model_config(dataset.tokenizer.vocab_size());
     let num_params = trainer.model().num_params();
+    let shards = trainer.shards(config.batch_size);
     let mut step = || {
         let batch = Batch::sample(&mut sampler, data, config.grad_accum, device)?;
         trainer.step(&batch)
@@ -122,6 +125,7 @@ pub fn bench_training<AB: AutodiffBackend>(
         achieved_tflops: flops_per_token * train_tokens_per_s / 1e12,
         eval_tokens_per_s: eval_tokens as f64 / start.elapsed().as_secs_f64(),
         mean_loss: (loss_sum / iters as f64) as f32,
+        shards,
     })
 }
 

@@ -56,6 +56,7 @@ pub mod parity;
 pub mod plot;
 pub mod run_dir;
 pub mod schedule;
+mod shard;
 pub mod step;
 pub mod train;
 

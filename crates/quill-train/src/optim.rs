@@ -101,6 +101,32 @@ impl<B: Backend> GradBuffer<B> {
         self.micro_batches += 1;
     }
 
+    /// Adds one micro-batch whose rows were split into equal shards: `shards` holds one
+    /// buffer per shard, each with that shard's gradients; their mean, taken in the
+    /// order given, counts as one micro-batch.
+    pub fn accumulate_shards(&mut self, shards: Vec<GradBuffer<B>>) {
+        let n = shards.len();
+        let mut sums: BTreeMap<String, Tensor<B, 1>> = BTreeMap::new();
+        for shard in shards {
+            for (name, grad) in shard.grads {
+                let sum = match sums.remove(&name) {
+                    Some(previous) => previous + grad,
+                    None => grad,
+                };
+                sums.insert(name, sum);
+            }
+        }
+        for (name, sum) in sums {
+            let mean = sum / n as f64;
+            let total = match self.grads.remove(&name) {
+                Some(previous) => previous + mean,
+                None => mean,
+            };
+            self.grads.insert(name, total);
+        }
+        self.micro_batches += 1;
+    }
+
     /// Replaces the gradients by their sums over the `ranks` processes of a
     /// data-parallel run, as one flat tensor that `sum` all-reduces. `extra` values ride
     /// along and come back summed. The mean gradient then averages every rank's

@@ -13,6 +13,7 @@ use crate::config::OptimizerKind;
 use crate::distributed::Collective;
 use crate::optim::{AdamW, GradBuffer, StepOptions};
 use crate::schedule::learning_rate;
+use crate::shard::ShardPools;
 use crate::{TrainConfig, TrainError};
 
 /// The data of one optimizer step: one or more micro-batches of inputs `x` and targets
@@ -58,6 +59,15 @@ impl<B: Backend> Batch<B> {
     }
 }
 
+/// Whether `B` is the CPU backend whose fused kernels and threads [`Trainer::shards`]
+/// is for.
+fn serves_cpu<B: Backend>() -> bool {
+    #[cfg(feature = "fused-cpu")]
+    return quill_kernels::serves::<B>();
+    #[cfg(not(feature = "fused-cpu"))]
+    return false;
+}
+
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepOutput {
@@ -79,6 +89,10 @@ pub struct Trainer<AB: AutodiffBackend> {
     iter: usize,
     /// The other ranks of a data-parallel run: gradients are summed over them.
     collective: Option<Collective<AB::InnerBackend>>,
+    /// The most shards a micro-batch is split into (`None`: one per CPU thread).
+    max_shards: Option<usize>,
+    /// The threads the shards run on.
+    shard_pools: ShardPools,
 }
 
 impl<AB: AutodiffBackend> Trainer<AB> {
@@ -96,6 +110,47 @@ impl<AB: AutodiffBackend> Trainer<AB> {
             config: config.clone(),
             iter: 0,
             collective: None,
+            max_shards: None,
+            shard_pools: ShardPools::default(),
+        }
+    }
+
+    /// Splits each micro-batch into at most `max_shards` equal shards of rows, whose
+    /// forward and backward passes run at the same time, one per CPU thread (see
+    /// [`Trainer::shards`]); 1 runs each micro-batch whole.
+    pub fn with_max_shards(mut self, max_shards: usize) -> Self {
+        self.max_shards = Some(max_shards.max(1));
+        self
+    }
+
+    /// How many shards each micro-batch of `rows` rows is split into. On the CPU
+    /// (Flex with the fused kernels), the shards' forward and backward passes run at
+    /// the same time, one per core, which keeps a small model's cores far busier than
+    /// one pass whose every operation is split over them. The step is the same (the
+    /// mean of equal shards' gradients is the micro-batch's); only the rounding
+    /// differs, by the order of the sums. The module `shard` has the details.
+    ///
+    /// The count is the largest divisor of `rows` up to the number of rayon threads
+    /// (or [`Trainer::with_max_shards`]); 1 on other backends, where one pass already
+    /// fills the device, and with dropout, whose masks come from one random generator
+    /// that parallel shards would draw from in an order that changes between runs.
+    pub fn shards(&self, rows: usize) -> usize {
+        if !serves_cpu::<AB::InnerBackend>() || self.config.dropout > 0.0 {
+            return 1;
+        }
+        let most = self.max_shards.unwrap_or_else(rayon::current_num_threads);
+        (1..=most.min(rows))
+            .rev()
+            .find(|&s| rows.is_multiple_of(s))
+            .unwrap_or(1)
+    }
+
+    /// [`Trainer::shards`] for `batch`'s micro-batches (1 when they differ in rows).
+    fn shards_of(&self, batch: &Batch<AB>) -> usize {
+        let mut rows = batch.micro_batches.iter().map(|(x, _)| x.dims()[0]);
+        match rows.next() {
+            Some(first) if rows.all(|r| r == first) => self.shards(first),
+            _ => 1,
         }
     }
 
@@ -166,16 +221,27 @@ impl<AB: AutodiffBackend> Trainer<AB> {
         batch: &Batch<AB>,
         stop: bool,
     ) -> Result<(StepOutput, bool), TrainError> {
-        let (config, iter, model) = (&self.config, self.iter, self.model());
+        let shards = self.shards_of(batch);
+        let (config, iter) = (&self.config, self.iter);
+        let model = self
+            .model
+            .as_ref()
+            .expect("the model is back after each step");
         if config.dropout > 0.0 {
             AB::seed(&model.device(), config.seed.wrapping_add(iter as u64));
         }
         let mut grads = GradBuffer::default();
         let mut loss_sum = 0.0f64;
         for (x, y) in &batch.micro_batches {
-            let loss = model.loss(x.clone(), y.clone())?;
-            loss_sum += loss.clone().into_scalar().elem::<f64>();
-            grads.accumulate(model, &loss.backward());
+            if shards > 1 {
+                let sharded = self.shard_pools.gradients(model, x, y, shards)?;
+                loss_sum += sharded.loss;
+                grads.accumulate_shards(sharded.grads);
+            } else {
+                let loss = model.loss(x.clone(), y.clone())?;
+                loss_sum += loss.clone().into_scalar().elem::<f64>();
+                grads.accumulate(model, &loss.backward());
+            }
         }
         let mut micro_batches = batch.micro_batches.len().max(1);
         let mut stop = stop;

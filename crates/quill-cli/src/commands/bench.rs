@@ -118,6 +118,12 @@ fn print_text(r: &Report) {
         "training:           {:.1} ms/iter, {:.0} tokens/s over {} steps after {} warm-up (mean loss {:.4})",
         t.ms_per_iter, t.train_tokens_per_s, t.iters, t.warmup_iters, t.mean_loss
     );
+    if t.shards > 1 {
+        println!(
+            "                    each batch as {} shards of rows, one per thread",
+            t.shards
+        );
+    }
     println!(
         "model FLOPs:        {:.3} MFLOP/token, {:.4} TFLOP/s achieved",
         t.flops_per_token / 1e6,
