@@ -86,11 +86,7 @@ impl<B: Backend> GradBuffer<B> {
                 let n = grad.shape().num_elements();
                 let grad = grad.reshape([n]);
                 let name = declared(&self.specs, &param.id).name.clone();
-                let sum = match self.out.remove(&name) {
-                    Some(previous) => previous + grad,
-                    None => grad,
-                };
-                self.out.insert(name, sum);
+                add_to(self.out, name, grad);
             }
         }
         model.visit(&mut Collect::<AB> {
@@ -109,20 +105,11 @@ impl<B: Backend> GradBuffer<B> {
         let mut sums: BTreeMap<String, Tensor<B, 1>> = BTreeMap::new();
         for shard in shards {
             for (name, grad) in shard.grads {
-                let sum = match sums.remove(&name) {
-                    Some(previous) => previous + grad,
-                    None => grad,
-                };
-                sums.insert(name, sum);
+                add_to(&mut sums, name, grad);
             }
         }
         for (name, sum) in sums {
-            let mean = sum / n as f64;
-            let total = match self.grads.remove(&name) {
-                Some(previous) => previous + mean,
-                None => mean,
-            };
-            self.grads.insert(name, total);
+            add_to(&mut self.grads, name, sum / n as f64);
         }
         self.micro_batches += 1;
     }
@@ -193,6 +180,15 @@ impl<B: Backend> GradBuffer<B> {
         let total: f64 = Tensor::cat(squares, 0).sum().into_scalar().elem();
         total.sqrt() / self.micro_batches.max(1) as f64
     }
+}
+
+/// Adds `grad` to the sum kept under `name` (or starts it).
+fn add_to<B: Backend>(sums: &mut BTreeMap<String, Tensor<B, 1>>, name: String, grad: Tensor<B, 1>) {
+    let sum = match sums.remove(&name) {
+        Some(previous) => previous + grad,
+        None => grad,
+    };
+    sums.insert(name, sum);
 }
 
 /// Hyper-parameters of one step.
