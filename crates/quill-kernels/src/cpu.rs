@@ -84,6 +84,48 @@ pub(super) fn vector_unit() -> VectorUnit {
     })
 }
 
+/// Where a kernel writes its result: `f32` values, overwritten, or a fresh
+/// `MaybeUninit<f32>` buffer, which then needs no zero fill first (every value is
+/// written; a kernel that adds to its output takes `f32` values only).
+pub trait Output: sealed::Sealed + Send + Sync {
+    /// Whether the values are initialised (`f32`).
+    const INIT: bool;
+    /// Writes `value`.
+    fn set(&mut self, value: f32);
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for std::mem::MaybeUninit<f32> {}
+}
+
+impl Output for f32 {
+    const INIT: bool = true;
+    #[inline(always)]
+    fn set(&mut self, value: f32) {
+        *self = value;
+    }
+}
+
+impl Output for std::mem::MaybeUninit<f32> {
+    const INIT: bool = false;
+    #[inline(always)]
+    fn set(&mut self, value: f32) {
+        self.write(value);
+    }
+}
+
+/// `out` as `f32` values.
+///
+/// # Safety
+/// Every value of `out` must have been written.
+unsafe fn assume_init<O: Output>(out: &mut [O]) -> &mut [f32] {
+    // SAFETY: `O` is `f32` or `MaybeUninit<f32>` (sealed), both laid out as `f32`, and
+    // the caller wrote every value.
+    unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()) }
+}
+
 /// Rows per rayon task: about two tasks per thread, at least one row.
 fn rows_per_task(rows: usize) -> usize {
     rows.div_ceil(2 * rayon::current_num_threads()).max(1)
@@ -131,14 +173,14 @@ fn normal_cdf(x: f32) -> (f32, f32) {
 const FRAC_1_SQRT_TAU: f32 = 0.398_942_3;
 
 /// GELU (the exact, erf form nanoGPT uses): `y = x·Φ(x)`.
-pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
+pub fn gelu_forward<O: Output>(x: &[f32], y: &mut [O]) {
     let n = rows_per_task(x.len() / 64) * 64;
     y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(|(y, x)| {
         simd(
             #[inline(always)]
             || {
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = x * normal_cdf(x).0;
+                    y.set(x * normal_cdf(x).0);
                 }
             },
         )
@@ -146,7 +188,7 @@ pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
 }
 
 /// GELU's backward pass: `dx = dy·(Φ(x) + x·φ(x))`.
-pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+pub fn gelu_backward<O: Output>(x: &[f32], dy: &[f32], dx: &mut [O]) {
     let n = rows_per_task(x.len() / 64) * 64;
     dx.par_chunks_mut(n)
         .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
@@ -156,7 +198,7 @@ pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
                 || {
                     for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
                         let (cdf, gauss) = normal_cdf(x);
-                        *dx = dy * (cdf + x * FRAC_1_SQRT_TAU * gauss);
+                        dx.set(dy * (cdf + x * FRAC_1_SQRT_TAU * gauss));
                     }
                 },
             )
@@ -303,6 +345,37 @@ pub fn rotary(
 
 // ---------------------------------------------------------------- vector helpers
 
+/// The largest of `x` (−∞ when empty), in 8 partial maxima so that it vectorises.
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let x8 = x.chunks_exact(8);
+    let tail = x8
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for x in x8 {
+        for l in 0..8 {
+            acc[l] = acc[l].max(x[l]);
+        }
+    }
+    acc.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// `Σ x`, in 8 partial sums so that it vectorises.
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let x8 = x.chunks_exact(8);
+    let tail: f32 = x8.remainder().iter().sum();
+    for x in x8 {
+        for l in 0..8 {
+            acc[l] += x[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// `a·b`, in eight partial sums so that the loop vectorises.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -343,6 +416,20 @@ fn dot_wide(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `Σ (x − m)²`, in eight partial sums so that it vectorises.
+#[inline(always)]
+fn squared_deviation(x: &[f32], m: f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let x8 = x.chunks_exact(8);
+    let tail: f32 = x8.remainder().iter().map(|&v| (v - m) * (v - m)).sum();
+    for x in x8 {
+        for l in 0..8 {
+            acc[l] += (x[l] - m) * (x[l] - m);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// `y += alpha·x`.
 #[inline(always)]
 fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
@@ -356,12 +443,12 @@ fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
 /// LayerNorm over rows of `c` features: `y = (x − mean)·rstd·γ + β` with
 /// `rstd = 1/√(var + eps)` (biased variance, as PyTorch). Writes each row's `mean` and
 /// `rstd` for the backward pass.
-pub fn layer_norm_forward(
+pub fn layer_norm_forward<O: Output>(
     x: &[f32],
     gamma: &[f32],
     beta: Option<&[f32]>,
     eps: f32,
-    y: &mut [f32],
+    y: &mut [O],
     mean: &mut [f32],
     rstd: &mut [f32],
 ) {
@@ -377,14 +464,21 @@ pub fn layer_norm_forward(
                     for (((y, x), mean), rstd) in
                         y.chunks_mut(c).zip(x.chunks(c)).zip(mean).zip(rstd)
                     {
-                        let m = x.iter().sum::<f32>() / c as f32;
-                        let var = x.iter().map(|&v| (v - m) * (v - m)).sum::<f32>() / c as f32;
+                        let m = sum(x) / c as f32;
+                        let var = squared_deviation(x, m) / c as f32;
                         let r = 1.0 / (var + eps).sqrt();
-                        for ((y, &x), &g) in y.iter_mut().zip(x).zip(gamma) {
-                            *y = (x - m) * r * g;
-                        }
-                        if let Some(beta) = beta {
-                            axpy(y, 1.0, beta);
+                        match beta {
+                            Some(beta) => {
+                                let params = gamma.iter().zip(beta);
+                                for ((y, &x), (&g, &b)) in y.iter_mut().zip(x).zip(params) {
+                                    y.set((x - m) * r * g + b);
+                                }
+                            }
+                            None => {
+                                for ((y, &x), &g) in y.iter_mut().zip(x).zip(gamma) {
+                                    y.set((x - m) * r * g);
+                                }
+                            }
                         }
                         (*mean, *rstd) = (m, r);
                     }
@@ -396,13 +490,13 @@ pub fn layer_norm_forward(
 /// LayerNorm's backward pass. With `x̂ = (x − mean)·rstd` and `g = dy·γ`:
 /// `dx = rstd·(g − mean(g) − x̂·mean(g·x̂))`, `dγ = Σ_rows dy·x̂`, `dβ = Σ_rows dy`.
 /// Returns `(dγ, dβ)`.
-pub fn layer_norm_backward(
+pub fn layer_norm_backward<O: Output>(
     x: &[f32],
     gamma: &[f32],
     mean: &[f32],
     rstd: &[f32],
     dy: &[f32],
-    dx: &mut [f32],
+    dx: &mut [O],
 ) -> (Vec<f32>, Vec<f32>) {
     let c = gamma.len();
     let rows = rows_per_task(mean.len());
@@ -415,20 +509,19 @@ pub fn layer_norm_backward(
                 #[inline(always)]
                 || {
                     let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
-                    let mut xhat = vec![0f32; c];
+                    let (mut xhat, mut g) = (vec![0f32; c], vec![0f32; c]);
                     let rows = dx.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c));
                     for (((dx, x), dy), (&m, &r)) in rows.zip(mean.iter().zip(rstd)) {
-                        let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-                        for ((xh, &x), (&dy, &g)) in
-                            xhat.iter_mut().zip(x).zip(dy.iter().zip(gamma))
+                        for ((xh, g), ((&x, &dy), &gamma)) in
+                            xhat.iter_mut().zip(&mut g).zip(x.iter().zip(dy).zip(gamma))
                         {
                             *xh = (x - m) * r;
-                            sum_g += dy * g;
-                            sum_gx += dy * g * *xh;
+                            *g = dy * gamma;
                         }
-                        let (mean_g, mean_gx) = (sum_g / c as f32, sum_gx / c as f32);
-                        for (((dx, &xh), &dy), &g) in dx.iter_mut().zip(&xhat).zip(dy).zip(gamma) {
-                            *dx = r * (dy * g - mean_g - xh * mean_gx);
+                        // Partial sums, not one running total: the loops vectorise.
+                        let (mean_g, mean_gx) = (sum(&g) / c as f32, dot(&g, &xhat) / c as f32);
+                        for ((dx, &xh), &g) in dx.iter_mut().zip(&xhat).zip(&g) {
+                            dx.set(r * (g - mean_g - xh * mean_gx));
                         }
                         axpy(&mut dbeta, 1.0, dy);
                         for ((dg, &xh), &dy) in dgamma.iter_mut().zip(&xhat).zip(dy) {
@@ -496,15 +589,28 @@ fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
 /// spread over rayon's threads, smaller ones run on the calling thread, as do all of
 /// them when rayon has one thread (a shard of the training step: `gemm`'s parallel
 /// path then only adds its own overhead, about 5% of the step).
-fn gemm(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, scale: f32, accumulate: bool) {
+fn gemm<O: Output>(
+    dst: &mut [O],
+    dst_rs: usize,
+    lhs: View,
+    rhs: View,
+    scale: f32,
+    accumulate: bool,
+) {
     let parallel =
         lhs.rows * rhs.cols * lhs.cols >= 192 * 192 * 192 && rayon::current_num_threads() > 1;
     gemm_on(dst, dst_rs, lhs, rhs, scale, accumulate, parallel);
 }
 
 /// [`gemm`], on all of rayon's threads when `parallel`, else on the calling thread.
-fn gemm_on(
-    dst: &mut [f32],
+///
+/// `dst` may be uninitialised unless `accumulate`: on x86-64, `gemm` then writes each
+/// value of the product without reading it (its kernels, the few-row and the
+/// small-size paths all branch on a zero `alpha` before they load `dst`). Elsewhere it
+/// is zeroed first: gemm-common 0.19's Apple AMX kernels copy partial tiles of `dst`
+/// out before that branch.
+fn gemm_on<O: Output>(
+    dst: &mut [O],
     dst_rs: usize,
     lhs: View,
     rhs: View,
@@ -523,18 +629,28 @@ fn gemm_on(
         fits(rhs.data.len(), k, n, rhs.rs, rhs.cs),
         "rhs out of bounds"
     );
+    assert!(
+        O::INIT || !accumulate,
+        "only initialised values are added to"
+    );
+    if !O::INIT && cfg!(not(target_arch = "x86_64")) {
+        for row in dst.chunks_mut(dst_rs).take(m) {
+            row[..n].iter_mut().for_each(|d| d.set(0.0));
+        }
+    }
     let parallelism = match parallel {
         true => ::gemm::Parallelism::Rayon(0),
         false => ::gemm::Parallelism::None,
     };
     // SAFETY: the three matrices lie within their slices (asserted above), and `dst`
-    // is borrowed mutably, so it aliases neither input.
+    // is borrowed mutably, so it aliases neither input. `O` is laid out as `f32`, and
+    // `gemm` reads `dst` only when `accumulate`, which needs initialised values.
     unsafe {
         ::gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<f32>(),
             1,
             dst_rs as isize,
             accumulate,
@@ -555,7 +671,7 @@ fn gemm_on(
 }
 
 /// `dst = scale·lhs·rhs`, overwriting `dst`.
-fn matmul(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, scale: f32) {
+fn matmul<O: Output>(dst: &mut [O], dst_rs: usize, lhs: View, rhs: View, scale: f32) {
     gemm(dst, dst_rs, lhs, rhs, scale, false);
 }
 
@@ -564,7 +680,13 @@ fn matmul(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, scale: f32) {
 /// A linear layer on `n` rows: `y = x·W + b` for `x` `[n, in]`, `W` `[in, out]`, `b`
 /// `[out]`, with the bias written first and the product added onto it (no second
 /// pass). `y` is `[n, out]`.
-pub fn linear_forward(x: &[f32], w: &[f32], b: Option<&[f32]>, d_in: usize, y: &mut [f32]) {
+pub fn linear_forward<O: Output>(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    d_in: usize,
+    y: &mut [O],
+) {
     let d_out = w.len() / d_in;
     linear_forward_strided(x, StridedWeight::rows(w, d_in, d_out), b, y);
 }
@@ -600,15 +722,15 @@ impl<'a> StridedWeight<'a> {
 }
 
 /// [`linear_forward`] with the weight a [`StridedWeight`].
-pub fn linear_forward_strided(x: &[f32], w: StridedWeight, b: Option<&[f32]>, y: &mut [f32]) {
+pub fn linear_forward_strided<O: Output>(
+    x: &[f32],
+    w: StridedWeight,
+    b: Option<&[f32]>,
+    y: &mut [O],
+) {
     let (d_in, d_out) = (w.d_in, w.d_out);
     let rows = x.len() / d_in;
-    if let Some(b) = b {
-        for row in y.chunks_mut(d_out) {
-            row.copy_from_slice(b);
-        }
-    }
-    let x = View::rows(x, rows, d_in, d_in);
+    let few = rows <= FEW_ROWS && (w.cs == 1 || w.rs == 1);
     let w = View {
         data: w.data,
         rows: d_in,
@@ -616,9 +738,22 @@ pub fn linear_forward_strided(x: &[f32], w: StridedWeight, b: Option<&[f32]>, y:
         rs: w.rs,
         cs: w.cs,
     };
-    match rows <= FEW_ROWS && (w.cs == 1 || w.rs == 1) {
-        true => few_rows(y, x, w, b.is_some()),
-        false => gemm(y, d_out, x, w, 1.0, b.is_some()),
+    let x = View::rows(x, rows, d_in, d_in);
+    if b.is_none() && !few {
+        return gemm(y, d_out, x, w, 1.0, false);
+    }
+    // The product is added onto the bias, or onto zeros for `few_rows`.
+    for row in y.chunks_mut(d_out) {
+        match b {
+            Some(b) => row.iter_mut().zip(b).for_each(|(y, &b)| y.set(b)),
+            None => row.iter_mut().for_each(|y| y.set(0.0)),
+        }
+    }
+    // SAFETY: every value was just written.
+    let y = unsafe { assume_init(y) };
+    match few {
+        true => few_rows(y, x, w, true),
+        false => gemm(y, d_out, x, w, 1.0, true),
     }
 }
 
@@ -767,8 +902,8 @@ pub fn linear_backward(
     w: &[f32],
     dy: &[f32],
     d_in: usize,
-    dx: &mut [f32],
-    dw: &mut [f32],
+    dx: &mut [impl Output],
+    dw: &mut [impl Output],
 ) -> Vec<f32> {
     let d_out = w.len() / d_in;
     let rows = x.len() / d_in;
@@ -830,43 +965,12 @@ fn scores(q: View, k: View, scale: f32, s: &mut [f32]) {
     matmul(s, q.rows, q, k.t(), scale);
 }
 
-/// The largest of `x` (−∞ when empty), in 8 partial maxima so that it vectorises.
-#[inline(always)]
-fn max(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 8];
-    let x8 = x.chunks_exact(8);
-    let tail = x8
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for x in x8 {
-        for l in 0..8 {
-            acc[l] = acc[l].max(x[l]);
-        }
-    }
-    acc.iter().fold(tail, |m, &v| m.max(v))
-}
-
-/// `Σ x`, in 8 partial sums so that it vectorises.
-#[inline(always)]
-fn sum(x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let x8 = x.chunks_exact(8);
-    let tail: f32 = x8.remainder().iter().sum();
-    for x in x8 {
-        for l in 0..8 {
-            acc[l] += x[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Scores turned in place into the causal softmax probabilities, and each row `i`'s
 /// log-sum-exp over its past, `lse_i = ln Σ_{j≤i} e^(s_ij)`, in one pass of `exp`:
 /// `e^(s_ij − max_i)` for `j ≤ i`, their sum, then the row scaled by its inverse;
 /// 0 after the diagonal.
 #[inline(always)]
-fn causal_softmax_lse(s: &mut [f32], lse: &mut [f32]) {
+fn causal_softmax_lse(s: &mut [f32], lse: &mut [impl Output]) {
     let t = lse.len();
     for (i, (row, lse)) in s.chunks_mut(t).zip(lse).enumerate() {
         let (past, future) = row.split_at_mut(i + 1);
@@ -880,7 +984,7 @@ fn causal_softmax_lse(s: &mut [f32], lse: &mut [f32]) {
             *p *= inv;
         }
         future.fill(0.0);
-        *lse = max + total.ln();
+        lse.set(max + total.ln());
     }
 }
 
@@ -903,7 +1007,12 @@ fn causal_softmax(s: &mut [f32], lse: &[f32]) {
 /// writes `y` `[B, T, C]` and each row's log-sum-exp `lse` `[B, nh, T]`, from which
 /// the backward pass recomputes the probabilities instead of storing `[B, nh, T, T]`
 /// of them. One rayon task per sequence; per head, two small matrix products.
-pub fn attention_forward(qkv: &[f32], dims: AttentionDims, y: &mut [f32], lse: &mut [f32]) {
+pub fn attention_forward(
+    qkv: &[f32],
+    dims: AttentionDims,
+    y: &mut [impl Output],
+    lse: &mut [impl Output],
+) {
     let AttentionDims { t, c, n_head } = dims;
     let (hs, scale) = (dims.head_dim(), dims.scale());
     y.par_chunks_mut(t * c)
@@ -933,7 +1042,7 @@ pub fn attention_backward(
     lse: &[f32],
     dy: &[f32],
     dims: AttentionDims,
-    dqkv: &mut [f32],
+    dqkv: &mut [impl Output],
 ) {
     let AttentionDims { t, c, n_head } = dims;
     let (hs, scale) = (dims.head_dim(), dims.scale());
@@ -987,6 +1096,8 @@ mod tests {
 
     /// Every kernel's outputs, on fixed inputs: GELU, LayerNorm and attention, forward
     /// and backward.
+    /// Every kernel's outputs on small inputs, each output buffer filled with NaN
+    /// before the kernel runs.
     fn all_kernels() -> Vec<Vec<f32>> {
         let dims = AttentionDims {
             t: 13,
@@ -996,23 +1107,70 @@ mod tests {
         let (b, c) = (2, dims.c);
         let x = values(b * dims.t * c, 1);
         let (gamma, beta, dy) = (values(c, 2), values(c, 3), values(x.len(), 4));
-        let mut gelu = vec![0.0; x.len()];
-        let mut dgelu = vec![0.0; x.len()];
+        let nan = |n: usize| vec![f32::NAN; n];
+        let (mut gelu, mut dgelu) = (nan(x.len()), nan(x.len()));
         gelu_forward(&x, &mut gelu);
         gelu_backward(&x, &dy, &mut dgelu);
         let rows = x.len() / c;
-        let (mut ln, mut mean, mut rstd) = (vec![0.0; x.len()], vec![0.0; rows], vec![0.0; rows]);
+        let (mut ln, mut mean, mut rstd) = (nan(x.len()), nan(rows), nan(rows));
         layer_norm_forward(&x, &gamma, Some(&beta), 1e-5, &mut ln, &mut mean, &mut rstd);
-        let mut dln = vec![0.0; x.len()];
+        let mut ln_unbiased = nan(x.len());
+        let (mut mean2, mut rstd2) = (nan(rows), nan(rows));
+        layer_norm_forward(
+            &x,
+            &gamma,
+            None,
+            1e-5,
+            &mut ln_unbiased,
+            &mut mean2,
+            &mut rstd2,
+        );
+        let mut dln = nan(x.len());
         let (dgamma, dbeta) = layer_norm_backward(&x, &gamma, &mean, &rstd, &dy, &mut dln);
         let qkv: Vec<f32> = values(3 * x.len(), 5).iter().map(|v| 3.0 * v).collect();
-        let (mut y, mut lse) = (vec![0.0; x.len()], vec![0.0; b * dims.n_head * dims.t]);
+        let (mut y, mut lse) = (nan(x.len()), nan(b * dims.n_head * dims.t));
         attention_forward(&qkv, dims, &mut y, &mut lse);
-        let mut dqkv = vec![0.0; qkv.len()];
+        let mut dqkv = nan(qkv.len());
         attention_backward(&qkv, &lse, &dy, dims, &mut dqkv);
+        // Linear, `c → 40`: gemm with and without bias, the few-row path, backward.
+        let (w, bias) = (values(c * 40, 6), values(40, 7));
+        let (mut lin, mut lin_biased) = (nan(rows * 40), nan(rows * 40));
+        linear_forward(&x, &w, None, c, &mut lin);
+        linear_forward(&x, &w, Some(&bias), c, &mut lin_biased);
+        let mut lin_few = nan(2 * 40);
+        linear_forward(&x[..2 * c], &w, None, c, &mut lin_few);
+        let (mut dlin_x, mut dlin_w) = (nan(x.len()), nan(w.len()));
+        let dlin_b = linear_backward(&x, &w, &lin, c, &mut dlin_x, &mut dlin_w);
         vec![
-            gelu, dgelu, ln, mean, rstd, dln, dgamma, dbeta, y, lse, dqkv,
+            gelu,
+            dgelu,
+            ln,
+            mean,
+            rstd,
+            ln_unbiased,
+            dln,
+            dgamma,
+            dbeta,
+            y,
+            lse,
+            dqkv,
+            lin,
+            lin_biased,
+            lin_few,
+            dlin_x,
+            dlin_w,
+            dlin_b,
         ]
+    }
+
+    /// The kernels also write into fresh, uninitialised buffers ([`Output`]), which is
+    /// only sound if no value is skipped: none may still be NaN.
+    #[test]
+    fn every_output_value_is_written() {
+        for (i, output) in all_kernels().iter().enumerate() {
+            assert!(!output.is_empty());
+            assert!(output.iter().all(|v| v.is_finite()), "output {i}");
+        }
     }
 
     /// The same bits on every unit: Rust never fuses `a·b + c` into one FMA on its own,

@@ -4,6 +4,7 @@
 //! pass.
 
 use std::any::{Any, TypeId};
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive, backend::Backend, ops::FloatTensor};
@@ -99,6 +100,19 @@ pub(super) fn values(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
+/// `len` values written by `write`, in a buffer that is not zero-filled first (the
+/// kernels write each value of their outputs; see [`cpu::Output`]).
+///
+/// # Safety
+/// `write` must write every value of the slice it is given.
+unsafe fn written(len: usize, write: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut values = Vec::with_capacity(len);
+    write(&mut values.spare_capacity_mut()[..len]);
+    // SAFETY: `write` wrote every value (the caller's promise).
+    unsafe { values.set_len(len) };
+    values
+}
+
 /// A contiguous `f32` Flex tensor of `shape` holding `values`.
 fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::new(
@@ -117,8 +131,9 @@ fn shape(x: &FlexTensor) -> Shape {
 
 /// GELU forward on a Flex tensor.
 pub(super) fn gelu(x: &FlexTensor) -> FlexTensor {
-    let mut y = vec![0f32; x.layout().num_elements()];
-    cpu::gelu_forward(&values(x), &mut y);
+    let x_values = values(x);
+    // SAFETY: `gelu_forward` writes every value of `y`.
+    let y = unsafe { written(x_values.len(), |y| cpu::gelu_forward(&x_values, y)) };
     tensor(y, shape(x))
 }
 
@@ -131,8 +146,10 @@ impl Backward<Flex, 1> for GeluBackward {
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let x = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |dy| {
-            let mut dx = vec![0f32; x.layout().num_elements()];
-            cpu::gelu_backward(&values(&x), &values(&dy), &mut dx);
+            let (x_values, dy) = (values(&x), values(&dy));
+            // SAFETY: `gelu_backward` writes every value of `dx`.
+            let dx =
+                unsafe { written(x_values.len(), |dx| cpu::gelu_backward(&x_values, &dy, dx)) };
             tensor(dx, shape(&x))
         });
     }
@@ -163,21 +180,14 @@ fn layer_norm_with_state(
     eps: f32,
 ) -> (FlexTensor, LayerNormState) {
     let rows = x.layout().num_elements() / gamma.layout().num_elements();
-    let (mut y, mut mean, mut rstd) = (
-        vec![0f32; x.layout().num_elements()],
-        vec![0f32; rows],
-        vec![0f32; rows],
-    );
-    let beta = beta.map(values);
-    cpu::layer_norm_forward(
-        &values(x),
-        &values(gamma),
-        beta.as_deref(),
-        eps,
-        &mut y,
-        &mut mean,
-        &mut rstd,
-    );
+    let (mut mean, mut rstd) = (vec![0f32; rows], vec![0f32; rows]);
+    let (x_values, gamma_values, beta) = (values(x), values(gamma), beta.map(values));
+    let forward = |y: &mut [MaybeUninit<f32>]| {
+        let beta = beta.as_deref();
+        cpu::layer_norm_forward(&x_values, &gamma_values, beta, eps, y, &mut mean, &mut rstd)
+    };
+    // SAFETY: `layer_norm_forward` writes every value of `y`.
+    let y = unsafe { written(x_values.len(), forward) };
     let state = LayerNormState {
         x: x.clone(),
         gamma: gamma.clone(),
@@ -206,15 +216,14 @@ impl<const N: usize> Backward<Flex, N> for LayerNormBackward {
 
     fn backward(self, ops: Ops<LayerNormState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         to_parents(ops, grads, |s, dy| {
-            let mut dx = vec![0f32; s.x.layout().num_elements()];
-            let (dgamma, dbeta) = cpu::layer_norm_backward(
-                &values(&s.x),
-                &values(&s.gamma),
-                &s.mean,
-                &s.rstd,
-                &values(&dy),
-                &mut dx,
-            );
+            let (x, gamma, dy) = (values(&s.x), values(&s.gamma), values(&dy));
+            let mut params = (Vec::new(), Vec::new());
+            let backward = |dx: &mut [MaybeUninit<f32>]| {
+                params = cpu::layer_norm_backward(&x, &gamma, &s.mean, &s.rstd, &dy, dx);
+            };
+            // SAFETY: `layer_norm_backward` writes every value of `dx`.
+            let dx = unsafe { written(x.len(), backward) };
+            let (dgamma, dbeta) = params;
             let c = Shape::new([dgamma.len()]);
             [
                 tensor(dx, shape(&s.x)),
@@ -291,13 +300,14 @@ struct LinearState {
 pub(super) fn linear(x: &FlexTensor, w: &FlexTensor, b: Option<&FlexTensor>) -> FlexTensor {
     let [d_in, d_out] = shape(w).dims::<2>();
     let rows = x.layout().num_elements() / d_in;
-    let mut y = vec![0f32; rows * d_out];
     let b = b.map(values);
     let x = values(x);
-    match strided_f32(w) {
-        Some(w) => cpu::linear_forward_strided(&x, w, b.as_deref(), &mut y),
-        None => cpu::linear_forward(&x, &values(w), b.as_deref(), d_in, &mut y),
-    }
+    let forward = |y: &mut [MaybeUninit<f32>]| match strided_f32(w) {
+        Some(w) => cpu::linear_forward_strided(&x, w, b.as_deref(), y),
+        None => cpu::linear_forward(&x, &values(w), b.as_deref(), d_in, y),
+    };
+    // SAFETY: the Linear kernels write every value of `y`.
+    let y = unsafe { written(rows * d_out, forward) };
     tensor(y, Shape::new([rows, d_out]))
 }
 
@@ -329,10 +339,18 @@ impl<const N: usize> Backward<Flex, N> for LinearBackward {
     fn backward(self, ops: Ops<LinearState, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         to_parents(ops, grads, |s, dy| {
             let [d_in, d_out] = shape(&s.w).dims::<2>();
-            let mut dx = vec![0f32; s.x.layout().num_elements()];
-            let mut dw = vec![0f32; d_in * d_out];
-            let (x, w) = (values(&s.x), values(&s.w));
-            let db = cpu::linear_backward(&x, &w, &values(&dy), d_in, &mut dx, &mut dw);
+            let (x, w, dy) = (values(&s.x), values(&s.w), values(&dy));
+            let mut db = Vec::new();
+            // SAFETY: `linear_backward` writes every value of `dx` and `dw`.
+            let (dx, dw) = unsafe {
+                let mut dw = Vec::new();
+                let dx = written(x.len(), |dx| {
+                    dw = written(d_in * d_out, |dw| {
+                        db = cpu::linear_backward(&x, &w, &dy, d_in, dx, dw);
+                    });
+                });
+                (dx, dw)
+            };
             [
                 tensor(dx, shape(&s.x)),
                 tensor(dw, shape(&s.w)),
@@ -377,8 +395,11 @@ fn attention_with_state(qkv: &FlexTensor, n_head: usize) -> (FlexTensor, Attenti
         c: c3 / 3,
         n_head,
     };
-    let (mut y, mut lse) = (vec![0f32; b * t * dims.c], vec![0f32; b * n_head * t]);
-    cpu::attention_forward(&values(qkv), dims, &mut y, &mut lse);
+    let (qkv_values, mut lse) = (values(qkv), vec![0f32; b * n_head * t]);
+    let forward =
+        |y: &mut [MaybeUninit<f32>]| cpu::attention_forward(&qkv_values, dims, y, &mut lse);
+    // SAFETY: `attention_forward` writes every value of `y` (each head its columns).
+    let y = unsafe { written(b * t * dims.c, forward) };
     let state = AttentionState {
         qkv: qkv.clone(),
         lse: Arc::new(lse),
@@ -401,8 +422,13 @@ impl Backward<Flex, 1> for AttentionBackward {
     fn backward(self, ops: Ops<AttentionState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let s = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |dy| {
-            let mut dqkv = vec![0f32; s.qkv.layout().num_elements()];
-            cpu::attention_backward(&values(&s.qkv), &s.lse, &values(&dy), s.dims, &mut dqkv);
+            let (qkv, dy) = (values(&s.qkv), values(&dy));
+            let backward = |dqkv: &mut [MaybeUninit<f32>]| {
+                cpu::attention_backward(&qkv, &s.lse, &dy, s.dims, dqkv)
+            };
+            // SAFETY: `attention_backward` writes every value of `dqkv` (each head its
+            // columns of q, k and v).
+            let dqkv = unsafe { written(qkv.len(), backward) };
             tensor(dqkv, shape(&s.qkv))
         });
     }
