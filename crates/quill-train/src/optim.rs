@@ -21,12 +21,14 @@
 //! loads with checkpoints.
 
 use std::collections::BTreeMap;
+use std::mem::MaybeUninit;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, FloatDType, Tensor, TensorData};
 use quill_model::LanguageModel;
 use quill_model::params::{NamedTensor, ParamSpecs};
+use rayon::prelude::*;
 
 use crate::TrainError;
 
@@ -49,6 +51,16 @@ fn on_host<B: Backend, const N: usize, R>(
         let _ = (tensors, f);
         None
     }
+}
+
+/// Runs `f` compiled for the CPU's widest vector unit where the fused kernels are
+/// built in (see `quill_kernels::vectorized`), else as it is.
+#[inline(always)]
+fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "fused-cpu")]
+    return quill_kernels::vectorized(f);
+    #[cfg(not(feature = "fused-cpu"))]
+    f()
 }
 
 /// Summed gradients by parameter name, flattened, on the inner (non-autodiff) backend.
@@ -102,14 +114,14 @@ impl<B: Backend> GradBuffer<B> {
     /// order given, counts as one micro-batch.
     pub fn accumulate_shards(&mut self, shards: Vec<GradBuffer<B>>) {
         let n = shards.len();
-        let mut sums: BTreeMap<String, Tensor<B, 1>> = BTreeMap::new();
+        let mut parts: BTreeMap<String, Vec<Tensor<B, 1>>> = BTreeMap::new();
         for shard in shards {
             for (name, grad) in shard.grads {
-                add_to(&mut sums, name, grad);
+                parts.entry(name).or_default().push(grad);
             }
         }
-        for (name, sum) in sums {
-            add_to(&mut self.grads, name, sum / n as f64);
+        for (name, grads) in parts {
+            add_to(&mut self.grads, name, mean(grads, n));
         }
         self.micro_batches += 1;
     }
@@ -162,7 +174,7 @@ impl<B: Backend> GradBuffer<B> {
                 on_host(
                     [g],
                     #[inline(always)]
-                    |[g]| g.iter().map(|&x| x as f64 * x as f64).sum::<f64>(),
+                    |[g]| sum_of_squares(g),
                 )
             })
             .sum();
@@ -180,6 +192,77 @@ impl<B: Backend> GradBuffer<B> {
         let total: f64 = Tensor::cat(squares, 0).sum().into_scalar().elem();
         total.sqrt() / self.micro_batches.max(1) as f64
     }
+}
+
+/// `Σ x²` in `f64`, in eight partial sums so that the loop vectorises.
+#[inline(always)]
+fn sum_of_squares(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let x8 = x.chunks_exact(8);
+    let tail: f64 = x8.remainder().iter().map(|&v| v as f64 * v as f64).sum();
+    for x in x8 {
+        for l in 0..8 {
+            acc[l] += x[l] as f64 * x[l] as f64;
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// `(g₀ + g₁ + …) / n`, summed in order; on the host in one parallel pass per term
+/// where the fused kernels serve the backend (the same values as tensor operations).
+fn mean<B: Backend>(grads: Vec<Tensor<B, 1>>, n: usize) -> Tensor<B, 1> {
+    let mut grads = grads.into_iter();
+    let Some(first) = grads.next() else {
+        unreachable!("every shard has each gradient")
+    };
+    let last = grads.len();
+    grads.enumerate().fold(first, |sum, (i, g)| {
+        let divisor = (i + 1 == last).then_some(n as f32);
+        let device = sum.device();
+        let fused = on_host([&sum, &g], |[a, b]| {
+            assert_eq!(a.len(), b.len(), "a gradient's shards have one shape");
+            let fill = |start: usize, out: &mut [MaybeUninit<f32>]| {
+                let (a, b) = (&a[start..start + out.len()], &b[start..start + out.len()]);
+                for ((out, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                    out.write(match divisor {
+                        Some(n) => (a + b) / n,
+                        None => a + b,
+                    });
+                }
+            };
+            // SAFETY: `fill` writes every value of its chunk (`a`, `b` are as long).
+            unsafe { par_fill(a.len(), fill) }
+        });
+        match (fused, divisor) {
+            (Some(sum), _) => {
+                let len = sum.len();
+                Tensor::from_data(TensorData::new(sum, [len]), &device)
+            }
+            (None, Some(n)) => (sum + g) / n as f64,
+            (None, None) => sum + g,
+        }
+    })
+}
+
+/// A vector of `len` values, written in chunks of [`UPDATE_CHUNK`] on rayon's threads
+/// by `fill(start, chunk)` (the chunk that begins at `start`). Each chunk runs
+/// vectorised. No zero fill first: the caller's loop writes every value.
+///
+/// # Safety
+/// `fill` must write every value of the chunk it is given.
+unsafe fn par_fill(len: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    (out.spare_capacity_mut()[..len].par_chunks_mut(UPDATE_CHUNK))
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            vectorized(
+                #[inline(always)]
+                || fill(i * UPDATE_CHUNK, chunk),
+            )
+        });
+    // SAFETY: `fill` wrote each of the first `len` values.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// Adds `grad` to the sum kept under `name` (or starts it).
@@ -400,6 +483,17 @@ fn to_f32<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 1> {
     }
 }
 
+/// Values per rayon task in the fused AdamW update: small enough that a 128-wide
+/// model's matrices are shared by the cores, large enough that a task outweighs its
+/// cost.
+const UPDATE_CHUNK: usize = 1 << 14;
+
+/// One chunk of the updated `(p, m, v)`, not yet written.
+type Outputs<'a> = (
+    (&'a mut [MaybeUninit<f32>], &'a mut [MaybeUninit<f32>]),
+    &'a mut [MaybeUninit<f32>],
+);
+
 /// One AdamW step's constants for one parameter, as `f32` (the precision of the
 /// update).
 #[derive(Debug, Clone, Copy)]
@@ -435,20 +529,51 @@ impl Hyper {
     }
 
     /// The same update in one pass over `f32` values (Flex's fast path): `[p, m, v]`.
-    #[inline(always)]
+    /// Chunks of [`UPDATE_CHUNK`] values run on rayon's threads, each vectorised.
     fn update(&self, p: &[f32], g: &[f32], m: &[f32], v: &[f32]) -> [Vec<f32>; 3] {
-        let mut out = [(); 3].map(|_| vec![0f32; p.len()]);
+        assert!(
+            [g.len(), m.len(), v.len()].iter().all(|&n| n == p.len()),
+            "a parameter, its gradient and its moments have one shape"
+        );
+        let mut out = [(); 3].map(|_| Vec::with_capacity(p.len()));
         let [p2, m2, v2] = &mut out;
+        let outputs = (p2.spare_capacity_mut()[..p.len()].par_chunks_mut(UPDATE_CHUNK))
+            .zip(m2.spare_capacity_mut()[..p.len()].par_chunks_mut(UPDATE_CHUNK))
+            .zip(v2.spare_capacity_mut()[..p.len()].par_chunks_mut(UPDATE_CHUNK));
+        let inputs = (p.par_chunks(UPDATE_CHUNK).zip(g.par_chunks(UPDATE_CHUNK)))
+            .zip(m.par_chunks(UPDATE_CHUNK).zip(v.par_chunks(UPDATE_CHUNK)));
+        outputs.zip(inputs).for_each(|(out, inputs)| {
+            vectorized(
+                #[inline(always)]
+                || self.update_chunk(out, inputs),
+            )
+        });
+        for x in &mut out {
+            // SAFETY: `update_chunk` wrote each of the first `p.len()` values.
+            unsafe { x.set_len(p.len()) };
+        }
+        out
+    }
+
+    /// [`Hyper::update`] on one chunk, writing every value of the outputs.
+    #[allow(clippy::type_complexity)]
+    #[inline(always)]
+    fn update_chunk(
+        &self,
+        ((p2, m2), v2): Outputs<'_>,
+        ((p, g), (m, v)): ((&[f32], &[f32]), (&[f32], &[f32])),
+    ) {
         let outputs = p2.iter_mut().zip(m2.iter_mut()).zip(v2.iter_mut());
         let inputs = p.iter().zip(g).zip(m.iter().zip(v));
         for (((p2, m2), v2), ((&p, &g), (&m, &v))) in outputs.zip(inputs) {
             let g = g * self.scale;
-            *m2 = m * self.beta1 + g * (1.0 - self.beta1);
-            *v2 = v * self.beta2 + g * g * (1.0 - self.beta2);
-            let denom = v2.sqrt() / self.sqrt_bias_correction2 + self.eps;
-            *p2 = p * self.decay - *m2 / denom * self.step_size;
+            let m = m * self.beta1 + g * (1.0 - self.beta1);
+            let v = v * self.beta2 + g * g * (1.0 - self.beta2);
+            let denom = v.sqrt() / self.sqrt_bias_correction2 + self.eps;
+            p2.write(p * self.decay - m / denom * self.step_size);
+            m2.write(m);
+            v2.write(v);
         }
-        out
     }
 }
 
