@@ -607,8 +607,9 @@ fn gemm<O: Output>(
 /// `dst` may be uninitialised unless `accumulate`: on x86-64, `gemm` then writes each
 /// value of the product without reading it (its kernels, the few-row and the
 /// small-size paths all branch on a zero `alpha` before they load `dst`). Elsewhere it
-/// is zeroed first: gemm-common 0.19's Apple AMX kernels copy partial tiles of `dst`
-/// out before that branch.
+/// is zeroed first, as only those were checked: gemm-common 0.19's Apple AMX kernels
+/// (its `experimental-apple-amx` feature) copy partial tiles of `dst` out before that
+/// branch.
 fn gemm_on<O: Output>(
     dst: &mut [O],
     dst_rs: usize,

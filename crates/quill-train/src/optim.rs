@@ -169,7 +169,9 @@ impl<B: Backend> GradBuffer<B> {
 
     /// The global L2 norm of the mean gradient.
     pub fn global_norm(&self) -> f64 {
-        let squares_on_host: Option<f64> = (self.grads.values())
+        // One parameter per rayon task; the totals are added in a fixed order.
+        let grads: Vec<&Tensor<B, 1>> = self.grads.values().collect();
+        let squares_on_host: Option<Vec<f64>> = (grads.par_iter())
             .map(|g| {
                 on_host(
                     [g],
@@ -177,9 +179,9 @@ impl<B: Backend> GradBuffer<B> {
                     |[g]| sum_of_squares(g),
                 )
             })
-            .sum();
-        if let Some(total) = squares_on_host {
-            return total.sqrt() / self.micro_batches.max(1) as f64;
+            .collect();
+        if let Some(squares) = squares_on_host {
+            return squares.iter().sum::<f64>().sqrt() / self.micro_batches.max(1) as f64;
         }
         let squares: Vec<Tensor<B, 1>> = self
             .grads
