@@ -1,11 +1,16 @@
-//! `cargo xtask bench [--iters N] [--quick]`: the standard benchmark matrix for this
-//! machine, written to `BENCHMARKS.md`.
+//! `cargo xtask bench [--iters N] [--rounds R] [--quick]`: the standard benchmark matrix
+//! for this machine, written to `BENCHMARKS.md`.
 //!
 //! - The `cpu` preset on each CPU backend (flex, ndarray); the `shakespeare-char` preset
 //!   on CUDA when `nvidia-smi` sees a GPU (the binary is then built with `--features cuda`).
 //! - The PyTorch comparator `bench/reference.py` on the same preset, settings and data,
 //!   when `$PYTHON` (default `python3`) can `import torch`; the table then shows the
 //!   quill/PyTorch ratio of training tokens/s, measured in the same run.
+//! - Rounds: a shared or virtual machine's speed drifts by a third from one minute to
+//!   the next, for PyTorch as much as for quill, so one run of each says little. The
+//!   first backend of each preset and PyTorch run in turn `R` times (default 5); the row
+//!   shows the median run, and the ratio is the median of the rounds' ratios (each
+//!   round's two runs a few seconds apart), with their range.
 //! - `--quick` runs few steps (a smoke test of the harness, not a measurement).
 
 use std::path::Path;
@@ -25,13 +30,35 @@ struct Case {
     device: &'static str,
 }
 
+/// One row of the table: the median of a case's runs, and how it compares with PyTorch.
+struct Row {
+    quill: Value,
+    reference: Option<Value>,
+    /// Each round's quill/PyTorch ratio of training tokens/s, in rounds order.
+    ratios: Vec<f64>,
+}
+
 pub fn run(args: &[&str]) -> Result<()> {
-    let (iters, warmup, sample_tokens) = match args {
-        [] => (50, 5, 500),
-        ["--iters", n] => (n.parse().context("--iters N")?, 5, 500),
-        ["--quick"] => (3, 1, 20),
-        _ => bail!("usage: cargo xtask bench [--iters N] [--quick]"),
-    };
+    let usage = "usage: cargo xtask bench [--iters N] [--rounds R] [--quick]";
+    let (mut iters, mut warmup, mut sample_tokens, mut rounds) = (50, 5, 500, 5);
+    let mut rest = args;
+    while !rest.is_empty() {
+        rest = match rest {
+            ["--iters", n, tail @ ..] => {
+                iters = n.parse().context("--iters N")?;
+                tail
+            }
+            ["--rounds", r, tail @ ..] => {
+                rounds = r.parse::<usize>().context("--rounds R")?.max(1);
+                tail
+            }
+            ["--quick", tail @ ..] => {
+                (iters, warmup, sample_tokens, rounds) = (3, 1, 20, 1);
+                tail
+            }
+            _ => bail!("{usage}"),
+        };
+    }
     let gpu = has_nvidia_gpu();
     let mut build = vec!["build", "--release", "-p", "quill-cli"];
     if gpu {
@@ -63,18 +90,46 @@ pub fn run(args: &[&str]) -> Result<()> {
         "--warmup".into(),
         warmup.to_string(),
     ];
-    let mut rows: Vec<(Value, Option<Value>)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for case in &cases {
-        let report = quill_bench(case, &counts, sample_tokens)?;
-        // One PyTorch run per preset; every backend's row is compared with it.
-        let same_preset = rows.iter().find(|(q, _)| q["preset"] == report["preset"]);
-        let reference = match same_preset {
-            Some((_, reference)) => reference.clone(),
-            None => pytorch(case, &report, &counts)?,
-        };
-        rows.push((report, reference));
+        // PyTorch runs beside the first backend of each preset, in turns; every other
+        // backend's row is compared with the median of those runs.
+        let same_preset = rows.iter().find(|r| r.quill["preset"] == case.preset);
+        if let Some(first) = same_preset {
+            let quill = quill_bench(case, &counts, sample_tokens)?;
+            let reference = first.reference.clone();
+            let ratios = reference.iter().map(|t| ratio(&quill, t)).collect();
+            rows.push(Row {
+                quill,
+                reference,
+                ratios,
+            });
+            continue;
+        }
+        let (mut quill_runs, mut torch_runs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let quill = quill_bench(case, &counts, sample_tokens)?;
+            let torch = pytorch(case, &quill, &counts)?;
+            if let Some(torch) = &torch {
+                ratios.push(ratio(&quill, torch));
+                eprintln!(
+                    "round {}/{rounds}: quill {:.1} ms/iter, PyTorch {:.1} ms/iter, {:.2}x",
+                    round + 1,
+                    num(&quill, "ms_per_iter"),
+                    num(torch, "ms_per_iter"),
+                    ratios[ratios.len() - 1],
+                );
+            }
+            quill_runs.push(quill);
+            torch_runs.extend(torch);
+        }
+        rows.push(Row {
+            quill: median_run(quill_runs),
+            reference: (!torch_runs.is_empty()).then(|| median_run(torch_runs)),
+            ratios,
+        });
     }
-    let markdown = render(&rows, iters, warmup)?;
+    let markdown = render(&rows, iters, warmup, rounds)?;
     // The hand-written history below the table survives a new measurement.
     let old = std::fs::read_to_string(OUT).unwrap_or_default();
     let history = old.find(HISTORY).map_or("", |at| &old[at..]);
@@ -144,27 +199,60 @@ fn num(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(f64::NAN)
 }
 
-fn render(rows: &[(Value, Option<Value>)], iters: usize, warmup: usize) -> Result<String> {
+/// quill's training tokens/s over PyTorch's.
+fn ratio(quill: &Value, torch: &Value) -> f64 {
+    num(quill, "train_tokens_per_s") / num(torch, "train_tokens_per_s")
+}
+
+/// The run with the median step time (the faster of the middle two for an even count).
+fn median_run(mut runs: Vec<Value>) -> Value {
+    runs.sort_by(|a, b| num(a, "ms_per_iter").total_cmp(&num(b, "ms_per_iter")));
+    runs.swap_remove((runs.len() - 1) / 2)
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n % 2 {
+        1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+fn render(rows: &[Row], iters: usize, warmup: usize, rounds: usize) -> Result<String> {
     let mut md = String::from("# Benchmarks\n\n");
     md += "Written by `cargo xtask bench`; every figure below was measured in one run on the machine described.\n\n";
     md += &machine()?;
     md += &format!(
         "\nEach row: `quill bench --json` (or `bench/reference.py`) with {iters} timed training steps after {warmup} warm-up steps, \
          random-offset batches of tiny Shakespeare, freshly initialised weights. tokens/s = batch_size x block_size / step time; \
-         FLOP/s from nanoGPT's 6N + 12·L·C·T per token.\n\n"
+         FLOP/s from nanoGPT's 6N + 12·L·C·T per token. The first backend of each preset and PyTorch ran in turn, \
+         {rounds} round(s): their rows show the median run, and \"vs PyTorch\" is the median of the rounds' ratios \
+         (range in brackets); other rows ran once, against PyTorch's median run.\n\n"
     );
     md += "| preset | backend | first step (s) | ms/iter | train tokens/s | vs PyTorch | TFLOP/s | eval tokens/s | sample tokens/s (KV cache / none) | peak RSS (MiB) |\n";
     md += "|---|---|---|---|---|---|---|---|---|---|\n";
     let mut shown: Vec<Value> = Vec::new();
-    for (quill, torch) in rows {
-        let ratio = torch.as_ref().map_or("—".to_string(), |t| {
-            format!(
-                "{:.2}x",
-                num(quill, "train_tokens_per_s") / num(t, "train_tokens_per_s")
-            )
-        });
+    for Row {
+        quill,
+        reference,
+        ratios,
+    } in rows
+    {
+        let ratio = match ratios.as_slice() {
+            [] => "—".to_string(),
+            [one] => format!("{one:.2}x"),
+            many => {
+                let (low, high) = many
+                    .iter()
+                    .fold((f64::INFINITY, 0f64), |(l, h), &r| (l.min(r), h.max(r)));
+                format!("{:.2}x ({low:.2}–{high:.2})", median(many))
+            }
+        };
         md += &row(quill, &ratio, true);
-        if let Some(t) = torch.as_ref().filter(|t| !shown.contains(t)) {
+        if let Some(t) = reference.as_ref().filter(|t| !shown.contains(t)) {
             shown.push(t.clone());
             let mut t = t.clone();
             t["preset"] = quill["preset"].clone();
