@@ -583,23 +583,16 @@ fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
     rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
 }
 
-/// `dst = scale·lhs·rhs` for a row-major `dst` (rows `dst_rs` apart), plus `dst`'s
-/// old values when `accumulate`. A bounds-checked front to the `gemm` crate (the matrix
+/// `dst = scale·lhs·rhs` for a row-major `dst` (rows `rs` apart), plus `dst`'s old
+/// values when `add`. A bounds-checked front to the `gemm` crate (the matrix
 /// multiplication Flex itself uses); products of at least 192³ multiply-adds are
 /// spread over rayon's threads, smaller ones run on the calling thread, as do all of
 /// them when rayon has one thread (a shard of the training step: `gemm`'s parallel
 /// path then only adds its own overhead, about 5% of the step).
-fn gemm<O: Output>(
-    dst: &mut [O],
-    dst_rs: usize,
-    lhs: View,
-    rhs: View,
-    scale: f32,
-    accumulate: bool,
-) {
+fn gemm<O: Output>(dst: &mut [O], rs: usize, lhs: View, rhs: View, scale: f32, add: bool) {
     let parallel =
         lhs.rows * rhs.cols * lhs.cols >= 192 * 192 * 192 && rayon::current_num_threads() > 1;
-    gemm_on(dst, dst_rs, lhs, rhs, scale, accumulate, parallel);
+    gemm_on(dst, rs, lhs, rhs, scale, add, parallel);
 }
 
 /// [`gemm`], on all of rayon's threads when `parallel`, else on the calling thread.
