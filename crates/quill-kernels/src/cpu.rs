@@ -1070,6 +1070,71 @@ pub fn attention_backward(
         });
 }
 
+// ---------------------------------------------------------------- cross-entropy
+
+/// Cross-entropy of each row of `logits` `[N, V]` against its target class (each
+/// `< V`): writes each row's log-sum-exp `lse` `[N]` and returns the mean loss,
+/// `(1/N)·Σ_i (lse_i − logit_{i, t_i})`. One pass of `exp` per row; no `[N, V]`
+/// log-probabilities are kept.
+pub fn cross_entropy_forward(logits: &[f32], targets: &[usize], lse: &mut [f32]) -> f32 {
+    let n = targets.len();
+    let v = logits.len() / n.max(1);
+    let rows = rows_per_task(n);
+    let losses: Vec<f64> = (logits.par_chunks(rows * v))
+        .zip(targets.par_chunks(rows).zip(lse.par_chunks_mut(rows)))
+        .map(|(logits, (targets, lse))| {
+            simd(
+                #[inline(always)]
+                || {
+                    let (mut total, mut e) = (0f64, vec![0f32; v]);
+                    for ((row, &t), lse) in logits.chunks(v).zip(targets).zip(lse) {
+                        let max = max(row);
+                        for (e, &x) in e.iter_mut().zip(row) {
+                            *e = exp(x - max);
+                        }
+                        *lse = max + sum(&e).ln();
+                        total += f64::from(*lse - row[t]);
+                    }
+                    total
+                },
+            )
+        })
+        .collect();
+    (losses.iter().sum::<f64>() / n as f64) as f32
+}
+
+/// The backward pass of [`cross_entropy_forward`] for a loss gradient `dloss`:
+/// `dlogits_ij = dloss/N · (softmax_ij − [j = t_i])`, the softmax recomputed from `lse`.
+pub fn cross_entropy_backward(
+    logits: &[f32],
+    targets: &[usize],
+    lse: &[f32],
+    dloss: f32,
+    dlogits: &mut [impl Output],
+) {
+    let n = targets.len();
+    let v = logits.len() / n.max(1);
+    let scale = dloss / n as f32;
+    let rows = rows_per_task(n);
+    (dlogits.par_chunks_mut(rows * v))
+        .zip(logits.par_chunks(rows * v))
+        .zip(targets.par_chunks(rows).zip(lse.par_chunks(rows)))
+        .for_each(|((dlogits, logits), (targets, lse))| {
+            simd(
+                #[inline(always)]
+                || {
+                    let rows = dlogits.chunks_mut(v).zip(logits.chunks(v));
+                    for ((d, row), (&t, &lse)) in rows.zip(targets.iter().zip(lse)) {
+                        for (d, &x) in d.iter_mut().zip(row) {
+                            d.set(scale * exp(x - lse));
+                        }
+                        d[t].set(scale * (exp(row[t] - lse) - 1.0));
+                    }
+                },
+            )
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1135,6 +1200,12 @@ mod tests {
         linear_forward(&x[..2 * c], &w, None, c, &mut lin_few);
         let (mut dlin_x, mut dlin_w) = (nan(x.len()), nan(w.len()));
         let dlin_b = linear_backward(&x, &w, &lin, c, &mut dlin_x, &mut dlin_w);
+        // Cross-entropy of the 26 rows of `lin` (40 classes).
+        let targets: Vec<usize> = (0..rows).map(|i| (i * 7) % 40).collect();
+        let mut ce_lse = nan(rows);
+        let ce = vec![cross_entropy_forward(&lin, &targets, &mut ce_lse)];
+        let mut dce = nan(lin.len());
+        cross_entropy_backward(&lin, &targets, &ce_lse, 1.5, &mut dce);
         vec![
             gelu,
             dgelu,
@@ -1154,6 +1225,9 @@ mod tests {
             dlin_x,
             dlin_w,
             dlin_b,
+            ce_lse,
+            ce,
+            dce,
         ]
     }
 

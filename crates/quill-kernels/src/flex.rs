@@ -286,6 +286,67 @@ fn finish<O: Backward<Flex, N>, const N: usize>(
     }
 }
 
+// ---------------------------------------------------------------- cross-entropy
+
+/// What cross-entropy's backward pass needs: the logits, each row's log-sum-exp and
+/// the targets.
+#[derive(Debug, Clone)]
+struct CrossEntropyState {
+    logits: FlexTensor,
+    lse: Arc<Vec<f32>>,
+    targets: Arc<Vec<usize>>,
+}
+
+/// Mean cross-entropy of `logits` `[N, V]` against `targets` (`N` classes, each `< V`):
+/// the loss `[1]` and the state.
+fn cross_entropy_with_state(
+    logits: &FlexTensor,
+    targets: Arc<Vec<usize>>,
+) -> (FlexTensor, CrossEntropyState) {
+    let mut lse = vec![0f32; targets.len()];
+    let loss = cpu::cross_entropy_forward(&values(logits), &targets, &mut lse);
+    let state = CrossEntropyState {
+        logits: logits.clone(),
+        lse: Arc::new(lse),
+        targets,
+    };
+    (tensor(vec![loss], Shape::new([1])), state)
+}
+
+/// Mean cross-entropy on Flex tensors.
+pub(super) fn cross_entropy(logits: &FlexTensor, targets: Arc<Vec<usize>>) -> FlexTensor {
+    cross_entropy_with_state(logits, targets).0
+}
+
+#[derive(Debug)]
+struct CrossEntropyBackward;
+
+impl Backward<Flex, 1> for CrossEntropyBackward {
+    type State = CrossEntropyState;
+
+    fn backward(self, ops: Ops<CrossEntropyState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let s = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |dloss| {
+            let (logits, dloss) = (values(&s.logits), values(&dloss)[0]);
+            let backward = |d: &mut [MaybeUninit<f32>]| {
+                cpu::cross_entropy_backward(&logits, &s.targets, &s.lse, dloss, d)
+            };
+            // SAFETY: `cross_entropy_backward` writes every value of `d`.
+            let dlogits = unsafe { written(logits.len(), backward) };
+            tensor(dlogits, shape(&s.logits))
+        });
+    }
+}
+
+/// Mean cross-entropy under autodiff: one graph node whose parent is the logits.
+pub(super) fn cross_entropy_tracked(
+    logits: FloatTensor<Tracked>,
+    targets: Arc<Vec<usize>>,
+) -> FloatTensor<Tracked> {
+    let (loss, state) = cross_entropy_with_state(&logits.primitive, targets);
+    finish(CrossEntropyBackward, [&logits], state, loss)
+}
+
 // ---------------------------------------------------------------- Linear
 
 /// What a linear layer's backward pass needs: its input and weight.

@@ -1,8 +1,8 @@
 //! # quill-kernels
 //!
 //! Fused CPU kernels for the parts of a GPT block: linear layers, GELU, LayerNorm,
-//! rotary positions and causal softmax attention, for Burn's Flex backend in `f32`; and
-//! the Newton–Schulz orthogonalisation of the Muon optimizer.
+//! rotary positions and causal softmax attention, and the cross-entropy loss, for Burn's
+//! Flex backend in `f32`; and the Newton–Schulz orthogonalisation of the Muon optimizer.
 //!
 //! - `cpu` (private): the kernels themselves, on plain `f32` slices, with no Burn types:
 //!   each one pass over its data where Burn's generic composition makes several.
@@ -28,13 +28,13 @@
 mod cpu;
 mod flex;
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, backend::Backend};
 use burn_flex::Flex;
 use flex::{Route, Tracked};
 
-/// A kernel's result: `Ok(output)`, or `Err(input)` when it does not serve the input's
-/// backend or dtype.
-pub type Fused<T> = Result<T, T>;
+/// A kernel's result: `Ok(output)` (a `U`, by default of the input's type `T`), or
+/// `Err(input)` when it does not serve the input's backend or dtype.
+pub type Fused<T, U = T> = Result<U, T>;
 
 /// Whether the kernels serve backend `B` (for `f32` tensors): Flex, with or without
 /// autodiff.
@@ -141,7 +141,38 @@ pub fn causal_attention<B: Backend>(qkv: Tensor<B, 3>, n_head: usize) -> Fused<T
     }
 }
 
-/// Rotary position embeddings of the queries and keys in `qkv` `[B, T, 3C]` (`n_head`
+/// Mean cross-entropy of `logits` `[N, V]` against the classes `targets` `[N]`:
+/// `−(1/N)·Σ_i log softmax(logits_i)[t_i]`, shape `[1]`, as `log_softmax`, `gather`
+/// and `mean` compute it, in one pass over the logits, and one more for the gradient
+/// (`softmax − one-hot`), without `[N, V]` log-probabilities in between. Targets out of
+/// range hand the logits back, for the generic path to report.
+pub fn cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Fused<Tensor<B, 2>, Tensor<B, 1>> {
+    let [n, v] = logits.dims();
+    if !serves::<B>() || logits.dtype() != DType::F32 || targets.dims()[0] != n {
+        return Err(logits);
+    }
+    let classes = targets.into_data().convert::<i64>().into_vec::<i64>();
+    let Some(targets) = classes.ok().and_then(|classes| {
+        (classes.iter())
+            .map(|&t| usize::try_from(t).ok().filter(|&t| t < v))
+            .collect::<Option<Vec<usize>>>()
+    }) else {
+        return Err(logits);
+    };
+    let targets = std::sync::Arc::new(targets);
+    match flex::route(logits) {
+        Route::Plain(x) => Ok(flex::output::<B, Flex, 1>(flex::cross_entropy(&x, targets))),
+        Route::Tracked(x) => Ok(flex::output::<B, Tracked, 1>(flex::cross_entropy_tracked(
+            x, targets,
+        ))),
+        Route::Other(x) => Err(x),
+    }
+}
+
+/// Rotary position embeddings of the queries and keys in `qkv`/// Rotary position embeddings of the queries and keys in `qkv` `[B, T, 3C]` (`n_head`
 /// heads; the rows are positions `past..past + T`; frequencies `base^(−2i/hs)`): each
 /// head's pairs `(i, i + hs/2)` turned by their angle, the values unchanged.
 pub fn rotary<B: Backend>(

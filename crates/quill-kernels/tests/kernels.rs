@@ -262,6 +262,65 @@ fn linear_matches_burns_matmul_plus_bias() {
     }
 }
 
+/// Mean cross-entropy and its gradient in f64: `(1/N)·Σ (lse_i − x_{i,t_i})` and
+/// `(softmax − one-hot)/N`.
+fn cross_entropy_reference(logits: &[f32], targets: &[i64], v: usize) -> (f64, Vec<f64>) {
+    let n = targets.len();
+    let (mut loss, mut grad) = (0.0, vec![0.0; logits.len()]);
+    for (i, &t) in targets.iter().enumerate() {
+        let row: Vec<f64> = logits[i * v..(i + 1) * v]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+        loss += (lse - row[t as usize]) / n as f64;
+        for (j, x) in row.iter().enumerate() {
+            let onehot = if j == t as usize { 1.0 } else { 0.0 };
+            grad[i * v + j] = ((x - lse).exp() - onehot) / n as f64;
+        }
+    }
+    (loss, grad)
+}
+
+#[test]
+fn cross_entropy_and_its_gradient_are_exact() {
+    let (n, v) = (13, 40);
+    let device = Default::default();
+    let logits = random(n * v, 2.0, 11);
+    let targets: Vec<i64> = (0..n as i64).map(|i| (i * 7) % v as i64).collect();
+    let (loss_ref, grad_ref) = cross_entropy_reference(&logits, &targets, v);
+    let x = Tensor::<Fused, 2>::from_data(TensorData::new(logits.clone(), [n, v]), &device)
+        .require_grad();
+    let t = Tensor::<Fused, 1, burn::tensor::Int>::from_data(
+        TensorData::new(targets.clone(), [n]),
+        &device,
+    );
+    let loss = kernels::cross_entropy(x.clone(), t).expect("Autodiff<Flex> f32 is served");
+    let grads = loss.clone().backward();
+    let loss = loss.into_data().to_vec::<f32>().unwrap();
+    assert!(
+        max_diff(&loss, &[loss_ref]) < 2e-6,
+        "loss {loss:?} against {loss_ref}"
+    );
+    let dx: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
+    let err = max_diff(&dx, &grad_ref);
+    assert!(err < 1e-7, "gradient off by {err:e}");
+    // Plain Flex, and logits read through a strided view (a narrowed, padded vocabulary).
+    let padded: Vec<f32> = (0..n)
+        .flat_map(|i| logits[i * v..(i + 1) * v].iter().cloned().chain([9.0; 3]))
+        .collect();
+    let padded = Tensor::<Flex, 2>::from_data(TensorData::new(padded, [n, v + 3]), &device);
+    let t = Tensor::<Flex, 1, burn::tensor::Int>::from_data(TensorData::new(targets, [n]), &device);
+    let plain = kernels::cross_entropy(padded.narrow(1, 0, v), t.clone()).unwrap();
+    let plain = plain.into_data().to_vec::<f32>().unwrap();
+    assert!(max_diff(&plain, &[loss_ref]) < 2e-6);
+    // A target out of range hands the logits back, for the generic path to report.
+    let wrong = t.clone() + v as i64;
+    let back = kernels::cross_entropy(Tensor::<Flex, 2>::zeros([n, v], &device), wrong);
+    assert_eq!(back.unwrap_err().dims(), [n, v]);
+}
+
 #[test]
 fn f32_values_reach_host_kernels_on_plain_flex_only() {
     let device = Default::default();
@@ -295,4 +354,7 @@ fn other_backends_get_their_input_back() {
     let gamma = Tensor::<Other, 1>::ones([12], &device);
     assert!(kernels::layer_norm(x.clone(), gamma, None, 1e-5).is_err());
     assert!(kernels::gelu(x).is_err());
+    let logits = Tensor::<Other, 2>::ones([2, 12], &device);
+    let targets = Tensor::<Other, 1, burn::tensor::Int>::zeros([2], &device);
+    assert!(kernels::cross_entropy(logits, targets).is_err());
 }

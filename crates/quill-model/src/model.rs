@@ -1,7 +1,6 @@
 //! [`LanguageModel`]: the bigram model or the GPT behind one type, and the loss.
 
 use burn::module::Module;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::kv_cache::KvCache;
@@ -98,7 +97,5 @@ impl<B: Backend> LanguageModel<B> {
 /// Mean cross-entropy over all `B·T` positions: logits `[B, T, V]`, targets `[B, T]`.
 pub fn cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
     let [b, t, v] = logits.dims();
-    let log_probs = log_softmax(logits.reshape([b * t, v]), 1); // [B·T, V]
-    let picked = log_probs.gather(1, targets.reshape([b * t, 1])); // [B·T, 1]
-    picked.mean().neg()
+    crate::ops::cross_entropy(logits.reshape([b * t, v]), targets.reshape([b * t])) // [B·T, V], [B·T]
 }

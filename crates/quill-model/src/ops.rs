@@ -7,8 +7,8 @@
 //! operations. Without the feature, each operation is its reference version.
 
 use burn::nn::Dropout;
-use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{Bool, Int, Tensor, TensorPrimitive, backend::Backend};
 
 use crate::kv_cache::LayerKv;
 
@@ -41,6 +41,24 @@ pub fn linear_slow<B: Backend>(
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, 2> {
     burn::tensor::module::linear(x, weight, bias)
+}
+
+/// Mean cross-entropy of `logits` `[N, V]` against the classes `targets` `[N]`:
+/// shape `[1]`.
+pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    fast_path!(logits = quill_kernels::cross_entropy(logits, targets.clone()));
+    cross_entropy_slow(logits, targets)
+}
+
+/// [`cross_entropy`] in Burn's operations: `log_softmax`, `gather`, `mean`.
+pub fn cross_entropy_slow<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
+    let n = targets.dims()[0];
+    let log_probs = log_softmax(logits, 1); // [N, V]
+    let picked = log_probs.gather(1, targets.reshape([n, 1])); // [N, 1]
+    picked.mean().neg()
 }
 
 /// GELU, `x·Φ(x)` (the exact form, as nanoGPT's `nn.GELU()`), element-wise.

@@ -3,7 +3,7 @@
 
 use burn::nn::DropoutConfig;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Int, Tensor};
 use burn_autodiff::Autodiff;
 use burn_flex::Flex;
 use quill_model::ops;
@@ -88,5 +88,24 @@ fn fast_paths_equal_their_reference_versions() {
         "attention",
         run(36, 4, attention),
         run(36, 4, attention_slow),
+    );
+
+    // Cross-entropy of the 10 rows of 9 classes, each row's loss broadcast back.
+    let targets = Tensor::<AB, 1, Int>::from_data([3, 0, 8, 1, 1, 5, 7, 2, 6, 4], &device);
+    let cross_entropy = |slow: bool| {
+        let targets = targets.clone();
+        move |x: Tensor<AB, 3>| {
+            let x = x.reshape([10, 9]);
+            let loss = match slow {
+                false => ops::cross_entropy(x, targets.clone()),
+                true => ops::cross_entropy_slow(x, targets.clone()),
+            };
+            loss.reshape([1, 1, 1]).expand([2, 5, 1])
+        }
+    };
+    assert_close(
+        "cross_entropy",
+        run(9, 6, cross_entropy(false)),
+        run(9, 6, cross_entropy(true)),
     );
 }

@@ -61,8 +61,8 @@ impl<B: Backend> Batch<B> {
 
 /// Runs `f` on a thread of rayon's global pool when `yes` (a sharded step on the CPU),
 /// else here. From the pool, the fused optimizer's parallel loops share the work at
-/// once; from outside, each one waits for a pool thread to wake up (measured on the
-/// `cpu` preset: the shards' gradient mean 1.2 → 0.9 ms, the optimizer 2.6 → 2.1 ms).
+/// once; from outside, each one first waits for a pool thread to wake up (a quarter of
+/// the gradient mean's time; BENCHMARKS.md has the figures).
 fn in_pool<R: Send>(yes: bool, f: impl FnOnce() -> R + Send) -> R {
     match yes {
         true => rayon::scope(|_| f()),
