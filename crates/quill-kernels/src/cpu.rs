@@ -746,7 +746,7 @@ pub fn linear_forward_strided<O: Output>(
     // SAFETY: every value was just written.
     let y = unsafe { assume_init(y) };
     match few {
-        true => few_rows(y, x, w, true),
+        true => few_rows(y, x, w),
         false => gemm(y, d_out, x, w, 1.0, true),
     }
 }
@@ -822,25 +822,22 @@ fn columns_of_w(out: &mut [f32], x: View, w: View, cols: std::ops::Range<usize>)
 /// Up to this many rows, [`few_rows`] multiplies instead of `gemm`.
 const FEW_ROWS: usize = 8;
 
-/// `y = x·W` (plus `y`'s old values when `accumulate`) for the few rows of `x` that
-/// sampling feeds (one per sequence), reading `W` once, straight from memory. Such a
-/// product is bound by reading the weight: `gemm` first packs `W` into blocks — as
-/// much traffic again — and keeps a single-row product on one thread. Here each
-/// thread streams one contiguous stretch of `W`, whichever way it is laid out:
+/// `y += x·W` for the few rows of `x` that sampling feeds (one per sequence), reading
+/// `W` once, straight from memory. Such a product is bound by reading the weight:
+/// `gemm` first packs `W` into blocks — as much traffic again — and keeps a
+/// single-row product on one thread. Here each thread streams one contiguous stretch
+/// of `W`, whichever way it is laid out:
 /// - rows of `W` contiguous (`cs` 1, a Linear weight `[in, out]`): a stretch of input
 ///   features `i`, each adding `x[r, i]·W[i, :]` to a partial `[m, n]` result; the
 ///   partial results are summed at the end;
 /// - columns contiguous (`rs` 1, the transposed `[V, C]` table of a tied LM head): a
 ///   stretch of outputs `j`, each `y[r, j]` the dot product of row `r` of `x` with
 ///   column `j` of `W`.
-fn few_rows(y: &mut [f32], x: View, w: View, accumulate: bool) {
+fn few_rows(y: &mut [f32], x: View, w: View) {
     let (m, k, n) = (x.rows, w.rows, w.cols);
     assert!(fits(x.data.len(), m, k, x.rs, x.cs) && fits(w.data.len(), k, n, w.rs, w.cs));
     assert!(y.len() >= m * n && x.cs == 1);
     let tasks = 2 * rayon::current_num_threads();
-    if !accumulate {
-        y[..m * n].fill(0.0);
-    }
     if w.cs == 1 {
         let stretch = k.div_ceil(tasks).max(1);
         let partial = (0..k)
