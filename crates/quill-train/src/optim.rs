@@ -223,7 +223,7 @@ fn mean<B: Backend>(grads: Vec<Tensor<B, 1>>, n: usize) -> Tensor<B, 1> {
         let device = sum.device();
         let fused = on_host([&sum, &g], |[a, b]| {
             assert_eq!(a.len(), b.len(), "a gradient's shards have one shape");
-            let fill = |start: usize, out: &mut [MaybeUninit<f32>]| {
+            let fill = |start: usize, [out]: [&mut [MaybeUninit<f32>]; 1]| {
                 let (a, b) = (&a[start..start + out.len()], &b[start..start + out.len()]);
                 for ((out, &a), &b) in out.iter_mut().zip(a).zip(b) {
                     out.write(match divisor {
@@ -233,7 +233,8 @@ fn mean<B: Backend>(grads: Vec<Tensor<B, 1>>, n: usize) -> Tensor<B, 1> {
                 }
             };
             // SAFETY: `fill` writes every value of its chunk (`a`, `b` are as long).
-            unsafe { par_fill(a.len(), fill) }
+            let [sum] = unsafe { par_fill(a.len(), fill) };
+            sum
         });
         match (fused, divisor) {
             (Some(sum), _) => {
@@ -246,24 +247,40 @@ fn mean<B: Backend>(grads: Vec<Tensor<B, 1>>, n: usize) -> Tensor<B, 1> {
     })
 }
 
-/// A vector of `len` values, written in chunks of [`UPDATE_CHUNK`] on rayon's threads
-/// by `fill(start, chunk)` (the chunk that begins at `start`). Each chunk runs
-/// vectorised. No zero fill first: the caller's loop writes every value.
+/// `N` vectors of `len` values, written in chunks of [`UPDATE_CHUNK`] on rayon's
+/// threads by `fill(start, chunks)`: the chunk of each output that begins at `start`.
+/// Each call runs vectorised. No zero fill first: the caller's loop writes every value.
 ///
 /// # Safety
-/// `fill` must write every value of the chunk it is given.
-unsafe fn par_fill(len: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len);
-    (out.spare_capacity_mut()[..len].par_chunks_mut(UPDATE_CHUNK))
-        .enumerate()
-        .for_each(|(i, chunk)| {
-            vectorized(
-                #[inline(always)]
-                || fill(i * UPDATE_CHUNK, chunk),
-            )
-        });
-    // SAFETY: `fill` wrote each of the first `len` values.
-    unsafe { out.set_len(len) };
+/// `fill` must write every value of the chunks it is given.
+unsafe fn par_fill<const N: usize>(
+    len: usize,
+    fill: impl Fn(usize, [&mut [MaybeUninit<f32>]; N]) + Sync,
+) -> [Vec<f32>; N] {
+    let mut out = [(); N].map(|_| Vec::with_capacity(len));
+    let mut outputs = out
+        .each_mut()
+        .map(|x| x.spare_capacity_mut()[..len].chunks_mut(UPDATE_CHUNK));
+    // A few dozen chunks for a 128-wide model's largest matrix: gathered here, then
+    // written in parallel.
+    let chunks: Vec<_> = std::iter::from_fn(|| {
+        let chunk = outputs.each_mut().map(|x| x.next());
+        chunk
+            .iter()
+            .all(Option::is_some)
+            .then(|| chunk.map(Option::unwrap))
+    })
+    .collect();
+    chunks.into_par_iter().enumerate().for_each(|(i, chunk)| {
+        vectorized(
+            #[inline(always)]
+            || fill(i * UPDATE_CHUNK, chunk),
+        )
+    });
+    for x in &mut out {
+        // SAFETY: `fill` wrote each of the first `len` values.
+        unsafe { x.set_len(len) };
+    }
     out
 }
 
@@ -490,12 +507,6 @@ fn to_f32<B: Backend>(t: Tensor<B, 1>) -> Tensor<B, 1> {
 /// cost.
 const UPDATE_CHUNK: usize = 1 << 14;
 
-/// One chunk of the updated `(p, m, v)`, not yet written.
-type Outputs<'a> = (
-    (&'a mut [MaybeUninit<f32>], &'a mut [MaybeUninit<f32>]),
-    &'a mut [MaybeUninit<f32>],
-);
-
 /// One AdamW step's constants for one parameter, as `f32` (the precision of the
 /// update).
 #[derive(Debug, Clone, Copy)]
@@ -537,34 +548,19 @@ impl Hyper {
             [g.len(), m.len(), v.len()].iter().all(|&n| n == p.len()),
             "a parameter, its gradient and its moments have one shape"
         );
-        let mut out = [(); 3].map(|_| Vec::with_capacity(p.len()));
-        let [p2, m2, v2] = &mut out;
-        let outputs = (p2.spare_capacity_mut()[..p.len()].par_chunks_mut(UPDATE_CHUNK))
-            .zip(m2.spare_capacity_mut()[..p.len()].par_chunks_mut(UPDATE_CHUNK))
-            .zip(v2.spare_capacity_mut()[..p.len()].par_chunks_mut(UPDATE_CHUNK));
-        let inputs = (p.par_chunks(UPDATE_CHUNK).zip(g.par_chunks(UPDATE_CHUNK)))
-            .zip(m.par_chunks(UPDATE_CHUNK).zip(v.par_chunks(UPDATE_CHUNK)));
-        outputs.zip(inputs).for_each(|(out, inputs)| {
-            vectorized(
-                #[inline(always)]
-                || self.update_chunk(out, inputs),
-            )
-        });
-        for x in &mut out {
-            // SAFETY: `update_chunk` wrote each of the first `p.len()` values.
-            unsafe { x.set_len(p.len()) };
-        }
-        out
+        let fill = |start: usize, out: [&mut [MaybeUninit<f32>]; 3]| {
+            let range = start..start + out[0].len();
+            let inputs = [p, g, m, v].map(|x| &x[range.clone()]);
+            self.update_chunk(out, inputs)
+        };
+        // SAFETY: `update_chunk` writes every value of its chunks (the inputs are as long).
+        unsafe { par_fill(p.len(), fill) }
     }
 
-    /// [`Hyper::update`] on one chunk, writing every value of the outputs.
-    #[allow(clippy::type_complexity)]
+    /// [`Hyper::update`] on one chunk: `[p, m, v]` after the step, from `[p, g, m, v]`,
+    /// writing every value of the outputs.
     #[inline(always)]
-    fn update_chunk(
-        &self,
-        ((p2, m2), v2): Outputs<'_>,
-        ((p, g), (m, v)): ((&[f32], &[f32]), (&[f32], &[f32])),
-    ) {
+    fn update_chunk(&self, [p2, m2, v2]: [&mut [MaybeUninit<f32>]; 3], [p, g, m, v]: [&[f32]; 4]) {
         let outputs = p2.iter_mut().zip(m2.iter_mut()).zip(v2.iter_mut());
         let inputs = p.iter().zip(g).zip(m.iter().zip(v));
         for (((p2, m2), v2), ((&p, &g), (&m, &v))) in outputs.zip(inputs) {
@@ -682,5 +678,64 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
         };
         let updated = Tensor::<AB, D>::from_inner(p.reshape(shape)).require_grad();
         Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn_ndarray::NdArray;
+
+    /// Values of a vector that spans several update chunks and ends in a partial one.
+    fn ramp(len: usize, offset: f32, scale: f32) -> Vec<f32> {
+        (0..len)
+            .map(|i| offset + scale * ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect()
+    }
+
+    #[test]
+    fn par_fill_writes_every_chunk_of_every_output_at_its_place() {
+        let len = 2 * UPDATE_CHUNK + 7;
+        // SAFETY: each output gets every value of its chunk written.
+        let out = unsafe {
+            par_fill(len, |start, chunks: [&mut [MaybeUninit<f32>]; 2]| {
+                for (k, chunk) in chunks.into_iter().enumerate() {
+                    for (i, x) in chunk.iter_mut().enumerate() {
+                        x.write(((start + i) * 2 + k) as f32);
+                    }
+                }
+            })
+        };
+        for (k, x) in out.iter().enumerate() {
+            let want: Vec<f32> = (0..len).map(|i| (i * 2 + k) as f32).collect();
+            assert_eq!(x, &want);
+        }
+    }
+
+    #[test]
+    fn chunked_update_is_the_tensor_operations_update_bit_for_bit() {
+        let len = 2 * UPDATE_CHUNK + 7;
+        let (p, g, m) = (
+            ramp(len, -0.5, 1.0),
+            ramp(len, -0.1, 0.2),
+            ramp(len, -0.01, 0.02),
+        );
+        let v = ramp(len, 1e-6, 1e-3);
+        let hyper = Hyper {
+            scale: 0.7,
+            beta1: 0.9,
+            beta2: 0.99,
+            decay: 1.0 - 1e-3 * 0.1,
+            step_size: 1e-3 / (1.0 - 0.9f32.powi(3)),
+            sqrt_bias_correction2: (1.0 - 0.99f32.powi(3)).sqrt(),
+            eps: 1e-8,
+        };
+        let fused = hyper.update(&p, &g, &m, &v);
+        let device = Default::default();
+        let tensor = |x: &[f32]| Tensor::<NdArray, 1>::from_floats(x, &device);
+        let (p2, m2, v2) = hyper.update_tensors(tensor(&p), tensor(&g), tensor(&m), tensor(&v));
+        for (fused, tensor) in fused.iter().zip([p2, m2, v2]) {
+            assert_eq!(fused, &tensor.into_data().to_vec::<f32>().unwrap());
+        }
     }
 }
