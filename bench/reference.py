@@ -263,6 +263,7 @@ def to_loss(args, c, model, step, val, cold):
         "train_s": train_s,
         "wall_s": time.perf_counter() - cold,
         "curve": curve,
+        "config": c,
     }))
 
 

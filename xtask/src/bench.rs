@@ -11,6 +11,9 @@
 //!   first backend of each preset and PyTorch run in turn `R` times (default 5); the row
 //!   shows the median run, and the ratio is the median of the rounds' ratios (each
 //!   round's two runs a few seconds apart), with their range.
+//! - Steps: 200 timed steps per run by default (`--iters N`), after 5 warm-up steps.
+//!   Runs of 50 steps drifted more: on a 2-core AMD EPYC, quill's 50-step runs spread
+//!   over 39–66 ms/iter, its 200-step runs over 49–61.
 //! - `--quick` runs few steps (a smoke test of the harness, not a measurement).
 
 use std::path::Path;
@@ -40,7 +43,7 @@ struct Row {
 
 pub fn run(args: &[&str]) -> Result<()> {
     let usage = "usage: cargo xtask bench [--iters N] [--rounds R] [--quick]";
-    let (mut iters, mut warmup, mut sample_tokens, mut rounds) = (50, 5, 500, 5);
+    let (mut iters, mut warmup, mut sample_tokens, mut rounds) = (200, 5, 500, 5);
     let mut rest = args;
     while !rest.is_empty() {
         rest = match rest {
