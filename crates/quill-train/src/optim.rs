@@ -257,12 +257,13 @@ unsafe fn par_fill<const N: usize>(
     len: usize,
     fill: impl Fn(usize, [&mut [MaybeUninit<f32>]; N]) + Sync,
 ) -> [Vec<f32>; N] {
+    const { assert!(N > 0, "par_fill needs an output to split into chunks") };
     let mut out = [(); N].map(|_| Vec::with_capacity(len));
     let mut outputs = out
         .each_mut()
         .map(|x| x.spare_capacity_mut()[..len].chunks_mut(UPDATE_CHUNK));
-    // A few dozen chunks for a 128-wide model's largest matrix: gathered here, then
-    // written in parallel.
+    // The chunks side by side (four for the `cpu` preset's largest matrix, some
+    // thousands for GPT-2's embedding), gathered first, then written in parallel.
     let chunks: Vec<_> = std::iter::from_fn(|| {
         let chunk = outputs.each_mut().map(|x| x.next());
         chunk
