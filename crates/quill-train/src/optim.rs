@@ -221,10 +221,8 @@ fn mean<B: Backend>(grads: Vec<Tensor<B, 1>>, n: usize) -> Tensor<B, 1> {
     grads.enumerate().fold(first, |sum, (i, g)| {
         let divisor = (i + 1 == last).then_some(n as f32);
         let device = sum.device();
-        let fused = on_host([&sum, &g], |[a, b]| {
-            assert_eq!(a.len(), b.len(), "a gradient's shards have one shape");
-            let fill = |start: usize, [out]: [&mut [MaybeUninit<f32>]; 1]| {
-                let (a, b) = (&a[start..start + out.len()], &b[start..start + out.len()]);
+        let fused = on_host([&sum, &g], |inputs| {
+            let fill = |[a, b]: [&[f32]; 2], [out]: [&mut [MaybeUninit<f32>]; 1]| {
                 for ((out, &a), &b) in out.iter_mut().zip(a).zip(b) {
                     out.write(match divisor {
                         Some(n) => (a + b) / n,
@@ -232,8 +230,8 @@ fn mean<B: Backend>(grads: Vec<Tensor<B, 1>>, n: usize) -> Tensor<B, 1> {
                     });
                 }
             };
-            // SAFETY: `fill` writes every value of its chunk (`a`, `b` are as long).
-            let [sum] = unsafe { par_fill(a.len(), fill) };
+            // SAFETY: `fill` writes every value of its chunk (its inputs are as long).
+            let [sum] = unsafe { par_fill(inputs, fill) };
             sum
         });
         match (fused, divisor) {
@@ -247,17 +245,30 @@ fn mean<B: Backend>(grads: Vec<Tensor<B, 1>>, n: usize) -> Tensor<B, 1> {
     })
 }
 
-/// `N` vectors of `len` values, written in chunks of [`UPDATE_CHUNK`] on rayon's
-/// threads by `fill(start, chunks)`: the chunk of each output that begins at `start`.
+/// `N` vectors as long as the `I` inputs, written in chunks of [`UPDATE_CHUNK`] on
+/// rayon's threads by `fill(inputs, outputs)`: the same chunk of each input and output.
 /// Each call runs vectorised. No zero fill first: the caller's loop writes every value.
 ///
+/// # Panics
+/// If the inputs differ in length.
+///
 /// # Safety
-/// `fill` must write every value of the chunks it is given.
-unsafe fn par_fill<const N: usize>(
-    len: usize,
-    fill: impl Fn(usize, [&mut [MaybeUninit<f32>]; N]) + Sync,
+/// `fill` must write every value of the output chunks it is given.
+unsafe fn par_fill<const I: usize, const N: usize>(
+    inputs: [&[f32]; I],
+    fill: impl Fn([&[f32]; I], [&mut [MaybeUninit<f32>]; N]) + Sync,
 ) -> [Vec<f32>; N] {
-    const { assert!(N > 0, "par_fill needs an output to split into chunks") };
+    const {
+        assert!(
+            I > 0 && N > 0,
+            "par_fill splits an input and an output into chunks"
+        )
+    };
+    let len = inputs[0].len();
+    assert!(
+        inputs.iter().all(|x| x.len() == len),
+        "the inputs of an element-wise pass have one length"
+    );
     let mut out = [(); N].map(|_| Vec::with_capacity(len));
     let mut outputs = out
         .each_mut()
@@ -273,9 +284,11 @@ unsafe fn par_fill<const N: usize>(
     })
     .collect();
     chunks.into_par_iter().enumerate().for_each(|(i, chunk)| {
+        let range = i * UPDATE_CHUNK..i * UPDATE_CHUNK + chunk[0].len();
+        let inputs = inputs.map(|x| &x[range.clone()]);
         vectorized(
             #[inline(always)]
-            || fill(i * UPDATE_CHUNK, chunk),
+            || fill(inputs, chunk),
         )
     });
     for x in &mut out {
@@ -545,17 +558,12 @@ impl Hyper {
     /// The same update in one pass over `f32` values (Flex's fast path): `[p, m, v]`.
     /// Chunks of [`UPDATE_CHUNK`] values run on rayon's threads, each vectorised.
     fn update(&self, p: &[f32], g: &[f32], m: &[f32], v: &[f32]) -> [Vec<f32>; 3] {
-        assert!(
-            [g.len(), m.len(), v.len()].iter().all(|&n| n == p.len()),
-            "a parameter, its gradient and its moments have one shape"
-        );
-        let fill = |start: usize, out: [&mut [MaybeUninit<f32>]; 3]| {
-            let range = start..start + out[0].len();
-            let inputs = [p, g, m, v].map(|x| &x[range.clone()]);
-            self.update_chunk(out, inputs)
-        };
         // SAFETY: `update_chunk` writes every value of its chunks (the inputs are as long).
-        unsafe { par_fill(p.len(), fill) }
+        unsafe {
+            par_fill([p, g, m, v], |inputs, outputs| {
+                self.update_chunk(outputs, inputs)
+            })
+        }
     }
 
     /// [`Hyper::update`] on one chunk: `[p, m, v]` after the step, from `[p, g, m, v]`,
@@ -697,12 +705,13 @@ mod tests {
     #[test]
     fn par_fill_writes_every_chunk_of_every_output_at_its_place() {
         let len = 2 * UPDATE_CHUNK + 7;
+        let index: Vec<f32> = (0..len).map(|i| i as f32).collect();
         // SAFETY: each output gets every value of its chunk written.
         let out = unsafe {
-            par_fill(len, |start, chunks: [&mut [MaybeUninit<f32>]; 2]| {
+            par_fill([&index], |[index], chunks: [&mut [MaybeUninit<f32>]; 2]| {
                 for (k, chunk) in chunks.into_iter().enumerate() {
-                    for (i, x) in chunk.iter_mut().enumerate() {
-                        x.write(((start + i) * 2 + k) as f32);
+                    for (x, &i) in chunk.iter_mut().zip(index) {
+                        x.write(i * 2.0 + k as f32);
                     }
                 }
             })
@@ -711,6 +720,20 @@ mod tests {
             let want: Vec<f32> = (0..len).map(|i| (i * 2 + k) as f32).collect();
             assert_eq!(x, &want);
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "have one length")]
+    fn par_fill_refuses_inputs_of_different_lengths() {
+        let (a, b) = (vec![1.0; UPDATE_CHUNK + 1], vec![1.0; UPDATE_CHUNK]);
+        // SAFETY: the output chunk is written in full (were the call to go ahead).
+        let _ = unsafe {
+            par_fill([&a, &b], |[a, _], [out]: [&mut [MaybeUninit<f32>]; 1]| {
+                for (x, &a) in out.iter_mut().zip(a) {
+                    x.write(a);
+                }
+            })
+        };
     }
 
     #[test]
