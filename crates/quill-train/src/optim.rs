@@ -275,14 +275,13 @@ unsafe fn par_fill<const I: usize, const N: usize>(
         .map(|x| x.spare_capacity_mut()[..len].chunks_mut(UPDATE_CHUNK));
     // The chunks side by side (four for the `cpu` preset's largest matrix, some
     // thousands for GPT-2's embedding), gathered first, then written in parallel.
-    let chunks: Vec<_> = std::iter::from_fn(|| {
-        let chunk = outputs.each_mut().map(|x| x.next());
-        chunk
-            .iter()
-            .all(Option::is_some)
-            .then(|| chunk.map(Option::unwrap))
-    })
-    .collect();
+    let chunks: Vec<_> = (0..len.div_ceil(UPDATE_CHUNK))
+        .map(|_| {
+            outputs
+                .each_mut()
+                .map(|x| x.next().expect("outputs of `len` values"))
+        })
+        .collect();
     chunks.into_par_iter().enumerate().for_each(|(i, chunk)| {
         let range = i * UPDATE_CHUNK..i * UPDATE_CHUNK + chunk[0].len();
         let inputs = inputs.map(|x| &x[range.clone()]);
