@@ -573,8 +573,14 @@ fn a_run_cleans_up_after_killed_writers() {
     // one in.
     fs::create_dir(run.join(".last.tmp-999999")).unwrap();
     fs::write(run.join(".last.tmp-999999/model.safetensors"), "half").unwrap();
+    // What the writer of a directory puts in it first: the tag of what it writes.
+    let partial = run.join(".last.tmp-999999/.quill-partial");
+    fs::write(partial, "quill-checkpoint-v1").unwrap();
     fs::write(run.join(".metrics.jsonl.999999.tmp"), "{").unwrap();
     fs::rename(run.join("best"), run.join(".best.old-999998")).unwrap();
+    // A user's directory of the same shape, without quill's marker: left alone.
+    fs::create_dir(run.join(".best.tmp-999997")).unwrap();
+    fs::write(run.join(".best.tmp-999997/mine.txt"), "mine").unwrap();
     let out = quill(
         &[
             "train",
@@ -602,7 +608,9 @@ fn a_run_cleans_up_after_killed_writers() {
     assert_eq!(
         names,
         [
+            ".best.tmp-999997",
             ".lock",
+            ".quill-run.json",
             "best",
             "last",
             "loss.png",

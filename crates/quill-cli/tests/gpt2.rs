@@ -332,7 +332,7 @@ fn finetuning_errors_are_one_line() {
             ],
             cwd
         ))
-        .contains("is not an earlier export")
+        .contains("holds files quill did not write")
     );
     assert!(
         error_line(&quill(
@@ -353,7 +353,7 @@ fn finetuning_errors_are_one_line() {
             ],
             cwd
         ))
-        .contains("data exists and is not a quill checkpoint")
+        .contains("data holds files quill did not write")
     );
 }
 

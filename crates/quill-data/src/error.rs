@@ -79,6 +79,14 @@ pub enum DataError {
         /// The checkpoint's tokenizer.
         checkpoint: String,
     },
+    /// A directory quill would write into, or replace, that it did not write itself.
+    #[error("{path} {found}; use an empty directory")]
+    NotOurs {
+        /// The directory.
+        path: PathBuf,
+        /// What is there (`holds files quill did not write (a, b, …)`).
+        found: String,
+    },
     /// The work was interrupted (Ctrl-C); nothing was left behind.
     #[error("interrupted; nothing was written")]
     Interrupted,

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::atomic::Marker;
 #[cfg(feature = "subword")]
 use crate::bpe::BpeTokenizer;
 use crate::token_file::{TokenDtype, TokenFormat, TokenWriter};
@@ -32,6 +33,12 @@ use crate::{CharTokenizer, DataError};
 pub const META_FORMAT: &str = "quill-dataset-v1";
 /// A prepared dataset's description.
 pub const META_FILE: &str = "meta.json";
+/// A prepared dataset is quill's when its `meta.json` has quill's format tag: only
+/// such a directory (or an empty one) is replaced by `prepare`.
+pub const DATASET: Marker = Marker {
+    file: META_FILE,
+    format: META_FORMAT,
+};
 /// The training tokens.
 pub const TRAIN_FILE: &str = "train.bin";
 /// The validation tokens.
@@ -118,7 +125,7 @@ pub fn prepare(
     if total == 0 {
         return Err(DataError::Empty(options.input.clone()));
     }
-    check_out(&options.out)?;
+    crate::atomic::check_owned(&options.out, &DATASET)?;
     let split_at = ((1.0 - options.val_fraction) * total as f64) as u64;
     let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
 
@@ -201,8 +208,7 @@ pub fn prepare(
         val_fraction: options.val_fraction,
         replaced_invalid: 0,
     };
-    clean_stale(&options.out);
-    crate::atomic::replace_dir(&options.out, |dir| -> Result<(), DataError> {
+    crate::atomic::replace_dir(&options.out, &DATASET, |dir| -> Result<(), DataError> {
         let mut writers = [
             TokenWriter::create(&dir.join(TRAIN_FILE), options.format, dtype)?,
             TokenWriter::create(&dir.join(VAL_FILE), options.format, dtype)?,
@@ -330,60 +336,6 @@ fn list_inputs(input: &Path, extensions: &[String]) -> Result<Vec<(PathBuf, u64)
     }
     files.sort();
     Ok(files)
-}
-
-/// Refuses to replace a directory that is not a prepared dataset.
-fn check_out(out: &Path) -> Result<(), DataError> {
-    let occupied = match std::fs::read_dir(out) {
-        Ok(mut entries) => entries.next().is_some(),
-        Err(_) => out.exists(),
-    };
-    if occupied && !out.join(META_FILE).is_file() {
-        return Err(DataError::NotADataset {
-            path: out.to_path_buf(),
-            reason: "exists and is not a prepared dataset; choose another --out".into(),
-        });
-    }
-    Ok(())
-}
-
-/// Removes what a killed `prepare` of `out` left beside it (`.NAME.tmp-PID/`, or
-/// `.NAME.old-PID/` put back when `out` itself is missing), when that process is gone.
-fn clean_stale(out: &Path) {
-    let (Some(parent), Some(name)) = (out.parent(), out.file_name()) else {
-        return;
-    };
-    let parent = if parent.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        parent
-    };
-    let name = name.to_string_lossy();
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let entry_name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = entry_name.strip_prefix(&format!(".{name}.")) else {
-            continue;
-        };
-        let Some((kind, pid)) = rest.split_once('-') else {
-            continue;
-        };
-        let alive = Path::new("/proc").join(pid).exists() || !Path::new("/proc/self").exists();
-        if alive || pid.parse::<u32>().is_err() {
-            continue;
-        }
-        match kind {
-            "old" if !out.exists() => {
-                let _ = std::fs::rename(entry.path(), out);
-            }
-            "tmp" | "old" => {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-            _ => {}
-        }
-    }
 }
 
 /// A piece of one file's text, all of it in one split.

@@ -181,10 +181,29 @@ fn bad_corpora_are_one_line_errors() {
     let err = run(&options(&bad, &precious, "char"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("is not a prepared dataset"), "{err}");
+    assert!(
+        err.ends_with(
+            "precious holds files quill did not write (thesis.tex); use an empty directory"
+        ),
+        "{err}"
+    );
     assert_eq!(
         fs::read_to_string(precious.join("thesis.tex")).unwrap(),
         "keep me"
+    );
+    // Nor is one that merely holds a `meta.json`: its format tag must be quill's.
+    let app = dir.path().join("myapp");
+    fs::create_dir_all(app.join("src")).unwrap();
+    fs::write(app.join("meta.json"), r#"{"format": "myapp-v2"}"#).unwrap();
+    fs::write(app.join("src/main.rs"), "fn main() {}").unwrap();
+    let err = run(&options(&bad, &app, "char")).unwrap_err().to_string();
+    assert!(
+        err.contains("myapp holds files quill did not write (meta.json, src)"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_to_string(app.join("src/main.rs")).unwrap(),
+        "fn main() {}"
     );
 }
 
@@ -206,10 +225,19 @@ fn an_interrupted_prepare_leaves_nothing_and_stale_temporaries_are_cleaned() {
         v
     };
     assert_eq!(names(dir.path()), vec!["t.txt"]);
-    // What a killed prepare (pid 999999 is not running) left is removed.
+    // What a killed prepare (pid 999999 is not running) left is removed: it carries
+    // the partial marker with the dataset's tag. A directory of the same shape that
+    // does not is someone else's, and stays.
     fs::create_dir(dir.path().join(".ds.tmp-999999")).unwrap();
+    fs::write(
+        dir.path().join(".ds.tmp-999999/.quill-partial"),
+        "quill-dataset-v1",
+    )
+    .unwrap();
+    fs::create_dir(dir.path().join(".ds.tmp-999998")).unwrap();
+    fs::write(dir.path().join(".ds.tmp-999998/notes.txt"), "mine").unwrap();
     run(&opts).unwrap();
-    assert_eq!(names(dir.path()), vec!["ds", "t.txt"]);
+    assert_eq!(names(dir.path()), vec![".ds.tmp-999998", "ds", "t.txt"]);
     assert_eq!(
         names(&opts.out),
         vec!["meta.json", "tokenizer.json", "train.bin", "val.bin"]

@@ -18,6 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
+use quill_data::atomic::Marker;
 use quill_data::{Rng, Tokenizer};
 use quill_model::params::{NamedTensor, export, import};
 use quill_model::{GptConfig, LanguageModel, ModelConfig};
@@ -28,6 +29,12 @@ use crate::{TrainConfig, TrainError};
 
 /// The `format` tag of `state.json`.
 pub const FORMAT: &str = "quill-checkpoint-v1";
+/// A checkpoint directory is quill's when its `state.json` has quill's format tag:
+/// only such a directory (or an empty one) is replaced by [`Checkpoint::save`].
+pub const CHECKPOINT: Marker = Marker {
+    file: STATE_FILE,
+    format: FORMAT,
+};
 
 const MODEL_FILE: &str = "model.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -116,9 +123,10 @@ impl Checkpoint {
         Ok(import(model, &self.weights)?)
     }
 
-    /// Writes the checkpoint to `dir` atomically, replacing what was there.
+    /// Writes the checkpoint to `dir` atomically, replacing the checkpoint that was
+    /// there; a directory that is not empty and not a checkpoint is refused.
     pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
-        quill_data::atomic::replace_dir(dir, |tmp| -> Result<(), TrainError> {
+        quill_data::atomic::replace_dir(dir, &CHECKPOINT, |tmp| -> Result<(), TrainError> {
             write_safetensors(self.weights.values(), &tmp.join(MODEL_FILE))?;
             write_safetensors(self.optimizer.values(), &tmp.join(OPTIMIZER_FILE))?;
             let mut files: Vec<(&str, Vec<u8>)> = vec![

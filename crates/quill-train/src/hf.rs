@@ -17,6 +17,7 @@ use std::fs;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
+use quill_data::atomic::Marker;
 use quill_data::{Rng, Tokenizer};
 use quill_model::params::NamedTensor;
 use quill_model::{Activation, GptConfig, ModelConfig, Norm, Position};
@@ -32,6 +33,12 @@ pub const GPT2_MODELS: [&str; 4] = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-x
 
 /// The files of a Hugging Face GPT-2 checkpoint directory.
 pub const HF_FILES: [&str; 2] = ["config.json", "model.safetensors"];
+/// An export carries this marker beside [`HF_FILES`] (a hidden file Hugging Face's
+/// loaders ignore): only such a directory (or an empty one) is replaced by [`export`].
+pub const EXPORT: Marker = Marker {
+    file: ".quill-export.json",
+    format: "quill-export-v1",
+};
 
 /// GPT-2's LayerNorm epsilon, the only one quill's LayerNorm has.
 const LAYER_NORM_EPS: f64 = 1e-5;
@@ -314,9 +321,9 @@ pub fn import<B: Backend>(
 
 /// Writes `checkpoint` (a GPT with biases) to `out` in Hugging Face's layout:
 /// `config.json` and `model.safetensors` (float32, `[in, out]` Linear weights, no tied
-/// head, padding rows dropped), which `GPT2LMHeadModel.from_pretrained` loads. `out`
-/// is written atomically; an existing directory is replaced only if it is empty or
-/// holds an earlier export.
+/// head, padding rows dropped), which `GPT2LMHeadModel.from_pretrained` loads, and the
+/// [`EXPORT`] marker. `out` is written atomically; an existing directory is replaced
+/// only if it is empty or holds an earlier export (it carries the marker).
 pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
     let ModelConfig::Gpt(gpt) = &checkpoint.config.model else {
         return Err(error(
@@ -343,16 +350,26 @@ pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
             ),
         ));
     }
-    if out.is_file() || out.is_dir() && !is_replaceable(out) {
-        return Err(error(
-            out,
-            "exists and is not an earlier export (config.json and model.safetensors only); choose another --out",
-        ));
-    }
+    quill_data::atomic::check_owned(out, &EXPORT)?;
     let mut tensors = Vec::new();
     for (name, t) in &checkpoint.weights {
         if gpt.tie_weights && name == "lm_head.weight" {
             continue;
+        }
+        // A checkpoint from elsewhere: each tensor's values fill its shape, and the
+        // matrices are matrices.
+        let matrix =
+            is_conv1d(name) || name == "transformer.wte.weight" || name == "lm_head.weight";
+        let filled = t.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if filled != Some(t.values.len()) || (matrix && t.shape.len() != 2) {
+            return Err(error(
+                out,
+                format!(
+                    "the checkpoint's tensor {name} has shape {:?} and {} values; it cannot be exported",
+                    t.shape,
+                    t.values.len()
+                ),
+            ));
         }
         let mut t = match is_conv1d(name) {
             true => transpose(name.clone(), &t.shape, &t.values),
@@ -398,18 +415,9 @@ pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
         "torch_dtype": "float32",
     });
     let config = serde_json::to_vec_pretty(&config).expect("a JSON value serialises");
-    quill_data::atomic::replace_dir(out, |tmp| -> Result<(), TrainError> {
+    quill_data::atomic::replace_dir(out, &EXPORT, |tmp| -> Result<(), TrainError> {
+        quill_data::atomic::write_file(&tmp.join(EXPORT.file), &EXPORT.content())?;
         quill_data::atomic::write_file(&tmp.join(HF_FILES[0]), &config)?;
         write_safetensors(tensors.iter(), &tmp.join(HF_FILES[1]))
     })
-}
-
-/// An empty directory, or one holding only the files an export writes.
-fn is_replaceable(dir: &Path) -> bool {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return false;
-    };
-    entries
-        .flatten()
-        .all(|e| HF_FILES.contains(&e.file_name().to_string_lossy().as_ref()))
 }

@@ -70,11 +70,15 @@ impl LossPlot<'_> {
         Ok(png)
     }
 
+    /// The files [`LossPlot::write`] writes.
+    pub const FILES: [&'static str; 2] = ["loss.svg", "loss.png"];
+
     /// Writes `loss.svg` and `loss.png` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), TrainError> {
-        quill_data::atomic::write_file(&dir.join("loss.svg"), self.svg()?.as_bytes())?;
+        let [svg, png] = Self::FILES;
+        quill_data::atomic::write_file(&dir.join(svg), self.svg()?.as_bytes())?;
         Ok(quill_data::atomic::write_file(
-            &dir.join("loss.png"),
+            &dir.join(png),
             &self.png()?,
         )?)
     }

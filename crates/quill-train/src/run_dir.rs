@@ -8,17 +8,22 @@
 //! | `steps.jsonl` | one [`StepReport`] per optimizer step, buffered, flushed at each evaluation |
 //! | `loss.svg`, `loss.png` | redrawn from the records at each evaluation ([`crate::plot`]) |
 //! | `.lock` | held (an OS file lock) while a trainer uses the directory |
+//! | `.quill-run.json` | the [`RUN`] marker: this directory is quill's |
 //!
-//! [`RunDir::open`] takes the lock, so a second trainer on the same directory is refused;
-//! holding it, every temporary entry left in the directory belongs to a writer that is
-//! gone (killed mid-write), so it is removed — or, when a checkpoint was caught between
-//! its two renames, put back in place ([`quill_data::atomic::recover`]).
+//! [`RunDir::open`] opens only a directory that is absent, empty or quill's
+//! ([`check_run_dir`]): it never writes among a user's files. It takes the lock, so a
+//! second trainer on the same directory is refused; holding it, the temporary entries
+//! that killed writers left (of the files and checkpoints above, for processes that are
+//! gone) are removed, or, when a checkpoint was caught between its two renames, put
+//! back in place ([`quill_data::atomic::recover_dir`]).
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::{Checkpoint, best_dir, last_dir};
+use quill_data::atomic::{self, Marker};
+
+use crate::checkpoint::{CHECKPOINT, Checkpoint, best_dir, last_dir};
 use crate::metrics::{self, EvalRecord};
 use crate::plot::LossPlot;
 use crate::{StepReport, TrainError};
@@ -42,12 +47,42 @@ const LOCK_FILE: &str = ".lock";
 const METRICS_FILE: &str = "metrics.jsonl";
 const STEPS_FILE: &str = "steps.jsonl";
 
+/// A run directory is quill's when it carries this marker.
+pub const RUN: Marker = Marker {
+    file: ".quill-run.json",
+    format: "quill-run-v1",
+};
+
+/// Whether `path` is a run directory quill wrote: it carries the [`RUN`] marker, or
+/// (written before the marker existed) holds a checkpoint in `last/` or `best/`.
+pub fn is_run_dir(path: &Path) -> bool {
+    RUN.is_on(path)
+        || [last_dir(path), best_dir(path)]
+            .iter()
+            .any(|d| CHECKPOINT.is_on(d))
+}
+
+/// Checks that quill may train into `path`: it is absent, an empty directory, or a run
+/// directory quill wrote ([`is_run_dir`]). Otherwise an error that names what is there.
+pub fn check_run_dir(path: &Path) -> Result<(), TrainError> {
+    if is_run_dir(path) {
+        return Ok(());
+    }
+    Ok(atomic::check_owned(path, &RUN)?)
+}
+
 impl RunDir {
-    /// Creates `path` if needed, takes its lock (an error if another process holds it),
-    /// and cleans up after writers that were killed: see [`RunDir::recovered`].
+    /// Opens the run directory `path`, which must be absent, empty or quill's
+    /// ([`check_run_dir`]): creates and marks it, takes its lock (an error if another
+    /// process holds it), and cleans up after writers that were killed: see
+    /// [`RunDir::recovered`].
     pub fn open(path: impl Into<PathBuf>) -> Result<RunDir, TrainError> {
         let path = path.into();
+        check_run_dir(&path)?;
         fs::create_dir_all(&path).map_err(|e| TrainError::io(&path, e))?;
+        if !RUN.is_on(&path) {
+            atomic::write_file(&path.join(RUN.file), &RUN.content())?;
+        }
         let lock_path = path.join(LOCK_FILE);
         let lock = File::options()
             .create(true)
@@ -60,7 +95,13 @@ impl RunDir {
             Err(fs::TryLockError::WouldBlock) => return Err(TrainError::Busy(path)),
             Err(fs::TryLockError::Error(e)) => return Err(TrainError::io(&lock_path, e)),
         }
-        let recovered = quill_data::atomic::recover(&path)?;
+        let mut recovered = Vec::new();
+        for checkpoint in [last_dir(&path), best_dir(&path)] {
+            recovered.extend(atomic::recover_dir(&checkpoint, &CHECKPOINT)?);
+        }
+        let files = [METRICS_FILE, STEPS_FILE, RUN.file];
+        let files = files.iter().chain(&LossPlot::FILES).copied();
+        recovered.extend(atomic::recover_files(&path, &files.collect::<Vec<_>>())?);
         Ok(RunDir {
             path,
             _lock: lock,

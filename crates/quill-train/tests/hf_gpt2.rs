@@ -210,7 +210,10 @@ fn export_reloads_with_the_same_weights_and_logits() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     files.sort();
-    assert_eq!(files, ["config.json", "model.safetensors"]);
+    assert_eq!(
+        files,
+        [".quill-export.json", "config.json", "model.safetensors"]
+    );
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["activation_function"], "gelu_new");
@@ -241,8 +244,23 @@ fn export_reloads_with_the_same_weights_and_logits() {
     hf::export(&checkpoint, &out).unwrap();
     std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
     let err = hf::export(&checkpoint, dir.path()).unwrap_err().to_string();
-    assert!(err.contains("is not an earlier export"), "{err}");
+    assert!(err.contains("holds files quill did not write"), "{err}");
     assert!(dir.path().join("notes.txt").exists());
+    // A model directory of Hugging Face's own files (no quill marker) is refused too.
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    for name in hf::HF_FILES {
+        std::fs::write(theirs.join(name), "theirs").unwrap();
+    }
+    let err = hf::export(&checkpoint, &theirs).unwrap_err().to_string();
+    assert!(
+        err.contains("theirs holds files quill did not write (config.json, model.safetensors)"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(theirs.join("config.json")).unwrap(),
+        "theirs"
+    );
 }
 
 /// A copy of the fixture with `change` applied to its config and tensors.

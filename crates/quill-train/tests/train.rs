@@ -339,6 +339,7 @@ fn checkpoints_are_written_atomically() {
         names,
         [
             ".lock",
+            ".quill-run.json",
             "best",
             "last",
             "loss.png",

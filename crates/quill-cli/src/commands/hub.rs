@@ -2,14 +2,15 @@
 //! in and out (the conversion is `quill_train::hf`; this adds the download and the
 //! command line).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use quill_model::ModelConfig;
-use quill_train::Checkpoint;
+use quill_train::checkpoint::CHECKPOINT;
 use quill_train::hf::{self, GPT2_MODELS, HF_FILES};
+use quill_train::{Checkpoint, MemoryEstimate};
 
 use crate::backend::{self, DType, DeviceChoice, Job};
 use crate::cli::{ExportArgs, ImportArgs};
@@ -28,17 +29,15 @@ fn released_shape(model: &str) -> (usize, usize, usize) {
 }
 
 pub fn import(args: ImportArgs) -> Result<()> {
-    if args.out.exists() && !is_empty_or_checkpoint(&args.out) {
-        bail!(
-            "{} exists and is not a quill checkpoint; choose another --out",
-            args.out.display()
-        );
-    }
+    quill_data::atomic::check_owned(&args.out, &CHECKPOINT)?;
     let (dir, released) = match &args.from {
         Some(dir) => (dir.clone(), None),
         None => (download(&args.model)?, Some(args.model.as_str())),
     };
     let target = backend::prepare(DeviceChoice::Cpu, DType::F32)?;
+    // The model is built to check the weights: its memory first.
+    let model = ModelConfig::Gpt(hf::read_config(&dir, args.pad_vocab)?);
+    target.check_memory(&MemoryEstimate::sampling(&model, 1, target.dtype_bytes()))?;
     let checkpoint = target.run(ImportJob {
         dir: dir.clone(),
         pad_vocab: args.pad_vocab,
@@ -102,12 +101,6 @@ impl Job for ImportJob {
             &device,
         )?)
     }
-}
-
-fn is_empty_or_checkpoint(dir: &Path) -> bool {
-    dir.is_dir()
-        && (dir.join("state.json").is_file()
-            || std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none()))
 }
 
 /// `config.json` and `model.safetensors` of `model` in `data/hf/MODEL`, downloaded

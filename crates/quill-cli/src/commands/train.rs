@@ -1,7 +1,7 @@
 //! `quill train`: preset + config file + flags → the trainer, with a progress bar,
 //! Ctrl-C handling, and a sample at the end.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use quill_data::Dataset;
-use quill_train::distributed::World;
+use quill_train::distributed::{RunSecret, World};
 use quill_train::memory::human_bytes;
 use quill_train::metrics::EvalRecord;
+use quill_train::run_dir::{check_run_dir, is_run_dir};
 use quill_train::{
     Agreement, Checkpoint, MemoryEstimate, Observer, Outcome, Run, RunDir, SampleRequest,
     StepReport, TrainConfig, sample_texts, train,
@@ -56,10 +57,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let writer = world.as_ref().is_none_or(|w| w.rank == 0);
     let out = match (&args.out, &args.resume, &args.init_from) {
         (Some(out), _, _) => out.clone(),
-        (None, Some(dir), _) => dir.parent().map(PathBuf::from).unwrap_or_default(),
+        // Only the writer needs (and checks) a run directory.
+        (None, Some(checkpoint), _) if writer => resumed_run_dir(checkpoint)?,
+        (None, Some(_), _) => PathBuf::new(),
         (None, None, Some(_)) if args.preset.is_none() => PathBuf::from("runs/finetune"),
         (None, None, _) => PathBuf::from("runs").join(preset),
     };
+    // Never among a user's files: the run directory is empty, new, or quill's.
+    if writer {
+        check_run_dir(&out)?;
+    }
     // Every check that needs no data comes first: the device, the settings, the memory.
     let devices = args.target.device.0.clone();
     if devices.len() > 1 && world.is_some() {
@@ -178,6 +185,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let timeout = Duration::from_secs(args.parallel.collective_timeout);
     run_on_devices(target, &devices[1..], args.target.dtype, timeout, job)
+}
+
+/// Where a run resumed from `checkpoint` without `--out` writes: the run directory the
+/// checkpoint is in (`runs/x` for `runs/x/last`), only when that is a run directory
+/// quill wrote.
+fn resumed_run_dir(checkpoint: &Path) -> Result<PathBuf> {
+    let parent = match checkpoint.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !is_run_dir(parent) {
+        bail!(
+            "{} is not a quill run directory, so --resume {} does not write there; pass --out DIR to choose where this run writes",
+            parent.display(),
+            checkpoint.display()
+        );
+    }
+    Ok(parent.to_path_buf())
 }
 
 /// Data parallelism in one process: one worker thread per device, each a rank of an

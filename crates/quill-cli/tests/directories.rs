@@ -1,0 +1,180 @@
+//! quill writes only into directories that are new, empty or its own: a user's files,
+//! whatever their names, survive every command byte for byte.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+mod common;
+
+use common::{TINY_MODEL, error_line, quill, stdout};
+
+/// Every file under `dir` (hidden ones too) with its bytes, by path relative to `dir`.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let bytes = fs::read(&path).unwrap();
+                files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), bytes);
+            }
+        }
+    }
+    files
+}
+
+/// Writes `files` (path → text) under `dir`.
+fn put(dir: &Path, files: &[(&str, &str)]) {
+    for (path, text) in files {
+        let path = dir.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+}
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let verse = "ROMEO:\nBut soft, what light through yonder window breaks?\n\n";
+    fs::write(dir.path().join("corpus.txt"), verse.repeat(60)).unwrap();
+    dir
+}
+
+/// `quill train` on the tiny model for `iters` steps, plus `extra` arguments.
+fn train_args<'a>(iters: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--data", "corpus.txt", "--max-iters", iters];
+    args.extend_from_slice(TINY_MODEL);
+    args.extend_from_slice(&["--eval-iters", "1", "--final-eval-iters", "1"]);
+    args.extend_from_slice(&["--sample-chars", "0"]);
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Names quill uses for its own temporary entries, on a user's files: `train --out`
+/// refuses the directory and touches nothing in it.
+#[test]
+fn train_refuses_a_directory_of_a_users_files() {
+    let dir = setup();
+    let mine = dir.path().join("mine");
+    put(
+        &mine,
+        &[
+            ("last/thesis.txt", "chapter one"),
+            (".notes.tmp-123/todo.txt", "call mum"),
+            (".report.2024.tmp", "draft"),
+            (".photos.old-42/cat.jpg", "meow"),
+        ],
+    );
+    let before = snapshot(&mine);
+    let err = error_line(&quill(&train_args("2", &["--out", "mine"]), dir.path()));
+    assert_eq!(
+        err,
+        "error: mine holds files quill did not write (.notes.tmp-123, .photos.old-42, .report.2024.tmp, …); use an empty directory"
+    );
+    assert_eq!(snapshot(&mine), before);
+    assert!(!dir.path().join("mine/photos").exists());
+}
+
+/// A checkpoint downloaded beside a user's files is resumed only into a run directory
+/// named with `--out`; its own directory is not taken for one.
+#[test]
+fn resume_writes_only_into_a_quill_run_directory() {
+    let dir = setup();
+    stdout(&quill(&train_args("2", &["--out", "run"]), dir.path()));
+    let downloads = dir.path().join("Downloads");
+    put(
+        &downloads,
+        &[
+            ("best/tax.pdf", "%PDF tax"),
+            (".session.tmp-99/cookie", "secret"),
+        ],
+    );
+    let ckpt = downloads.join("shared-ckpt");
+    fs::create_dir(&ckpt).unwrap();
+    for entry in fs::read_dir(dir.path().join("run/last")).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, ckpt.join(path.file_name().unwrap())).unwrap();
+    }
+    let before = snapshot(&downloads);
+    let resume = |extra: &[&'static str]| {
+        let args = [&["--resume", "Downloads/shared-ckpt"][..], extra].concat();
+        quill(&train_args("4", &args), dir.path())
+    };
+    let err = error_line(&resume(&[]));
+    assert_eq!(
+        err,
+        "error: Downloads is not a quill run directory, so --resume Downloads/shared-ckpt does not write there; pass --out DIR to choose where this run writes"
+    );
+    assert_eq!(snapshot(&downloads), before);
+    // Nor into it when named with --out.
+    let err = error_line(&resume(&["--out", "Downloads"]));
+    assert!(
+        err.contains("Downloads holds files quill did not write"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&downloads), before);
+    // With an --out of its own it runs.
+    let out = stdout(&resume(&["--out", "resumed"]));
+    assert!(out.contains("done: 4 iterations"), "{out}");
+    assert_eq!(snapshot(&downloads), before);
+    // A run directory quill wrote is still resumed in place without --out.
+    let out = stdout(&quill(
+        &train_args("4", &["--resume", "run/last"]),
+        dir.path(),
+    ));
+    assert!(out.contains("done: 4 iterations"), "{out}");
+}
+
+/// `import gpt2` and `data prepare` replace only a checkpoint or a dataset that quill
+/// wrote, not any directory holding a file of the same name.
+#[test]
+fn import_and_prepare_refuse_a_directory_that_merely_looks_like_theirs() {
+    let dir = setup();
+    let app = dir.path().join("myapp");
+    put(
+        &app,
+        &[
+            ("state.json", r#"{"format": "myapp-state"}"#),
+            ("meta.json", r#"{"name": "myapp"}"#),
+            ("src/main.rs", "fn main() {}"),
+        ],
+    );
+    let before = snapshot(&app);
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../quill-train/tests/fixtures/tiny-gpt2");
+    let err = error_line(&quill(
+        &[
+            "import",
+            "gpt2",
+            "--from",
+            fixture.to_str().unwrap(),
+            "--out",
+            "myapp",
+        ],
+        dir.path(),
+    ));
+    assert_eq!(
+        err,
+        "error: myapp holds files quill did not write (meta.json, src, state.json); use an empty directory"
+    );
+    let err = error_line(&quill(
+        &["data", "prepare", "--data", "corpus.txt", "--out", "myapp"],
+        dir.path(),
+    ));
+    assert!(
+        err.contains("myapp holds files quill did not write"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&app), before);
+    // What quill wrote there, it may write again.
+    for _ in 0..2 {
+        stdout(&quill(
+            &["data", "prepare", "--data", "corpus.txt", "--out", "ds"],
+            dir.path(),
+        ));
+    }
+    assert!(dir.path().join("ds/train.bin").is_file());
+}
