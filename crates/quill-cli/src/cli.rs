@@ -89,6 +89,15 @@ pub struct ParallelArgs {
     /// Seconds to wait for every rank to join, and for any one step's exchange.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub collective_timeout: u64,
+    /// A file holding the run's secret, which every process of the run proves to the
+    /// others ('quill launch' makes one for its ranks) [default: the QUILL_SECRET
+    /// environment variable]
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Listen on every network interface (0.0.0.0) instead of only the coordinator's
+    /// address (rank 0) and this machine's address towards it.
+    #[arg(long)]
+    pub listen_any: bool,
 }
 
 /// The checkpoint formats 'quill import' reads.

@@ -65,21 +65,33 @@ fn resume_args(from: &str, max_iters: &str) -> Vec<String> {
         .collect()
 }
 
-/// Rank `rank` of `world` ranks coordinated at 127.0.0.1:`port`, started now.
+/// The secret the ranks these tests start by hand share.
+const SECRET: &str = "0123456789abcdef-test-secret";
+
+/// Rank `rank` of `world` ranks coordinated at 127.0.0.1:`port`, started now, with the
+/// run's secret in `QUILL_SECRET`.
 fn spawn_rank(dir: &Path, args: &[String], world: usize, rank: usize, port: u16) -> Child {
     let mut args = args.to_vec();
     args.extend(["--world-size".into(), world.to_string(), "--rank".into()]);
     args.extend([rank.to_string(), "--coordinator".into()]);
     args.push(format!("127.0.0.1:{port}"));
-    spawn_quill(dir, &args)
+    spawn_quill_with(dir, &args, &[("QUILL_SECRET", SECRET)])
 }
 
 /// `quill ARGS` in `dir`, started now, its output piped.
 fn spawn_quill(dir: &Path, args: &[String]) -> Child {
+    spawn_quill_with(dir, args, &[])
+}
+
+/// [`spawn_quill`] with environment variables, and without a `QUILL_SECRET` of the
+/// test's own environment.
+fn spawn_quill_with(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_quill"))
         .args(args)
         .current_dir(dir)
         .env_remove("RUST_BACKTRACE")
+        .env_remove("QUILL_SECRET")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -500,4 +512,309 @@ fn two_devices_in_one_process_train_the_model_of_one() {
         line,
         "error: --device lists 2 devices; only quill train uses several"
     );
+}
+
+/// The collective's protocol as a stranger, or a broken rank, speaks it: WebSocket
+/// upgrades and frames over plain TCP on loopback, and its messages in msgpack (the
+/// same shapes as burn-collective's, so they encode alike).
+mod wire {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    pub struct SessionId {
+        pub id: u64,
+    }
+
+    #[derive(Serialize)]
+    pub struct RequestId(pub u32);
+
+    #[derive(Serialize)]
+    pub struct Address {
+        pub inner: String,
+    }
+
+    #[derive(Serialize)]
+    #[allow(dead_code)] // Register keeps Finish's place among the variants
+    pub enum RemoteRequest {
+        Register {
+            node_addr: Address,
+            num_nodes: u32,
+            peers: Vec<u32>,
+        },
+        Finish,
+    }
+
+    #[derive(Serialize)]
+    pub enum CollectiveMessage {
+        Init(SessionId),
+        Request(RequestId, RemoteRequest),
+    }
+
+    /// Waits until something listens on `port`.
+    pub fn wait_for_port(port: u16) {
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(60), "port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asks to open a WebSocket on `route` of `port`, proving `secret` if given: the
+    /// HTTP status of the answer (101 when upgraded), and the connection.
+    pub fn upgrade(port: u16, route: &str, secret: Option<&str>) -> (u16, TcpStream) {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let auth = secret.map_or(String::new(), |s| format!("Authorization: Bearer {s}\r\n"));
+        write!(
+            stream,
+            "GET /{route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
+        (status.unwrap_or(0), stream)
+    }
+
+    /// Sends `payload` as one masked binary frame (as a client must).
+    pub fn send(stream: &mut TcpStream, payload: &[u8]) {
+        let mut frame = vec![0x82u8];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n < 65_536 => {
+                frame.push(0x80 | 126);
+                frame.extend((n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend((n as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x5a, 0x17, 0xc3, 0x08];
+        frame.extend(mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        stream.write_all(&frame).unwrap();
+    }
+
+    /// `message` in the collective's encoding.
+    pub fn encode(message: &CollectiveMessage) -> Vec<u8> {
+        rmp_serde::to_vec(message).unwrap()
+    }
+
+    /// The addresses (`a.b.c.d`) that listen on `port`, from /proc/net/tcp.
+    pub fn listening_on(port: u16) -> Vec<String> {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (addr, state) = (fields.get(1)?, fields.get(3)?);
+                let (ip, p) = addr.split_once(':')?;
+                let listening = *state == "0A" && u16::from_str_radix(p, 16).ok()? == port;
+                let ip = u32::from_str_radix(ip, 16).ok()?.to_le_bytes();
+                listening.then(|| format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3]))
+            })
+            .collect()
+    }
+}
+
+/// The 2-rank run these tests disturb: 4 rows per rank, 20 steps, into `out`.
+fn disturbed_args(out: &str) -> Vec<String> {
+    train_args(
+        "4",
+        &["--max-iters", "20", "--eval-interval", "10", "--out", out],
+    )
+}
+
+/// The same 2-rank run undisturbed, coordinated at `port`, into `out`: the weights a
+/// disturbed run must end with, bit for bit (the exchange is deterministic).
+fn reference_run(dir: &Path, out: &str, port: u16) {
+    let [out0, out1] = two_ranks(dir, &disturbed_args(out), port);
+    stdout(&out0);
+    stdout(&out1);
+}
+
+/// Strangers on the network, without the run's secret (or with a wrong one), are
+/// refused on every port and route, before anything is served: they cannot take a
+/// rank's gradient or register. Nothing listens beyond loopback. The run finishes with
+/// the weights of the same run undisturbed.
+#[test]
+fn strangers_are_refused_everywhere_and_the_run_finishes_with_the_right_weights() {
+    let dir = setup();
+    reference_run(dir.path(), "one", 29920);
+    let port = 29930;
+    let args = disturbed_args("two");
+    let ranks = [0, 1].map(|r| spawn_rank(dir.path(), &args, 2, r, port));
+    // The orchestrator's routes on the coordinator's port, the data service's on each
+    // rank's.
+    let ports = [
+        (port, ["request", "response"]),
+        (port + 1, ["data", "sync"]),
+        (port + 2, ["data", "sync"]),
+    ];
+    for (p, _) in ports {
+        wire::wait_for_port(p);
+    }
+    let wrong = "0123456789abcdef-test-secreX";
+    for (p, routes) in ports {
+        assert_eq!(wire::listening_on(p), ["127.0.0.1"], "port {p}");
+        for route in routes {
+            for secret in [None, Some(wrong)] {
+                let (status, _) = wire::upgrade(p, route, secret);
+                assert_eq!(status, 401, "port {p} /{route} with {secret:?}");
+            }
+        }
+        // Bytes that are not HTTP at all: the connection is dropped or answered 400.
+        let mut garbage = std::net::TcpStream::connect(("127.0.0.1", p)).unwrap();
+        use std::io::{Read, Write};
+        garbage.write_all(&[0xff; 4096]).unwrap();
+        garbage
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = garbage.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "{answer}"
+        );
+    }
+    let [out0, out1] = ranks.map(|r| r.wait_with_output().unwrap());
+    assert!(stdout(&out0).contains("done: 20 iterations"));
+    stdout(&out1);
+    assert_eq!(weights(dir.path(), "one"), weights(dir.path(), "two"));
+}
+
+/// A client that holds the secret but misbehaves (a broken rank): it starts a session
+/// and asks twice to finish without ever reading the answers, opens one session's
+/// responses twice, and sends garbage on every route. Each of its connections fails
+/// alone; the orchestrator still serves the real ranks, which finish with the weights
+/// of the same run undisturbed.
+#[test]
+fn a_misbehaving_client_neither_wedges_the_orchestrator_nor_crashes_a_rank() {
+    let dir = setup();
+    reference_run(dir.path(), "one", 29950);
+    let port = 29940;
+    let args = disturbed_args("two");
+    let rank0 = spawn_rank(dir.path(), &args, 2, 0, port);
+    wire::wait_for_port(port);
+    let mut held = Vec::new();
+    let (status, mut idle) = wire::upgrade(port, "request", Some(SECRET));
+    assert_eq!(status, 101);
+    let init = || wire::CollectiveMessage::Init(wire::SessionId { id: 424_242 });
+    wire::send(&mut idle, &wire::encode(&init()));
+    for id in [1, 2, 3] {
+        let finish =
+            wire::CollectiveMessage::Request(wire::RequestId(id), wire::RemoteRequest::Finish);
+        wire::send(&mut idle, &wire::encode(&finish));
+    }
+    held.push(idle);
+    for _ in 0..2 {
+        let (status, mut responses) = wire::upgrade(port, "response", Some(SECRET));
+        assert_eq!(status, 101);
+        wire::send(&mut responses, &wire::encode(&init()));
+        held.push(responses);
+    }
+    for route in ["request", "response"] {
+        let (status, mut garbage) = wire::upgrade(port, route, Some(SECRET));
+        assert_eq!(status, 101);
+        wire::send(&mut garbage, b"\xc1\xff not msgpack");
+        held.push(garbage);
+    }
+    let rank1 = spawn_rank(dir.path(), &args, 2, 1, port);
+    for p in [port + 1, port + 2] {
+        wire::wait_for_port(p);
+        for route in ["data", "sync"] {
+            let (status, mut garbage) = wire::upgrade(p, route, Some(SECRET));
+            assert_eq!(status, 101, "port {p} /{route}");
+            wire::send(&mut garbage, b"\xc1\xff not msgpack");
+            held.push(garbage);
+        }
+    }
+    let [out0, out1] = [rank0, rank1].map(|r| r.wait_with_output().unwrap());
+    assert!(stdout(&out0).contains("done: 20 iterations"));
+    stdout(&out1);
+    assert_eq!(weights(dir.path(), "one"), weights(dir.path(), "two"));
+    drop(held);
+}
+
+/// A rank started by hand without the run's secret does not join; a secret too short
+/// to protect anything is refused.
+#[test]
+fn a_rank_without_the_secret_is_refused() {
+    let dir = setup();
+    let args = train_args("4", &["--max-iters", "2", "--out", "s"]);
+    let mut with_world = args.clone();
+    with_world.extend(
+        [
+            "--world-size",
+            "2",
+            "--rank",
+            "1",
+            "--coordinator",
+            "127.0.0.1:29990",
+        ]
+        .map(String::from),
+    );
+    let out = spawn_quill(dir.path(), &with_world)
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(
+        error_line(&out),
+        "error: a run of several processes needs its secret: `quill launch` makes one; ranks started by hand read it from QUILL_SECRET or --secret-file FILE"
+    );
+    fs::write(dir.path().join("short"), "abc\n").unwrap();
+    with_world.extend(["--secret-file".to_string(), "short".to_string()]);
+    let out = spawn_quill(dir.path(), &with_world)
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(
+        error_line(&out),
+        "error: the run's secret must be at least 16 visible ASCII characters, without spaces"
+    );
+}
+
+/// SIGTERM and SIGHUP to `quill launch` stop its ranks as Ctrl-C does (a checkpoint,
+/// then every rank ends): none is left running.
+#[test]
+fn sigterm_or_sighup_to_launch_leaves_no_rank_running() {
+    let dir = setup();
+    for (signal, port, out) in [
+        ("-TERM", "127.0.0.1:29960", "t"),
+        ("-HUP", "127.0.0.1:29970", "h"),
+    ] {
+        let mut args: Vec<String> = ["launch", "--nproc", "2", "--coordinator", port, "--"]
+            .map(String::from)
+            .to_vec();
+        args.extend(run_args("100000", "100000", out));
+        let mut run = spawn_quill(dir.path(), &args);
+        wait_for_steps(&dir.path().join(out).join("steps.jsonl"));
+        let children =
+            fs::read_to_string(format!("/proc/{0}/task/{0}/children", run.id())).unwrap();
+        let pids: Vec<String> = children.split_whitespace().map(String::from).collect();
+        assert_eq!(pids.len(), 2, "{children}");
+        Command::new("kill")
+            .args([signal, &run.id().to_string()])
+            .status()
+            .unwrap();
+        let text = stdout(&rank0_exit(&mut run, Duration::from_secs(30)));
+        assert!(text.contains("[rank 0] stopped after "), "{signal}: {text}");
+        for pid in pids {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "{signal}: rank {pid} still runs"
+            );
+        }
+    }
 }

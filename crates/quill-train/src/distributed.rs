@@ -11,6 +11,11 @@
 //!   each peer still accepts connections on its port. A rank that died is named in the
 //!   error within about a second; a call that does not finish within the timeout (a
 //!   rank that hangs) is an error too. Burn's calls themselves never time out.
+//! - **Trust.** Every connection between the processes of a run proves the run's
+//!   secret ([`RunSecret`]); the coordinator listens on its host's address only, and
+//!   each rank's data port on the address it advertises (every interface only with
+//!   [`World::listen_any`]). Transfer ids are keyed by the secret, tensor messages are
+//!   bounded by the model's size, and malformed messages end their connection.
 //! - **Agreement.** [`Collective::check_same`] compares a hash across ranks (the
 //!   settings at start-up, the weights at each evaluation) and names the ranks that
 //!   differ from rank 0.
@@ -43,6 +48,45 @@ pub struct World {
     /// The ranks are threads of this process, one per device (no coordinator, no
     /// ports): see [`World::in_process`].
     pub in_process: bool,
+    /// The secret every connection of the run proves; a world of several processes
+    /// needs one.
+    pub secret: Option<RunSecret>,
+    /// Listen on every interface (`0.0.0.0`) instead of the coordinator's and the
+    /// rank's own address.
+    pub listen_any: bool,
+}
+
+/// The per-run secret the processes of a data-parallel run prove to each other: at
+/// least 16 visible ASCII characters. Its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RunSecret(String);
+
+impl RunSecret {
+    /// The shortest secret accepted.
+    pub const MIN_LEN: usize = 16;
+
+    /// Checks `text` (surrounding whitespace, as a file's final newline, is ignored).
+    pub fn new(text: &str) -> Result<RunSecret, TrainError> {
+        let text = text.trim();
+        if text.len() < Self::MIN_LEN || !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(TrainError::Parallel(format!(
+                "the run's secret must be at least {} visible ASCII characters, without spaces",
+                Self::MIN_LEN
+            )));
+        }
+        Ok(RunSecret(text.to_string()))
+    }
+
+    /// The secret's text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RunSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunSecret(…)")
+    }
 }
 
 /// Set when a worker of an in-process world stopped: the others stop waiting for it.
@@ -90,7 +134,22 @@ impl World {
             port,
             timeout,
             in_process: false,
+            secret: None,
+            listen_any: false,
         })
+    }
+
+    /// This world with the run's secret.
+    pub fn with_secret(self, secret: RunSecret) -> World {
+        World {
+            secret: Some(secret),
+            ..self
+        }
+    }
+
+    /// This world listening on every interface (see [`World::listen_any`]).
+    pub fn with_listen_any(self, listen_any: bool) -> World {
+        World { listen_any, ..self }
     }
 
     /// Rank `rank` of `size` workers in this process, one per device, summing through
@@ -103,6 +162,8 @@ impl World {
             port: 0,
             timeout,
             in_process: true,
+            secret: None,
+            listen_any: false,
         }
     }
 
@@ -162,30 +223,46 @@ fn hash_from_pieces(pieces: &[f32]) -> u64 {
 impl<B: Backend> Collective<B> {
     /// Joins the world on `device`: rank 0 starts the orchestrator, every rank registers
     /// and learns the others' addresses. Waits at most `world.timeout` for all ranks.
-    pub fn join(world: World, device: &B::Device) -> Result<Self, TrainError> {
+    /// No tensor message may carry more than `max_values` f32 values (the model's
+    /// parameter count: a peer that sends more is refused).
+    pub fn join(world: World, device: &B::Device, max_values: usize) -> Result<Self, TrainError> {
         if world.in_process {
             return Self::join_in_process(world, device);
         }
+        let Some(secret) = &world.secret else {
+            return Err(TrainError::Parallel(
+                "a run of several processes needs its secret: `quill launch` makes one; ranks started by hand read it from QUILL_SECRET or --secret-file FILE".into(),
+            ));
+        };
+        use burn_communication::websocket::guard;
+        guard::set_secret(Some(secret.expose()));
+        // The values, their shape and msgpack's framing.
+        guard::set_max_message_size(max_values.saturating_mul(4).saturating_add(64 << 10));
         let coordinator = world.coordinator()?;
         let own_ip = own_address(coordinator.ip());
         let data_port = world.data_port(world.rank);
-        let in_use = |port: u16| {
-            TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_err().then(|| {
+        let listen = |ip: IpAddr| match world.listen_any {
+            true => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            false => ip,
+        };
+        let in_use = |ip: IpAddr, port: u16| {
+            TcpListener::bind((listen(ip), port)).is_err().then(|| {
                 TrainError::Parallel(format!(
-                    "port {port} is in use on this machine (another run?); pick another coordinator port"
+                    "cannot listen on {} port {port} (in use by another run, or not this machine's address); pick another coordinator port",
+                    listen(ip)
                 ))
             })
         };
         if world.rank == 0
-            && let Some(err) = in_use(world.port)
+            && let Some(err) = in_use(coordinator.ip(), world.port)
         {
             return Err(err);
         }
-        if let Some(err) = in_use(data_port) {
+        if let Some(err) = in_use(own_ip, data_port) {
             return Err(err);
         }
         if world.rank == 0 {
-            let port = world.port;
+            let (host, port) = (listen(coordinator.ip()).to_string(), world.port);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -194,7 +271,7 @@ impl<B: Backend> Collective<B> {
             std::thread::Builder::new()
                 .name("quill-orchestrator".into())
                 .spawn(move || {
-                    runtime.block_on(burn_collective::start_global_orchestrator(port));
+                    runtime.block_on(burn_collective::start_global_orchestrator(&host, port));
                 })
                 .map_err(|e| TrainError::Parallel(format!("orchestrator thread: {e}")))?;
         }
@@ -205,6 +282,7 @@ impl<B: Backend> Collective<B> {
             .with_global_address(address(coordinator.ip(), world.port).parse().expect("text"))
             .with_node_address(address(own_ip, data_port).parse().expect("text"))
             .with_data_service_port(data_port)
+            .with_data_service_host(listen(own_ip).to_string())
             // Tree(2), ring and centralized took about as long for 42 MB between two
             // ranks on one machine (BENCHMARKS.md).
             .with_global_all_reduce_strategy(AllReduceStrategy::Tree(2));

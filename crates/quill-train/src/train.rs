@@ -127,7 +127,8 @@ pub fn train<AB: AutodiffBackend>(
     };
     let collective = match parallel {
         Some(world) => {
-            let collective = Collective::<AB::InnerBackend>::join(world, device)?;
+            let params = run_config.model.num_params() as usize;
+            let collective = Collective::<AB::InnerBackend>::join(world, device, params)?;
             let settings = settings_fingerprint(&run_config, dataset, &collective, &resume)?;
             collective.check_same(
                 "the settings (model, training, data, world size or checkpoint)",

@@ -18,6 +18,9 @@ pub struct CollectiveConfig {
     pub(crate) global_address: Option<Address>,
     pub(crate) node_address: Option<Address>,
     pub(crate) data_service_port: Option<u16>,
+    /// quill: the address the data service listens on (by default, the host of
+    /// `node_address`; 0.21.0 always listened on every interface).
+    pub(crate) data_service_host: Option<String>,
 
     // These strategies may be defined when no other global params are defined
     pub(crate) global_all_reduce_strategy: Option<AllReduceStrategy>,
@@ -78,6 +81,7 @@ impl CollectiveConfig {
             global_address: None,
             node_address: None,
             data_service_port: None,
+            data_service_host: None,
             global_all_reduce_strategy: Some(AllReduceStrategy::Ring),
             global_reduce_strategy: Some(ReduceStrategy::Tree(2)),
             global_broadcast_strategy: Some(BroadcastStrategy::Tree(2)),
@@ -130,6 +134,26 @@ impl CollectiveConfig {
     pub fn with_global_address(mut self, addr: Address) -> Self {
         self.global_address = Some(addr);
         self
+    }
+
+    /// quill: the address the tensor data service listens on; by default the host of
+    /// the node address, so that it is reachable where it is advertised and nowhere else.
+    pub fn with_data_service_host(mut self, host: impl Into<String>) -> Self {
+        self.data_service_host = Some(host.into());
+        self
+    }
+
+    /// The host the tensor data service listens on (see
+    /// [with_data_service_host](Self::with_data_service_host)).
+    pub(crate) fn data_service_host(&self) -> String {
+        if let Some(host) = &self.data_service_host {
+            return host.clone();
+        }
+        let node = self.node_address.as_ref().map(|a| a.to_string());
+        node.as_deref()
+            .map(|a| a.split_once("://").map_or(a, |(_, rest)| rest))
+            .and_then(|a| a.rsplit_once(':'))
+            .map_or_else(|| "127.0.0.1".to_string(), |(host, _)| host.to_string())
     }
 
     /// Define the address for this node

@@ -27,6 +27,15 @@ impl TensorTransferId {
     pub fn next(&mut self) {
         self.0 += 1;
     }
+
+    /// quill: the id on the wire, mixed with the run's key so that it cannot be guessed
+    /// without the secret (see `websocket::guard`).
+    fn keyed(self) -> Self {
+        #[cfg(feature = "websocket")]
+        return Self(self.0 ^ crate::websocket::guard::transfer_key());
+        #[cfg(not(feature = "websocket"))]
+        self
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -109,7 +118,7 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
             .into();
         let mut exposed_tensors = self.exposed_tensors.lock().await;
         exposed_tensors.insert(
-            transfer_id,
+            transfer_id.keyed(),
             TensorExposeState {
                 bytes,
                 max_downloads,
@@ -127,10 +136,10 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
         for (_, stream) in streams.drain() {
             let mut stream = stream.lock().await;
 
-            stream
-                .close()
-                .await
-                .expect("Failed to close WebSocket stream");
+            // quill: a peer that is already gone is not an error here.
+            if let Err(err) = stream.close().await {
+                log::warn!("Closing a data connection: {err:?}");
+            }
         }
     }
 
@@ -144,56 +153,73 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
     ) -> Option<TensorData> {
         log::info!("Downloading tensor from {remote:?}");
 
-        let stream = self.get_data_stream(remote).await;
+        // quill: every failure (no connection, a malformed answer, a tensor whose bytes
+        // do not fit its shape) is logged and reported as None, never a panic.
+        let stream = self.get_data_stream(remote.clone()).await?;
         let mut stream = stream.lock().await;
 
         // Send the download request with the download id
-        let bytes: bytes::Bytes =
-            rmp_serde::to_vec(&DataServiceMessage::TensorRequest(transfer_id))
-                .unwrap()
-                .into();
-        stream
-            .send(Message::new(bytes))
-            .await
-            .expect("Failed to send download id");
+        let request = DataServiceMessage::TensorRequest(transfer_id.keyed());
+        let bytes: bytes::Bytes = rmp_serde::to_vec(&request).ok()?.into();
+        if let Err(err) = stream.send(Message::new(bytes)).await {
+            log::error!("Sending a download request to {remote:?}: {err:?}");
+            return None;
+        }
 
-        if let Ok(msg) = stream.recv().await {
-            let Some(msg) = msg else {
+        let msg = match stream.recv().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => {
                 log::warn!("Received None message from the websocket, closing connection.");
                 return None;
-            };
-
-            let DataServiceMessage::Tensor(data) = rmp_serde::from_slice(&msg.data)
-                .expect("Can deserialize messages from the websocket.")
-            else {
-                panic!("Message should have been TensorData")
-            };
-            return Some(data);
+            }
+            Err(err) => {
+                log::warn!("Closed connection: {err:?}");
+                return None;
+            }
+        };
+        let data = match rmp_serde::from_slice(&msg.data) {
+            Ok(DataServiceMessage::Tensor(data)) => data,
+            _ => {
+                log::error!("{remote:?} sent a message that is not a tensor");
+                return None;
+            }
+        };
+        let data: TensorData = data;
+        let expected = data
+            .shape
+            .iter()
+            .try_fold(data.dtype.size(), |n, &d| n.checked_mul(d));
+        if expected != Some(data.bytes.len()) {
+            log::error!(
+                "{remote:?} sent a tensor of {} bytes for shape {:?} of {:?}",
+                data.bytes.len(),
+                data.shape,
+                data.dtype
+            );
+            return None;
         }
-        log::warn!("Closed connection");
-        None
+        Some(data)
     }
 
     /// Get the WebSocket stream for the given address, or create a new one if it doesn't exist.
     async fn get_data_stream(
         &self,
         address: Address,
-    ) -> Arc<Mutex<<P::Client as ProtocolClient>::Channel>> {
+    ) -> Option<Arc<Mutex<<P::Client as ProtocolClient>::Channel>>> {
         let mut streams = self.channels.lock().await;
         match streams.get(&address) {
-            Some(stream) => stream.clone(),
+            Some(stream) => Some(stream.clone()),
             None => {
                 // Open a new WebSocket connection to the address
-                let stream = P::Client::connect(address.clone(), "data").await;
-
-                let Some(stream) = stream else {
-                    panic!("Failed to connect to data server at {address:?}");
+                let Some(stream) = P::Client::connect(address.clone(), "data").await else {
+                    log::error!("Failed to connect to data server at {address:?}");
+                    return None;
                 };
 
                 let stream = Arc::new(Mutex::new(stream));
                 streams.insert(address.clone(), stream.clone());
 
-                stream
+                Some(stream)
             }
         }
     }
@@ -237,26 +263,33 @@ impl<B: Backend, P: Protocol> TensorDataService<B, P> {
         log::info!("[Data Handler] New connection for download.");
 
         while !self.cancel_token.is_cancelled() {
-            match channel.recv().await {
-                Ok(message) => {
-                    if let Some(msg) = message {
-                        let bytes = msg.data;
-                        let msg: DataServiceMessage = rmp_serde::from_slice(&bytes)
-                            .expect("Can deserialize messages from the websocket.");
-                        let DataServiceMessage::TensorRequest(transfer_id) = msg else {
-                            panic!("Received a message that wasn't a tensor request! {msg:?}");
-                        };
-
-                        let bytes = self.get_exposed_tensor_bytes(transfer_id).await.unwrap();
-
-                        channel.send(Message::new(bytes)).await.unwrap();
-                    } else {
-                        log::info!("Closed connection");
-                        return;
-                    }
+            // quill: a malformed request or a broken connection ends this connection,
+            // never the server (0.21.0 panicked).
+            let msg = match channel.recv().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => {
+                    log::info!("Closed connection");
+                    return;
                 }
-                Err(err) => panic!("Failed to receive message from websocket: {err:?}"),
+                Err(err) => {
+                    log::warn!("[Data Handler] Receiving: {err:?}");
+                    return;
+                }
             };
+            let transfer_id = match rmp_serde::from_slice(&msg.data) {
+                Ok(DataServiceMessage::TensorRequest(transfer_id)) => transfer_id,
+                _ => {
+                    log::warn!("[Data Handler] A message that is not a tensor request; closing");
+                    return;
+                }
+            };
+            let Some(bytes) = self.get_exposed_tensor_bytes(transfer_id).await else {
+                return;
+            };
+            if let Err(err) = channel.send(Message::new(bytes)).await {
+                log::warn!("[Data Handler] Sending: {err:?}");
+                return;
+            }
         }
         log::info!("[Data Service] Closing connection for download.");
     }

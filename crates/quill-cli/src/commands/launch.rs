@@ -1,8 +1,11 @@
 //! `quill launch`: starts the ranks of a data-parallel run on this machine, as torchrun
 //! does: each rank is this program with the given command and torchrun's environment
 //! (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`). Their output
-//! comes back line by line with a `[rank R]` prefix; Ctrl-C is passed on to every rank
-//! (they save a checkpoint together); when one rank fails, the others are stopped.
+//! comes back line by line with a `[rank R]` prefix; Ctrl-C (and SIGTERM, SIGHUP) is
+//! passed on to every rank (they save a checkpoint together); when one rank fails, the
+//! others are stopped. The ranks prove a per-run secret to each other: a fresh one in
+//! `QUILL_SECRET`, unless the run brings its own (`QUILL_SECRET` or `--secret-file`,
+//! which a run on several machines needs, the same on each).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -12,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::cli::LaunchArgs;
+use crate::commands::train::SECRET_VAR;
 
 /// Ctrl-C presses not yet passed on to the ranks.
 static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
@@ -40,6 +44,16 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         .rsplit_once(':')
         .with_context(|| format!("--coordinator {coordinator:?} is not HOST:PORT"))?;
     let world = args.nproc * args.nnodes;
+    let brings_secret = std::env::var_os(SECRET_VAR).is_some()
+        || (args.command.iter())
+            .any(|a| a.to_str().is_some_and(|a| a.starts_with("--secret-file")));
+    let secret = match (brings_secret, args.nnodes) {
+        (true, _) => None,
+        (false, 1) => Some(fresh_secret()?),
+        (false, _) => bail!(
+            "a run on several machines needs one secret on all of them: set {SECRET_VAR} (at least 16 characters), or pass --secret-file FILE to train"
+        ),
+    };
     // As torchrun sets OMP_NUM_THREADS: the ranks share this machine's cores.
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -57,6 +71,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
             .env("LOCAL_RANK", local.to_string())
             .env("MASTER_ADDR", host)
             .env("MASTER_PORT", port)
+            .envs(secret.as_ref().map(|s| (SECRET_VAR, s)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -84,6 +99,14 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         let _ = relay.join();
     }
     outcome
+}
+
+/// 32 random bytes from the operating system, as hex.
+fn fresh_secret() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no random bytes for the run's secret: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The command of the rank with local index `local` of `nproc`: one device each, as

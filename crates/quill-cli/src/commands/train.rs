@@ -47,7 +47,27 @@ pub fn world(args: &ParallelArgs) -> Result<Option<World>> {
         )
     });
     let timeout = Duration::from_secs(args.collective_timeout);
-    Ok(Some(World::new(size, rank, &coordinator, timeout)?))
+    let world = World::new(size, rank, &coordinator, timeout)?.with_listen_any(args.listen_any);
+    Ok(Some(match secret(args)? {
+        Some(secret) => world.with_secret(secret),
+        None => world,
+    }))
+}
+
+/// The environment variable that carries the run's secret to its ranks.
+pub const SECRET_VAR: &str = "QUILL_SECRET";
+
+/// The run's secret: from `--secret-file`, else from `QUILL_SECRET`.
+fn secret(args: &ParallelArgs) -> Result<Option<RunSecret>> {
+    let text = match &args.secret_file {
+        Some(file) => std::fs::read_to_string(file)
+            .map_err(|e| anyhow!("--secret-file {}: {e}", file.display()))?,
+        None => match std::env::var(SECRET_VAR) {
+            Ok(text) => text,
+            Err(_) => return Ok(None),
+        },
+    };
+    Ok(Some(RunSecret::new(&text)?))
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {

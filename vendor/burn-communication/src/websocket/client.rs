@@ -1,13 +1,13 @@
 use crate::{
     base::{Address, CommunicationChannel, CommunicationError, Message, ProtocolClient},
-    websocket::base::parse_ws_address,
+    websocket::{base::parse_ws_address, guard},
 };
 use burn_std::future::DynFut;
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream, connect_async_with_config,
-    tungstenite::{self, protocol::WebSocketConfig},
+    tungstenite::{self, client::IntoClientRequest, protocol::WebSocketConfig},
 };
 
 #[derive(Clone)]
@@ -26,14 +26,22 @@ impl ProtocolClient for WsClient {
 async fn connect_ws(address: Address, route: String) -> Option<WsClientChannel> {
     let address = parse_ws_address(address).ok()?;
     let address = format!("{address}/{route}");
-    const MB: usize = 1024 * 1024;
+    // quill: the run's secret in the upgrade request, and messages bounded by the
+    // route's limit (0.21.0 accepted messages of any size).
+    let mut request = address.into_client_request().ok()?;
+    if let Some(credentials) = guard::credentials() {
+        request
+            .headers_mut()
+            .insert(guard::HEADER, credentials.parse().ok()?);
+    }
+    let limit = guard::max_message_size(&route);
     let (stream, _) = connect_async_with_config(
-        address.clone(),
+        request,
         Some(
             WebSocketConfig::default()
                 .write_buffer_size(0)
-                .max_message_size(None)
-                .max_frame_size(Some(MB * 512))
+                .max_message_size(Some(limit))
+                .max_frame_size(Some(limit))
                 .accept_unmasked_frames(true)
                 .read_buffer_size(64 * 1024), // 64 KiB (previous default)
         ),

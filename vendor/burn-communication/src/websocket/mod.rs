@@ -1,5 +1,6 @@
 mod base;
 mod client;
+pub mod guard;
 mod server;
 
 pub use base::*;

@@ -3,18 +3,23 @@ use std::net::SocketAddr;
 use crate::{
     base::{CommunicationChannel, CommunicationError, Message, ProtocolServer},
 };
+use crate::websocket::guard;
 use axum::{
     Router,
     extract::{
-        State, WebSocketUpgrade,
+        ConnectInfo, State, WebSocketUpgrade,
         ws::{self, WebSocket},
     },
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use futures::StreamExt;
 
 #[derive(Clone, Debug)]
 pub struct WsServer {
+    /// quill: the address to listen on (0.21.0 always listened on every interface).
+    host: String,
     port: u16,
     router: Router<()>,
 }
@@ -24,8 +29,10 @@ pub struct WsServerChannel {
 }
 
 impl WsServer {
-    pub fn new(port: u16) -> Self {
+    /// quill: a server listening on `host` (an IP address or a name), port `port`.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
         Self {
+            host: host.into(),
             port,
             router: Router::new(),
         }
@@ -43,10 +50,11 @@ impl ProtocolServer for WsServer {
         // quill: a library does not install a global logger (0.21.0 installed one that
         // printed every connection to standard output).
 
-        let address = format!("0.0.0.0:{}", self.port);
-        log::info!("Starting server {address}");
+        // quill: the address asked for, not every interface.
+        let host = self.host.trim_matches(['[', ']']);
+        log::info!("Starting server on {host} port {}", self.port);
 
-        let listener = tokio::net::TcpListener::bind(address).await?;
+        let listener = tokio::net::TcpListener::bind((host, self.port)).await?;
 
         axum::serve(
             listener,
@@ -71,11 +79,31 @@ impl ProtocolServer for WsServer {
             format!("/{path}")
         };
 
-        let method = get(|ws: WebSocketUpgrade, _: State<()>| async {
-            ws.on_upgrade(async move |socket| {
-                callback(WsServerChannel { inner: socket }).await;
-            })
-        });
+        // quill: a connection that does not prove the run's secret is refused before
+        // anything is served; messages are bounded by the route's limit.
+        let limit = guard::max_message_size(&path);
+        let route = path.clone();
+        let method = get(
+            move |ws: WebSocketUpgrade,
+                  headers: HeaderMap,
+                  ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                  _: State<()>| async move {
+                let given = headers.get(guard::HEADER).map(|v| v.as_bytes());
+                if !guard::authorized(given) {
+                    log::warn!(
+                        "refused a connection to {route} from {peer}: it did not prove the run's secret"
+                    );
+                    return StatusCode::UNAUTHORIZED.into_response();
+                }
+                let response: Response = ws
+                    .max_message_size(limit)
+                    .max_frame_size(limit)
+                    .on_upgrade(async move |socket| {
+                        callback(WsServerChannel { inner: socket }).await;
+                    });
+                response
+            },
+        );
 
         self.router = self.router.route(&path, method);
 

@@ -8,7 +8,7 @@ use burn_communication::{CommunicationChannel, Message, Protocol, ProtocolClient
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, RwLock};
 
-use crate::{NodeId, node::base::NodeState};
+use crate::{NodeId, global::shared::GlobalCollectiveError, node::base::NodeState};
 
 /// Handles the status of sync requests from other nodes
 pub(crate) struct SyncService<P: Protocol> {
@@ -40,8 +40,9 @@ impl<P: Protocol> SyncService<P> {
         syncing_peers.push(peer);
     }
 
-    /// Sync with all peers.
-    pub async fn sync(&self) {
+    /// Sync with all peers (quill: a peer that cannot be reached is an error, not a
+    /// panic).
+    pub async fn sync(&self) -> Result<(), GlobalCollectiveError> {
         // we can't sync while we register
         let node_state = self.node_state.read().await;
         let node_state = node_state
@@ -57,13 +58,14 @@ impl<P: Protocol> SyncService<P> {
 
             let mut connection = P::Client::connect(addr.clone(), "sync")
                 .await
-                .expect("Couldn't connect to peer for sync");
+                .ok_or(GlobalCollectiveError::PeerLost(*id))?;
             let msg = SyncRequest(node_state.node_id);
-            let sync_bytes = rmp_serde::to_vec(&msg).unwrap();
+            let sync_bytes =
+                rmp_serde::to_vec(&msg).map_err(|_| GlobalCollectiveError::InvalidMessage)?;
             connection
                 .send(Message::new(sync_bytes.into()))
                 .await
-                .expect("Peer closed connection unexpectedly");
+                .map_err(|_| GlobalCollectiveError::PeerLost(*id))?;
         }
         loop {
             // quill: register for the notification before looking, so that a sync request
@@ -83,10 +85,11 @@ impl<P: Protocol> SyncService<P> {
                     .all(|id| syncing_peers.contains(id));
                 if all_synced {
                     for id in node_state.nodes.keys() {
-                        let at = syncing_peers.iter().position(|p| p == id).unwrap();
-                        syncing_peers.remove(at);
+                        if let Some(at) = syncing_peers.iter().position(|p| p == id) {
+                            syncing_peers.remove(at);
+                        }
                     }
-                    return;
+                    return Ok(());
                 }
             }
             // Wait for the next sync to come in
@@ -95,12 +98,14 @@ impl<P: Protocol> SyncService<P> {
     }
 
     pub async fn handle_sync_connection<C: CommunicationChannel>(&self, mut channel: C) {
-        let msg = channel.recv().await.unwrap();
-        let Some(msg) = msg else {
+        // quill: a broken connection or a malformed request is dropped, not a panic.
+        let Ok(Some(msg)) = channel.recv().await else {
             return;
         };
-
-        let msg = rmp_serde::from_slice::<SyncRequest>(&msg.data).unwrap();
+        let Ok(msg) = rmp_serde::from_slice::<SyncRequest>(&msg.data) else {
+            log::warn!("[Sync] A malformed sync request; closing");
+            return;
+        };
 
         self.add_syncing_peer(msg.0);
 

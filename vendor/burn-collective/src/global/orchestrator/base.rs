@@ -76,13 +76,18 @@ impl GlobalOrchestrator {
             return Err(GlobalCollectiveError::FirstMsgNotInit);
         };
 
-        let mut receiver = {
+        let receiver = {
             let mut state = self.state.lock().await;
             state.get_session_responder(id)
         };
+        // quill: a second response connection for one session is refused, not a panic.
+        let Some(mut receiver) = receiver else {
+            return Err(GlobalCollectiveError::InvalidMessage);
+        };
 
         while let Some(response) = receiver.recv().await {
-            let bytes = rmp_serde::to_vec(&response).unwrap();
+            let bytes = rmp_serde::to_vec(&response)
+                .map_err(|_| GlobalCollectiveError::InvalidMessage)?;
 
             stream.send(Message::new(bytes.into())).await?;
         }
@@ -106,10 +111,9 @@ impl GlobalOrchestrator {
                 break;
             };
 
-            let mut state = self.state.lock().await;
-
             let msg = rmp_serde::from_slice::<CollectiveMessage>(&msg.data)
                 .map_err(|_| GlobalCollectiveError::InvalidMessage)?;
+            let mut state = self.state.lock().await;
             match msg {
                 CollectiveMessage::Init(id) => {
                     state.init_session(id);
@@ -128,9 +132,10 @@ impl GlobalOrchestrator {
     }
 }
 
-/// Start a global orchestrator with WebSocket on the given port
-pub async fn start_global_orchestrator(port: u16) {
-    let server = WsServer::new(port);
+/// Start a global orchestrator with WebSocket on the given host and port (quill: 0.21.0
+/// took a port only, and listened on every interface).
+pub async fn start_global_orchestrator(host: &str, port: u16) {
+    let server = WsServer::new(host, port);
     let res = GlobalOrchestrator::start(os_shutdown_signal(), server).await;
     if let Err(err) = res {
         log::error!("Global Collective Orchestrator error: {err:?}");

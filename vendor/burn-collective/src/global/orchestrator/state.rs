@@ -17,17 +17,24 @@ pub(crate) struct Session {
     response_receiver: Option<Receiver<CollectiveMessageResponse>>,
 }
 
+/// quill: responses a session may leave unread before it is dropped. A node has at most
+/// a few requests in flight; 0.21.0 had room for one and awaited the send while holding
+/// the state's lock, so one client that never read its responses wedged every other.
+const RESPONSES_IN_FLIGHT: usize = 64;
+
 impl Session {
     fn new() -> Self {
-        let (response_sender, recv) = tokio::sync::mpsc::channel::<CollectiveMessageResponse>(1);
+        let (response_sender, recv) =
+            tokio::sync::mpsc::channel::<CollectiveMessageResponse>(RESPONSES_IN_FLIGHT);
         Self {
             response_sender,
             response_receiver: Some(recv),
         }
     }
 
-    async fn respond(&mut self, response: CollectiveMessageResponse) {
-        self.response_sender.send(response).await.unwrap();
+    /// quill: never waits; false when the session's client does not read its responses.
+    fn respond(&mut self, response: CollectiveMessageResponse) -> bool {
+        self.response_sender.try_send(response).is_ok()
     }
 }
 
@@ -70,24 +77,30 @@ impl GlobalCollectiveState {
     }
 
     /// Create the session with given id if necessary, and get the response receiver
+    /// (quill: `None` when another connection already took it, instead of a panic).
     pub(crate) fn get_session_responder(
         &mut self,
         id: SessionId,
-    ) -> Receiver<CollectiveMessageResponse> {
+    ) -> Option<Receiver<CollectiveMessageResponse>> {
         self.init_session(id);
-        let session = self.sessions.get_mut(&id).unwrap();
-        let response_recv = session.response_receiver.take();
-
-        response_recv.unwrap()
+        self.sessions.get_mut(&id)?.response_receiver.take()
     }
 
+    /// quill: never waits (the caller holds the state's lock). A session that is gone,
+    /// or whose client leaves its responses unread, is dropped.
     pub(crate) async fn respond(
         &mut self,
         session_id: SessionId,
         response: CollectiveMessageResponse,
     ) {
-        let session = self.sessions.get_mut(&session_id).unwrap();
-        session.respond(response).await;
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            log::warn!("A response for a session that is gone was dropped");
+            return;
+        };
+        if !session.respond(response) {
+            log::warn!("A session that does not read its responses was dropped");
+            self.sessions.remove(&session_id);
+        }
     }
 
     /// Process an incoming node's request
