@@ -83,7 +83,8 @@ static GPT2: LazyLock<Arc<BpeTokenizer>> = LazyLock::new(|| {
         .read_to_string(&mut text)
         .expect("the bundled GPT-2 ranks decompress");
     let tokens = parse_tiktoken(&text).expect("the bundled GPT-2 ranks parse");
-    Arc::new(BpeTokenizer::build(BpeKind::Gpt2, tokens, GPT2_HASH_FACTOR))
+    let gpt2 = BpeTokenizer::build(BpeKind::Gpt2, tokens, GPT2_HASH_FACTOR);
+    Arc::new(gpt2.expect("the bundled GPT-2 ranks are a byte-pair encoding"))
 });
 
 impl BpeTokenizer {
@@ -92,15 +93,37 @@ impl BpeTokenizer {
         GPT2.clone()
     }
 
-    fn build(kind: BpeKind, tokens: Vec<Vec<u8>>, hash_factor: u64) -> BpeTokenizer {
-        let bpe = BytePairEncoding::from_dictionary(tokens.iter().cloned(), Some(hash_factor));
+    /// The tokenizer of `tokens`, which may come from a file: a hash factor of 0, one
+    /// under which two tokens collide, or tokens that are not a byte-pair encoding
+    /// (a token that does not encode to itself) are an error. The `bpe` crate checks
+    /// the last two with assertions only, so they are caught here.
+    fn build(
+        kind: BpeKind,
+        tokens: Vec<Vec<u8>>,
+        hash_factor: u64,
+    ) -> Result<BpeTokenizer, DataError> {
+        if hash_factor == 0 {
+            return Err(DataError::BadTokenizer(
+                "tokenizer.json: hash_factor must be larger than 0".into(),
+            ));
+        }
+        let dictionary = tokens.iter().cloned();
+        let bpe = std::panic::catch_unwind(|| {
+            BytePairEncoding::from_dictionary(dictionary, Some(hash_factor))
+        })
+        .map_err(|_| {
+            DataError::BadTokenizer(format!(
+                "bpe.tiktoken: its {} tokens are not a byte-pair encoding under hash_factor {hash_factor} (two tokens collide, or one does not encode to itself)",
+                tokens.len()
+            ))
+        })?;
         let encoder = bpe_openai::Tokenizer::new_lookahead(bpe, &PATTERNS, false)
             .expect("GPT-2's pattern compiles");
-        BpeTokenizer {
+        Ok(BpeTokenizer {
             kind,
             tokens,
             encoder,
-        }
+        })
     }
 
     /// Trains a vocabulary of `vocab_size` tokens (at most: a small corpus may run out
@@ -171,7 +194,7 @@ impl BpeTokenizer {
             vocab_size: tokens.len() + 1,
             hash_factor,
         };
-        Ok(BpeTokenizer::build(kind, tokens, hash_factor))
+        BpeTokenizer::build(kind, tokens, hash_factor)
     }
 
     /// Reads a trained vocabulary saved as [`BpeTokenizer::ranks`] writes it, with the
@@ -286,6 +309,44 @@ mod tests {
         assert_eq!(gpt2.encode("\n"), vec![198]);
         assert_eq!(gpt2.token_bytes(50_256), Some(END_OF_TEXT.as_bytes()));
         assert_eq!(gpt2.token_bytes(50_257), None);
+    }
+
+    /// A rank file with `tokens` after the 256 bytes, in tiktoken's format.
+    fn ranks(tokens: &[&[u8]]) -> String {
+        let bytes: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+        let all = bytes
+            .iter()
+            .map(Vec::as_slice)
+            .chain(tokens.iter().copied());
+        all.enumerate()
+            .map(|(i, t)| format!("{} {i}\n", BASE64_STANDARD.encode(t)))
+            .collect()
+    }
+
+    /// Files from elsewhere that the `bpe` crate would stop on with an assertion are
+    /// one error each.
+    #[test]
+    fn vocabularies_that_are_not_a_bpe_are_errors() {
+        let good = ranks(&[b"ab"]);
+        let factor = find_hash_factor_for_dictionary(parse_tiktoken(&good).unwrap());
+        BpeTokenizer::from_ranks(258, factor, &good).unwrap();
+        let err = BpeTokenizer::from_ranks(258, 0, &good).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "tokenizer: tokenizer.json: hash_factor must be larger than 0"
+        );
+        // A token no merge of two others makes, and an empty token.
+        for tokens in [&[&b"abc"[..]][..], &[b"ab", b""]] {
+            let text = ranks(tokens);
+            let n = tokens.len() + 257;
+            let err = BpeTokenizer::from_ranks(n, factor, &text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("are not a byte-pair encoding under hash_factor"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

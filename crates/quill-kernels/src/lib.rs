@@ -84,6 +84,23 @@ pub fn layer_norm<B: Backend>(
     beta: Option<Tensor<B, 1>>,
     eps: f64,
 ) -> Fused<Tensor<B, 3>> {
+    // The kernels write every output value through raw pointers: shapes that disagree
+    // stop here, before any of them runs.
+    let c = x.dims()[2];
+    assert_eq!(
+        gamma.dims()[0],
+        c,
+        "layer_norm: γ has {} values for rows of {c}",
+        gamma.dims()[0]
+    );
+    if let Some(beta) = &beta {
+        assert_eq!(
+            beta.dims()[0],
+            c,
+            "layer_norm: β has {} values for rows of {c}",
+            beta.dims()[0]
+        );
+    }
     let eps = eps as f32;
     match flex::route(x) {
         Route::Plain(x) => {
@@ -113,6 +130,20 @@ pub fn linear<B: Backend>(
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Fused<Tensor<B, 2>> {
+    // Shapes that disagree stop here, before a kernel writes anything.
+    let ([_, d_in], [w_in, d_out]) = (x.dims(), weight.dims());
+    assert_eq!(
+        w_in, d_in,
+        "linear: x has {d_in} columns but the weight {w_in} rows"
+    );
+    if let Some(bias) = &bias {
+        assert_eq!(
+            bias.dims()[0],
+            d_out,
+            "linear: the bias has {} values for {d_out} outputs",
+            bias.dims()[0]
+        );
+    }
     match flex::route(x) {
         Route::Plain(x) => {
             let w = flex::primitive::<B, Flex, 2>(weight);
@@ -132,6 +163,12 @@ pub fn linear<B: Backend>(
 /// values side by side, as one `C → 3C` projection writes them): `[B, T, C]`, position
 /// `t` attending to positions `≤ t`, without dropout.
 pub fn causal_attention<B: Backend>(qkv: Tensor<B, 3>, n_head: usize) -> Fused<Tensor<B, 3>> {
+    // Shapes that disagree stop here, before a kernel writes anything.
+    let width = qkv.dims()[2];
+    assert!(
+        n_head > 0 && width.is_multiple_of(3) && (width / 3).is_multiple_of(n_head),
+        "causal_attention: {width} columns are not q, k and v of {n_head} equal heads"
+    );
     match flex::route(qkv) {
         Route::Plain(qkv) => Ok(flex::output::<B, Flex, 3>(flex::attention(&qkv, n_head))),
         Route::Tracked(qkv) => Ok(flex::output::<B, Tracked, 3>(flex::attention_tracked(

@@ -358,3 +358,55 @@ fn other_backends_get_their_input_back() {
     let targets = Tensor::<Other, 1, burn::tensor::Int>::zeros([2], &device);
     assert!(kernels::cross_entropy(logits, targets).is_err());
 }
+
+/// Shapes that disagree stop the public kernels with a message before anything is
+/// written (they never hand back uninitialised memory).
+#[test]
+fn kernels_refuse_shapes_that_disagree() {
+    fn zeros2(shape: [usize; 2]) -> Tensor<Flex, 2> {
+        Tensor::zeros(shape, &Default::default())
+    }
+    fn zeros1(n: usize) -> Tensor<Flex, 1> {
+        Tensor::zeros([n], &Default::default())
+    }
+    fn x3() -> Tensor<Flex, 3> {
+        Tensor::zeros([1, 2, 6], &Default::default())
+    }
+    type Call = Box<dyn FnOnce() + std::panic::UnwindSafe>;
+    let message = |f: Call| -> String {
+        let err = std::panic::catch_unwind(f).expect_err("should stop");
+        err.downcast_ref::<String>().cloned().unwrap_or_default()
+    };
+    let cases: [(Call, &str); 5] = [
+        (
+            Box::new(move || drop(kernels::layer_norm(x3(), zeros1(4), None, 1e-5))),
+            "layer_norm: γ has 4 values for rows of 6",
+        ),
+        (
+            Box::new(move || drop(kernels::layer_norm(x3(), zeros1(6), Some(zeros1(5)), 1e-5))),
+            "layer_norm: β has 5 values for rows of 6",
+        ),
+        (
+            Box::new(move || drop(kernels::linear(zeros2([2, 3]), zeros2([4, 5]), None))),
+            "linear: x has 3 columns but the weight 4 rows",
+        ),
+        (
+            Box::new(move || {
+                drop(kernels::linear(
+                    zeros2([2, 3]),
+                    zeros2([3, 5]),
+                    Some(zeros1(2)),
+                ))
+            }),
+            "linear: the bias has 2 values for 5 outputs",
+        ),
+        (
+            Box::new(move || drop(kernels::causal_attention(x3(), 4))),
+            "causal_attention: 6 columns are not q, k and v of 4 equal heads",
+        ),
+    ];
+    for (f, expected) in cases {
+        let message = message(f);
+        assert!(message.contains(expected), "{message}");
+    }
+}

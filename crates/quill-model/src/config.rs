@@ -151,6 +151,34 @@ impl GptConfig {
                 self.dropout
             )));
         }
+        // Every tensor's size must be a number: checked, so that absurd settings are an
+        // error here instead of a wrapped multiplication later.
+        let too_large = |what: &str| {
+            ModelError::Config(format!("{what} is too large (the tensor sizes overflow)"))
+        };
+        let rows = (self.vocab_size)
+            .checked_next_multiple_of(self.pad_vocab)
+            .ok_or_else(|| too_large("vocab_size padded to pad_vocab"))?;
+        let sizes = [
+            ("vocab_size × n_embd", rows.checked_mul(self.n_embd)),
+            (
+                "block_size × n_embd",
+                self.block_size.checked_mul(self.n_embd),
+            ),
+            (
+                "block_size × block_size",
+                self.block_size.checked_mul(self.block_size),
+            ),
+            (
+                "4 × n_embd × n_embd × n_layer",
+                (4usize.checked_mul(self.n_embd))
+                    .and_then(|n| n.checked_mul(self.n_embd))
+                    .and_then(|n| n.checked_mul(self.n_layer)),
+            ),
+        ];
+        if let Some((what, _)) = sizes.iter().find(|(_, size)| size.is_none()) {
+            return Err(too_large(what));
+        }
         Ok(())
     }
 

@@ -231,6 +231,15 @@ impl Checkpoint {
             )));
         }
         let config: RunConfig = parse_json(CONFIG_FILE, &read(CONFIG_FILE)?).map_err(&bad)?;
+        // Settings from a file are checked as settings from the command line are.
+        config
+            .model
+            .validate()
+            .map_err(|e| bad(format!("{CONFIG_FILE}: {e}")))?;
+        config
+            .train
+            .validate()
+            .map_err(|e| bad(format!("{CONFIG_FILE}: {e}")))?;
         let tokenizer = Tokenizer::read(dir).map_err(|e| bad(e.to_string()))?;
         if tokenizer.vocab_size() != config.model.vocab_size() {
             return Err(bad(format!(

@@ -7,6 +7,9 @@ use quill_model::{Activation, BigramConfig, GptConfig, ModelConfig, Norm, Positi
 
 use crate::TrainError;
 
+/// The longest sample printed at each evaluation (`sample_chars`).
+const MAX_SAMPLE_CHARS: usize = 100_000;
+
 /// Which model a run trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -330,6 +333,8 @@ impl TrainConfig {
     }
 
     /// Checks the training settings (the model's are checked by [`ModelConfig`]).
+    /// Every value is finite and in range; a setting that JSON cannot store (`inf`) never
+    /// reaches a checkpoint.
     pub fn validate(&self) -> Result<(), TrainError> {
         let positive = [
             ("batch_size", self.batch_size),
@@ -350,10 +355,16 @@ impl TrainConfig {
                 self.min_lr >= 0.0 && self.min_lr <= self.lr,
                 "min_lr must be in [0, lr]",
             ),
-            (self.weight_decay >= 0.0, "weight_decay must be ≥ 0"),
+            (
+                self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
+                "weight_decay must be a number ≥ 0",
+            ),
             ((0.0..1.0).contains(&self.beta1), "beta1 must be in [0, 1)"),
             ((0.0..1.0).contains(&self.beta2), "beta2 must be in [0, 1)"),
-            (self.eps > 0.0, "eps must be > 0"),
+            (
+                self.eps > 0.0 && self.eps.is_finite(),
+                "eps must be a number > 0",
+            ),
             (
                 self.muon_lr > 0.0 && self.muon_lr.is_finite(),
                 "muon_lr must be a positive number",
@@ -368,8 +379,12 @@ impl TrainConfig {
                 "the wsd schedule needs warmup_iters + cooldown_iters ≤ max_iters",
             ),
             (
-                self.grad_clip >= 0.0,
-                "grad_clip must be ≥ 0 (0 disables clipping)",
+                self.grad_clip >= 0.0 && self.grad_clip.is_finite(),
+                "grad_clip must be a number ≥ 0 (0 disables clipping)",
+            ),
+            (
+                self.sample_chars <= MAX_SAMPLE_CHARS,
+                "sample_chars must be at most 100000 (the sample printed at each evaluation)",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {

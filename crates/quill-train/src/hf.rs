@@ -256,6 +256,29 @@ pub fn finetune_config(gpt: &GptConfig) -> TrainConfig {
     }
 }
 
+/// The model of the Hugging Face GPT-2 checkpoint in `dir` (its `config.json`, checked,
+/// the vocabulary padded to a multiple of `pad_vocab`): what to estimate the memory of
+/// before [`import`] builds it.
+pub fn read_config(dir: &Path, pad_vocab: usize) -> Result<GptConfig, TrainError> {
+    let config_path = dir.join(HF_FILES[0]);
+    let bytes = fs::read(&config_path).map_err(|e| error(&config_path, e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|e| error(&config_path, e.to_string()))?;
+    let mut gpt = gpt_config(&config_path, &text)?;
+    let vocab = Tokenizer::gpt2().vocab_size();
+    if gpt.vocab_size != vocab {
+        return Err(error(
+            &config_path,
+            format!(
+                "vocab_size is {}, GPT-2's tokenizer has {vocab} tokens",
+                gpt.vocab_size
+            ),
+        ));
+    }
+    gpt.pad_vocab = pad_vocab;
+    gpt.validate()?;
+    Ok(gpt)
+}
+
 /// Reads the Hugging Face GPT-2 checkpoint in `dir` (see [`HF_FILES`]) as a quill
 /// checkpoint with GPT-2's tokenizer, [`finetune_config`]'s settings and no optimizer
 /// state. The embedding (and an untied head) get zero rows up to a multiple of
@@ -266,29 +289,11 @@ pub fn import<B: Backend>(
     pad_vocab: usize,
     device: &B::Device,
 ) -> Result<Checkpoint, TrainError> {
-    let read = |name: &str| {
-        let path = dir.join(name);
-        fs::read(&path).map_err(|e| error(&path, e.to_string()))
-    };
-    let config_path = dir.join(HF_FILES[0]);
-    let text =
-        String::from_utf8(read(HF_FILES[0])?).map_err(|e| error(&config_path, e.to_string()))?;
-    let mut gpt = gpt_config(&config_path, &text)?;
+    let gpt = read_config(dir, pad_vocab)?;
     let tokenizer = Tokenizer::gpt2();
-    if gpt.vocab_size != tokenizer.vocab_size() {
-        return Err(error(
-            &config_path,
-            format!(
-                "vocab_size is {}, GPT-2's tokenizer has {} tokens",
-                gpt.vocab_size,
-                tokenizer.vocab_size()
-            ),
-        ));
-    }
     let weights_path = dir.join(HF_FILES[1]);
-    let mut weights = read_weights(&weights_path, &read(HF_FILES[1])?)?;
-    gpt.pad_vocab = pad_vocab;
-    gpt.validate()?;
+    let bytes = fs::read(&weights_path).map_err(|e| error(&weights_path, e.to_string()))?;
+    let mut weights = read_weights(&weights_path, &bytes)?;
     let rows = gpt.padded_vocab_size();
     for name in ["transformer.wte.weight", "lm_head.weight"] {
         if let Some(t) = weights.get_mut(name)

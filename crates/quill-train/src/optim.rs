@@ -457,14 +457,33 @@ impl<B: Backend> AdamW<B> {
             .collect()
     }
 
-    /// Restores moments saved by [`AdamW::state`] and the step count.
+    /// Restores moments saved by [`AdamW::state`] and the step count. `lengths` are
+    /// the model's parameters' sizes by name ([`param_lengths`]): every saved moment
+    /// must belong to one of them and have its size.
     pub fn load_state(
         &mut self,
         tensors: &BTreeMap<String, NamedTensor>,
         step: u64,
+        lengths: &BTreeMap<String, usize>,
         device: &B::Device,
     ) -> Result<(), TrainError> {
         let bad = |reason: String| TrainError::OptimizerState(reason);
+        for (key, t) in tensors {
+            let name = [MOMENTUM, EXP_AVG, EXP_AVG_SQ]
+                .iter()
+                .find_map(|prefix| key.strip_prefix(prefix))
+                .unwrap_or(key);
+            match lengths.get(name) {
+                Some(&n) if n == t.values.len() => {}
+                Some(&n) => {
+                    return Err(bad(format!(
+                        "{key} has {} values, but the parameter {name} has {n}",
+                        t.values.len()
+                    )));
+                }
+                None => return Err(bad(format!("{key} belongs to no parameter of the model"))),
+            }
+        }
         let upload = |t: &NamedTensor| {
             Tensor::<B, 1>::from_data(TensorData::new(t.values.clone(), [t.values.len()]), device)
         };
@@ -585,6 +604,26 @@ impl Hyper {
 
 /// The hidden matrices of `model` (see [`quill_model::params::ParamSpec::hidden`]): name
 /// and `[in, out]` shape.
+/// The size of each of `model`'s parameters, by name.
+pub fn param_lengths<B: Backend>(model: &LanguageModel<B>) -> BTreeMap<String, usize> {
+    struct Lengths {
+        specs: ParamSpecs,
+        out: BTreeMap<String, usize>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Lengths {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let name = declared(&self.specs, &param.id).name.clone();
+            self.out.insert(name, param.val().shape().num_elements());
+        }
+    }
+    let mut lengths = Lengths {
+        specs: model.param_specs(),
+        out: BTreeMap::new(),
+    };
+    model.visit(&mut lengths);
+    lengths.out
+}
+
 fn hidden_matrices<AB: AutodiffBackend>(
     model: &LanguageModel<AB>,
     specs: &ParamSpecs,

@@ -186,11 +186,12 @@ impl<AB: AutodiffBackend> Trainer<AB> {
         moments: &std::collections::BTreeMap<String, NamedTensor>,
         optimizer_steps: u64,
     ) -> Result<Self, TrainError> {
+        let lengths = crate::optim::param_lengths(&model);
         let mut trainer = Trainer::new(model, config);
         let device = trainer.model().device();
         trainer
             .optim
-            .load_state(moments, optimizer_steps, &device)?;
+            .load_state(moments, optimizer_steps, &lengths, &device)?;
         trainer.iter = iter;
         Ok(trainer)
     }

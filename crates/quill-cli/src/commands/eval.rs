@@ -3,7 +3,7 @@
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use quill_data::Dataset;
-use quill_train::{Checkpoint, Losses, evaluate};
+use quill_train::{Checkpoint, Losses, MemoryEstimate, evaluate};
 
 use crate::backend::{self, Job};
 use crate::cli::EvalArgs;
@@ -16,6 +16,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .unwrap_or(checkpoint.config.train.final_eval_iters);
     anyhow::ensure!(eval_iters > 0, "--eval-iters must be at least 1");
     let train = &checkpoint.config.train;
+    // A batch of evaluation is a forward pass of batch_size sequences.
+    target.check_memory(&MemoryEstimate::sampling(
+        &checkpoint.config.model,
+        train.batch_size,
+        target.dtype_bytes(),
+    ))?;
     let tokenizer = Some(&checkpoint.tokenizer);
     let spec = quill_data::TokenizerSpec::Char;
     let dataset = super::load_dataset(&args.source, tokenizer, spec, train.val_fraction)?.dataset;
