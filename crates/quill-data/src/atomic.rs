@@ -144,19 +144,17 @@ pub fn write_with(
     fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
 ) -> Result<(), DataError> {
     let dir = parent_of(dest)?;
+    // This process's own temporary name: one left by an earlier process that had the
+    // same id (a container's processes often do) is overwritten.
     let tmp = dir.join(format!(".{}.{}.tmp", file_name(dest), std::process::id()));
-    let mut created = false;
     let result = (|| {
-        let mut file = fs::File::create_new(&tmp)?;
-        created = true;
+        let mut file = fs::File::create(&tmp)?;
         fill(&mut file)?;
         file.sync_all()?;
         fs::rename(&tmp, dest)
     })();
     if let Err(e) = result {
-        if created {
-            let _ = fs::remove_file(&tmp);
-        }
+        let _ = fs::remove_file(&tmp);
         return Err(DataError::io(dest, e));
     }
     sync_dir(dir)
@@ -179,12 +177,6 @@ pub fn replace_dir<E: From<DataError>>(
     let (name, pid) = (file_name(dest), std::process::id());
     let tmp = dir.join(format!(".{name}.tmp-{pid}"));
     let old = dir.join(format!(".{name}.old-{pid}"));
-    // Left by an earlier process with this same id: quill's, so it may go.
-    for stale in [&tmp, &old] {
-        if marker.is_temporary_of(stale) {
-            let _ = fs::remove_dir_all(stale);
-        }
-    }
     fs::create_dir(&tmp).map_err(|e| DataError::io(&tmp, e))?;
     let filled = write_file(&tmp.join(PARTIAL), marker.format.as_bytes())
         .map_err(E::from)
@@ -214,10 +206,13 @@ pub fn replace_dir<E: From<DataError>>(
 }
 
 /// Whether the process `pid` may still be running (and so still writing). This
-/// process counts as running; where that cannot be asked, every process does.
+/// process does not count: the recovery runs before it writes the entries it cleans
+/// up, and what carries its id was left by an earlier process that had the same id (a
+/// container's processes often do). Where the question cannot be asked, every other
+/// process counts as running.
 fn alive(pid: u32) -> bool {
     if pid == std::process::id() {
-        return true;
+        return false;
     }
     #[cfg(unix)]
     {
@@ -441,6 +436,9 @@ mod tests {
         checkpoint(&d.join(format!(".last.old-{}", GONE + 1)), "old");
         checkpoint(&d.join(format!(".last.tmp-{}", GONE + 1)), "new");
         fs::write(d.join(format!(".metrics.jsonl.{}.tmp", GONE + 2)), "{").unwrap();
+        // Left by an earlier process with this process's id (as in a container).
+        let me = std::process::id();
+        fs::write(d.join(format!(".steps.jsonl.{me}.tmp")), "{").unwrap();
         fs::write(d.join("notes.txt"), "mine").unwrap();
         let mut notes = recover_dir(&d.join("last"), &MARK).unwrap();
         notes.extend(recover_dir(&d.join("best"), &MARK).unwrap());
@@ -449,17 +447,18 @@ mod tests {
         assert_eq!(text_of(&d.join("last")), "new");
         assert_eq!(fs::read_to_string(d.join("notes.txt")).unwrap(), "mine");
         assert_eq!(names(d), ["best", "last", "notes.txt"]);
-        assert_eq!(notes.len(), 4, "{notes:?}");
+        assert_eq!(notes.len(), 5, "{notes:?}");
         assert!(notes[0].starts_with(&format!("restored last/ from .last.tmp-{}", GONE + 1)));
     }
 
     /// Names of the shapes quill uses, which quill did not write or whose writer still
     /// runs, are left exactly as they are.
+    #[cfg(unix)]
     #[test]
     fn entries_that_only_look_like_leftovers_are_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let me = std::process::id();
+        let running = std::os::unix::process::parent_id();
         // A user's directories and files with quill-like names.
         fs::create_dir(d.join(format!(".notes.tmp-{GONE}"))).unwrap();
         fs::write(d.join(format!(".notes.tmp-{GONE}/draft.txt")), "draft").unwrap();
@@ -468,9 +467,9 @@ mod tests {
         fs::create_dir(d.join(format!(".last.tmp-{GONE}"))).unwrap();
         fs::write(d.join(format!(".last.tmp-{GONE}/thesis.txt")), "thesis").unwrap();
         fs::write(d.join(".report.2024.tmp"), "report").unwrap();
-        // quill's own, but its writer is this very process.
-        checkpoint(&d.join(format!(".best.old-{me}")), "mine");
-        fs::write(d.join(format!(".metrics.jsonl.{me}.tmp")), "{").unwrap();
+        // quill's own, but its writer still runs (the process that started the tests).
+        checkpoint(&d.join(format!(".best.old-{running}")), "theirs");
+        fs::write(d.join(format!(".metrics.jsonl.{running}.tmp")), "{").unwrap();
         let before = names(d);
         let mut notes = Vec::new();
         for name in ["notes", "photos", "last", "best"] {
