@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod panics;
 mod progress;
+mod refusals;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
     backend::probe::wgpu::quiet_headless_vulkan();
     allocator::keep_freed_memory();
     panics::install_hook();
+    refusals::install();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return usage_error(error),

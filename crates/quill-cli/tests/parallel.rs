@@ -694,6 +694,14 @@ fn strangers_are_refused_everywhere_and_the_run_finishes_with_the_right_weights(
     assert!(stdout(&out0).contains("done: 20 iterations"));
     stdout(&out1);
     assert_eq!(weights(dir.path(), "one"), weights(dir.path(), "two"));
+    // Each refusal is reported by the rank that refused it.
+    let stderr = String::from_utf8_lossy(&out0.stderr);
+    let refused = "warning: refused a connection to /request from 127.0.0.1:";
+    assert!(stderr.contains(refused), "{stderr}");
+    assert!(
+        stderr.contains("it did not prove the run's secret"),
+        "{stderr}"
+    );
 }
 
 /// A client that holds the secret but misbehaves (a broken rank): it starts a session

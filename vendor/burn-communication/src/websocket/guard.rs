@@ -14,6 +14,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+/// The `log` target of the warning each refused connection gets (a program that wants
+/// to show them installs a logger for it).
+pub const REFUSED: &str = "burn_communication::refused";
+
 /// The header that carries the secret.
 pub const HEADER: &str = "authorization";
 

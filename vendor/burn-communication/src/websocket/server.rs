@@ -91,6 +91,7 @@ impl ProtocolServer for WsServer {
                 let given = headers.get(guard::HEADER).map(|v| v.as_bytes());
                 if !guard::authorized(given) {
                     log::warn!(
+                        target: guard::REFUSED,
                         "refused a connection to {route} from {peer}: it did not prove the run's secret"
                     );
                     return StatusCode::UNAUTHORIZED.into_response();
