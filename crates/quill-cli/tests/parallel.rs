@@ -611,6 +611,83 @@ mod wire {
         rmp_serde::to_vec(message).unwrap()
     }
 
+    /// burn-communication's data-service messages (the transfer id is a `u64`).
+    #[derive(Serialize)]
+    #[allow(dead_code)] // TensorRequest keeps Tensor's place among the variants
+    pub enum DataServiceMessage {
+        TensorRequest(u64),
+        Tensor(burn::tensor::TensorData),
+    }
+
+    /// A rank that holds the run's secret but answers every tensor download with
+    /// `tensor`: it registers with the orchestrator at `coordinator` as a node whose
+    /// data service is `data_port`, and serves that port. The returned connections
+    /// keep its session open.
+    pub fn fake_rank(
+        coordinator: u16,
+        data_port: u16,
+        secret: &str,
+        tensor: burn::tensor::TensorData,
+    ) -> Vec<impl Sized> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", data_port)).unwrap();
+        let answer = rmp_serde::to_vec(&DataServiceMessage::Tensor(tensor)).unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let answer = answer.clone();
+                std::thread::spawn(move || serve(stream, &answer));
+            }
+        });
+        let connect = |route: &str| {
+            use tungstenite::client::IntoClientRequest;
+            let url = format!("ws://127.0.0.1:{coordinator}/{route}");
+            let mut request = url.into_client_request().unwrap();
+            let credentials = format!("Bearer {secret}").parse().unwrap();
+            request.headers_mut().insert("authorization", credentials);
+            tungstenite::connect(request).unwrap().0
+        };
+        let binary = |bytes: Vec<u8>| tungstenite::Message::binary(bytes);
+        let init = || encode(&CollectiveMessage::Init(SessionId { id: 777_777 }));
+        let mut responses = connect("response");
+        responses.send(binary(init())).unwrap();
+        let mut requests = connect("request");
+        requests.send(binary(init())).unwrap();
+        let register = RemoteRequest::Register {
+            node_addr: Address {
+                inner: format!("ws://127.0.0.1:{data_port}"),
+            },
+            num_nodes: 2,
+            peers: vec![1],
+        };
+        let message = CollectiveMessage::Request(RequestId(0), register);
+        requests.send(binary(encode(&message))).unwrap();
+        vec![responses, requests]
+    }
+
+    /// One connection to the fake rank's data service: every message on `/data` gets
+    /// `answer`; barriers (`/sync`) and probes get nothing.
+    #[allow(clippy::result_large_err)] // tungstenite's handshake callback returns its error type
+    fn serve(stream: TcpStream, answer: &[u8]) {
+        let mut route = String::new();
+        let accepted = tungstenite::accept_hdr(
+            stream,
+            |request: &tungstenite::handshake::server::Request, response| {
+                route = request.uri().path().to_string();
+                Ok(response)
+            },
+        );
+        let Ok(mut ws) = accepted else {
+            return;
+        };
+        while let Ok(message) = ws.read() {
+            if route == "/data" && message.is_binary() {
+                let sent = ws.send(tungstenite::Message::binary(answer.to_vec()));
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
     /// The addresses (`a.b.c.d`) that listen on `port`, from /proc/net/tcp.
     pub fn listening_on(port: u16) -> Vec<String> {
         let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
@@ -824,5 +901,31 @@ fn sigterm_or_sighup_to_launch_leaves_no_rank_running() {
                 "{signal}: rank {pid} still runs"
             );
         }
+    }
+}
+
+/// A rank holding the secret that sends a tensor whose bytes do not fit its shape, or
+/// one larger than the model: the rank that downloads it stops with one error line
+/// (burn-collective's download panicked on the first and took any size).
+#[test]
+fn a_tensor_that_does_not_fit_stops_the_rank_that_receives_it() {
+    use burn::tensor::{Shape, TensorData};
+    let dir = setup();
+    let mut short = TensorData::new(vec![1.0f32; 5], [5]);
+    short.shape = Shape::new([6]);
+    // 4 MiB of values: far more than the tiny model's parameters.
+    let huge = TensorData::new(vec![1.0f32; 1 << 20], [1 << 20]);
+    for (case, port, tensor) in [("short", 30_000, short), ("huge", 30_010, huge)] {
+        let args = train_args("4", &["--max-iters", "4", "--out", case]);
+        let mut rank0 = spawn_rank(dir.path(), &args, 2, 0, port);
+        wire::wait_for_port(port);
+        let session = wire::fake_rank(port, port + 2, SECRET, tensor);
+        let out = rank0_exit(&mut rank0, Duration::from_secs(60));
+        let line = error_line(&out);
+        // The download failed as if the peer were gone (which node the fake rank is
+        // depends on who registered first).
+        let lost = "error: all-reduce failed: Global(PeerLost(NodeId(";
+        assert!(line.starts_with(lost), "{case}: {line}");
+        drop(session);
     }
 }

@@ -537,6 +537,26 @@ fn own_address(coordinator: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
 
+    /// Transfer ids on the wire are keyed by the run's secret: another run's (or a
+    /// stranger's) guess of them is wrong.
+    #[test]
+    fn transfer_ids_are_keyed_by_the_secret() {
+        use burn_communication::websocket::guard;
+        let keys: Vec<u64> = ["first-run-secret-0123", "second-run-secret-012"]
+            .iter()
+            .map(|secret| {
+                guard::set_secret(Some(secret));
+                guard::transfer_key()
+            })
+            .collect();
+        guard::set_secret(None);
+        assert_eq!(guard::transfer_key(), 0);
+        assert!(
+            keys[0] != keys[1] && keys.iter().all(|&k| k != 0),
+            "{keys:?}"
+        );
+    }
+
     #[test]
     fn worlds_are_checked() {
         let t = Duration::from_secs(1);
