@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use quill_train::TrainOverrides;
+use quill_train::{PRESETS, RunOverrides};
 
 use crate::backend::{DType, DeviceChoice};
 
@@ -281,9 +281,8 @@ pub enum TokenFileFormat {
 /// `quill train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Preset: bigram, lecture, shakespeare-char, cpu, shakespeare-gpt2, cpu-fast or
-    /// shakespeare-char-fast [default: cpu]
-    #[arg(long, conflicts_with = "resume")]
+    /// The settings to start from [default: cpu] (--help lists the presets)
+    #[arg(long, conflicts_with = "resume", long_help = presets_help("[default: cpu]"))]
     pub preset: Option<String>,
     /// TOML file of settings (keys as the flags, in snake_case), applied over the preset.
     #[arg(long, value_name = "FILE")]
@@ -312,7 +311,16 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub parallel: ParallelArgs,
     #[command(flatten)]
-    pub overrides: TrainOverrides,
+    pub overrides: RunOverrides,
+}
+
+/// `--preset`'s long help: every preset with its one line, from the registry.
+fn presets_help(default: &str) -> String {
+    let mut help = format!("The settings to start from {default}:\n");
+    for preset in &PRESETS {
+        help += &format!("\n  {:<22} {}", preset.name, preset.description);
+    }
+    help
 }
 
 /// `quill sample`.
@@ -380,9 +388,8 @@ pub struct EvalArgs {
 /// `quill bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// The preset to measure, from freshly initialised weights: bigram, lecture,
-    /// shakespeare-char, cpu, shakespeare-gpt2, cpu-fast or shakespeare-char-fast.
-    #[arg(long, default_value = "cpu")]
+    /// The preset to measure, from freshly initialised weights (--help lists them)
+    #[arg(long, default_value = "cpu", long_help = presets_help("to measure, from freshly initialised weights"))]
     pub preset: String,
     /// Measure sampling from this checkpoint instead (e.g. an imported GPT-2): tokens/s
     /// with the KV cache, from one start token, after an 8-token warm-up, and the peak
@@ -440,7 +447,7 @@ pub struct DevicesArgs {
 pub struct ParityArgs {
     /// Use this preset's model (dropout set to 0) instead of the small default model
     /// (the cpu preset with 2 layers, 2 heads, n_embd 32, block 32, batch 4, no warm-up).
-    #[arg(long)]
+    #[arg(long, long_help = presets_help("instead of the small default model (the cpu preset with 2 layers, 2 heads, n_embd 32, block 32, batch 4, no warm-up); dropout is set to 0"))]
     pub preset: Option<String>,
     #[command(flatten)]
     pub source: DataSource,

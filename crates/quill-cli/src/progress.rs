@@ -1,8 +1,7 @@
 //! The training progress bar: an [`Observer`] drawn with indicatif.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use quill_train::metrics::EvalRecord;
-use quill_train::{Observer, StepReport};
+use quill_train::{EvalRecord, Observer, StepReport};
 
 /// Iteration, smoothed train loss, last val loss, learning rate, tokens/s and ETA.
 pub struct Progress {
@@ -64,4 +63,12 @@ impl Observer for Progress {
             self.print(&format!("--- sample ---\n{sample}\n--------------"));
         }
     }
+}
+
+/// A hidden bar of bytes (downloads): shown once its caller points it at stderr.
+pub fn bytes_bar() -> ProgressBar {
+    ProgressBar::hidden().with_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .expect("a valid template"),
+    )
 }

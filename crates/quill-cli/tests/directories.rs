@@ -89,7 +89,7 @@ fn resume_writes_only_into_a_quill_run_directory() {
         &downloads,
         &[
             ("best/tax.pdf", "%PDF tax"),
-            (".session.tmp-99/cookie", "secret"),
+            (".cache.tmp-99/cookie", "secret"),
         ],
     );
     let ckpt = downloads.join("shared-ckpt");

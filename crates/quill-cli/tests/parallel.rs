@@ -525,7 +525,7 @@ mod wire {
     use serde::Serialize;
 
     #[derive(Serialize)]
-    pub struct SessionId {
+    pub struct ClientId {
         pub id: u64,
     }
 
@@ -550,7 +550,7 @@ mod wire {
 
     #[derive(Serialize)]
     pub enum CollectiveMessage {
-        Init(SessionId),
+        Init(ClientId),
         Request(RequestId, RemoteRequest),
     }
 
@@ -622,7 +622,7 @@ mod wire {
     /// A rank that holds the run's secret but answers every tensor download with
     /// `tensor`: it registers with the orchestrator at `coordinator` as a node whose
     /// data service is `data_port`, and serves that port. The returned connections
-    /// keep its session open.
+    /// keep its connection open.
     pub fn fake_rank(
         coordinator: u16,
         data_port: u16,
@@ -646,7 +646,7 @@ mod wire {
             tungstenite::connect(request).unwrap().0
         };
         let binary = |bytes: Vec<u8>| tungstenite::Message::binary(bytes);
-        let init = || encode(&CollectiveMessage::Init(SessionId { id: 777_777 }));
+        let init = || encode(&CollectiveMessage::Init(ClientId { id: 777_777 }));
         let mut responses = connect("response");
         responses.send(binary(init())).unwrap();
         let mut requests = connect("request");
@@ -781,8 +781,8 @@ fn strangers_are_refused_everywhere_and_the_run_finishes_with_the_right_weights(
     );
 }
 
-/// A client that holds the secret but misbehaves (a broken rank): it starts a session
-/// and asks twice to finish without ever reading the answers, opens one session's
+/// A client that holds the secret but misbehaves (a broken rank): it starts a conversation
+/// and asks twice to finish without ever reading the answers, opens one client's
 /// responses twice, and sends garbage on every route. Each of its connections fails
 /// alone; the orchestrator still serves the real ranks, which finish with the weights
 /// of the same run undisturbed.
@@ -797,7 +797,7 @@ fn a_misbehaving_client_neither_wedges_the_orchestrator_nor_crashes_a_rank() {
     let mut held = Vec::new();
     let (status, mut idle) = wire::upgrade(port, "request", Some(SECRET));
     assert_eq!(status, 101);
-    let init = || wire::CollectiveMessage::Init(wire::SessionId { id: 424_242 });
+    let init = || wire::CollectiveMessage::Init(wire::ClientId { id: 424_242 });
     wire::send(&mut idle, &wire::encode(&init()));
     for id in [1, 2, 3] {
         let finish =
@@ -919,13 +919,13 @@ fn a_tensor_that_does_not_fit_stops_the_rank_that_receives_it() {
         let args = train_args("4", &["--max-iters", "4", "--out", case]);
         let mut rank0 = spawn_rank(dir.path(), &args, 2, 0, port);
         wire::wait_for_port(port);
-        let session = wire::fake_rank(port, port + 2, SECRET, tensor);
+        let rank = wire::fake_rank(port, port + 2, SECRET, tensor);
         let out = rank0_exit(&mut rank0, Duration::from_secs(60));
         let line = error_line(&out);
         // The download failed as if the peer were gone (which node the fake rank is
         // depends on who registered first).
         let lost = "error: all-reduce failed: Global(PeerLost(NodeId(";
         assert!(line.starts_with(lost), "{case}: {line}");
-        drop(session);
+        drop(rank);
     }
 }

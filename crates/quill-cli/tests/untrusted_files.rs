@@ -123,8 +123,8 @@ fn settings_out_of_range_are_refused_where_they_are_read() {
         ("grad_clip = inf", "grad_clip must be a number ≥ 0"),
         ("weight_decay = nan", "weight_decay must be a number ≥ 0"),
         (
-            "sample_chars = 100000000000",
-            "sample_chars must be at most 100000",
+            "sample_tokens = 100000000000",
+            "sample_tokens must be at most 100000",
         ),
     ] {
         fs::write(d.join("bad.toml"), setting).unwrap();

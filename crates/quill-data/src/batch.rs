@@ -136,6 +136,39 @@ pub struct BatchSampler {
     batch_size: usize,
     block_size: usize,
     rng: Rng,
+    #[serde(default)]
+    shard: Shard,
+}
+
+/// The share of every batch one process takes. Rank `rank` of `ranks` takes rows
+/// `rank·b .. (rank + 1)·b` of each batch of `ranks·b` rows drawn from the shared seeded
+/// stream, so the ranks of a data-parallel run together see exactly the batches one
+/// process would; [`Shard::WHOLE`] (the default) is one process taking everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    /// This process's place, `0..ranks`.
+    pub rank: usize,
+    /// How many processes share each batch.
+    pub ranks: usize,
+}
+
+impl Shard {
+    /// One process, every row.
+    pub const WHOLE: Shard = Shard { rank: 0, ranks: 1 };
+
+    /// Rank `rank` of `ranks`; `rank` must be below `ranks`.
+    pub fn new(rank: usize, ranks: usize) -> Result<Shard, DataError> {
+        if rank >= ranks {
+            return Err(DataError::BadShard { rank, ranks });
+        }
+        Ok(Shard { rank, ranks })
+    }
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard::WHOLE
+    }
 }
 
 /// Inputs `x` and targets `y`, both `[batch, block]` token ids on a device.
@@ -164,10 +197,19 @@ impl BatchSampler {
             batch_size,
             block_size,
             rng: Rng::new(seed),
+            shard: Shard::WHOLE,
         })
     }
 
-    /// Rows per batch.
+    /// The same sampler for one `shard` of a data-parallel run: each draw is a batch of
+    /// `shard.ranks × batch_size` rows (the generator moves past every row), of which
+    /// this sampler returns the shard's `batch_size`.
+    pub fn with_shard(mut self, shard: Shard) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// Rows per batch (this shard's).
     pub fn batch_size(&self) -> usize {
         self.batch_size
     }
@@ -187,59 +229,40 @@ impl BatchSampler {
         self.rng = rng;
     }
 
-    /// Draws one batch from `data` on the host.
+    /// Draws one batch from `data` on the host: this shard's rows of it.
     pub fn sample_host(
         &mut self,
         data: &(impl TokenSource + ?Sized),
     ) -> Result<HostBatch, DataError> {
-        self.sample_host_rows(data, 0..self.batch_size)
-    }
-
-    /// Draws one batch, as [`BatchSampler::sample_host`] does, but reads only its `rows`:
-    /// the generator moves past every row, so each of several processes can take its
-    /// slice of one shared batch (data-parallel training).
-    pub fn sample_host_rows(
-        &mut self,
-        data: &(impl TokenSource + ?Sized),
-        rows: std::ops::Range<usize>,
-    ) -> Result<HostBatch, DataError> {
         check_len("data", data.token_count(), self.block_size)?;
         let n_offsets = (data.token_count() - self.block_size) as u64;
-        let mut x = Vec::with_capacity(rows.len() * self.block_size);
-        let mut y = Vec::with_capacity(rows.len() * self.block_size);
-        let mut window = Vec::with_capacity(self.block_size + 1);
-        for row in 0..self.batch_size {
+        let (b, t) = (self.batch_size, self.block_size);
+        let rows = self.shard.rank * b..(self.shard.rank + 1) * b;
+        let mut x = Vec::with_capacity(b * t);
+        let mut y = Vec::with_capacity(b * t);
+        let mut window = Vec::with_capacity(t + 1);
+        for row in 0..b * self.shard.ranks {
             let i = self.rng.below(n_offsets) as usize;
             if !rows.contains(&row) {
                 continue;
             }
             window.clear();
-            data.read_window(i, self.block_size + 1, &mut window)?;
-            x.extend_from_slice(&window[..self.block_size]);
+            data.read_window(i, t + 1, &mut window)?;
+            x.extend_from_slice(&window[..t]);
             y.extend_from_slice(&window[1..]);
         }
         Ok(HostBatch { x, y })
     }
 
-    /// Draws one batch from `data` as `(x, y)` tensors of shape `[batch, block]` on `device`.
+    /// Draws one batch from `data` as `(x, y)` tensors of shape `[batch, block]` on
+    /// `device` (this shard's rows).
     pub fn sample<B: Backend>(
         &mut self,
         data: &(impl TokenSource + ?Sized),
         device: &B::Device,
     ) -> Result<TokenBatch<B>, DataError> {
-        self.sample_rows(data, 0..self.batch_size, device)
-    }
-
-    /// Draws one batch and uploads its `rows` (see [`BatchSampler::sample_host_rows`]) as
-    /// `[rows, block]` tensors.
-    pub fn sample_rows<B: Backend>(
-        &mut self,
-        data: &(impl TokenSource + ?Sized),
-        rows: std::ops::Range<usize>,
-        device: &B::Device,
-    ) -> Result<TokenBatch<B>, DataError> {
-        let shape = [rows.len(), self.block_size];
-        let batch = self.sample_host_rows(data, rows)?;
+        let shape = [self.batch_size, self.block_size];
+        let batch = self.sample_host(data)?;
         Ok((
             ids_to_tensor(&batch.x, shape, device),
             ids_to_tensor(&batch.y, shape, device),
@@ -344,12 +367,17 @@ mod tests {
         let mut whole = BatchSampler::new(6, 8, 42).unwrap();
         let all = whole.sample_host(&data).unwrap();
         for (rank, rows) in [0..3, 3..6].into_iter().enumerate() {
-            let mut part = BatchSampler::new(6, 8, 42).unwrap();
-            let slice = part.sample_host_rows(&data, rows.clone()).unwrap();
+            let shard = Shard::new(rank, 2).unwrap();
+            let mut part = BatchSampler::new(3, 8, 42).unwrap().with_shard(shard);
+            let slice = part.sample_host(&data).unwrap();
             assert_eq!(slice.x, all.x[rows.start * 8..rows.end * 8], "rank {rank}");
             assert_eq!(slice.y, all.y[rows.start * 8..rows.end * 8], "rank {rank}");
             assert_eq!(part.rng(), whole.rng(), "rank {rank}");
         }
+        assert_eq!(
+            Shard::new(2, 2).unwrap_err().to_string(),
+            "rank 2 is not below the number of ranks, 2"
+        );
     }
 
     #[test]

@@ -56,6 +56,13 @@ impl Dataset {
         path.join(META_FILE).is_file()
     }
 
+    /// Whether `path` holds token files: a prepared dataset, or a directory with a
+    /// `train.bin` but no `meta.json` (which [`Dataset::open`] explains), as opposed to
+    /// a text corpus.
+    pub fn is_token_dir(path: &Path) -> bool {
+        Self::is_prepared(path) || path.join(crate::prepare::TRAIN_FILE).is_file()
+    }
+
     /// Opens a prepared dataset: its tokenizer, and its token files memory-mapped.
     pub fn open(dir: &Path) -> Result<Dataset, DataError> {
         let bad = |reason: String| DataError::NotADataset {

@@ -145,6 +145,24 @@ pub enum DataError {
     /// A batch or block size of zero.
     #[error("{0} must be at least 1")]
     ZeroSize(&'static str),
+    /// A known corpus that is neither in place nor could be put there.
+    #[error(
+        "{path} is missing and could not be put in place ({reason}); copy tiny Shakespeare there (`cargo xtask data --from FILE`) or let quill download it"
+    )]
+    CorpusMissing {
+        /// Where the corpus belongs.
+        path: PathBuf,
+        /// Why it could not be copied or downloaded.
+        reason: String,
+    },
+    /// A shard outside its world.
+    #[error("rank {rank} is not below the number of ranks, {ranks}")]
+    BadShard {
+        /// The rank asked for.
+        rank: usize,
+        /// The number of ranks.
+        ranks: usize,
+    },
     /// A split is too short to draw even one block from.
     #[error(
         "the {split} split has {len} tokens, but block_size {block_size} needs at least {}",

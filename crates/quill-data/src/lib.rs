@@ -46,7 +46,7 @@ pub mod rng;
 pub mod token_file;
 pub mod tokenizer;
 
-pub use batch::{BatchSampler, Split, TokenSource, Tokens};
+pub use batch::{BatchSampler, Shard, Split, TokenSource, Tokens};
 #[cfg(feature = "subword")]
 pub use bpe::BpeTokenizer;
 pub use char_tokenizer::CharTokenizer;

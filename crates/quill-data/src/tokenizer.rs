@@ -92,12 +92,17 @@ impl Tokenizer {
 
     /// `char`, `gpt2` or `bpe:N`.
     pub fn name(&self) -> String {
+        self.spec().to_string()
+    }
+
+    /// The kind of tokenizer this is, as `--tokenizer` names it.
+    pub fn spec(&self) -> TokenizerSpec {
         match self {
-            Tokenizer::Char(_) => "char".into(),
+            Tokenizer::Char(_) => TokenizerSpec::Char,
             #[cfg(feature = "subword")]
             Tokenizer::Bpe(bpe) => match bpe.kind() {
-                BpeKind::Gpt2 => "gpt2".into(),
-                BpeKind::Bpe { vocab_size, .. } => format!("bpe:{vocab_size}"),
+                BpeKind::Gpt2 => TokenizerSpec::Gpt2,
+                BpeKind::Bpe { vocab_size, .. } => TokenizerSpec::Bpe(*vocab_size),
             },
         }
     }

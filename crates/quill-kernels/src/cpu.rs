@@ -1384,3 +1384,86 @@ mod tests {
         }
     }
 }
+
+/// [`crate::par_map`].
+pub(crate) fn par_map<const I: usize, const N: usize>(
+    inputs: [&[f32]; I],
+    chunk: usize,
+    f: impl Fn([f32; I]) -> [f32; N] + Sync,
+) -> [Vec<f32>; N] {
+    use rayon::prelude::*;
+    use std::mem::MaybeUninit;
+
+    const {
+        assert!(
+            I > 0 && N > 0,
+            "par_map splits an input and an output into chunks"
+        )
+    };
+    assert!(chunk > 0, "par_map needs chunks of at least one value");
+    let len = inputs[0].len();
+    assert!(
+        inputs.iter().all(|x| x.len() == len),
+        "the inputs of an element-wise pass have one length"
+    );
+    let mut out = [(); N].map(|_| Vec::<f32>::with_capacity(len));
+    let mut outputs = out
+        .each_mut()
+        .map(|x| x.spare_capacity_mut()[..len].chunks_mut(chunk));
+    // The chunks side by side (four for the `cpu` preset's largest matrix, some
+    // thousands for GPT-2's embedding), gathered first, then written in parallel.
+    let chunks: Vec<[&mut [MaybeUninit<f32>]; N]> = (0..len.div_ceil(chunk))
+        .map(|_| {
+            outputs
+                .each_mut()
+                .map(|x| x.next().expect("outputs of `len` values"))
+        })
+        .collect();
+    chunks
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(i, mut chunk_out)| {
+            let n = chunk_out[0].len();
+            let inputs = inputs.map(|x| &x[i * chunk..i * chunk + n]);
+            simd(
+                #[inline(always)]
+                || {
+                    for j in 0..n {
+                        let values = f(inputs.map(|x| x[j]));
+                        for (out, value) in chunk_out.iter_mut().zip(values) {
+                            out[j].write(value);
+                        }
+                    }
+                },
+            )
+        });
+    for x in &mut out {
+        // SAFETY: every chunk of every output was written in full above (value `j` of
+        // each chunk for every `j` below its length), and the chunks cover `0..len`.
+        unsafe { x.set_len(len) };
+    }
+    out
+}
+
+#[cfg(test)]
+mod par_map_tests {
+    use super::par_map;
+
+    #[test]
+    fn every_chunk_of_every_output_is_written_at_its_place() {
+        let len = 2 * 64 + 7;
+        let index: Vec<f32> = (0..len).map(|i| i as f32).collect();
+        let out = par_map([&index], 64, |[i]| [i * 2.0, i * 2.0 + 1.0]);
+        for (k, x) in out.iter().enumerate() {
+            let want: Vec<f32> = (0..len).map(|i| (i * 2 + k) as f32).collect();
+            assert_eq!(x, &want);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "have one length")]
+    fn inputs_of_different_lengths_are_refused() {
+        let (a, b) = (vec![1.0; 65], vec![1.0; 64]);
+        let _ = par_map([&a, &b], 64, |[a, b]| [a + b]);
+    }
+}

@@ -67,6 +67,21 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     cpu::simd(f)
 }
 
+/// `N` vectors as long as the `I` inputs, value `j` of output `k` being
+/// `f([x[j] for x in inputs])[k]`: an element-wise pass over host `f32` values (an
+/// optimizer update, a gradient mean), in chunks of `chunk` values on rayon's threads,
+/// each chunk [`vectorized`]. The outputs are written once, without a zero fill first.
+///
+/// # Panics
+/// If the inputs differ in length, or `chunk` is 0.
+pub fn par_map<const I: usize, const N: usize>(
+    inputs: [&[f32]; I],
+    chunk: usize,
+    f: impl Fn([f32; I]) -> [f32; N] + Sync,
+) -> [Vec<f32>; N] {
+    cpu::par_map(inputs, chunk, f)
+}
+
 /// GELU, `x·Φ(x)` (the exact form, as nanoGPT's `nn.GELU()`), element-wise.
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Fused<Tensor<B, D>> {
     match flex::route(x) {
@@ -209,7 +224,7 @@ pub fn cross_entropy<B: Backend>(
     }
 }
 
-/// Rotary position embeddings of the queries and keys in `qkv`/// Rotary position embeddings of the queries and keys in `qkv` `[B, T, 3C]` (`n_head`
+/// Rotary position embeddings of the queries and keys in `qkv` `[B, T, 3C]` (`n_head`
 /// heads; the rows are positions `past..past + T`; frequencies `base^(−2i/hs)`): each
 /// head's pairs `(i, i + hs/2)` turned by their angle, the values unchanged.
 pub fn rotary<B: Backend>(

@@ -5,54 +5,133 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Bigram, Gpt, LanguageModel, ModelError};
 
-/// nanoGPT's model configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GptConfig {
-    /// Number of distinct tokens.
-    pub vocab_size: usize,
-    /// Maximum context length (positions).
-    pub block_size: usize,
+/// Declares [`GptConfig`] with its defaults, its all-optional twin [`ModelOverrides`]
+/// (the keys of a `--config` file and the flags of `quill train`) and the functions
+/// between them, from one list of settings: a new model option is one entry here.
+macro_rules! gpt_config {
+    ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr ; $help:literal ),* $(,)?) => {
+        /// nanoGPT's model configuration. Every setting has a default (nanoGPT's
+        /// `GPTConfig`: GPT-2 124M's shape, vocabulary padded to 50,304, biases, tied
+        /// head), so a program names only what it changes and survives new settings:
+        ///
+        /// ```
+        /// use quill_model::GptConfig;
+        ///
+        /// let config = GptConfig { vocab_size: 65, n_layer: 4, n_head: 4, n_embd: 128, ..Default::default() };
+        /// assert_eq!((config.block_size, config.dropout, config.bias), (1024, 0.0, true));
+        /// config.validate().unwrap();
+        /// ```
+        ///
+        /// A setting missing from a `config.json` takes its default too.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default)]
+        pub struct GptConfig {
+            /// Number of distinct tokens (set from the tokenizer when a run starts).
+            pub vocab_size: usize,
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for GptConfig {
+            fn default() -> Self {
+                GptConfig { vocab_size: 50_304, $( $field: $default, )* }
+            }
+        }
+
+        /// Changes to a model's settings: the keys of a `--config` TOML file and the
+        /// flags of `quill train` (kebab-case), named as in nanoGPT. `model` switches
+        /// the family; the bigram model takes only `block_size` and `n_embd`.
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[cfg_attr(feature = "clap", derive(clap::Args))]
+        pub struct ModelOverrides {
+            /// Model family.
+            #[cfg_attr(feature = "clap", arg(long))]
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub model: Option<ModelKind>,
+            $(
+                #[doc = $help]
+                #[cfg_attr(feature = "clap", arg(long))]
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        impl ModelOverrides {
+            /// The keys a `--config` file may give the model.
+            pub const KEYS: &[&str] = &["model", $( stringify!($field), )*];
+
+            /// Takes every setting that `later` sets (a command line over a file).
+            pub fn apply(&mut self, later: &ModelOverrides) {
+                if later.model.is_some() {
+                    self.model = later.model;
+                }
+                $( if later.$field.is_some() { self.$field = later.$field.clone(); } )*
+            }
+        }
+
+        impl GptConfig {
+            /// Replaces every setting that `overrides` sets (not the family).
+            pub fn apply(&mut self, overrides: &ModelOverrides) {
+                $( if let Some(value) = &overrides.$field { self.$field = value.clone(); } )*
+            }
+
+            /// Every setting, as overrides: what a checkpoint's model imposes on a run
+            /// that starts from it.
+            pub fn overrides(&self) -> ModelOverrides {
+                ModelOverrides { model: Some(ModelKind::Gpt), $( $field: Some(self.$field.clone()), )* }
+            }
+        }
+    };
+}
+
+gpt_config! {
     /// Number of transformer blocks.
-    pub n_layer: usize,
+    n_layer: usize = 12; "Transformer blocks (GPT).",
     /// Attention heads per block; must divide `n_embd`.
-    pub n_head: usize,
+    n_head: usize = 12; "Attention heads per block (GPT).",
     /// Width of the residual stream.
-    pub n_embd: usize,
+    n_embd: usize = 768; "Embedding width.",
+    /// Maximum context length (positions).
+    block_size: usize = 1024; "Context length in tokens.",
     /// Dropout probability in `[0, 1)`, used on embeddings, attention weights and
     /// residual branches while training.
-    pub dropout: f64,
+    dropout: f64 = 0.0; "Dropout probability while training (GPT).",
     /// Whether Linear and LayerNorm layers have biases (the LM head never has one).
-    pub bias: bool,
+    bias: bool = true; "Biases in Linear and LayerNorm layers (GPT).",
     /// Whether the LM head shares the token embedding's weights.
-    pub tie_weights: bool,
-    /// The MLP's nonlinearity: exact GELU (nanoGPT's `nn.GELU()`, the default) or
-    /// GPT-2's tanh approximation.
-    #[serde(default)]
-    pub activation: Activation,
+    tie_weights: bool = true; "Share the token embedding with the LM head (GPT).",
+    /// The MLP's nonlinearity: exact GELU (nanoGPT's `nn.GELU()`), GPT-2's tanh
+    /// approximation (which its released weights were trained with) or ReLU².
+    activation: Activation = Activation::Gelu;
+        "The MLP's nonlinearity (GPT): gelu (exact, nanoGPT), gelu-tanh (GPT-2's weights) or relu2.",
     /// Rows of the token embedding and LM head are rounded up to a multiple of this
     /// (1: none; nanoGPT pads GPT-2's 50,257 to 50,304 = 64·786 for faster matrix
     /// products). The padding rows are parameters, but their logits are dropped: the
     /// model's output has `vocab_size` columns, so they are never sampled nor scored.
-    #[serde(default = "no_vocab_padding")]
-    pub pad_vocab: usize,
+    pad_vocab: usize = 1;
+        "Round the embedding and LM head rows up to a multiple of this (GPT; 1: none).",
     /// How tokens learn their positions: a learned table added to the token embedding
-    /// (GPT-2, the default) or rotary embeddings of the queries and keys (no table).
-    #[serde(default)]
-    pub position: Position,
-    /// The normalisation before attention, the MLP and the head: LayerNorm (the
-    /// default) or RMSNorm (no mean subtraction, no shift).
-    #[serde(default)]
-    pub norm: Norm,
+    /// (GPT-2) or rotary embeddings of the queries and keys (no table).
+    position: Position = Position::Learned;
+        "Position encoding (GPT): learned (a table, GPT-2) or rotary.",
+    /// The normalisation before attention, the MLP and the head: LayerNorm or RMSNorm
+    /// (no mean subtraction, no shift).
+    norm: Norm = Norm::Layer; "Normalisation layers (GPT): layer (LayerNorm) or rms (RMSNorm).",
     /// Whether the residual projections (attention's and the MLP's `c_proj`) start at
     /// zero, so that every block starts as the identity (modded-nanogpt), instead of
     /// GPT-2's `N(0, (0.02/√(2·n_layer))²)`.
-    #[serde(default)]
-    pub zero_init_proj: bool,
+    zero_init_proj: bool = false; "Start the residual projections at zero (GPT).",
 }
 
-/// `pad_vocab` of configurations written before it existed: 1, no padding.
-pub fn no_vocab_padding() -> usize {
-    1
+/// A model family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// The lecture's bigram model: token and position embeddings, then an LM head.
+    Bigram,
+    /// nanoGPT's transformer.
+    Gpt,
 }
 
 /// The MLP's nonlinearity.
@@ -232,6 +311,78 @@ impl BigramConfig {
 }
 
 impl ModelConfig {
+    /// The family.
+    pub fn kind(&self) -> ModelKind {
+        match self {
+            ModelConfig::Bigram(_) => ModelKind::Bigram,
+            ModelConfig::Gpt(_) => ModelKind::Gpt,
+        }
+    }
+
+    /// Replaces every setting that `overrides` sets. A change of family keeps the
+    /// vocabulary, `block_size` and `n_embd`; the bigram model has no other settings.
+    pub fn apply(&mut self, overrides: &ModelOverrides) {
+        let (vocab_size, block_size, n_embd) = match self {
+            ModelConfig::Bigram(c) => (c.vocab_size, c.block_size, c.n_embd),
+            ModelConfig::Gpt(c) => (c.vocab_size, c.block_size, c.n_embd),
+        };
+        match overrides.model {
+            Some(ModelKind::Bigram) if self.kind() != ModelKind::Bigram => {
+                *self = ModelConfig::Bigram(BigramConfig {
+                    vocab_size,
+                    block_size,
+                    n_embd,
+                })
+            }
+            Some(ModelKind::Gpt) if self.kind() != ModelKind::Gpt => {
+                *self = ModelConfig::Gpt(GptConfig {
+                    vocab_size,
+                    block_size,
+                    n_embd,
+                    ..Default::default()
+                })
+            }
+            _ => {}
+        }
+        match self {
+            ModelConfig::Gpt(c) => c.apply(overrides),
+            ModelConfig::Bigram(c) => {
+                c.block_size = overrides.block_size.unwrap_or(c.block_size);
+                c.n_embd = overrides.n_embd.unwrap_or(c.n_embd);
+            }
+        }
+    }
+
+    /// Every setting, as overrides (see [`GptConfig::overrides`]).
+    pub fn overrides(&self) -> ModelOverrides {
+        match self {
+            ModelConfig::Gpt(c) => c.overrides(),
+            ModelConfig::Bigram(c) => ModelOverrides {
+                model: Some(ModelKind::Bigram),
+                block_size: Some(c.block_size),
+                n_embd: Some(c.n_embd),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The same model for a vocabulary of `vocab_size` tokens.
+    pub fn with_vocab_size(mut self, vocab_size: usize) -> Self {
+        match &mut self {
+            ModelConfig::Bigram(c) => c.vocab_size = vocab_size,
+            ModelConfig::Gpt(c) => c.vocab_size = vocab_size,
+        }
+        self
+    }
+
+    /// Dropout probability while training (the bigram model has none).
+    pub fn dropout(&self) -> f64 {
+        match self {
+            ModelConfig::Bigram(_) => 0.0,
+            ModelConfig::Gpt(c) => c.dropout,
+        }
+    }
+
     /// Checks every constraint.
     pub fn validate(&self) -> Result<(), ModelError> {
         match self {
@@ -296,13 +447,7 @@ mod tests {
             n_head: 6,
             n_embd: 384,
             dropout: 0.2,
-            bias: true,
-            tie_weights: true,
-            activation: Activation::Gelu,
-            pad_vocab: 1,
-            position: Position::Learned,
-            norm: Norm::Layer,
-            zero_init_proj: false,
+            ..Default::default()
         }
     }
 
@@ -361,6 +506,46 @@ mod tests {
             json.contains(r#""activation":"gelu-tanh","pad_vocab":1"#),
             "{json}"
         );
+    }
+
+    #[test]
+    fn defaults_are_nanogpts_and_overrides_change_only_what_they_set() {
+        let d = GptConfig::default();
+        assert_eq!(
+            (d.vocab_size, d.block_size, d.n_layer, d.n_head, d.n_embd),
+            (50_304, 1024, 12, 12, 768)
+        );
+        assert_eq!(
+            (d.dropout, d.bias, d.tie_weights, d.pad_vocab),
+            (0.0, true, true, 1)
+        );
+        let mut model = ModelConfig::Gpt(config());
+        model.apply(&ModelOverrides {
+            n_layer: Some(2),
+            norm: Some(Norm::Rms),
+            ..Default::default()
+        });
+        let expected = GptConfig {
+            n_layer: 2,
+            norm: Norm::Rms,
+            ..config()
+        };
+        assert_eq!(model, ModelConfig::Gpt(expected.clone()));
+        assert_eq!(model.overrides().n_layer, Some(2));
+        // A change of family keeps the shared settings.
+        model.apply(&ModelOverrides {
+            model: Some(ModelKind::Bigram),
+            n_embd: Some(32),
+            ..Default::default()
+        });
+        let bigram = BigramConfig {
+            vocab_size: 65,
+            block_size: 256,
+            n_embd: 32,
+        };
+        assert_eq!(model, ModelConfig::Bigram(bigram));
+        assert_eq!(model.clone().with_vocab_size(3).vocab_size(), 3);
+        assert!(ModelOverrides::KEYS.contains(&"zero_init_proj"));
     }
 
     #[test]

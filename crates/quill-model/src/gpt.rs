@@ -14,7 +14,7 @@ use quill_data::Rng;
 
 use crate::init::{INIT_STD, embedding};
 use crate::kv_cache::{KvCache, LayerKv};
-use crate::layers::{LayerNorm, Linear};
+use crate::layers::{Linear, Normalization};
 use crate::ops::causal_attention;
 use crate::params::ParamSpecs;
 use crate::{Activation, GptConfig, Position};
@@ -111,18 +111,18 @@ impl<B: Backend> Mlp<B> {
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     /// LayerNorm before attention.
-    pub ln_1: LayerNorm<B>,
+    pub ln_1: Normalization<B>,
     /// Causal self-attention.
     pub attn: CausalSelfAttention<B>,
     /// LayerNorm before the MLP.
-    pub ln_2: LayerNorm<B>,
+    pub ln_2: Normalization<B>,
     /// Feed-forward network.
     pub mlp: Mlp<B>,
 }
 
 impl<B: Backend> Block<B> {
     fn new(config: &GptConfig, rng: &mut Rng, device: &B::Device) -> Self {
-        let norm = || LayerNorm::of_kind(config.norm, config.n_embd, config.bias, device);
+        let norm = || Normalization::new(config.norm, config.n_embd, config.bias, device);
         Self {
             ln_1: norm(),
             attn: CausalSelfAttention::new(config, rng, device),
@@ -149,7 +149,7 @@ pub struct Gpt<B: Backend> {
     /// The transformer blocks.
     pub h: Vec<Block<B>>,
     /// Final LayerNorm.
-    pub ln_f: LayerNorm<B>,
+    pub ln_f: Normalization<B>,
     /// LM head `C → V'` (no bias); `None` when tied to `wte`.
     pub lm_head: Option<Linear<B>>,
     drop: Dropout,
@@ -170,7 +170,7 @@ impl<B: Backend> Gpt<B> {
             h: (0..config.n_layer)
                 .map(|_| Block::new(config, rng, device))
                 .collect(),
-            ln_f: LayerNorm::of_kind(config.norm, c, config.bias, device),
+            ln_f: Normalization::new(config.norm, c, config.bias, device),
             lm_head: (!config.tie_weights).then(|| Linear::new(c, v, false, INIT_STD, rng, device)),
             drop: DropoutConfig::new(config.dropout).init(),
             block_size: config.block_size,
@@ -181,6 +181,11 @@ impl<B: Backend> Gpt<B> {
     /// Maximum context length.
     pub fn block_size(&self) -> usize {
         self.block_size
+    }
+
+    /// The dropout probability of embeddings, attention weights and residual branches.
+    pub fn dropout(&self) -> f64 {
+        self.drop.prob
     }
 
     /// `[B, T]` token ids → `[B, T, V]` logits. Without a cache the tokens are
@@ -243,14 +248,14 @@ impl<B: Backend> Gpt<B> {
         }
         for (i, block) in self.h.iter().enumerate() {
             let name = |part: &str| format!("transformer.h.{i}.{part}");
-            specs.layer_norm(&name("ln_1"), &block.ln_1);
+            specs.norm(&name("ln_1"), &block.ln_1);
             specs.linear(&name("attn.c_attn"), &block.attn.c_attn);
             specs.linear(&name("attn.c_proj"), &block.attn.c_proj);
-            specs.layer_norm(&name("ln_2"), &block.ln_2);
+            specs.norm(&name("ln_2"), &block.ln_2);
             specs.linear(&name("mlp.c_fc"), &block.mlp.c_fc);
             specs.linear(&name("mlp.c_proj"), &block.mlp.c_proj);
         }
-        specs.layer_norm("transformer.ln_f", &self.ln_f);
+        specs.norm("transformer.ln_f", &self.ln_f);
         if let Some(lm_head) = &self.lm_head {
             specs.head("lm_head", lm_head);
         }

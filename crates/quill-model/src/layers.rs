@@ -1,5 +1,5 @@
 //! The two layers with weights a GPT is built from besides embeddings: [`Linear`] and
-//! [`LayerNorm`] (or RMSNorm), thin modules over [`crate::ops`] so that the model's code reads
+//! [`Normalization`] (LayerNorm or RMSNorm), thin modules over [`crate::ops`] so that the model's code reads
 //! `self.c_fc.forward(x)` whatever the backend.
 
 use burn::module::{Module, Param};
@@ -49,10 +49,10 @@ impl<B: Backend> Linear<B> {
     }
 }
 
-/// LayerNorm over the last dimension with its own epsilon (PyTorch's 1e-5), or RMSNorm
-/// when built with [`Norm::Rms`].
+/// The normalisation of a GPT over the last dimension, with PyTorch's epsilon (1e-5):
+/// LayerNorm, or RMSNorm when built with [`Norm::Rms`].
 #[derive(Module, Debug)]
-pub struct LayerNorm<B: Backend> {
+pub struct Normalization<B: Backend> {
     /// The gain γ, `[C]`, initialised to 1.
     pub weight: Param<Tensor<B, 1>>,
     /// The shift β, `[C]`, initialised to 0, when the layer has one (RMSNorm never has).
@@ -62,19 +62,14 @@ pub struct LayerNorm<B: Backend> {
     kind: Norm,
 }
 
-impl<B: Backend> LayerNorm<B> {
-    /// PyTorch's epsilon, which every LayerNorm here is built with.
+impl<B: Backend> Normalization<B> {
+    /// PyTorch's epsilon, which every normalisation here is built with.
     pub const EPS: f64 = 1e-5;
 
-    /// LayerNorm over `d` features.
-    pub fn new(d: usize, bias: bool, device: &B::Device) -> Self {
-        Self::of_kind(Norm::Layer, d, bias, device)
-    }
-
     /// A LayerNorm or an RMSNorm (which ignores `bias`) over `d` features.
-    pub fn of_kind(kind: Norm, d: usize, bias: bool, device: &B::Device) -> Self {
+    pub fn new(kind: Norm, d: usize, bias: bool, device: &B::Device) -> Self {
         let bias = bias && kind == Norm::Layer;
-        LayerNorm {
+        Normalization {
             weight: Param::from_tensor(Tensor::ones([d], device)),
             bias: bias.then(|| Param::from_tensor(Tensor::zeros([d], device))),
             eps: Self::EPS,

@@ -6,7 +6,7 @@
 //! - [`ops`]: linear, GELU, LayerNorm and causal attention, each choosing its fast path
 //!   (the fused CPU kernels of `quill-kernels`, feature `fused-cpu`) inside itself, with
 //!   a plain reference version beside it.
-//! - [`layers`]: the [`Linear`] and [`LayerNorm`] modules over those operations.
+//! - [`layers`]: the [`Linear`] and [`Normalization`] modules over those operations.
 //! - [`gpt`]: nanoGPT's [`Gpt`]: causal self-attention → MLP → block → model.
 //! - [`rotary`]: rotary position embeddings of queries and keys.
 //! - [`kv_cache`]: the [`KvCache`] generation uses.
@@ -20,12 +20,12 @@
 //!
 //! ```
 //! use burn_ndarray::NdArray;
-//! use quill_model::{Activation, GptConfig, ModelConfig, Norm, Position, SamplingOptions, generate};
+//! use quill_model::{GptConfig, ModelConfig, SamplingOptions, generate};
 //!
+//! // The settings that differ from nanoGPT's defaults; the rest are `GptConfig::default()`'s.
 //! let config = ModelConfig::Gpt(GptConfig {
 //!     vocab_size: 10, block_size: 8, n_layer: 1, n_head: 2, n_embd: 8,
-//!     dropout: 0.0, bias: true, tie_weights: true, activation: Activation::Gelu, pad_vocab: 1,
-//!     position: Position::Learned, norm: Norm::Layer, zero_init_proj: false,
+//!     ..Default::default()
 //! });
 //! let model = config.init::<NdArray>(0, &Default::default()).unwrap();
 //! let out = generate(&model, &[vec![1, 2, 3]], 5, &SamplingOptions::greedy(), |_| true).unwrap();
@@ -46,10 +46,12 @@ pub mod rotary;
 pub mod sampling;
 
 pub use bigram::Bigram;
-pub use config::{Activation, BigramConfig, GptConfig, ModelConfig, Norm, Position};
+pub use config::{
+    Activation, BigramConfig, GptConfig, ModelConfig, ModelKind, ModelOverrides, Norm, Position,
+};
 pub use error::ModelError;
 pub use gpt::Gpt;
 pub use kv_cache::KvCache;
-pub use layers::{LayerNorm, Linear};
+pub use layers::{Linear, Normalization};
 pub use model::{LanguageModel, cross_entropy};
 pub use sampling::{SamplingOptions, generate, sample_token, window_start};

@@ -33,6 +33,14 @@ impl<B: Backend> LanguageModel<B> {
         self.devices().into_iter().next().unwrap_or_default()
     }
 
+    /// The dropout probability the model was built with (what training applies).
+    pub fn dropout(&self) -> f64 {
+        match self {
+            LanguageModel::Bigram(_) => 0.0,
+            LanguageModel::Gpt(g) => g.dropout(),
+        }
+    }
+
     /// Whether the LM head is the token embedding (a tied GPT).
     pub fn ties_weights(&self) -> bool {
         matches!(self, LanguageModel::Gpt(g) if g.lm_head.is_none())

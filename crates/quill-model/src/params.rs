@@ -16,7 +16,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::nn::Embedding;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
-use crate::layers::{LayerNorm, Linear};
+use crate::layers::{Linear, Normalization};
 use crate::{LanguageModel, ModelError};
 
 /// One parameter on the host, in PyTorch layout.
@@ -89,7 +89,7 @@ impl ParamSpecs {
     }
 
     /// `{prefix}.weight` and `{prefix}.bias`, neither decaying.
-    pub fn layer_norm<B: Backend>(&mut self, prefix: &str, layer: &LayerNorm<B>) {
+    pub fn norm<B: Backend>(&mut self, prefix: &str, layer: &Normalization<B>) {
         self.add(&layer.weight, format!("{prefix}.weight"), false, false);
         if let Some(bias) = &layer.bias {
             self.add(bias, format!("{prefix}.bias"), false, false);

@@ -1,12 +1,13 @@
 //! A GPT trained with quill's public step API on batches of its own: rows counting up
-//! modulo 10. `cargo run --release -p quill-train --example custom_loop`
+//! modulo 10. It needs only the training core:
+//! `cargo run --release -p quill-train --no-default-features --example custom_loop`
 
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_autodiff::Autodiff;
 use burn_flex::Flex;
 use quill_data::Rng;
-use quill_model::{Activation, GptConfig, ModelConfig};
-use quill_train::{Batch, TrainConfig, Trainer};
+use quill_model::{GptConfig, ModelConfig};
+use quill_train::{Batch, RunConfig, TrainConfig, Trainer};
 
 type B = Autodiff<Flex>;
 
@@ -24,20 +25,15 @@ fn counting_batch(rng: &mut Rng, rows: usize, t: usize) -> Batch<B> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The settings that differ from nanoGPT's defaults.
     let gpt = GptConfig {
         vocab_size: 10,
         block_size: 16,
         n_layer: 2,
         n_head: 2,
         n_embd: 32,
-        dropout: 0.0,
         bias: false,
-        tie_weights: true,
-        activation: Activation::Gelu,
-        pad_vocab: 1,
-        position: quill_model::Position::Learned,
-        norm: quill_model::Norm::Layer,
-        zero_init_proj: false,
+        ..Default::default()
     };
     let model = ModelConfig::Gpt(gpt).init::<B>(0, &Default::default())?;
     // AdamW, schedule and clipping settings: the `cpu` preset's, shortened.
@@ -45,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_iters: 60,
         warmup_iters: 5,
         lr: 3e-3,
-        ..TrainConfig::preset("cpu")?
+        ..RunConfig::preset("cpu")?.train
     };
     let (mut trainer, mut rng, mut loss) = (Trainer::new(model, &config), Rng::new(1), f32::NAN);
     while trainer.iter() < config.max_iters {

@@ -1,25 +1,17 @@
-//! Training configuration: presets, overridden by a TOML file, overridden by flags.
+//! A run's settings: the model's ([`ModelConfig`], stated once in `quill-model`) and
+//! the training's ([`TrainConfig`]), together a [`RunConfig`]. They come from a
+//! [`Preset`] (or a checkpoint), then a `--config` TOML file, then flags: one chain,
+//! [`RunConfig::resolve`], for every command.
 
 use serde::{Deserialize, Serialize};
 
 use quill_data::{BatchSampler, TokenizerSpec};
-use quill_model::{Activation, BigramConfig, GptConfig, ModelConfig, Norm, Position};
+use quill_model::{Activation, BigramConfig, GptConfig, ModelConfig, ModelOverrides, Position};
 
-use crate::TrainError;
+use crate::{Checkpoint, TrainError};
 
-/// The longest sample printed at each evaluation (`sample_chars`).
-const MAX_SAMPLE_CHARS: usize = 100_000;
-
-/// Which model a run trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-#[serde(rename_all = "lowercase")]
-pub enum ModelKind {
-    /// The lecture's bigram model: token and position embeddings, then an LM head.
-    Bigram,
-    /// nanoGPT's transformer.
-    Gpt,
-}
+/// The longest sample printed at each evaluation (`sample_tokens`).
+const MAX_SAMPLE_TOKENS: usize = 100_000;
 
 /// How the learning rate changes over a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,21 +42,32 @@ pub enum OptimizerKind {
 
 /// Declares [`TrainConfig`], its all-optional twin [`TrainOverrides`] (what a TOML file
 /// or the command line may change), and [`TrainConfig::apply`], from one field list.
+/// `#[formerly "key", "flag"]` keeps a renamed setting's old file key and flag working.
 macro_rules! train_config {
-    ($( $(#[doc = $doc:literal])* $(#[serde $serde:tt])? $field:ident : $ty:ty ),* $(,)?) => {
-        /// Every setting of a training run. Saved in each checkpoint's `config.json`.
+    ($(
+        $(#[doc = $doc:literal])* $(#[serde $serde:tt])? $(#[formerly $old:literal, $old_flag:literal])?
+        $field:ident : $ty:ty
+    ),* $(,)?) => {
+        /// The training settings of a run (the model's are its [`ModelConfig`]). Saved in
+        /// each checkpoint's `config.json`, beside the model.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         pub struct TrainConfig {
-            $( $(#[doc = $doc])* $(#[serde $serde])? pub $field: $ty, )*
+            $( $(#[doc = $doc])* $(#[serde $serde])? $(#[serde(alias = $old)])? pub $field: $ty, )*
         }
 
         /// Changes to a [`TrainConfig`]: the keys of a `--config` TOML file and the
         /// flags of `quill train`, named as in nanoGPT (kebab-case on the command line).
-        #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
         #[serde(deny_unknown_fields)]
         #[cfg_attr(feature = "clap", derive(clap::Args))]
         pub struct TrainOverrides {
-            $( $(#[doc = $doc])* #[cfg_attr(feature = "clap", arg(long))] pub $field: Option<$ty>, )*
+            $(
+                $(#[doc = $doc])*
+                #[cfg_attr(feature = "clap", arg(long $(, alias = $old_flag)?))]
+                #[serde(skip_serializing_if = "Option::is_none")]
+                $(#[serde(alias = $old)])?
+                pub $field: Option<$ty>,
+            )*
         }
 
         impl TrainConfig {
@@ -84,37 +87,6 @@ macro_rules! train_config {
 }
 
 train_config! {
-    /// Model family.
-    model: ModelKind,
-    /// Transformer blocks (GPT).
-    n_layer: usize,
-    /// Attention heads per block (GPT).
-    n_head: usize,
-    /// Embedding width.
-    n_embd: usize,
-    /// Context length in tokens.
-    block_size: usize,
-    /// Dropout probability while training (GPT).
-    dropout: f64,
-    /// Biases in Linear and LayerNorm layers (GPT).
-    bias: bool,
-    /// Share the token embedding with the LM head (GPT).
-    tie_weights: bool,
-    /// The MLP's nonlinearity (GPT): gelu (exact, nanoGPT) or gelu-tanh (GPT-2's weights).
-    #[serde(default)]
-    activation: Activation,
-    /// Round the embedding and LM head rows up to a multiple of this (GPT; 1: none).
-    #[serde(default = "quill_model::config::no_vocab_padding")]
-    pad_vocab: usize,
-    /// Position encoding (GPT): learned (a table, GPT-2) or rotary.
-    #[serde(default)]
-    position: Position,
-    /// Normalisation layers (GPT): layer (LayerNorm) or rms (RMSNorm).
-    #[serde(default)]
-    norm: Norm,
-    /// Start the residual projections at zero (GPT).
-    #[serde(default)]
-    zero_init_proj: bool,
     /// Sequences per micro-batch.
     batch_size: usize,
     /// Micro-batches per optimizer step.
@@ -162,7 +134,8 @@ train_config! {
     /// Fraction of the corpus held out for validation (taken from its end).
     val_fraction: f64,
     /// Tokens sampled and shown at each evaluation (0 disables).
-    sample_chars: usize,
+    #[formerly "sample_chars", "sample-chars"]
+    sample_tokens: usize,
 }
 
 /// `muon_lr` of configurations written before Muon existed: 0.02, the best of 0.02,
@@ -176,52 +149,150 @@ pub(crate) fn default_muon_momentum() -> f64 {
     0.95
 }
 
-/// Names of the built-in presets.
-pub const PRESETS: [&str; 7] = [
-    "bigram",
-    "lecture",
-    "shakespeare-char",
-    "cpu",
-    "shakespeare-gpt2",
-    "cpu-fast",
-    "shakespeare-char-fast",
-];
+/// Every setting of a run: the model and the training. A checkpoint's `config.json`
+/// holds exactly this, the model once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// The model (its `vocab_size` is the tokenizer's once a run starts).
+    pub model: ModelConfig,
+    /// The training settings. (Files written before the model was stored once repeat
+    /// the model's settings here; they are ignored.)
+    pub train: TrainConfig,
+}
 
-/// The fast recipe on `base`'s model: the modded-nanogpt choices that shortened the
-/// time to val ≤ 1.95 on the cpu model, each alone over 3 seeds (BENCHMARKS.md): Muon,
-/// rotary positions, ReLU², and a warmup–stable–decay schedule of `max_iters` steps
-/// with a short warmup and the last 40% decaying. (RMSNorm and zero-initialised
-/// projections did not win there and stay off.)
-fn fast_recipe(base: TrainConfig, max_iters: usize, warmup_iters: usize) -> TrainConfig {
-    TrainConfig {
-        optimizer: OptimizerKind::Muon,
-        position: Position::Rotary,
-        activation: Activation::Relu2,
-        schedule: Schedule::Wsd,
-        max_iters,
-        warmup_iters,
-        cooldown_iters: max_iters * 2 / 5,
-        ..base
+/// Changes to a [`RunConfig`]: a `--config` TOML file's keys and `quill train`'s flags,
+/// the model's and the training's side by side (as in nanoGPT's configurator).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct RunOverrides {
+    /// The model's settings.
+    #[serde(flatten)]
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub model: ModelOverrides,
+    /// The training settings.
+    #[serde(flatten)]
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub train: TrainOverrides,
+}
+
+impl RunOverrides {
+    /// Reads the keys of a TOML file's text (the names of [`ModelOverrides`] and
+    /// [`TrainOverrides`]); an unknown key is an error naming it.
+    pub fn from_toml(text: &str) -> Result<RunOverrides, TrainError> {
+        let err = |e: toml::de::Error| TrainError::Config(format!("config file: {}", e.message()));
+        let table: toml::Table = toml::from_str(text).map_err(err)?;
+        let (model, train): (toml::Table, toml::Table) = table
+            .into_iter()
+            .partition(|(key, _)| ModelOverrides::KEYS.contains(&key.as_str()));
+        Ok(RunOverrides {
+            model: toml::Value::Table(model).try_into().map_err(err)?,
+            train: toml::Value::Table(train).try_into().map_err(err)?,
+        })
+    }
+
+    /// Takes every setting that `later` sets (a command line over a file).
+    pub fn apply(&mut self, later: &RunOverrides) {
+        self.model.apply(&later.model);
+        self.train.apply(&later.train);
     }
 }
 
-impl TrainConfig {
+/// A built-in starting point for a run: its settings and its tokenizer.
+#[derive(Debug, Clone, Copy)]
+pub struct Preset {
+    /// The name `--preset` takes.
+    pub name: &'static str,
+    /// One line for `--help`.
+    pub description: &'static str,
+    /// The tokenizer the preset trains with (on tiny Shakespeare by default).
+    pub tokenizer: TokenizerSpec,
+    settings: fn() -> RunConfig,
+}
+
+impl Preset {
+    /// The preset's settings.
+    pub fn config(&self) -> RunConfig {
+        (self.settings)()
+    }
+
     /// The preset called `name`, or an error listing the presets.
-    pub fn preset(name: &str) -> Result<TrainConfig, TrainError> {
-        let shakespeare_char = TrainConfig {
-            model: ModelKind::Gpt,
-            n_layer: 6,
-            n_head: 6,
-            n_embd: 384,
-            block_size: 256,
+    pub fn named(name: &str) -> Result<&'static Preset, TrainError> {
+        PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
+            let names: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
+            TrainError::Config(format!(
+                "unknown preset {name:?}; the presets are {}",
+                names.join(", ")
+            ))
+        })
+    }
+}
+
+/// The built-in presets, in the order `--help` lists them.
+pub const PRESETS: [Preset; 7] = [
+    Preset {
+        name: "bigram",
+        description: "the lecture's bigram model (32-wide embeddings, 8 characters of context)",
+        tokenizer: TokenizerSpec::Char,
+        settings: bigram,
+    },
+    Preset {
+        name: "lecture",
+        description: "the lecture's final GPT: 6 layers × 384, PyTorch's AdamW defaults, constant lr",
+        tokenizer: TokenizerSpec::Char,
+        settings: lecture,
+    },
+    Preset {
+        name: "shakespeare-char",
+        description: "nanoGPT's config/train_shakespeare_char.py: 6 layers × 384, 256 characters",
+        tokenizer: TokenizerSpec::Char,
+        settings: shakespeare_char,
+    },
+    Preset {
+        name: "cpu",
+        description: "a 0.8 M-parameter GPT that trains on a laptop CPU in minutes (the default)",
+        tokenizer: TokenizerSpec::Char,
+        settings: cpu,
+    },
+    Preset {
+        name: "shakespeare-gpt2",
+        description: "the cpu model on GPT-2 tokens of tiny Shakespeare (nanoGPT's data/shakespeare)",
+        tokenizer: TokenizerSpec::Gpt2,
+        settings: shakespeare_gpt2,
+    },
+    Preset {
+        name: "cpu-fast",
+        description: "the fast recipe (Muon, rotary, ReLU², wsd) on a 3-layer cpu model",
+        tokenizer: TokenizerSpec::Char,
+        settings: cpu_fast,
+    },
+    Preset {
+        name: "shakespeare-char-fast",
+        description: "the fast recipe on the shakespeare-char model",
+        tokenizer: TokenizerSpec::Char,
+        settings: shakespeare_char_fast,
+    },
+];
+
+/// A GPT of `n_layer` blocks of width `n_embd` in `n_head` heads, over `block_size`
+/// tokens, without biases, with the presets' dropout.
+fn gpt(n_layer: usize, n_head: usize, n_embd: usize, block_size: usize) -> GptConfig {
+    GptConfig {
+        n_layer,
+        n_head,
+        n_embd,
+        block_size,
+        bias: false,
+        ..Default::default()
+    }
+}
+
+fn shakespeare_char() -> RunConfig {
+    RunConfig {
+        model: ModelConfig::Gpt(GptConfig {
             dropout: 0.2,
-            bias: false,
-            tie_weights: true,
-            activation: Activation::Gelu,
-            pad_vocab: 1,
-            position: Position::Learned,
-            norm: Norm::Layer,
-            zero_init_proj: false,
+            ..gpt(6, 6, 384, 256)
+        }),
+        train: TrainConfig {
             batch_size: 64,
             grad_accum: 1,
             max_iters: 5000,
@@ -243,12 +314,24 @@ impl TrainConfig {
             grad_clip: 1.0,
             seed: 1337,
             val_fraction: 0.1,
-            sample_chars: 200,
-        };
-        // The lecture's PyTorch defaults: AdamW(lr) with β2 0.999, weight decay 0.01, no clipping.
-        let lecture = TrainConfig {
+            sample_tokens: 200,
+        },
+    }
+}
+
+/// The lecture's PyTorch defaults: AdamW(lr) with β2 0.999, weight decay 0.01, no clipping.
+fn lecture() -> RunConfig {
+    let base = shakespeare_char();
+    let ModelConfig::Gpt(model) = base.model else {
+        unreachable!("shakespeare-char is a GPT")
+    };
+    RunConfig {
+        model: ModelConfig::Gpt(GptConfig {
             tie_weights: false,
             bias: true,
+            ..model
+        }),
+        train: TrainConfig {
             eval_interval: 500,
             lr: 3e-4,
             min_lr: 3e-4,
@@ -257,81 +340,211 @@ impl TrainConfig {
             weight_decay: 0.01,
             beta2: 0.999,
             grad_clip: 0.0,
-            ..shakespeare_char.clone()
-        };
-        let cpu = TrainConfig {
-            n_layer: 4,
-            n_head: 4,
-            n_embd: 128,
-            block_size: 64,
-            dropout: 0.0,
+            ..base.train
+        },
+    }
+}
+
+fn bigram() -> RunConfig {
+    RunConfig {
+        model: ModelConfig::Bigram(BigramConfig {
+            vocab_size: 65,
+            block_size: 8,
+            n_embd: 32,
+        }),
+        train: TrainConfig {
+            batch_size: 32,
+            max_iters: 10_000,
+            lr: 1e-3,
+            min_lr: 1e-3,
+            ..lecture().train
+        },
+    }
+}
+
+fn cpu() -> RunConfig {
+    RunConfig {
+        model: ModelConfig::Gpt(gpt(4, 4, 128, 64)),
+        train: TrainConfig {
             batch_size: 12,
             max_iters: 2000,
             eval_interval: 250,
             eval_iters: 20,
-            ..shakespeare_char.clone()
-        };
-        Ok(match name {
-            "shakespeare-char" => shakespeare_char,
-            "lecture" => lecture,
-            "bigram" => TrainConfig {
-                model: ModelKind::Bigram,
-                n_layer: 0,
-                n_head: 0,
-                n_embd: 32,
-                block_size: 8,
-                dropout: 0.0,
-                batch_size: 32,
-                max_iters: 10_000,
-                lr: 1e-3,
-                min_lr: 1e-3,
-                ..lecture
-            },
-            // One layer fewer than cpu: it reached val 1.95 in the same steps, each 25%
-            // cheaper (BENCHMARKS.md).
-            "cpu-fast" => TrainConfig {
-                n_layer: 3,
-                eval_interval: 100,
-                ..fast_recipe(cpu, 450, 30)
-            },
-            // Not measured: no GPU was at hand (the steps are a guess from cpu-fast's).
-            "shakespeare-char-fast" => fast_recipe(shakespeare_char, 2500, 100),
-            "cpu" => cpu,
-            // The cpu model on GPT-2 tokens of tiny Shakespeare (nanoGPT's
-            // data/shakespeare): 302k training tokens overfit within a few hundred steps
-            // of this model, hence dropout and a short run.
-            "shakespeare-gpt2" => TrainConfig {
-                dropout: 0.1,
-                max_iters: 500,
-                eval_interval: 100,
-                warmup_iters: 50,
-                sample_chars: 100,
-                ..cpu
-            },
-            other => {
-                return Err(TrainError::Config(format!(
-                    "unknown preset {other:?}; the presets are {}",
-                    PRESETS.join(", ")
-                )));
-            }
-        })
+            ..shakespeare_char().train
+        },
+    }
+}
+
+/// The cpu model on GPT-2 tokens of tiny Shakespeare (nanoGPT's data/shakespeare):
+/// 302k training tokens overfit within a few hundred steps of this model, hence dropout
+/// and a short run.
+fn shakespeare_gpt2() -> RunConfig {
+    let mut config = cpu();
+    config.model.apply(&ModelOverrides {
+        dropout: Some(0.1),
+        ..Default::default()
+    });
+    config.train = TrainConfig {
+        max_iters: 500,
+        eval_interval: 100,
+        warmup_iters: 50,
+        sample_tokens: 100,
+        ..config.train
+    };
+    config
+}
+
+/// One layer fewer than cpu: it reached val 1.95 in the same steps, each 25% cheaper
+/// (BENCHMARKS.md).
+fn cpu_fast() -> RunConfig {
+    let mut config = fast_recipe(cpu(), 450, 30);
+    config.model.apply(&ModelOverrides {
+        n_layer: Some(3),
+        ..Default::default()
+    });
+    config.train.eval_interval = 100;
+    config
+}
+
+/// The fast recipe at the shakespeare-char model's size; its step count is cpu-fast's
+/// scaled, not measured (BENCHMARKS.md).
+fn shakespeare_char_fast() -> RunConfig {
+    fast_recipe(shakespeare_char(), 2500, 100)
+}
+
+/// The fast recipe on `base`'s model: the modded-nanogpt choices that shortened the
+/// time to val ≤ 1.95 on the cpu model, each alone over 3 seeds (BENCHMARKS.md): Muon,
+/// rotary positions, ReLU², and a warmup–stable–decay schedule of `max_iters` steps
+/// with a short warmup and the last 40% decaying. (RMSNorm and zero-initialised
+/// projections did not win there and stay off.)
+fn fast_recipe(mut base: RunConfig, max_iters: usize, warmup_iters: usize) -> RunConfig {
+    base.model.apply(&ModelOverrides {
+        position: Some(Position::Rotary),
+        activation: Some(Activation::Relu2),
+        ..Default::default()
+    });
+    base.train = TrainConfig {
+        optimizer: OptimizerKind::Muon,
+        schedule: Schedule::Wsd,
+        max_iters,
+        warmup_iters,
+        cooldown_iters: max_iters * 2 / 5,
+        ..base.train
+    };
+    base
+}
+
+/// Where a run's settings come from, in the order they apply: a checkpoint to resume
+/// (its settings are the base), else a checkpoint to finetune without a preset (its
+/// settings), else the preset (`cpu` when none is named); then a `--config` file; then
+/// the flags. A finetuning run keeps its checkpoint's model, changed only by what the
+/// file or flags set explicitly ([`Checkpoint::check_init`] says what may differ).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sources<'a> {
+    /// `--preset`.
+    pub preset: Option<&'a str>,
+    /// `--resume`.
+    pub resume: Option<&'a Checkpoint>,
+    /// `--init-from`.
+    pub init_from: Option<&'a Checkpoint>,
+    /// The `--config` file's settings.
+    pub file: Option<&'a RunOverrides>,
+    /// The flags.
+    pub flags: Option<&'a RunOverrides>,
+}
+
+impl RunConfig {
+    /// The preset called `name` (see [`PRESETS`]).
+    pub fn preset(name: &str) -> Result<RunConfig, TrainError> {
+        Ok(Preset::named(name)?.config())
     }
 
-    /// The tokenizer preset `name` trains with: GPT-2's for `shakespeare-gpt2`,
-    /// characters for the others.
-    pub fn preset_tokenizer(name: &str) -> TokenizerSpec {
-        match name {
-            "shakespeare-gpt2" => TokenizerSpec::Gpt2,
-            _ => TokenizerSpec::Char,
+    /// The settings `sources` describe, checked.
+    pub fn resolve(sources: &Sources<'_>) -> Result<RunConfig, TrainError> {
+        let mut config = match (sources.resume, sources.init_from, sources.preset) {
+            (Some(checkpoint), _, _) | (None, Some(checkpoint), None) => checkpoint.config.clone(),
+            (None, _, preset) => RunConfig::preset(preset.unwrap_or(DEFAULT_PRESET))?,
+        };
+        let mut explicit = sources.file.cloned().unwrap_or_default();
+        explicit.apply(&sources.flags.cloned().unwrap_or_default());
+        config.apply(&explicit);
+        if let (None, Some(init)) = (sources.resume, sources.init_from) {
+            config.model = init.config.model.clone();
+            config.model.apply(&explicit.model);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Replaces every setting that `overrides` sets.
+    pub fn apply(&mut self, overrides: &RunOverrides) {
+        self.model.apply(&overrides.model);
+        self.train.apply(&overrides.train);
+    }
+
+    /// Checks the model and the training settings.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        self.train.validate()?;
+        self.model.validate()?;
+        Ok(())
+    }
+
+    /// The model for a vocabulary of `vocab_size` tokens.
+    pub fn model_for(&self, vocab_size: usize) -> ModelConfig {
+        self.model.clone().with_vocab_size(vocab_size)
+    }
+
+    /// Context length in tokens.
+    pub fn block_size(&self) -> usize {
+        self.model.block_size()
+    }
+
+    /// Training tokens per optimizer step.
+    pub fn tokens_per_iter(&self) -> usize {
+        self.train.batch_size * self.block_size() * self.train.grad_accum
+    }
+
+    /// The sampler of training batches these settings describe: `batch_size` blocks of
+    /// `block_size` tokens, drawn from `seed` (the trainer, the benchmark and the parity
+    /// check all draw the same batches).
+    pub fn batch_sampler(&self) -> Result<BatchSampler, TrainError> {
+        Ok(BatchSampler::new(
+            self.train.batch_size,
+            self.block_size(),
+            self.train.seed,
+        )?)
+    }
+
+    /// Every setting as flat keys (those of a `--config` file, which reads it back):
+    /// what `quill train` prints and `quill bench --json` reports.
+    pub fn flat(&self) -> FlatConfig<'_> {
+        FlatConfig {
+            model: self.model.overrides(),
+            train: &self.train,
         }
     }
+}
 
-    /// Reads overrides from a TOML file's text (keys as in [`TrainOverrides`]).
-    pub fn overrides_from_toml(text: &str) -> Result<TrainOverrides, TrainError> {
-        toml::from_str(text)
-            .map_err(|e| TrainError::Config(format!("config file: {}", e.message())))
+/// The preset a run without `--preset` (or a checkpoint) starts from.
+pub const DEFAULT_PRESET: &str = "cpu";
+
+/// [`RunConfig::flat`]: the model's settings, then the training's, as one map.
+#[derive(Debug, Serialize)]
+pub struct FlatConfig<'a> {
+    #[serde(flatten)]
+    model: ModelOverrides,
+    #[serde(flatten)]
+    train: &'a TrainConfig,
+}
+
+impl FlatConfig<'_> {
+    /// As TOML, the format of `--config` files.
+    pub fn to_toml(&self) -> Result<String, TrainError> {
+        toml::to_string(self).map_err(|e| TrainError::Config(e.to_string()))
     }
+}
 
+impl TrainConfig {
     /// Checks the training settings (the model's are checked by [`ModelConfig`]).
     /// Every value is finite and in range; a setting that JSON cannot store (`inf`) never
     /// reaches a checkpoint.
@@ -383,148 +596,83 @@ impl TrainConfig {
                 "grad_clip must be a number ≥ 0 (0 disables clipping)",
             ),
             (
-                self.sample_chars <= MAX_SAMPLE_CHARS,
-                "sample_chars must be at most 100000 (the sample printed at each evaluation)",
+                self.sample_tokens <= MAX_SAMPLE_TOKENS,
+                "sample_tokens must be at most 100000 (the sample printed at each evaluation)",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, message)) => Err(TrainError::Config(message.to_string())),
-            None => self.model_config(1).validate().map_err(TrainError::from),
+            None => Ok(()),
         }
-    }
-
-    /// The model these settings describe, for a vocabulary of `vocab_size`.
-    pub fn model_config(&self, vocab_size: usize) -> ModelConfig {
-        match self.model {
-            ModelKind::Bigram => ModelConfig::Bigram(BigramConfig {
-                vocab_size,
-                block_size: self.block_size,
-                n_embd: self.n_embd,
-            }),
-            ModelKind::Gpt => ModelConfig::Gpt(GptConfig {
-                vocab_size,
-                block_size: self.block_size,
-                n_layer: self.n_layer,
-                n_head: self.n_head,
-                n_embd: self.n_embd,
-                dropout: self.dropout,
-                bias: self.bias,
-                tie_weights: self.tie_weights,
-                activation: self.activation,
-                pad_vocab: self.pad_vocab,
-                position: self.position,
-                norm: self.norm,
-                zero_init_proj: self.zero_init_proj,
-            }),
-        }
-    }
-
-    /// The sampler of training batches these settings describe: `batch_size` blocks of
-    /// `block_size` tokens, drawn from `seed` (the trainer, the benchmark and the parity
-    /// check all draw the same batches).
-    pub fn batch_sampler(&self) -> Result<BatchSampler, TrainError> {
-        Ok(BatchSampler::new(
-            self.batch_size,
-            self.block_size,
-            self.seed,
-        )?)
-    }
-
-    /// Takes the model settings of `model` (a checkpoint's, for `--init-from`) except
-    /// those `explicit` sets (a file's or the command line's), which must then agree
-    /// with it ([`crate::Checkpoint::init_model`] says which does not). Only dropout
-    /// and a smaller block_size may differ.
-    pub fn adopt_model(&mut self, model: &ModelConfig, explicit: &TrainOverrides) {
-        let adopted = match model {
-            ModelConfig::Bigram(b) => TrainOverrides {
-                model: Some(ModelKind::Bigram),
-                n_embd: Some(b.n_embd),
-                block_size: Some(b.block_size),
-                ..Default::default()
-            },
-            ModelConfig::Gpt(gpt) => TrainOverrides {
-                model: Some(ModelKind::Gpt),
-                n_layer: Some(gpt.n_layer),
-                n_head: Some(gpt.n_head),
-                n_embd: Some(gpt.n_embd),
-                block_size: Some(gpt.block_size),
-                bias: Some(gpt.bias),
-                tie_weights: Some(gpt.tie_weights),
-                activation: Some(gpt.activation),
-                pad_vocab: Some(gpt.pad_vocab),
-                position: Some(gpt.position),
-                norm: Some(gpt.norm),
-                zero_init_proj: Some(gpt.zero_init_proj),
-                ..Default::default()
-            },
-        };
-        self.apply(&adopted);
-        self.apply(explicit);
-    }
-
-    /// Training tokens per optimizer step.
-    pub fn tokens_per_iter(&self) -> usize {
-        self.batch_size * self.block_size * self.grad_accum
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quill_model::{ModelKind, Norm};
+
+    fn gpt(config: &RunConfig) -> &GptConfig {
+        match &config.model {
+            ModelConfig::Gpt(g) => g,
+            ModelConfig::Bigram(_) => panic!("a GPT preset"),
+        }
+    }
 
     #[test]
     fn presets_match_the_table() {
-        let cpu = TrainConfig::preset("cpu").unwrap();
+        let cpu = RunConfig::preset("cpu").unwrap();
+        let (m, t) = (gpt(&cpu), &cpu.train);
         assert_eq!(
             (
-                cpu.n_layer,
-                cpu.n_head,
-                cpu.n_embd,
-                cpu.block_size,
-                cpu.batch_size,
-                cpu.max_iters
+                m.n_layer,
+                m.n_head,
+                m.n_embd,
+                m.block_size,
+                t.batch_size,
+                t.max_iters
             ),
             (4, 4, 128, 64, 12, 2000)
         );
-        assert_eq!(
-            (cpu.eval_interval, cpu.eval_iters, cpu.dropout),
-            (250, 20, 0.0)
-        );
-        assert!(cpu.tie_weights);
-        let sc = TrainConfig::preset("shakespeare-char").unwrap();
+        assert_eq!((t.eval_interval, t.eval_iters, m.dropout), (250, 20, 0.0));
+        assert!(m.tie_weights && !m.bias);
+        let sc = RunConfig::preset("shakespeare-char").unwrap().train;
         assert_eq!(
             (sc.lr, sc.min_lr, sc.warmup_iters, sc.beta2, sc.weight_decay),
             (1e-3, 1e-4, 100, 0.99, 0.1)
         );
         assert_eq!(sc.schedule, Schedule::Cosine);
-        let lecture = TrainConfig::preset("lecture").unwrap();
+        let lecture = RunConfig::preset("lecture").unwrap();
         assert_eq!(
             (
-                lecture.lr,
-                lecture.schedule,
-                lecture.tie_weights,
-                lecture.eval_interval
+                lecture.train.lr,
+                lecture.train.schedule,
+                gpt(&lecture).tie_weights,
+                lecture.train.eval_interval
             ),
             (3e-4, Schedule::Constant, false, 500)
         );
-        let bigram = TrainConfig::preset("bigram").unwrap();
+        let bigram = RunConfig::preset("bigram").unwrap();
         assert_eq!(
-            (
-                bigram.model,
-                bigram.n_embd,
-                bigram.block_size,
-                bigram.batch_size,
-                bigram.max_iters
-            ),
-            (ModelKind::Bigram, 32, 8, 32, 10_000)
+            bigram.model,
+            ModelConfig::Bigram(BigramConfig {
+                vocab_size: 65,
+                block_size: 8,
+                n_embd: 32
+            })
         );
-        let fast = TrainConfig::preset("cpu-fast").unwrap();
         assert_eq!(
-            (fast.n_layer, fast.n_embd, fast.block_size, fast.batch_size),
+            (bigram.train.batch_size, bigram.train.max_iters),
+            (32, 10_000)
+        );
+        let fast = RunConfig::preset("cpu-fast").unwrap();
+        let m = gpt(&fast);
+        assert_eq!(
+            (m.n_layer, m.n_embd, m.block_size, fast.train.batch_size),
             (3, 128, 64, 12)
         );
         assert_eq!(
-            (fast.optimizer, fast.position, fast.activation, fast.norm),
+            (fast.train.optimizer, m.position, m.activation, m.norm),
             (
                 OptimizerKind::Muon,
                 Position::Rotary,
@@ -532,23 +680,27 @@ mod tests {
                 Norm::Layer
             )
         );
+        let t = &fast.train;
         assert_eq!(
-            (
-                fast.schedule,
-                fast.max_iters,
-                fast.warmup_iters,
-                fast.cooldown_iters
-            ),
+            (t.schedule, t.max_iters, t.warmup_iters, t.cooldown_iters),
             (Schedule::Wsd, 450, 30, 180)
         );
-        for name in PRESETS {
-            TrainConfig::preset(name).unwrap().validate().unwrap();
+        assert_eq!(
+            gpt(&RunConfig::preset("shakespeare-gpt2").unwrap()).dropout,
+            0.1
+        );
+        for preset in &PRESETS {
+            preset.config().validate().unwrap();
         }
+        assert_eq!(
+            Preset::named("shakespeare-gpt2").unwrap().tokenizer,
+            TokenizerSpec::Gpt2
+        );
     }
 
     #[test]
     fn unknown_preset_lists_the_presets() {
-        let err = TrainConfig::preset("gpt5").unwrap_err().to_string();
+        let err = RunConfig::preset("gpt5").unwrap_err().to_string();
         assert!(
             err.contains(
                 "bigram, lecture, shakespeare-char, cpu, shakespeare-gpt2, cpu-fast, shakespeare-char-fast"
@@ -559,33 +711,67 @@ mod tests {
 
     #[test]
     fn file_then_flags_override_the_preset() {
-        let mut config = TrainConfig::preset("cpu").unwrap();
-        let file = TrainConfig::overrides_from_toml(
-            "max_iters = 10\nlr = 0.01\nschedule = \"constant\"\n",
+        let file = RunOverrides::from_toml(
+            "max_iters = 10\nlr = 0.01\nschedule = \"constant\"\nn_layer = 2\n",
         )
         .unwrap();
-        config.apply(&file);
-        let flags = TrainOverrides {
-            lr: Some(0.02),
+        let flags = RunOverrides {
+            train: TrainOverrides {
+                lr: Some(0.02),
+                ..Default::default()
+            },
             ..Default::default()
         };
-        config.apply(&flags);
+        let config = RunConfig::resolve(&Sources {
+            file: Some(&file),
+            flags: Some(&flags),
+            ..Default::default()
+        })
+        .unwrap();
+        let t = &config.train;
         assert_eq!(
-            (config.max_iters, config.lr, config.schedule),
+            (t.max_iters, t.lr, t.schedule),
             (10, 0.02, Schedule::Constant)
         );
-        assert_eq!(config.n_embd, 128);
+        assert_eq!((gpt(&config).n_embd, gpt(&config).n_layer), (128, 2));
+        // The effective configuration reads back as a file to the same settings.
+        let text = config.flat().to_toml().unwrap();
+        let back = RunOverrides::from_toml(&text).unwrap();
+        let mut again = RunConfig::preset("bigram").unwrap();
+        again.apply(&back);
+        assert_eq!(again.model.kind(), ModelKind::Gpt);
+        assert_eq!(again.train, config.train);
+        assert_eq!(
+            again.model.with_vocab_size(1),
+            config.model.with_vocab_size(1)
+        );
+    }
+
+    #[test]
+    fn a_renamed_setting_reads_under_its_old_name() {
+        let old = RunOverrides::from_toml("sample_chars = 7").unwrap();
+        assert_eq!(old.train.sample_tokens, Some(7));
+        let mut json = serde_json::to_value(RunConfig::preset("cpu").unwrap().train).unwrap();
+        let map = json.as_object_mut().unwrap();
+        map.remove("sample_tokens");
+        map.insert("sample_chars".into(), 9.into());
+        let train: TrainConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(train.sample_tokens, 9);
     }
 
     #[test]
     fn bad_files_and_values_are_errors() {
-        let err = TrainConfig::overrides_from_toml("max_itres = 10")
+        let err = RunOverrides::from_toml("max_itres = 10")
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_itres"), "{err}");
-        assert!(TrainConfig::overrides_from_toml("max_iters = \"ten\"").is_err());
-        let mut config = TrainConfig::preset("cpu").unwrap();
-        config.n_head = 3;
+        assert!(RunOverrides::from_toml("max_iters = \"ten\"").is_err());
+        assert!(RunOverrides::from_toml("n_layer = \"ten\"").is_err());
+        let mut config = RunConfig::preset("cpu").unwrap();
+        config.model.apply(&ModelOverrides {
+            n_head: Some(3),
+            ..Default::default()
+        });
         assert!(
             config
                 .validate()
@@ -593,8 +779,8 @@ mod tests {
                 .to_string()
                 .contains("divisible")
         );
-        let mut config = TrainConfig::preset("cpu").unwrap();
-        config.batch_size = 0;
+        let mut config = RunConfig::preset("cpu").unwrap();
+        config.train.batch_size = 0;
         assert_eq!(
             config.validate().unwrap_err().to_string(),
             "invalid configuration: batch_size must be at least 1"

@@ -20,6 +20,10 @@ pub enum TrainError {
     /// Data-parallel training: joining, a rank that stopped or differs.
     #[error("{0}")]
     Parallel(String),
+    /// Another device's worker of this process failed, so this one stopped too (the
+    /// other's error is the cause).
+    #[error("another device's worker stopped")]
+    OtherWorkerFailed,
     /// An I/O error on `path`.
     #[error("{path}: {source}")]
     Io {
@@ -36,7 +40,7 @@ pub enum TrainError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A Hugging Face checkpoint that quill cannot read or write (see [`crate::hf`]).
+    /// A Hugging Face checkpoint that quill cannot read or write (see [`crate::interop::hf`]).
     #[error("{path}: {reason}")]
     HuggingFace {
         /// The file or directory involved.
@@ -71,7 +75,7 @@ pub enum TrainError {
         /// The value asked for.
         wanted: String,
     },
-    /// The run would need more memory than the device has (see [`crate::memory`]).
+    /// The run would need more memory than the device has (see [`crate::MemoryEstimate`]).
     #[error("{0}")]
     OutOfMemory(String),
     /// Another process trains in the same run directory.

@@ -1,71 +1,77 @@
 //! # quill-train
 //!
-//! Training for quill's models, nanoGPT-style:
+//! Training for quill's models, nanoGPT-style. The core builds on its own; the run
+//! directory's pictures (`plot`) and data parallelism across processes (`distributed`)
+//! are default features.
 //!
-//! - [`config`]: [`TrainConfig`], the presets and their overrides.
-//! - [`schedule`]: warmup + cosine (or constant, or warmup–stable–decay) learning rate.
-//! - [`optim`]: AdamW with decay groups, global-norm clipping, gradient accumulation.
-//! - [`muon`]: Muon, which may update the hidden matrices instead of AdamW.
-//! - [`step`]: the public optimizer step: a [`Trainer`] (model + AdamW + schedule) whose
-//!   [`Trainer::step`] takes a [`Batch`] and returns a [`StepOutput`].
-//! - [`evaluate`](mod@evaluate): train and val [`Losses`] of a model.
-//! - [`train`](mod@train): the loop that composes them with the run directory:
-//!   evaluation, samples, records, checkpoints.
-//! - [`inference`]: prompts, stop sequences and streaming for sampling.
-//! - [`distributed`]: data parallelism over Burn's collective engine: ranks, the
-//!   coordinator, faults.
-//! - [`checkpoint`]: self-contained, atomically written checkpoint directories.
-//! - [`hf`]: Hugging Face GPT-2 checkpoints to and from quill's.
-//! - [`run_dir`]: the run directory: one trainer at a time, records, cleanup after
-//!   killed writers.
-//! - [`metrics`]: `metrics.jsonl` and `steps.jsonl` records.
-//! - [`plot`]: `loss.svg` and `loss.png`.
-//! - [`memory`]: the memory a run needs, estimated before anything is allocated.
-//! - [`bench`](mod@bench): throughput measurements for `quill bench`.
-//! - [`parity`]: the same losses on every backend, for `quill parity`.
+//! - **Settings** ([`RunConfig`]): the model's [`ModelConfig`](quill_model::ModelConfig)
+//!   and the training's [`TrainConfig`], from a [`Preset`], a checkpoint, a `--config`
+//!   file and flags, in that order ([`RunConfig::resolve`]).
+//! - **The step** ([`Trainer`]): forward, backward, gradients averaged over
+//!   micro-batches, shards of rows and the ranks of a [`Strategy`], then [`MuonAdamW`]
+//!   at the [`learning_rate`] of the step.
+//! - **Measuring** ([`evaluate()`]): train and val [`Losses`].
+//! - **A run** ([`train()`]): the loop that composes them with the run directory
+//!   ([`RunDir`]): evaluations, samples, records, [`Checkpoint`]s.
+//! - **Sampling** ([`sample_texts`]): prompts, stop sequences and streaming.
+//! - **Data parallelism** (feature `distributed`): `World` and `Collective`, over Burn's
+//!   collective engine.
+//! - **Hugging Face** ([`hf`]): GPT-2 checkpoints to and from quill's.
+//! - **Tools**: [`MemoryEstimate`] (before anything is allocated), [`mod@bench`] (for
+//!   `quill bench`), [`parity`] (the same losses on every backend).
 //!
 //! ```no_run
 //! use burn_autodiff::Autodiff;
 //! use burn_flex::Flex;
 //! use quill_data::Dataset;
-//! use quill_train::{Run, RunDir, TrainConfig, train};
+//! use quill_train::{Run, RunConfig, RunDir, train};
 //!
 //! let text = std::fs::read_to_string("data/tinyshakespeare/input.txt").unwrap();
-//! let mut config = TrainConfig::preset("cpu").unwrap();
-//! config.max_iters = 100;
-//! let dataset = Dataset::new(&text, config.val_fraction).unwrap();
-//! let out = RunDir::open("runs/demo").unwrap();
-//! let run = Run { config, dataset: &dataset, out: Some(out), resume: None, init_from: None, stop: None, parallel: None };
+//! let mut config = RunConfig::preset("cpu").unwrap();
+//! config.train.max_iters = 100;
+//! let dataset = Dataset::new(&text, config.train.val_fraction).unwrap();
+//! let run = Run::new(config, &dataset).with_out(RunDir::open("runs/demo").unwrap());
 //! let outcome = train::<Autodiff<Flex>>(run, &Default::default(), &mut ()).unwrap();
 //! println!("{outcome:?}");
 //! ```
 
-pub mod bench;
-pub mod checkpoint;
-pub mod config;
-pub mod distributed;
-pub mod error;
-pub mod evaluate;
-pub mod hf;
-pub mod inference;
-pub mod memory;
-pub mod metrics;
-pub mod muon;
-pub mod optim;
-pub mod parity;
-pub mod plot;
-pub mod run_dir;
-pub mod schedule;
-mod shard;
-pub mod step;
-pub mod train;
+mod config;
+#[cfg(feature = "distributed")]
+mod dist;
+mod error;
+mod evaluate;
+mod inference;
+mod interop;
+mod optim;
+mod run;
+mod schedule;
+mod tools;
+mod trainer;
 
-pub use checkpoint::{Checkpoint, RunConfig};
-pub use config::{TrainConfig, TrainOverrides};
+pub use config::{
+    DEFAULT_PRESET, FlatConfig, OptimizerKind, PRESETS, Preset, RunConfig, RunOverrides, Schedule,
+    Sources, TrainConfig, TrainOverrides,
+};
+#[cfg(feature = "distributed")]
+pub use dist::{
+    Collective, DEFAULT_COORDINATOR, RunSecret, World, coordinator_from_env, parse_coordinator,
+    stop_in_process_workers,
+};
 pub use error::TrainError;
-pub use evaluate::{Losses, estimate_loss, estimate_loss_rows, evaluate, evaluate_rows};
+pub use evaluate::{Losses, estimate_loss, evaluate};
 pub use inference::{SampleRequest, sample_texts};
-pub use memory::MemoryEstimate;
-pub use run_dir::RunDir;
-pub use step::{Batch, StepOutput, Trainer};
-pub use train::{Agreement, Observer, Outcome, Run, StepReport, train};
+pub use interop::hf;
+pub use optim::{GradBuffer, MuonAdamW, StepOptions, muon, param_lengths};
+#[cfg(feature = "plot")]
+pub use run::plot::{LossPlot, smoothed};
+pub use run::run_dir::{RUN, RunDir, check_run_dir, is_run_dir};
+pub use run::{
+    Agreement, Observer, Outcome, Run, StepReport, checkpoint, human_count, metrics, train,
+    weights_fingerprint,
+};
+pub use run::{checkpoint::Checkpoint, checkpoint::TrainState, metrics::EvalRecord};
+pub use schedule::learning_rate;
+pub use tools::memory::{Component, MemoryEstimate, human_bytes};
+pub use tools::{bench, parity};
+pub use trainer::strategy::{SingleProcess, Strategy, fingerprint, fingerprint_more};
+pub use trainer::{Batch, StepOutput, Trainer};

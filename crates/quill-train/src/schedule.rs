@@ -37,10 +37,11 @@ pub fn learning_rate(config: &TrainConfig, iter: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RunConfig;
 
     #[test]
     fn warmup_then_cosine_to_min_lr() {
-        let config = TrainConfig::preset("shakespeare-char").unwrap(); // 1e-3 → 1e-4, warmup 100, 5000 iters
+        let config = RunConfig::preset("shakespeare-char").unwrap().train; // 1e-3 → 1e-4, warmup 100, 5000 iters
         let lr = |i| learning_rate(&config, i);
         assert!((lr(0) - 1e-3 / 101.0).abs() < 1e-15);
         assert!((lr(99) - 1e-3 * 100.0 / 101.0).abs() < 1e-15);
@@ -55,7 +56,7 @@ mod tests {
 
     #[test]
     fn wsd_warms_up_holds_then_falls_linearly() {
-        let mut config = TrainConfig::preset("cpu").unwrap(); // 1e-3 → 1e-4
+        let mut config = RunConfig::preset("cpu").unwrap().train; // 1e-3 → 1e-4
         (config.schedule, config.warmup_iters) = (Schedule::Wsd, 10);
         (config.max_iters, config.cooldown_iters) = (100, 40);
         let lr = |i| learning_rate(&config, i);
@@ -74,7 +75,7 @@ mod tests {
 
     #[test]
     fn constant_is_constant() {
-        let config = TrainConfig::preset("lecture").unwrap();
+        let config = RunConfig::preset("lecture").unwrap().train;
         assert_eq!(learning_rate(&config, 0), 3e-4);
         assert_eq!(learning_rate(&config, 4999), 3e-4);
     }

@@ -11,8 +11,9 @@ use std::path::Path;
 use burn_autodiff::Autodiff;
 use burn_ndarray::NdArray;
 use quill_data::Dataset;
+use quill_data::Shard;
 use quill_model::params::export;
-use quill_train::{Checkpoint, RunDir, estimate_loss};
+use quill_train::{Checkpoint, Run, RunDir, estimate_loss};
 
 fn fixture() -> (Checkpoint, Dataset) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
@@ -23,7 +24,7 @@ fn fixture() -> (Checkpoint, Dataset) {
 }
 
 #[test]
-fn a_checkpoint_from_before_the_redesign_loads_with_the_same_weights_and_loss() {
+fn a_first_format_checkpoint_loads_with_the_same_weights_and_loss() {
     let (checkpoint, dataset) = fixture();
     let model = checkpoint.model::<NdArray>(&Default::default()).unwrap();
     // Every tensor of the file comes back under the same name, bit for bit.
@@ -37,26 +38,20 @@ fn a_checkpoint_from_before_the_redesign_loads_with_the_same_weights_and_loss() 
             tensor.name
         );
     }
-    let loss = estimate_loss(&model, &dataset.split.val, 2, 3, 7).unwrap();
-    assert_eq!(loss, 3.39825, "measured before the redesign");
+    let loss = estimate_loss(&model, &dataset.split.val, 2, Shard::WHOLE, 3, 7).unwrap();
+    assert_eq!(loss, 3.39825, "measured with the version that wrote it");
 }
 
 #[test]
-fn a_checkpoint_from_before_the_redesign_resumes_exactly() {
+fn a_first_format_checkpoint_resumes_exactly() {
     let (checkpoint, dataset) = fixture();
     let tmp = tempfile::tempdir().unwrap();
-    let mut config = checkpoint.config.train.clone();
-    config.max_iters = 4;
-    config.sample_chars = 0;
-    let run = quill_train::Run {
-        config,
-        dataset: &dataset,
-        out: Some(RunDir::open(tmp.path()).unwrap()),
-        resume: Some(checkpoint),
-        init_from: None,
-        stop: None,
-        parallel: None,
-    };
+    let mut config = checkpoint.config.clone();
+    config.train.max_iters = 4;
+    config.train.sample_tokens = 0;
+    let run = Run::new(config, &dataset)
+        .with_out(RunDir::open(tmp.path()).unwrap())
+        .with_resume(checkpoint);
     let outcome =
         quill_train::train::<Autodiff<NdArray>>(run, &Default::default(), &mut ()).unwrap();
     let quill_train::Outcome::Finished(record) = outcome else {

@@ -7,9 +7,8 @@ use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use quill_data::Dataset;
 use quill_model::params::export;
-use quill_train::config::ModelKind;
-use quill_train::step::{Batch, Trainer};
-use quill_train::{TrainConfig, TrainError};
+use quill_model::{GptConfig, ModelConfig, ModelOverrides};
+use quill_train::{Batch, RunConfig, TrainConfig, TrainError, Trainer};
 
 type AB = Autodiff<Flex>;
 
@@ -19,40 +18,46 @@ fn corpus() -> Dataset {
     Dataset::new(&verse.repeat(40), 0.1).unwrap()
 }
 
-fn config() -> TrainConfig {
-    TrainConfig {
-        model: ModelKind::Gpt,
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 16,
-        block_size: 16,
-        dropout: 0.0,
-        batch_size: 4,
-        grad_accum: 2,
-        warmup_iters: 0,
-        lr: 1e-2,
-        ..TrainConfig::preset("cpu").unwrap()
+fn config() -> RunConfig {
+    let cpu = RunConfig::preset("cpu").unwrap();
+    RunConfig {
+        model: ModelConfig::Gpt(GptConfig {
+            n_layer: 2,
+            n_head: 2,
+            n_embd: 16,
+            block_size: 16,
+            bias: false,
+            ..Default::default()
+        }),
+        train: TrainConfig {
+            batch_size: 4,
+            grad_accum: 2,
+            warmup_iters: 0,
+            lr: 1e-2,
+            ..cpu.train
+        },
     }
 }
 
 /// The losses of `steps` steps from the same initial weights and batches, at most
 /// `max_shards` shards per micro-batch, and the weights after them.
 fn train<B: burn::tensor::backend::AutodiffBackend>(
-    config: &TrainConfig,
+    config: &RunConfig,
     max_shards: usize,
     steps: usize,
 ) -> Result<(Vec<f32>, Vec<f32>, usize), TrainError> {
     let data = corpus();
     let device = Default::default();
     let model = config
-        .model_config(data.tokenizer.vocab_size())
-        .init::<B>(config.seed, &device)?;
-    let mut trainer = Trainer::new(model, config).with_max_shards(max_shards);
-    let shards = trainer.shards(config.batch_size);
+        .model_for(data.tokenizer.vocab_size())
+        .init::<B>(config.train.seed, &device)?;
+    let mut trainer = Trainer::new(model, &config.train).with_max_shards(max_shards);
+    let shards = trainer.shards(config.train.batch_size);
     let mut sampler = config.batch_sampler()?;
     let mut losses = Vec::new();
     for _ in 0..steps {
-        let batch = Batch::sample(&mut sampler, &data.split.train, config.grad_accum, &device)?;
+        let accum = config.train.grad_accum;
+        let batch = Batch::sample(&mut sampler, &data.split.train, accum, &device)?;
         losses.push(trainer.step(&batch)?.loss);
     }
     let weights = export(trainer.model())
@@ -103,27 +108,36 @@ fn the_shard_count_divides_the_rows_and_needs_the_cpu_kernels_and_no_dropout() {
     let config = config();
     let vocab = data.tokenizer.vocab_size();
     let device = Default::default();
-    let model = config.model_config(vocab).init::<AB>(1, &device).unwrap();
-    let trainer = Trainer::new(model, &config).with_max_shards(4);
+    let model = config.model_for(vocab).init::<AB>(1, &device).unwrap();
+    let trainer = Trainer::new(model, &config.train).with_max_shards(4);
     assert_eq!(
         [1, 2, 3, 4, 6, 7, 12].map(|rows| trainer.shards(rows)),
         [1, 2, 3, 4, 3, 1, 4]
     );
-    // Dropout masks come from one generator: shards would draw them in any order.
-    let dropout = TrainConfig {
-        dropout: 0.1,
-        ..config.clone()
-    };
-    let model = dropout.model_config(vocab).init::<AB>(1, &device).unwrap();
+    // Dropout masks come from one generator: shards would draw them in any order. The
+    // model's dropout decides, whatever the training settings say.
+    let mut dropout = config.clone();
+    dropout.model.apply(&ModelOverrides {
+        dropout: Some(0.1),
+        ..Default::default()
+    });
+    let model = dropout.model_for(vocab).init::<AB>(1, &device).unwrap();
     assert_eq!(
-        Trainer::new(model, &dropout).with_max_shards(4).shards(4),
+        Trainer::new(model, &config.train)
+            .with_max_shards(4)
+            .shards(4),
         1
     );
     // Other backends run each micro-batch whole.
     type Other = Autodiff<NdArray>;
     let model = config
-        .model_config(vocab)
+        .model_for(vocab)
         .init::<Other>(1, &Default::default())
         .unwrap();
-    assert_eq!(Trainer::new(model, &config).with_max_shards(4).shards(4), 1);
+    assert_eq!(
+        Trainer::new(model, &config.train)
+            .with_max_shards(4)
+            .shards(4),
+        1
+    );
 }

@@ -8,13 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn_autodiff::Autodiff;
 use burn_flex::Flex;
 use quill_data::{DataError, Dataset};
-use quill_model::{Activation, Norm, Position};
-use quill_train::checkpoint::{Checkpoint, last_dir};
-use quill_train::config::{ModelKind, OptimizerKind, Schedule};
-use quill_train::metrics::{EvalRecord, read_jsonl};
-use quill_train::plot::LossPlot;
-use quill_train::train::human_count;
-use quill_train::{Observer, Outcome, Run, RunDir, StepReport, TrainConfig, TrainError, train};
+use quill_model::{Activation, GptConfig, ModelConfig, Norm, Position};
+use quill_train::checkpoint::last_dir;
+use quill_train::metrics::read_jsonl;
+use quill_train::{
+    Checkpoint, EvalRecord, LossPlot, Observer, OptimizerKind, Outcome, Run, RunConfig, RunDir,
+    Schedule, StepReport, TrainConfig, TrainError, human_count, train,
+};
 
 /// Flex, not NdArray: NdArray's multi-threaded reductions are not deterministic run to
 /// run (two identical runs differed in the last bits here), Flex's are.
@@ -31,23 +31,43 @@ fn expected_vocab() -> usize {
     Dataset::new(&corpus(), 0.1).unwrap().tokenizer.vocab_size()
 }
 
-fn config() -> TrainConfig {
-    TrainConfig {
-        model: ModelKind::Gpt,
-        n_layer: 1,
-        n_head: 2,
-        n_embd: 16,
-        block_size: 16,
-        dropout: 0.0,
-        batch_size: 4,
-        max_iters: 8,
-        eval_interval: 4,
-        eval_iters: 2,
-        final_eval_iters: 3,
-        warmup_iters: 2,
-        schedule: Schedule::Cosine,
-        sample_chars: 10,
-        ..TrainConfig::preset("cpu").unwrap()
+fn config() -> RunConfig {
+    let cpu = RunConfig::preset("cpu").unwrap();
+    RunConfig {
+        model: ModelConfig::Gpt(GptConfig {
+            n_layer: 1,
+            n_head: 2,
+            n_embd: 16,
+            block_size: 16,
+            dropout: 0.0,
+            bias: false,
+            ..Default::default()
+        }),
+        train: TrainConfig {
+            batch_size: 4,
+            max_iters: 8,
+            eval_interval: 4,
+            eval_iters: 2,
+            final_eval_iters: 3,
+            warmup_iters: 2,
+            schedule: Schedule::Cosine,
+            sample_tokens: 10,
+            ..cpu.train
+        },
+    }
+}
+
+/// `config` changed by `change`.
+fn tweak(mut config: RunConfig, change: impl FnOnce(&mut RunConfig)) -> RunConfig {
+    change(&mut config);
+    config
+}
+
+/// The GPT settings of `config`.
+fn gpt(config: &mut RunConfig) -> &mut GptConfig {
+    match &mut config.model {
+        ModelConfig::Gpt(g) => g,
+        ModelConfig::Bigram(_) => panic!("a GPT"),
     }
 }
 
@@ -75,22 +95,19 @@ impl Observer for Record {
 }
 
 fn run_to(
-    config: TrainConfig,
+    config: RunConfig,
     out: &Path,
     resume: Option<Checkpoint>,
     stop: Option<&'static AtomicBool>,
     observer: &mut Record,
 ) -> Result<Outcome, TrainError> {
-    let dataset = Dataset::new(&corpus(), config.val_fraction).unwrap();
-    let run = Run {
-        config,
-        dataset: &dataset,
-        out: Some(RunDir::open(out)?),
-        resume,
-        init_from: None,
-        stop,
-        parallel: None,
-    };
+    let dataset = Dataset::new(&corpus(), config.train.val_fraction).unwrap();
+    let mut run = Run::new(config, &dataset)
+        .with_out(RunDir::open(out)?)
+        .with_resume(resume);
+    if let Some(stop) = stop {
+        run = run.with_stop(stop);
+    }
     train::<AB>(run, &Default::default(), observer)
 }
 
@@ -98,12 +115,11 @@ fn run_to(
 fn training_lowers_the_loss_and_writes_the_run_directory() {
     let dir = tempfile::tempdir().unwrap();
     let mut rec = Record::default();
-    let config = TrainConfig {
-        max_iters: 40,
-        eval_interval: 20,
-        lr: 1e-2,
-        ..config()
-    };
+    let config = tweak(config(), |c| {
+        c.train.max_iters = 40;
+        c.train.eval_interval = 20;
+        c.train.lr = 1e-2;
+    });
     let Outcome::Finished(last) = run_to(config, dir.path(), None, None, &mut rec).unwrap() else {
         panic!("not finished")
     };
@@ -133,6 +149,22 @@ fn training_lowers_the_loss_and_writes_the_run_directory() {
     ] {
         assert!(dir.path().join(file).is_file(), "{file}");
     }
+    // config.json holds the model once, under "model"; "train" has training settings.
+    let config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path().join("last/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            config["model"]["kind"].as_str(),
+            config["model"]["n_layer"].as_u64()
+        ),
+        (Some("gpt"), Some(1))
+    );
+    let train = config["train"].as_object().unwrap();
+    for key in quill_model::ModelOverrides::KEYS {
+        assert!(!train.contains_key(*key), "\"train\" repeats {key}");
+    }
+    assert_eq!(train["max_iters"], 40);
     assert_eq!(
         fs::read_to_string(dir.path().join("metrics.jsonl"))
             .unwrap()
@@ -168,7 +200,7 @@ fn interrupted_then_resumed(
 
 /// [`interrupted_then_resumed`] with other settings.
 fn interrupted_then_resumed_with(
-    config: TrainConfig,
+    config: RunConfig,
     out: &Path,
     stop_after: usize,
     flag: &'static AtomicBool,
@@ -230,7 +262,7 @@ fn resume_continues_bit_for_bit() {
         let svg = fs::read_to_string(out.join("loss.svg")).unwrap();
         let title = format!(
             "{name} · GPT 1 layers × 16 (2 heads) · {} parameters · {} tokens seen",
-            human_count(config().model_config(expected_vocab()).num_params()),
+            human_count(config().model_for(expected_vocab()).num_params()),
             human_count((8 * config().tokens_per_iter()) as f64)
         );
         let redrawn = LossPlot {
@@ -246,21 +278,21 @@ fn resume_continues_bit_for_bit() {
 #[test]
 fn every_option_of_the_fast_recipe_is_recorded_and_resumes_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
-    type Change = fn(&mut TrainConfig);
+    type Change = fn(&mut RunConfig);
     let options: [(&str, Change); 7] = [
-        ("muon", |c| c.optimizer = OptimizerKind::Muon),
-        ("rotary", |c| c.position = Position::Rotary),
-        ("relu2", |c| c.activation = Activation::Relu2),
-        ("rmsnorm", |c| c.norm = Norm::Rms),
-        ("zero-init", |c| c.zero_init_proj = true),
+        ("muon", |c| c.train.optimizer = OptimizerKind::Muon),
+        ("rotary", |c| gpt(c).position = Position::Rotary),
+        ("relu2", |c| gpt(c).activation = Activation::Relu2),
+        ("rmsnorm", |c| gpt(c).norm = Norm::Rms),
+        ("zero-init", |c| gpt(c).zero_init_proj = true),
         ("wsd", |c| {
-            (c.schedule, c.cooldown_iters) = (Schedule::Wsd, 4)
+            (c.train.schedule, c.train.cooldown_iters) = (Schedule::Wsd, 4)
         }),
         ("all", |c| {
-            (c.optimizer, c.position, c.activation) =
-                (OptimizerKind::Muon, Position::Rotary, Activation::Relu2);
-            (c.norm, c.zero_init_proj) = (Norm::Rms, true);
-            (c.schedule, c.cooldown_iters) = (Schedule::Wsd, 4);
+            c.train.optimizer = OptimizerKind::Muon;
+            (gpt(c).position, gpt(c).activation) = (Position::Rotary, Activation::Relu2);
+            (gpt(c).norm, gpt(c).zero_init_proj) = (Norm::Rms, true);
+            (c.train.schedule, c.train.cooldown_iters) = (Schedule::Wsd, 4);
         }),
     ];
     let mut trajectories = vec![];
@@ -272,12 +304,12 @@ fn every_option_of_the_fast_recipe_is_recorded_and_resumes_bit_for_bit() {
         run_to(config.clone(), &out, None, None, &mut full).unwrap();
         let saved = Checkpoint::load(&out.join("last")).unwrap();
         assert_eq!(
-            saved.config.train, config,
+            saved.config.train, config.train,
             "{name}: the checkpoint records it"
         );
         assert_eq!(
             saved.config.model,
-            config.model_config(expected_vocab()),
+            config.model_for(expected_vocab()),
             "{name}"
         );
 
@@ -419,10 +451,9 @@ fn corrupt_truncated_and_foreign_checkpoints_are_clear_errors() {
     // Weights of another shape: loads, but building the model says which tensor.
     let other = dir.path().join("other");
     run_to(
-        TrainConfig {
-            n_embd: 8,
-            ..config()
-        },
+        tweak(config(), |c| {
+            gpt(c).n_embd = 8;
+        }),
         &other,
         None,
         None,
@@ -463,10 +494,9 @@ fn data_with_another_vocabulary_is_rejected() {
     );
     // Resuming with a different model shape is refused too.
     let err = run_to(
-        TrainConfig {
-            n_layer: 2,
-            ..config()
-        },
+        tweak(config(), |c| {
+            gpt(c).n_layer = 2;
+        }),
         dir.path(),
         Some(checkpoint),
         None,
@@ -482,13 +512,12 @@ fn data_with_another_vocabulary_is_rejected() {
 #[test]
 fn a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let config = TrainConfig {
-        lr: 1e30,
-        min_lr: 0.0,
-        warmup_iters: 0,
-        grad_clip: 0.0,
-        ..config()
-    };
+    let config = tweak(config(), |c| {
+        c.train.lr = 1e30;
+        c.train.min_lr = 0.0;
+        c.train.warmup_iters = 0;
+        c.train.grad_clip = 0.0;
+    });
     let err = run_to(config, dir.path(), None, None, &mut Record::default()).unwrap_err();
     assert!(
         matches!(err, TrainError::NonFinite { iter: 1..=3, .. }),

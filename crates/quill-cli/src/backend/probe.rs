@@ -172,7 +172,7 @@ pub mod wgpu {
     }
 
     /// Keeps Mesa's Vulkan device-select layer from printing `error: XDG_RUNTIME_DIR is
-    /// invalid or not set` on machines without a desktop session (servers, CI, root
+    /// invalid or not set` on machines without a desktop login (servers, CI, root
     /// shells): the layer looks for a Wayland display to order the GPUs, and there is
     /// none to find. Where `XDG_RUNTIME_DIR` is set, nothing changes.
     pub fn quiet_headless_vulkan() {

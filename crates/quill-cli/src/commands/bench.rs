@@ -11,7 +11,9 @@ use quill_train::bench::{
     SampleBench, ToLossBench, TrainBench, bench_sampling, bench_to_loss, bench_training,
     peak_rss_mb, time_generation,
 };
-use quill_train::{Checkpoint, MemoryEstimate, TrainConfig};
+use quill_train::{
+    Checkpoint, MemoryEstimate, Preset, RunConfig, RunOverrides, Sources, TrainOverrides,
+};
 use serde::Serialize;
 
 use crate::backend::{self, Job};
@@ -32,25 +34,34 @@ struct Report {
     #[serde(flatten)]
     sample: Option<SampleBench>,
     peak_rss_mb: Option<f64>,
-    /// The measured settings (the PyTorch comparator in bench/ reads them).
-    config: TrainConfig,
+    /// The measured settings, as flat keys (the PyTorch comparator in bench/ reads them).
+    config: serde_json::Value,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(dir) = &args.checkpoint {
         return checkpoint(dir, &args);
     }
-    let mut config = TrainConfig::preset(&args.preset)?;
-    config.apply(&super::config_file(args.config.as_deref())?);
-    if let Some(seed) = args.seed {
-        config.seed = seed;
-    }
-    config.validate()?;
+    let file = super::config_file(args.config.as_deref())?;
+    let flags = RunOverrides {
+        train: TrainOverrides {
+            seed: args.seed,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let config = RunConfig::resolve(&Sources {
+        preset: Some(&args.preset),
+        file: Some(&file),
+        flags: Some(&flags),
+        ..Default::default()
+    })?;
     ensure!(args.iters > 0, "--iters must be at least 1");
     ensure!(args.eval_iters > 0, "--eval-iters must be at least 1");
     let target = backend::prepare(args.target.one()?, args.target.dtype)?;
-    let spec = TrainConfig::preset_tokenizer(&args.preset);
-    let dataset = super::load_dataset(&args.source, None, spec, config.val_fraction)?.dataset;
+    let spec = Preset::named(&args.preset)?.tokenizer;
+    let dataset = super::load_dataset(&args.source, None, spec, config.train.val_fraction)?;
+    let dataset = dataset.dataset;
     target.check_memory(&MemoryEstimate::training(
         &config,
         dataset.tokenizer.vocab_size(),
@@ -74,7 +85,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             backend,
             num_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             to_loss: result,
-            config,
+            config: serde_json::to_value(config.flat())?,
         };
         return super::print_report(args.json, &report, print_to_loss);
     }
@@ -88,14 +99,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         preset: args.preset.clone(),
         backend,
         dtype: args.target.dtype.to_string(),
-        batch_size: config.batch_size,
-        block_size: config.block_size,
+        batch_size: config.train.batch_size,
+        block_size: config.block_size(),
         tokens_per_iter: config.tokens_per_iter(),
         num_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         train,
         sample,
         peak_rss_mb: peak_rss_mb(),
-        config,
+        config: serde_json::to_value(config.flat())?,
     };
     super::print_report(args.json, &report, print_text)?;
     if let Some(sample) = &report.sample {
@@ -156,7 +167,8 @@ struct ToLossReport {
     num_threads: usize,
     #[serde(flatten)]
     to_loss: ToLossBench,
-    config: TrainConfig,
+    /// The settings, as flat keys.
+    config: serde_json::Value,
 }
 
 fn print_to_loss(r: &ToLossReport) {
@@ -165,17 +177,17 @@ fn print_to_loss(r: &ToLossReport) {
     match t.reached {
         true => println!(
             "{} on {} (seed {}): val {last:.4} <= {} after {} steps: {:.1} s of training, {:.1} s wall with evaluations",
-            r.preset, r.backend, r.config.seed, t.target, t.steps, t.train_s, t.wall_s
+            r.preset, r.backend, r.config["seed"], t.target, t.steps, t.train_s, t.wall_s
         ),
         false => println!(
             "{} on {} (seed {}): val {last:.4} > {} after all {} steps ({:.1} s of training): not reached",
-            r.preset, r.backend, r.config.seed, t.target, t.steps, t.train_s
+            r.preset, r.backend, r.config["seed"], t.target, t.steps, t.train_s
         ),
     }
 }
 
 struct ToLossJob {
-    config: TrainConfig,
+    config: RunConfig,
     dataset: Dataset,
     target: f32,
     eval_every: usize,
@@ -191,7 +203,7 @@ impl Job for ToLossJob {
             &device,
             self.target,
             self.eval_every,
-            c.eval_iters,
+            c.train.eval_iters,
         )?;
         Ok((<B as Backend>::name(&device), result))
     }
@@ -282,7 +294,7 @@ impl Job for SampleJob {
 }
 
 struct BenchJob<'a> {
-    config: TrainConfig,
+    config: RunConfig,
     dataset: Dataset,
     args: &'a BenchArgs,
 }
@@ -300,15 +312,10 @@ impl Job for BenchJob<'_> {
             args.eval_iters,
         )?;
         let sample = if args.sample_tokens > 0 {
-            let model_config = self
-                .config
-                .model_config(self.dataset.tokenizer.vocab_size());
-            let model = model_config.init::<B::InnerBackend>(self.config.seed, &device)?;
-            Some(bench_sampling(
-                &model,
-                args.sample_tokens,
-                self.config.seed,
-            )?)
+            let model_config = self.config.model_for(self.dataset.tokenizer.vocab_size());
+            let seed = self.config.train.seed;
+            let model = model_config.init::<B::InnerBackend>(seed, &device)?;
+            Some(bench_sampling(&model, args.sample_tokens, seed)?)
         } else {
             None
         };

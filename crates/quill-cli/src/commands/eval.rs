@@ -2,8 +2,10 @@
 
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
-use quill_data::Dataset;
-use quill_train::{Checkpoint, Losses, MemoryEstimate, evaluate};
+use quill_data::{Dataset, Shard};
+use quill_train::{
+    Checkpoint, Losses, MemoryEstimate, RunConfig, RunOverrides, Sources, TrainOverrides, evaluate,
+};
 
 use crate::backend::{self, Job};
 use crate::cli::EvalArgs;
@@ -11,11 +13,25 @@ use crate::cli::EvalArgs;
 pub fn run(args: EvalArgs) -> Result<()> {
     let target = backend::prepare(args.target.one()?, args.target.dtype)?;
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
-    let eval_iters = args
-        .eval_iters
-        .unwrap_or(checkpoint.config.train.final_eval_iters);
-    anyhow::ensure!(eval_iters > 0, "--eval-iters must be at least 1");
-    let train = &checkpoint.config.train;
+    anyhow::ensure!(
+        args.eval_iters != Some(0),
+        "--eval-iters must be at least 1"
+    );
+    // The checkpoint's settings through the chain every command uses; --eval-iters
+    // stands for the evaluation after the last step.
+    let flags = RunOverrides {
+        train: TrainOverrides {
+            final_eval_iters: args.eval_iters,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let config = RunConfig::resolve(&Sources {
+        resume: Some(&checkpoint),
+        flags: Some(&flags),
+        ..Default::default()
+    })?;
+    let (train, eval_iters) = (&config.train, config.train.final_eval_iters);
     // A batch of evaluation is a forward pass of batch_size sequences.
     target.check_memory(&MemoryEstimate::sampling(
         &checkpoint.config.model,
@@ -25,8 +41,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let tokenizer = Some(&checkpoint.tokenizer);
     let spec = quill_data::TokenizerSpec::Char;
     let dataset = super::load_dataset(&args.source, tokenizer, spec, train.val_fraction)?.dataset;
-    dataset.split.check_block_size(train.block_size)?;
+    dataset.split.check_block_size(config.block_size())?;
     let losses = target.run(EvalJob {
+        batch_size: train.batch_size,
         checkpoint,
         dataset,
         eval_iters,
@@ -40,6 +57,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 struct EvalJob {
+    batch_size: usize,
     checkpoint: Checkpoint,
     dataset: Dataset,
     eval_iters: usize,
@@ -50,8 +68,14 @@ impl Job for EvalJob {
     type Output = Losses;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Losses> {
         let model = self.checkpoint.model::<B::InnerBackend>(&device)?;
-        let batch = self.checkpoint.config.train.batch_size;
-        let split = &self.dataset.split;
-        Ok(evaluate(&model, split, batch, self.eval_iters, self.seed)?)
+        let (split, batch) = (&self.dataset.split, self.batch_size);
+        Ok(evaluate(
+            &model,
+            split,
+            batch,
+            Shard::WHOLE,
+            self.eval_iters,
+            self.seed,
+        )?)
     }
 }

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use indicatif::{ProgressBar, ProgressStyle};
 use quill_model::ModelConfig;
 use quill_train::checkpoint::CHECKPOINT;
 use quill_train::hf::{self, GPT2_MODELS, HF_FILES};
@@ -19,12 +18,13 @@ use crate::cli::{ExportArgs, ImportArgs};
 const HUB: &str = "https://huggingface.co";
 
 /// `(n_layer, n_head, n_embd)` of each released GPT-2, to check what was downloaded.
-fn released_shape(model: &str) -> (usize, usize, usize) {
+fn released_shape(model: &str) -> Option<(usize, usize, usize)> {
     match model {
-        "gpt2" => (12, 12, 768),
-        "gpt2-medium" => (24, 16, 1024),
-        "gpt2-large" => (36, 20, 1280),
-        _ => (48, 25, 1600),
+        "gpt2" => Some((12, 12, 768)),
+        "gpt2-medium" => Some((24, 16, 1024)),
+        "gpt2-large" => Some((36, 20, 1280)),
+        "gpt2-xl" => Some((48, 25, 1600)),
+        _ => None,
     }
 }
 
@@ -45,13 +45,12 @@ pub fn import(args: ImportArgs) -> Result<()> {
     let ModelConfig::Gpt(gpt) = &checkpoint.config.model else {
         unreachable!("hf::import builds GPTs")
     };
-    if let Some(model) = released {
+    if let Some((model, expected)) = released.and_then(|m| Some((m, released_shape(m)?))) {
         let shape = (gpt.n_layer, gpt.n_head, gpt.n_embd);
-        if shape != released_shape(model) {
+        if shape != expected {
             bail!(
-                "{}: n_layer, n_head, n_embd are {shape:?}, but {model} has {:?}; delete the directory to download it again",
+                "{}: n_layer, n_head, n_embd are {shape:?}, but {model} has {expected:?}; delete the directory to download it again",
                 dir.display(),
-                released_shape(model)
             );
         }
     }
@@ -124,10 +123,8 @@ fn download(model: &str) -> Result<PathBuf> {
             endpoint.trim_end_matches('/')
         );
         eprintln!("downloading {url}");
-        let bar = ProgressBar::new(0).with_style(
-            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-                .expect("a valid template"),
-        );
+        let bar = crate::progress::bytes_bar();
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         let result = quill_data::download::fetch_url(&url, &dest, |read, total| {
             bar.set_length(total.max(read));
             bar.set_position(read);

@@ -37,12 +37,10 @@ pub fn run(args: LaunchArgs) -> Result<()> {
     }
     let coordinator = match (&args.coordinator, args.nnodes) {
         (Some(c), _) => c.clone(),
-        (None, 1) => "127.0.0.1:29500".into(),
+        (None, 1) => quill_train::DEFAULT_COORDINATOR.into(),
         (None, _) => bail!("--coordinator HOST:PORT is needed with several machines"),
     };
-    let (host, port) = coordinator
-        .rsplit_once(':')
-        .with_context(|| format!("--coordinator {coordinator:?} is not HOST:PORT"))?;
+    let (host, port) = quill_train::parse_coordinator(&coordinator)?;
     let world = args.nproc * args.nnodes;
     let brings_secret = std::env::var_os(SECRET_VAR).is_some()
         || (args.command.iter())
@@ -69,8 +67,8 @@ pub fn run(args: LaunchArgs) -> Result<()> {
             .env("WORLD_SIZE", world.to_string())
             .env("RANK", rank.to_string())
             .env("LOCAL_RANK", local.to_string())
-            .env("MASTER_ADDR", host)
-            .env("MASTER_PORT", port)
+            .env("MASTER_ADDR", &host)
+            .env("MASTER_PORT", port.to_string())
             .envs(secret.as_ref().map(|s| (SECRET_VAR, s)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

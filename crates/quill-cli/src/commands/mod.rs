@@ -11,7 +11,6 @@ mod sample;
 mod train;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
 use quill_data::prepare::{PrepareOptions, prepare};
@@ -45,10 +44,7 @@ fn load_corpus(source: &DataSource) -> Result<Corpus> {
     }
     let known = &TINY_SHAKESPEARE;
     let path = known.default_path.as_ref();
-    let bar = ProgressBar::hidden().with_style(
-        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .expect("a valid template"),
-    );
+    let bar = crate::progress::bytes_bar();
     let corpus = Corpus::read_or_fetch(known, path, |read, total| {
         if bar.is_hidden() {
             eprintln!("downloading {} from {}", known.name, known.url);
@@ -83,16 +79,9 @@ fn load_dataset(
     spec: TokenizerSpec,
     val_fraction: f64,
 ) -> Result<Loaded> {
-    let spec = match tokenizer {
-        Some(Tokenizer::Char(_)) => TokenizerSpec::Char,
-        Some(t) if t.name() == "gpt2" => TokenizerSpec::Gpt2,
-        Some(t) => TokenizerSpec::Bpe(t.vocab_size()),
-        None => spec,
-    };
+    let spec = tokenizer.map_or(spec, Tokenizer::spec);
     let prepared = match (&source.data, spec) {
-        (Some(path), _) if Dataset::is_prepared(path) || path.join("train.bin").exists() => {
-            Some(path.clone())
-        }
+        (Some(path), _) if Dataset::is_token_dir(path) => Some(path.clone()),
         (Some(_), _) | (None, TokenizerSpec::Char) => None,
         (None, TokenizerSpec::Gpt2)
             if source.read_only && !Dataset::is_prepared(Path::new(SHAKESPEARE_GPT2)) =>
@@ -174,16 +163,16 @@ fn prepare_default_gpt2() -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Prints `report` as one line of JSON with `--json`, else as `text` writes it.
 /// The settings of a `--config` TOML file, or none.
-fn config_file(path: Option<&std::path::Path>) -> Result<quill_train::TrainOverrides> {
+fn config_file(path: Option<&std::path::Path>) -> Result<quill_train::RunOverrides> {
     let Some(file) = path else {
         return Ok(Default::default());
     };
     let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
-    Ok(quill_train::TrainConfig::overrides_from_toml(&text)?)
+    Ok(quill_train::RunOverrides::from_toml(&text)?)
 }
 
+/// Prints `report` as one line of JSON with `--json`, else as `text` writes it.
 fn print_report<T: Serialize>(json: bool, report: &T, text: impl FnOnce(&T)) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(report)?);

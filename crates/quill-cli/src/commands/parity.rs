@@ -4,9 +4,10 @@
 use anyhow::{Result, ensure};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use quill_data::Dataset;
+use quill_model::ModelOverrides;
 use quill_model::params::{NamedTensor, export};
-use quill_train::TrainConfig;
 use quill_train::parity::{Parity, compare, trajectory};
+use quill_train::{DEFAULT_PRESET, Preset, RunConfig, RunOverrides, Sources, TrainOverrides};
 use serde::Serialize;
 
 use crate::backend::{self, DType, DeviceChoice, Job};
@@ -24,32 +25,40 @@ struct Report {
 }
 
 /// The model parity runs by default: small enough for a software GPU in CI.
-fn tiny(config: TrainConfig) -> TrainConfig {
-    TrainConfig {
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 32,
-        block_size: 32,
-        batch_size: 4,
-        warmup_iters: 0, // full learning rate from the first step: the updates matter
-        ..config
+fn tiny() -> RunOverrides {
+    RunOverrides {
+        model: ModelOverrides {
+            n_layer: Some(2),
+            n_head: Some(2),
+            n_embd: Some(32),
+            block_size: Some(32),
+            ..Default::default()
+        },
+        train: TrainOverrides {
+            batch_size: Some(4),
+            warmup_iters: Some(0), // full learning rate from the first step: the updates matter
+            ..Default::default()
+        },
     }
 }
 
 pub fn run(args: ParityArgs) -> Result<()> {
-    let preset = TrainConfig::preset(args.preset.as_deref().unwrap_or("cpu"))?;
-    let mut config = if args.preset.is_some() {
-        preset
-    } else {
-        tiny(preset)
+    let mut flags = match args.preset {
+        Some(_) => RunOverrides::default(),
+        None => tiny(),
     };
-    config.dropout = 0.0;
-    config.validate()?;
+    flags.model.dropout = Some(0.0);
+    let config = RunConfig::resolve(&Sources {
+        preset: args.preset.as_deref(),
+        flags: Some(&flags),
+        ..Default::default()
+    })?;
     // A device that is not compiled in, not present or failing to start fails here,
     // before the data is read and before the reference run.
     let target = backend::prepare(args.target.one()?, args.target.dtype)?;
-    let spec = TrainConfig::preset_tokenizer(args.preset.as_deref().unwrap_or("cpu"));
-    let dataset = super::load_dataset(&args.source, None, spec, config.val_fraction)?.dataset;
+    let spec = Preset::named(args.preset.as_deref().unwrap_or(DEFAULT_PRESET))?.tokenizer;
+    let dataset = super::load_dataset(&args.source, None, spec, config.train.val_fraction)?;
+    let dataset = dataset.dataset;
     let vocab_size = dataset.tokenizer.vocab_size();
     let job = |weights: Option<Vec<NamedTensor>>| ParityJob {
         config: &config,
@@ -108,7 +117,7 @@ pub fn run(args: ParityArgs) -> Result<()> {
 /// Runs the trajectory on one backend; with no weights given, draws them there from the
 /// seed and returns them too (the reference run).
 struct ParityJob<'a> {
-    config: &'a TrainConfig,
+    config: &'a RunConfig,
     dataset: &'a Dataset,
     weights: Option<Vec<NamedTensor>>,
     steps: usize,
@@ -123,8 +132,8 @@ impl Job for ParityJob<'_> {
             None => {
                 let model = self
                     .config
-                    .model_config(vocab_size)
-                    .init::<B::InnerBackend>(self.config.seed, &device)?;
+                    .model_for(vocab_size)
+                    .init::<B::InnerBackend>(self.config.train.seed, &device)?;
                 export(&model)
             }
         };

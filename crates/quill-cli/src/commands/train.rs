@@ -9,13 +9,10 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use quill_data::Dataset;
-use quill_train::distributed::{RunSecret, World};
-use quill_train::memory::human_bytes;
-use quill_train::metrics::EvalRecord;
-use quill_train::run_dir::{check_run_dir, is_run_dir};
 use quill_train::{
-    Agreement, Checkpoint, MemoryEstimate, Observer, Outcome, Run, RunDir, SampleRequest,
-    StepReport, TrainConfig, sample_texts, train,
+    Agreement, Checkpoint, DEFAULT_PRESET, EvalRecord, MemoryEstimate, Observer, Outcome, Preset,
+    Run, RunConfig, RunDir, RunSecret, SampleRequest, Sources, StepReport, TrainError, World,
+    check_run_dir, human_bytes, is_run_dir, sample_texts, train,
 };
 
 use crate::backend::{self, Job};
@@ -38,14 +35,7 @@ pub fn world(args: &ParallelArgs) -> Result<Option<World>> {
     if size == 1 && rank == 0 {
         return Ok(None);
     }
-    let coordinator = args.coordinator.clone().unwrap_or_else(|| {
-        let var = |name: &str, default: &str| std::env::var(name).unwrap_or(default.into());
-        format!(
-            "{}:{}",
-            var("MASTER_ADDR", "127.0.0.1"),
-            var("MASTER_PORT", "29500")
-        )
-    });
+    let coordinator = (args.coordinator.clone()).unwrap_or_else(quill_train::coordinator_from_env);
     let timeout = Duration::from_secs(args.collective_timeout);
     let world = World::new(size, rank, &coordinator, timeout)?.with_listen_any(args.listen_any);
     Ok(Some(match secret(args)? {
@@ -71,7 +61,7 @@ fn secret(args: &ParallelArgs) -> Result<Option<RunSecret>> {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let preset = args.preset.as_deref().unwrap_or("cpu");
+    let preset = args.preset.as_deref().unwrap_or(DEFAULT_PRESET);
     let world = world(&args.parallel)?;
     // Rank 0 of a data-parallel run (or the only process) writes and reports.
     let writer = world.as_ref().is_none_or(|w| w.rank == 0);
@@ -107,20 +97,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .as_deref()
         .map(Checkpoint::load)
         .transpose()?;
-    let mut config = match (&resume, &init_from) {
-        (Some(checkpoint), _) => checkpoint.config.train.clone(),
-        (None, Some(checkpoint)) if args.preset.is_none() => checkpoint.config.train.clone(),
-        _ => TrainConfig::preset(preset)?,
-    };
     let file = super::config_file(args.config.as_deref())?;
-    config.apply(&file);
-    config.apply(&args.overrides);
-    if let Some(checkpoint) = &init_from {
-        let mut explicit = file;
-        explicit.apply(&args.overrides);
-        config.adopt_model(&checkpoint.config.model, &explicit);
-    }
-    config.validate()?;
+    let config = RunConfig::resolve(&Sources {
+        preset: args.preset.as_deref(),
+        resume: resume.as_ref(),
+        init_from: init_from.as_ref(),
+        file: Some(&file),
+        flags: Some(&args.overrides),
+    })?;
     // Before the corpus is read (or downloaded): the memory without the vocabulary's
     // share, which is all of it for settings that would need terabytes.
     let known_vocab = resume
@@ -134,17 +118,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
     ))?;
 
     let tokenizer = resume.as_ref().or(init_from.as_ref()).map(|c| &c.tokenizer);
-    let spec = TrainConfig::preset_tokenizer(preset);
+    let spec = Preset::named(preset)?.tokenizer;
     // Only the writer may prepare a dataset; another rank that cannot see it stops.
     let source = DataSource {
         read_only: args.dry_run || !writer,
         ..args.source
     };
-    let loaded = super::load_dataset(&source, tokenizer, spec, config.val_fraction)?;
+    let loaded = super::load_dataset(&source, tokenizer, spec, config.train.val_fraction)?;
     let dataset = loaded.dataset;
-    dataset.split.check_block_size(config.block_size)?;
+    dataset.split.check_block_size(config.block_size())?;
     if let Some(checkpoint) = &init_from {
-        checkpoint.check_init(&config.model_config(dataset.tokenizer.vocab_size()))?;
+        checkpoint.check_init(&config.model_for(dataset.tokenizer.vocab_size()))?;
     }
     let estimate = MemoryEstimate::training(
         &config,
@@ -161,7 +145,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 (None, None) => format!("preset {preset}"),
             }
         );
-        print!("{}", toml::to_string(&config)?);
+        print!("{}", config.flat().to_toml()?);
         println!(
             "# data: {}, vocab_size {}, run directory: {}",
             loaded.description,
@@ -265,7 +249,7 @@ fn run_on_devices(
                 scope.spawn(move || {
                     let result = target.run(job);
                     if result.is_err() {
-                        quill_train::distributed::stop_in_process_workers();
+                        quill_train::stop_in_process_workers();
                     }
                     result
                 })
@@ -281,7 +265,12 @@ fn run_on_devices(
     });
     // A worker that stopped because another failed is not the cause.
     let mut errors: Vec<anyhow::Error> = results.into_iter().filter_map(Result::err).collect();
-    errors.sort_by_key(|e| e.to_string().contains("another device's worker stopped"));
+    errors.sort_by_key(|e| {
+        matches!(
+            e.downcast_ref::<TrainError>(),
+            Some(TrainError::OtherWorkerFailed)
+        )
+    });
     errors.into_iter().next().map_or(Ok(()), Err)
 }
 
@@ -296,7 +285,7 @@ fn install_stop_handler() {
 }
 
 struct TrainJob {
-    config: TrainConfig,
+    config: RunConfig,
     dataset: Arc<Dataset>,
     /// `None` on the ranks other than 0.
     out: Option<RunDir>,
@@ -345,15 +334,12 @@ impl Job for TrainJob {
             progress: progress.as_mut(),
             agreed: None,
         };
-        let run = Run {
-            config: self.config,
-            dataset: &self.dataset,
-            out: self.out,
-            resume: self.resume,
-            init_from: self.init_from,
-            stop: Some(&STOP),
-            parallel: self.world,
-        };
+        let run = Run::new(self.config, &self.dataset)
+            .with_out(self.out)
+            .with_resume(self.resume)
+            .with_init_from(self.init_from)
+            .with_stop(&STOP)
+            .with_world(self.world);
         let outcome = train::<B>(run, &device, &mut observer);
         let weights = agreed(&observer, size);
         if let Some(progress) = &progress {

@@ -1,5 +1,7 @@
 pub(crate) mod node;
 pub(crate) mod shared;
+// quill: named by callers that tell a world-size mismatch from other failures.
+pub use shared::GlobalCollectiveError;
 
 #[cfg(feature = "orchestrator")]
 pub mod orchestrator;

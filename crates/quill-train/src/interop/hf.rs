@@ -21,12 +21,12 @@ use quill_data::atomic::Marker;
 use quill_data::{Rng, Tokenizer};
 use quill_model::params::NamedTensor;
 use quill_model::{Activation, GptConfig, ModelConfig, Norm, Position};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use serde_json::{Value, json};
 
-use crate::checkpoint::{Checkpoint, RunConfig, TrainState, write_safetensors};
-use crate::config::{ModelKind, Schedule};
-use crate::{TrainConfig, TrainError};
+use crate::config::Schedule;
+use crate::run::checkpoint::{Checkpoint, TrainState, f32_values, write_safetensors};
+use crate::{RunConfig, TrainConfig, TrainError};
 
 /// The GPT-2 checkpoints OpenAI released, as the Hugging Face Hub names them.
 pub const GPT2_MODELS: [&str; 4] = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"];
@@ -122,14 +122,11 @@ pub fn gpt_config(path: &Path, text: &str) -> Result<GptConfig, TrainError> {
         n_layer: size("n_layer")?,
         n_head: size("n_head")?,
         n_embd,
-        dropout: 0.0,
-        bias: true,
         tie_weights: flag("tie_word_embeddings", true),
         activation,
-        pad_vocab: 1,
-        position: Position::Learned,
-        norm: Norm::Layer,
-        zero_init_proj: false,
+        // The rest is GPT-2's as nanoGPT's defaults are: biases, learned positions,
+        // LayerNorm, no padding; dropout 0, as nanoGPT's `from_pretrained` sets it.
+        ..Default::default()
     };
     gpt.validate().map_err(|e| bad(e.to_string()))?;
     Ok(gpt)
@@ -152,7 +149,7 @@ pub fn read_weights(
             true => name,
             false => format!("transformer.{name}"),
         };
-        let values = to_f32(view.dtype(), view.data()).ok_or_else(|| {
+        let values = f32_values(view.dtype(), view.data()).ok_or_else(|| {
             bad(format!(
                 "tensor {name} is {:?}; expected F32, F16 or BF16",
                 view.dtype()
@@ -177,25 +174,6 @@ pub fn read_weights(
     Ok(out)
 }
 
-/// Little-endian float32, float16 or bfloat16 bytes as float32 values.
-fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        _ => return None,
-    })
-}
-
 /// `[r, c]` → `[c, r]`.
 fn transpose(name: String, shape: &[usize], values: &[f32]) -> NamedTensor {
     let (r, c) = (shape[0], shape[1]);
@@ -212,25 +190,12 @@ fn transpose(name: String, shape: &[usize], values: &[f32]) -> NamedTensor {
     }
 }
 
-/// nanoGPT's `finetune_shakespeare.py` settings for an imported model: batch 1 × 32
+/// nanoGPT's `finetune_shakespeare.py` training settings for an imported model: batch 1 × 32
 /// micro-batches of the full context, constant learning rate 3e-5, 20 steps,
 /// evaluation every 5 steps on 40 batches; the rest from nanoGPT's `train.py` defaults
 /// (weight decay 0.1, β2 0.95, clipping at 1).
-pub fn finetune_config(gpt: &GptConfig) -> TrainConfig {
+pub fn finetune_config() -> TrainConfig {
     TrainConfig {
-        model: ModelKind::Gpt,
-        n_layer: gpt.n_layer,
-        n_head: gpt.n_head,
-        n_embd: gpt.n_embd,
-        block_size: gpt.block_size,
-        dropout: gpt.dropout,
-        bias: gpt.bias,
-        tie_weights: gpt.tie_weights,
-        activation: gpt.activation,
-        pad_vocab: gpt.pad_vocab,
-        position: gpt.position,
-        norm: gpt.norm,
-        zero_init_proj: gpt.zero_init_proj,
         batch_size: 1,
         grad_accum: 32,
         max_iters: 20,
@@ -252,7 +217,7 @@ pub fn finetune_config(gpt: &GptConfig) -> TrainConfig {
         grad_clip: 1.0,
         seed: 1337,
         val_fraction: 0.1,
-        sample_chars: 100,
+        sample_tokens: 100,
     }
 }
 
@@ -309,7 +274,7 @@ pub fn import<B: Backend>(
     let model = ModelConfig::Gpt(gpt.clone()).init::<B>(0, device)?;
     let model = quill_model::params::import(model, &weights)
         .map_err(|e| error(&weights_path, e.to_string()))?;
-    let train = finetune_config(&gpt);
+    let train = finetune_config();
     let state = TrainState::new(Rng::new(train.seed));
     let config = RunConfig {
         model: ModelConfig::Gpt(gpt),

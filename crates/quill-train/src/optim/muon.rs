@@ -4,7 +4,7 @@
 //! by a few Newton–Schulz iterations instead of an SVD. Every direction of the update
 //! then moves by the same amount, however small its gradient.
 //!
-//! Embeddings, the LM head, gains and biases stay with AdamW ([`crate::optim`]).
+//! Embeddings, the LM head, gains and biases stay with AdamW ([`crate::MuonAdamW`]).
 
 use burn::tensor::{Tensor, backend::Backend};
 

@@ -3,10 +3,10 @@
 //!
 //! | entry | written |
 //! |---|---|
-//! | `last/`, `best/` | at each evaluation ([`crate::checkpoint`], atomic) |
+//! | `last/`, `best/` | at each evaluation ([`crate::run::checkpoint`], atomic) |
 //! | `metrics.jsonl` | one [`EvalRecord`] per evaluation, appended |
 //! | `steps.jsonl` | one [`StepReport`] per optimizer step, buffered, flushed at each evaluation |
-//! | `loss.svg`, `loss.png` | redrawn from the records at each evaluation ([`crate::plot`]) |
+//! | `loss.svg`, `loss.png` | redrawn from the records at each evaluation ([`crate::run::plot`]) |
 //! | `.lock` | held (an OS file lock) while a trainer uses the directory |
 //! | `.quill-run.json` | the [`RUN`] marker: this directory is quill's |
 //!
@@ -23,9 +23,10 @@ use std::path::{Path, PathBuf};
 
 use quill_data::atomic::{self, Marker};
 
-use crate::checkpoint::{CHECKPOINT, Checkpoint, best_dir, last_dir};
-use crate::metrics::{self, EvalRecord};
-use crate::plot::LossPlot;
+use crate::run::checkpoint::{CHECKPOINT, Checkpoint, best_dir, last_dir};
+use crate::run::metrics::{self, EvalRecord};
+#[cfg(feature = "plot")]
+use crate::run::plot::LossPlot;
 use crate::{StepReport, TrainError};
 
 /// An open run directory, locked for one trainer.
@@ -46,6 +47,9 @@ pub struct RunDir {
 const LOCK_FILE: &str = ".lock";
 const METRICS_FILE: &str = "metrics.jsonl";
 const STEPS_FILE: &str = "steps.jsonl";
+
+/// The loss pictures (feature `plot`), redrawn at each evaluation.
+pub(crate) const PLOT_FILES: [&str; 2] = ["loss.svg", "loss.png"];
 
 /// A run directory is quill's when it carries this marker.
 pub const RUN: Marker = Marker {
@@ -100,7 +104,7 @@ impl RunDir {
             recovered.extend(atomic::recover_dir(&checkpoint, &CHECKPOINT)?);
         }
         let files = [METRICS_FILE, STEPS_FILE, RUN.file];
-        let files = files.iter().chain(&LossPlot::FILES).copied();
+        let files = files.iter().chain(&PLOT_FILES).copied();
         recovered.extend(atomic::recover_files(&path, &files.collect::<Vec<_>>())?);
         Ok(RunDir {
             path,
@@ -212,17 +216,23 @@ impl RunDir {
     }
 
     /// Flushes the step records, appends `record` to `metrics.jsonl` and redraws the
-    /// loss picture (`loss.svg`, `loss.png`) under `title`.
+    /// loss picture (`loss.svg`, `loss.png`; feature `plot`) under `title`.
     pub fn record_eval(&mut self, record: &EvalRecord, title: &str) -> Result<(), TrainError> {
         self.flush()?;
         metrics::append(&self.metrics_path(), record)?;
         self.evals.push(record.clone());
-        LossPlot {
+        #[cfg(feature = "plot")]
+        return LossPlot {
             title,
             steps: &self.steps,
             evals: &self.evals,
         }
-        .write(&self.path)
+        .write(&self.path);
+        #[cfg(not(feature = "plot"))]
+        {
+            let _ = title;
+            Ok(())
+        }
     }
 
     /// Writes `checkpoint` to `last/`, and to `best/` too when `best`.

@@ -4,8 +4,8 @@
 //! | file | content |
 //! |---|---|
 //! | `model.safetensors` | weights, f32, PyTorch names and layout ([`quill_model::params`]) |
-//! | `optimizer.safetensors` | AdamW moments, `exp_avg.<param>` and `exp_avg_sq.<param>` |
-//! | `config.json` | `{"model": ModelConfig, "train": TrainConfig}` |
+//! | `optimizer.safetensors` | AdamW moments, `exp_avg.<param>` and `exp_avg_sq.<param>`; with Muon, `momentum_buffer.<param>` of each hidden matrix instead |
+//! | `config.json` | [`RunConfig`]: `{"model": ModelConfig, "train": TrainConfig}`, the model once |
 //! | `vocab.json` or `tokenizer.json` (+ `bpe.tiktoken`) | the tokenizer ([`quill_data::tokenizer`]) |
 //! | `state.json` | format tag, iteration, optimizer steps, best val loss, batch-sampler RNG |
 //!
@@ -25,7 +25,7 @@ use quill_model::{GptConfig, LanguageModel, ModelConfig};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use crate::{TrainConfig, TrainError};
+use crate::{RunConfig, TrainError};
 
 /// The `format` tag of `state.json`.
 pub const FORMAT: &str = "quill-checkpoint-v1";
@@ -72,15 +72,6 @@ impl TrainState {
             elapsed_s: 0.0,
         }
     }
-}
-
-/// `config.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunConfig {
-    /// The model's shape.
-    pub model: ModelConfig,
-    /// The training settings.
-    pub train: TrainConfig,
 }
 
 /// A checkpoint in memory, on the host.
@@ -350,23 +341,42 @@ impl safetensors::View for F32View<'_> {
     }
 }
 
+/// Little-endian float32, float16 or bfloat16 bytes as float32 values; `None` for
+/// another dtype.
+pub(crate) fn f32_values(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
 /// Parses safetensors bytes holding f32 tensors.
 fn from_safetensors(name: &str, bytes: &[u8]) -> Result<BTreeMap<String, NamedTensor>, String> {
     let file = SafeTensors::deserialize(bytes).map_err(|e| format!("{name}: {e}"))?;
     file.tensors()
         .into_iter()
         .map(|(tensor_name, view)| {
-            if view.dtype() != Dtype::F32 {
-                return Err(format!(
+            let values = match view.dtype() {
+                Dtype::F32 => f32_values(view.dtype(), view.data()),
+                _ => None,
+            }
+            .ok_or_else(|| {
+                format!(
                     "{name}: tensor {tensor_name} is {:?}, expected F32",
                     view.dtype()
-                ));
-            }
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+                )
+            })?;
             let tensor = NamedTensor {
                 name: tensor_name.clone(),
                 shape: view.shape().to_vec(),

@@ -30,6 +30,8 @@ use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_collective::{AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation};
 
 use crate::TrainError;
+use crate::trainer::strategy::Strategy;
+use quill_data::Shard;
 
 /// Where a process stands in a data-parallel run: torchrun's `WORLD_SIZE`, `RANK`,
 /// `MASTER_ADDR:MASTER_PORT`.
@@ -99,6 +101,31 @@ pub fn stop_in_process_workers() {
     IN_PROCESS_STOPPED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// The coordinator when nothing names one: this machine, torchrun's default port.
+pub const DEFAULT_COORDINATOR: &str = "127.0.0.1:29500";
+
+/// `HOST:PORT` (an IPv6 host in brackets) as its host and port.
+pub fn parse_coordinator(coordinator: &str) -> Result<(String, u16), TrainError> {
+    coordinator
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+        .filter(|(h, _)| !h.is_empty())
+        .map(|(h, p)| (h.to_string(), p))
+        .ok_or_else(|| {
+            TrainError::Parallel(format!("coordinator {coordinator:?} is not HOST:PORT"))
+        })
+}
+
+/// The coordinator torchrun's variables name (`MASTER_ADDR:MASTER_PORT`), each part
+/// defaulting to [`DEFAULT_COORDINATOR`]'s.
+pub fn coordinator_from_env() -> String {
+    let (host, port) = DEFAULT_COORDINATOR
+        .split_once(':')
+        .expect("the default coordinator is HOST:PORT");
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or(default.into());
+    format!("{}:{}", var("MASTER_ADDR", host), var("MASTER_PORT", port))
+}
+
 impl World {
     /// A world, checked: a rank inside it, ports that exist.
     pub fn new(
@@ -117,11 +144,7 @@ impl World {
                 size - 1
             )));
         }
-        let (host, port) = coordinator
-            .rsplit_once(':')
-            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
-            .filter(|(h, _)| !h.is_empty())
-            .ok_or_else(|| bad(format!("coordinator {coordinator:?} is not HOST:PORT")))?;
+        let (host, port) = parse_coordinator(coordinator)?;
         if usize::from(port) + size > usize::from(u16::MAX) {
             return Err(bad(format!(
                 "coordinator port {port} leaves no room for {size} ranks' ports above it"
@@ -130,7 +153,7 @@ impl World {
         Ok(World {
             size,
             rank,
-            host: host.to_string(),
+            host,
             port,
             timeout,
             in_process: false,
@@ -196,19 +219,6 @@ pub struct Collective<B: Backend> {
     /// Time spent in [`Collective::sum`] and the number of calls.
     spent: std::sync::Mutex<(Duration, usize)>,
     _backend: PhantomData<B>,
-}
-
-/// A hash of `bytes` (FNV-1a, 64 bits): what ranks compare.
-pub fn fingerprint(bytes: &[u8]) -> u64 {
-    fingerprint_more(0xcbf2_9ce4_8422_2325, bytes)
-}
-
-/// [`fingerprint`] of everything hashed into `hash` so far followed by `bytes`, so that
-/// data can be hashed piece by piece without being copied together.
-pub fn fingerprint_more(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// A 64-bit hash as four 16-bit pieces, each exact in `f32`.
@@ -306,12 +316,16 @@ impl<B: Backend> Collective<B> {
             })
         })?;
         registered.map_err(|e| {
-            TrainError::Parallel(match format!("{e:?}") {
-                e if e.contains("RegisterParamsMismatch") => format!(
-                    "rank {rank}'s world size ({}) differs from the ranks that joined first",
-                    world.size
-                ),
-                e => format!("joining the world: {e}"),
+            use burn_collective::{CollectiveError, GlobalCollectiveError};
+            TrainError::Parallel(match e {
+                CollectiveError::RegisterParamsMismatch
+                | CollectiveError::Global(GlobalCollectiveError::RegisterParamsMismatch) => {
+                    format!(
+                        "rank {rank}'s world size ({}) differs from the ranks that joined first",
+                        world.size
+                    )
+                }
+                e => format!("joining the world: {e:?}"),
             })
         })?;
         // No peers to watch until the addresses are known.
@@ -388,7 +402,7 @@ impl<B: Backend> Collective<B> {
                 "the other ranks did not answer within {} s",
                 self.world.timeout.as_secs()
             )),
-            Waited::Stopped(why) => TrainError::Parallel(why),
+            Waited::Stopped(why) => why,
         })?
         .map_err(|e| {
             // Burn names peers by its own node numbers; name the rank that stopped.
@@ -399,7 +413,7 @@ impl<B: Backend> Collective<B> {
                 }
                 found
             });
-            TrainError::Parallel(stopped.unwrap_or_else(|| format!("all-reduce failed: {e:?}")))
+            stopped.unwrap_or_else(|| TrainError::Parallel(format!("all-reduce failed: {e:?}")))
         })?;
         if let Ok(mut spent) = self.spent.lock() {
             *spent = (spent.0 + start.elapsed(), spent.1 + 1);
@@ -453,21 +467,44 @@ impl<B: Backend> Collective<B> {
 
     /// A peer that no longer accepts connections (or, in process, a worker that
     /// failed): it stopped.
-    fn stopped_peer(&self) -> Option<String> {
+    fn stopped_peer(&self) -> Option<TrainError> {
         if self.world.in_process {
             return stopped_in_process();
         }
         (self.peers.iter().enumerate())
             .filter(|&(r, _)| r != self.world.rank)
             .find(|(_, addr)| !accepts(**addr))
-            .map(|(r, addr)| format!("rank {r} stopped (nothing answers at {addr})"))
+            .map(|(r, addr)| {
+                TrainError::Parallel(format!("rank {r} stopped (nothing answers at {addr})"))
+            })
     }
 }
 
-fn stopped_in_process() -> Option<String> {
+impl<B: Backend> Strategy<B> for Collective<B> {
+    fn shard(&self) -> Shard {
+        Shard {
+            rank: self.world.rank,
+            ranks: self.world.size,
+        }
+    }
+    fn sum(&self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>, TrainError> {
+        Collective::sum(self, tensor)
+    }
+    fn gather(&self, values: &[f32]) -> Result<Vec<Vec<f32>>, TrainError> {
+        Collective::gather(self, values)
+    }
+    fn check_same(&self, what: &str, hash: u64) -> Result<(), TrainError> {
+        Collective::check_same(self, what, hash)
+    }
+    fn time_in_sums(&self) -> (Duration, usize) {
+        Collective::time_in_sums(self)
+    }
+}
+
+fn stopped_in_process() -> Option<TrainError> {
     IN_PROCESS_STOPPED
         .load(std::sync::atomic::Ordering::SeqCst)
-        .then(|| "another device's worker stopped".to_string())
+        .then_some(TrainError::OtherWorkerFailed)
 }
 
 /// Why [`watch`] gave up.
@@ -475,7 +512,7 @@ enum Waited {
     /// `timeout` passed.
     TimedOut,
     /// `check` found a reason.
-    Stopped(String),
+    Stopped(TrainError),
 }
 
 /// Runs `work` on its own thread and waits for it, calling `check` every `every`: gives
@@ -485,7 +522,7 @@ fn watch<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
     every: Duration,
     timeout: Duration,
-    check: impl Fn() -> Option<String>,
+    check: impl Fn() -> Option<TrainError>,
 ) -> Result<T, Waited> {
     let (tx, rx) = mpsc::channel();
     std::thread::Builder::new()
@@ -493,15 +530,15 @@ fn watch<T: Send + 'static>(
         .spawn(move || {
             let _ = tx.send(work());
         })
-        .map_err(|e| Waited::Stopped(format!("collective thread: {e}")))?;
+        .map_err(|e| Waited::Stopped(TrainError::Parallel(format!("collective thread: {e}"))))?;
     let start = Instant::now();
     loop {
         match rx.recv_timeout(every) {
             Ok(value) => return Ok(value),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(Waited::Stopped(
+                return Err(Waited::Stopped(TrainError::Parallel(
                     "the collective call failed inside Burn".into(),
-                ));
+                )));
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -536,6 +573,7 @@ fn own_address(coordinator: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trainer::strategy::{fingerprint, fingerprint_more};
 
     /// Transfer ids on the wire are keyed by the run's secret: another run's (or a
     /// stranger's) guess of them is wrong.

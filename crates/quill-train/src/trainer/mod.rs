@@ -10,11 +10,14 @@ use quill_model::LanguageModel;
 use quill_model::params::NamedTensor;
 
 use crate::config::OptimizerKind;
-use crate::distributed::Collective;
-use crate::optim::{AdamW, GradBuffer, StepOptions};
+use crate::optim::{GradBuffer, MuonAdamW, StepOptions};
 use crate::schedule::learning_rate;
-use crate::shard::ShardPools;
 use crate::{TrainConfig, TrainError};
+use shard::ShardPools;
+use strategy::{SingleProcess, Strategy};
+
+pub(crate) mod shard;
+pub(crate) mod strategy;
 
 /// The data of one optimizer step: one or more micro-batches of inputs `x` and targets
 /// `y`, `[B, T]` token ids each; their gradients are averaged (gradient accumulation).
@@ -32,39 +35,27 @@ impl<B: Backend> Batch<B> {
         }
     }
 
-    /// `micro_batches` batches drawn from `data` by `sampler`, as the trainer draws them.
+    /// `micro_batches` batches drawn from `data` by `sampler`, as the trainer draws them
+    /// (the sampler's shard of each: see [`BatchSampler::with_shard`]).
     pub fn sample(
         sampler: &mut BatchSampler,
         data: &(impl quill_data::TokenSource + ?Sized),
         micro_batches: usize,
         device: &B::Device,
     ) -> Result<Self, TrainError> {
-        let rows = 0..sampler.batch_size();
-        Self::sample_rows(sampler, data, micro_batches, rows, device)
-    }
-
-    /// [`Batch::sample`], keeping only the `rows` of each micro-batch: one rank's slice
-    /// of a data-parallel step.
-    pub fn sample_rows(
-        sampler: &mut BatchSampler,
-        data: &(impl quill_data::TokenSource + ?Sized),
-        micro_batches: usize,
-        rows: std::ops::Range<usize>,
-        device: &B::Device,
-    ) -> Result<Self, TrainError> {
         let micro_batches = (0..micro_batches)
-            .map(|_| sampler.sample_rows::<B>(data, rows.clone(), device))
+            .map(|_| sampler.sample::<B>(data, device))
             .collect::<Result<_, _>>()?;
         Ok(Batch { micro_batches })
     }
 }
 
-/// Runs `f` on a thread of rayon's global pool when `yes` (a sharded step on the CPU),
-/// else here. From the pool, the fused optimizer's parallel loops share the work at
+/// Runs `f` on a thread of rayon's global pool when `sharded` (a sharded step on the
+/// CPU), else here. From the pool, the fused optimizer's parallel loops share the work at
 /// once; from outside, each one first waits for a pool thread to wake up (a quarter of
 /// the gradient mean's time; BENCHMARKS.md has the figures).
-fn in_pool<R: Send>(yes: bool, f: impl FnOnce() -> R + Send) -> R {
-    match yes {
+fn in_pool<R: Send>(sharded: bool, f: impl FnOnce() -> R + Send) -> R {
+    match sharded {
         true => rayon::scope(|_| f()),
         false => f(),
     }
@@ -76,7 +67,10 @@ fn serves_cpu<B: Backend>() -> bool {
     #[cfg(feature = "fused-cpu")]
     return quill_kernels::serves::<B>();
     #[cfg(not(feature = "fused-cpu"))]
-    return false;
+    {
+        let _no_kernels_for = std::marker::PhantomData::<B>;
+        false
+    }
 }
 
 /// What one optimizer step did.
@@ -90,16 +84,16 @@ pub struct StepOutput {
     pub lr: f64,
 }
 
-/// A model, its AdamW optimizer and the learning-rate schedule: [`Trainer::step`] takes
-/// one optimizer step.
+/// A model, its optimizer and the learning-rate schedule: [`Trainer::step`] takes one
+/// optimizer step.
 pub struct Trainer<AB: AutodiffBackend> {
     /// `None` only while a step moves the model through the optimizer.
     model: Option<LanguageModel<AB>>,
-    optim: AdamW<AB::InnerBackend>,
+    optim: MuonAdamW<AB::InnerBackend>,
     config: TrainConfig,
     iter: usize,
-    /// The other ranks of a data-parallel run: gradients are summed over them.
-    collective: Option<Collective<AB::InnerBackend>>,
+    /// Who shares each step: gradients and losses are summed over its ranks.
+    strategy: Box<dyn Strategy<AB::InnerBackend>>,
     /// The most shards a micro-batch is split into (`None`: one per CPU thread).
     max_shards: Option<usize>,
     /// The threads the shards run on.
@@ -108,10 +102,11 @@ pub struct Trainer<AB: AutodiffBackend> {
 
 impl<AB: AutodiffBackend> Trainer<AB> {
     /// A trainer for `model` with a fresh optimizer, at step 0, using `config`'s
-    /// optimizer, schedule, clipping and dropout seed.
+    /// optimizer, schedule, clipping and dropout seed (the dropout itself is the
+    /// model's).
     pub fn new(model: LanguageModel<AB>, config: &TrainConfig) -> Self {
         let c = config;
-        let optim = AdamW::new(c.beta1, c.beta2, c.eps, c.weight_decay);
+        let optim = MuonAdamW::new(c.beta1, c.beta2, c.eps, c.weight_decay);
         Trainer {
             model: Some(model),
             optim: match c.optimizer {
@@ -120,7 +115,7 @@ impl<AB: AutodiffBackend> Trainer<AB> {
             },
             config: config.clone(),
             iter: 0,
-            collective: None,
+            strategy: Box::new(SingleProcess),
             max_shards: None,
             shard_pools: ShardPools::default(),
         }
@@ -146,7 +141,7 @@ impl<AB: AutodiffBackend> Trainer<AB> {
     /// fills the device, and with dropout, whose masks come from one random generator
     /// that parallel shards would draw from in an order that changes between runs.
     pub fn shards(&self, rows: usize) -> usize {
-        if !serves_cpu::<AB::InnerBackend>() || self.config.dropout > 0.0 {
+        if !serves_cpu::<AB::InnerBackend>() || self.model().dropout() > 0.0 {
             return 1;
         }
         let most = self.max_shards.unwrap_or_else(rayon::current_num_threads);
@@ -165,20 +160,21 @@ impl<AB: AutodiffBackend> Trainer<AB> {
         }
     }
 
-    /// Trains as one rank of a data-parallel run: each step's gradients and loss are
-    /// averaged over all ranks before the update, so every rank applies the same one.
-    pub fn with_collective(mut self, collective: Collective<AB::InnerBackend>) -> Self {
-        self.collective = Some(collective);
+    /// Trains as `strategy` shares the work: with a data-parallel world's, each step's
+    /// gradients and loss are averaged over all ranks before the update, so every rank
+    /// applies the same one.
+    pub fn with_strategy(mut self, strategy: Box<dyn Strategy<AB::InnerBackend>>) -> Self {
+        self.strategy = strategy;
         self
     }
 
-    /// The data-parallel world this trainer belongs to, if any.
-    pub fn collective(&self) -> Option<&Collective<AB::InnerBackend>> {
-        self.collective.as_ref()
+    /// How this trainer shares its steps.
+    pub fn strategy(&self) -> &dyn Strategy<AB::InnerBackend> {
+        self.strategy.as_ref()
     }
 
     /// A trainer that continues at step `iter` with saved optimizer moments (see
-    /// [`AdamW::state`]) and step count.
+    /// [`MuonAdamW::state`]) and step count.
     pub fn resume(
         model: LanguageModel<AB>,
         config: &TrainConfig,
@@ -203,13 +199,8 @@ impl<AB: AutodiffBackend> Trainer<AB> {
             .expect("the model is back after each step")
     }
 
-    /// The model, ending training.
-    pub fn into_model(self) -> LanguageModel<AB> {
-        self.model.expect("the model is back after each step")
-    }
-
     /// The optimizer (its moments go into checkpoints).
-    pub fn optimizer(&self) -> &AdamW<AB::InnerBackend> {
+    pub fn optimizer(&self) -> &MuonAdamW<AB::InnerBackend> {
         &self.optim
     }
 
@@ -239,7 +230,7 @@ impl<AB: AutodiffBackend> Trainer<AB> {
             .model
             .as_ref()
             .expect("the model is back after each step");
-        if config.dropout > 0.0 {
+        if model.dropout() > 0.0 {
             AB::seed(&model.device(), config.seed.wrapping_add(iter as u64));
         }
         let mut grads = GradBuffer::default();
@@ -257,10 +248,10 @@ impl<AB: AutodiffBackend> Trainer<AB> {
         }
         let mut micro_batches = batch.micro_batches.len().max(1);
         let mut stop = stop;
-        if let Some(collective) = &self.collective {
-            let ranks = collective.world().size;
+        let ranks = self.strategy.ranks();
+        if ranks > 1 {
             let extra = [loss_sum as f32, f32::from(u8::from(stop))];
-            let summed = grads.sum_over_ranks(ranks, &extra, |g| collective.sum(g))?;
+            let summed = grads.sum_over_ranks(ranks, &extra, |g| self.strategy.sum(g))?;
             (loss_sum, stop) = (f64::from(summed[0]), summed[1] > 0.0);
             micro_batches *= ranks;
         }

@@ -9,22 +9,22 @@ use burn::tensor::backend::AutodiffBackend;
 use quill_model::params::{NamedTensor, import};
 use serde::Serialize;
 
-use crate::step::{Batch, Trainer};
-use crate::{TrainConfig, TrainError};
+use crate::trainer::{Batch, Trainer};
+use crate::{RunConfig, TrainError};
 
 /// The losses of `steps + 1` training steps of `config` on `data`, starting from
 /// `weights`: `losses[0]` is the loss of the initial weights, `losses[i]` the loss after
 /// `i` AdamW updates (each on its own batch). Dropout must be 0 (its masks are drawn
 /// by each backend's own RNG).
 pub fn trajectory<AB: AutodiffBackend>(
-    config: &TrainConfig,
+    config: &RunConfig,
     vocab_size: usize,
     weights: &[NamedTensor],
     data: &(impl quill_data::TokenSource + ?Sized),
     steps: usize,
     device: &AB::Device,
 ) -> Result<Vec<f32>, TrainError> {
-    if config.dropout != 0.0 {
+    if config.model.dropout() != 0.0 {
         return Err(TrainError::Config(
             "parity needs dropout 0: dropout masks differ between backends".into(),
         ));
@@ -35,13 +35,13 @@ pub fn trajectory<AB: AutodiffBackend>(
         .collect();
     // Drawn with another seed, then overwritten: the weights are the given ones.
     let model = config
-        .model_config(vocab_size)
-        .init::<AB>(config.seed ^ 1, device)?;
-    let mut trainer = Trainer::new(import(model, &tensors)?, config);
+        .model_for(vocab_size)
+        .init::<AB>(config.train.seed ^ 1, device)?;
+    let mut trainer = Trainer::new(import(model, &tensors)?, &config.train);
     let mut sampler = config.batch_sampler()?;
     (0..=steps)
         .map(|_| {
-            let batch = Batch::sample(&mut sampler, data, config.grad_accum, device)?;
+            let batch = Batch::sample(&mut sampler, data, config.train.grad_accum, device)?;
             Ok(trainer.step(&batch)?.loss)
         })
         .collect()

@@ -19,7 +19,7 @@ use plotters::prelude::*;
 
 use crate::StepReport;
 use crate::TrainError;
-use crate::metrics::EvalRecord;
+use crate::run::metrics::EvalRecord;
 
 /// Canvas size in pixels (the SVG uses the same units).
 const SIZE: (u32, u32) = (1000, 680);
@@ -71,7 +71,7 @@ impl LossPlot<'_> {
     }
 
     /// The files [`LossPlot::write`] writes.
-    pub const FILES: [&'static str; 2] = ["loss.svg", "loss.png"];
+    pub const FILES: [&'static str; 2] = crate::run::run_dir::PLOT_FILES;
 
     /// Writes `loss.svg` and `loss.png` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), TrainError> {

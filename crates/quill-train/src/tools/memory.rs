@@ -23,7 +23,7 @@ use std::fmt;
 
 use quill_model::ModelConfig;
 
-use crate::{TrainConfig, TrainError};
+use crate::{RunConfig, TrainError};
 
 /// One part of an estimate.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,14 +49,17 @@ const MOMENT_BYTES: f64 = 4.0;
 impl MemoryEstimate {
     /// One training step of `config` with a vocabulary of `vocab_size`, parameters and
     /// activations stored in `dtype_bytes`-byte floats.
-    pub fn training(config: &TrainConfig, vocab_size: usize, dtype_bytes: usize) -> Self {
-        let model = config.model_config(vocab_size);
+    pub fn training(config: &RunConfig, vocab_size: usize, dtype_bytes: usize) -> Self {
+        let model = config.model_for(vocab_size);
         let f = dtype_bytes as f64;
         let p = model.num_params();
         let (b, t, c, v) = (
-            config.batch_size as f64,
-            config.block_size as f64,
-            config.n_embd as f64,
+            config.train.batch_size as f64,
+            config.block_size() as f64,
+            match &model {
+                ModelConfig::Gpt(g) => g.n_embd,
+                ModelConfig::Bigram(b) => b.n_embd,
+            } as f64,
             vocab_size as f64,
         );
         let btc = b * t * c;
@@ -211,6 +214,7 @@ pub fn human_bytes(bytes: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quill_model::ModelOverrides;
 
     #[test]
     fn human_units() {
@@ -220,9 +224,23 @@ mod tests {
         assert_eq!(human_bytes(f64::INFINITY), "an unbounded amount");
     }
 
+    /// The cpu preset with `model` changed.
+    fn cpu_with(model: ModelOverrides) -> RunConfig {
+        let mut config = RunConfig::preset("cpu").unwrap();
+        config.model.apply(&model);
+        config
+    }
+
+    fn layers(n: usize) -> ModelOverrides {
+        ModelOverrides {
+            n_layer: Some(n),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn cpu_preset_counts_each_part_exactly() {
-        let config = TrainConfig::preset("cpu").unwrap();
+        let config = RunConfig::preset("cpu").unwrap();
         let e = MemoryEstimate::training(&config, 65, 4);
         // 4 × (12·128² + 2·128) + (65 + 64)·128 + 128 = 787,456 + 16,512 + 128 =
         // 804,096 parameters; 3 copies at 4 bytes and 2 f32 moments: 20 bytes each.
@@ -241,12 +259,16 @@ mod tests {
 
     #[test]
     fn terabyte_settings_are_refused_naming_the_setting() {
-        let mut config = TrainConfig::preset("cpu").unwrap();
-        config.block_size = 100_000;
-        let err = MemoryEstimate::training(&config, 65, 4)
-            .check(16.0 * 1024f64.powi(3), "the machine")
-            .unwrap_err()
-            .to_string();
+        let refusal = |model: ModelOverrides| {
+            MemoryEstimate::training(&cpu_with(model), 65, 4)
+                .check(16.0 * 1024f64.powi(3), "the machine")
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refusal(ModelOverrides {
+            block_size: Some(100_000),
+            ..Default::default()
+        });
         assert!(
             err.starts_with("this run needs about 21.0 TiB of memory (attention scores 21.0 TiB)"),
             "{err}"
@@ -255,13 +277,11 @@ mod tests {
             err.ends_with("but the machine has 16.0 GiB; lower block_size, batch_size or n_layer"),
             "{err}"
         );
-        let mut config = TrainConfig::preset("cpu").unwrap();
-        config.n_embd = 100_000;
-        config.n_head = 1;
-        let err = MemoryEstimate::training(&config, 65, 4)
-            .check(16.0 * 1024f64.powi(3), "the machine")
-            .unwrap_err()
-            .to_string();
+        let err = refusal(ModelOverrides {
+            n_embd: Some(100_000),
+            n_head: Some(1),
+            ..Default::default()
+        });
         assert!(
             err.contains("(parameters, gradients and AdamW moments 8.7 TiB)"),
             "{err}"
@@ -269,19 +289,24 @@ mod tests {
         assert!(err.ends_with("lower n_layer or n_embd"), "{err}");
         for (change, lower) in [
             (
-                (|c| c.n_layer = 100_000) as fn(&mut TrainConfig),
+                (|c| c.model.apply(&layers(100_000))) as fn(&mut RunConfig),
                 "batch_size, block_size or n_layer",
             ),
             (
-                |c| c.batch_size = 1_000_000,
+                |c| c.train.batch_size = 1_000_000,
                 "batch_size, block_size or n_layer",
             ),
             (
-                |c| c.block_size = usize::MAX,
+                |c| {
+                    c.model.apply(&ModelOverrides {
+                        block_size: Some(usize::MAX),
+                        ..Default::default()
+                    })
+                },
                 "block_size, batch_size or n_layer",
             ),
         ] {
-            let mut config = TrainConfig::preset("cpu").unwrap();
+            let mut config = RunConfig::preset("cpu").unwrap();
             change(&mut config);
             let err = MemoryEstimate::training(&config, 65, 4)
                 .check(1e12, "the machine")
@@ -293,7 +318,7 @@ mod tests {
 
     #[test]
     fn sampling_grows_with_the_number_of_samples() {
-        let config = TrainConfig::preset("cpu").unwrap().model_config(65);
+        let config = RunConfig::preset("cpu").unwrap().model_for(65);
         let one = MemoryEstimate::sampling(&config, 1, 4);
         one.check(1e9, "the machine").unwrap();
         let err = MemoryEstimate::sampling(&config, 10_000_000, 4)

@@ -10,14 +10,14 @@ use std::time::Instant;
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use quill_data::Dataset;
 use quill_data::TokenSource;
+use quill_data::{Dataset, Shard};
 use quill_model::{LanguageModel, ModelConfig, SamplingOptions, generate};
 use serde::Serialize;
 
 use crate::evaluate::estimate_loss;
-use crate::step::{Batch, Trainer};
-use crate::{TrainConfig, TrainError};
+use crate::trainer::{Batch, Trainer};
+use crate::{RunConfig, TrainError};
 
 /// Training and evaluation speed of one configuration on one device.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -67,7 +67,7 @@ pub fn flops_per_token(model: &ModelConfig, num_params: usize) -> f64 {
 /// initialisation (cold start), then `iters` steps after `warmup` more; then times
 /// `eval_batches` evaluation batches of the val split.
 pub fn bench_training<AB: AutodiffBackend>(
-    config: &TrainConfig,
+    config: &RunConfig,
     dataset: &Dataset,
     device: &AB::Device,
     warmup: usize,
@@ -83,11 +83,11 @@ pub fn bench_training<AB: AutodiffBackend>(
     let sync = || sync::<AB>(device);
     let cold = Instant::now();
     let (mut trainer, mut sampler) = fresh_trainer::<AB>(config, dataset, device)?;
-    let model_config = config.model_config(dataset.tokenizer.vocab_size());
+    let model_config = config.model_for(dataset.tokenizer.vocab_size());
     let num_params = trainer.model().num_params();
-    let shards = trainer.shards(config.batch_size);
+    let shards = trainer.shards(config.train.batch_size);
     let mut step = || {
-        let batch = Batch::sample(&mut sampler, data, config.grad_accum, device)?;
+        let batch = Batch::sample(&mut sampler, data, config.train.grad_accum, device)?;
         trainer.step(&batch)
     };
     step()?;
@@ -110,11 +110,25 @@ pub fn bench_training<AB: AutodiffBackend>(
 
     let valid = trainer.model().valid();
     let val = &dataset.split.val;
-    estimate_loss(&valid, val, config.batch_size, 1, config.seed)?; // warm-up
+    estimate_loss(
+        &valid,
+        val,
+        config.train.batch_size,
+        Shard::WHOLE,
+        1,
+        config.train.seed,
+    )?; // warm-up
     let start = Instant::now();
-    estimate_loss(&valid, val, config.batch_size, eval_batches, config.seed)?;
+    estimate_loss(
+        &valid,
+        val,
+        config.train.batch_size,
+        Shard::WHOLE,
+        eval_batches,
+        config.train.seed,
+    )?;
     sync()?;
-    let eval_tokens = eval_batches * config.batch_size * config.block_size;
+    let eval_tokens = eval_batches * config.train.batch_size * config.block_size();
     Ok(TrainBench {
         first_step_s,
         warmup_iters: warmup,
@@ -137,15 +151,15 @@ fn sync<B: Backend>(device: &B::Device) -> Result<(), TrainError> {
 /// A trainer of `config`'s model, freshly initialised from its seed, and its batch
 /// sampler, after checking the settings and that the dataset fits the block size.
 fn fresh_trainer<AB: AutodiffBackend>(
-    config: &TrainConfig,
+    config: &RunConfig,
     dataset: &Dataset,
     device: &AB::Device,
 ) -> Result<(Trainer<AB>, quill_data::BatchSampler), TrainError> {
     config.validate()?;
-    dataset.split.check_block_size(config.block_size)?;
-    let model_config = config.model_config(dataset.tokenizer.vocab_size());
-    let model = model_config.init::<AB>(config.seed, device)?;
-    Ok((Trainer::new(model, config), config.batch_sampler()?))
+    dataset.split.check_block_size(config.block_size())?;
+    let model_config = config.model_for(dataset.tokenizer.vocab_size());
+    let model = model_config.init::<AB>(config.train.seed, device)?;
+    Ok((Trainer::new(model, &config.train), config.batch_sampler()?))
 }
 
 /// Time to a target validation loss: training from fresh weights until an evaluation
@@ -207,7 +221,7 @@ fn loss_on_windows<B: Backend>(
 /// the val split every `eval_every` steps, on `eval_batches · batch_size` fixed windows
 /// ([`eval_windows`]), until the loss is at most `target` or `max_iters` steps are done.
 pub fn bench_to_loss<AB: AutodiffBackend>(
-    config: &TrainConfig,
+    config: &RunConfig,
     dataset: &Dataset,
     device: &AB::Device,
     target: f32,
@@ -222,18 +236,23 @@ pub fn bench_to_loss<AB: AutodiffBackend>(
     let (train, val) = (&dataset.split.train, &dataset.split.val);
     let windows = eval_windows(
         val.token_count(),
-        config.block_size,
-        eval_batches * config.batch_size,
+        config.block_size(),
+        eval_batches * config.train.batch_size,
     );
     let cold = Instant::now();
     let (mut trainer, mut sampler) = fresh_trainer::<AB>(config, dataset, device)?;
     let (mut curve, mut train_s) = (Vec::new(), 0.0);
     loop {
         let step = trainer.iter();
-        if step % eval_every == 0 || step == config.max_iters {
-            let loss = loss_on_windows(&trainer.model().valid(), val, &windows, config.batch_size)?;
+        if step % eval_every == 0 || step == config.train.max_iters {
+            let loss = loss_on_windows(
+                &trainer.model().valid(),
+                val,
+                &windows,
+                config.train.batch_size,
+            )?;
             curve.push((step, loss));
-            if loss <= target || step >= config.max_iters {
+            if loss <= target || step >= config.train.max_iters {
                 return Ok(ToLossBench {
                     target,
                     reached: loss <= target,
@@ -245,7 +264,7 @@ pub fn bench_to_loss<AB: AutodiffBackend>(
             }
         }
         let start = Instant::now();
-        let batch = Batch::sample(&mut sampler, train, config.grad_accum, device)?;
+        let batch = Batch::sample(&mut sampler, train, config.train.grad_accum, device)?;
         trainer.step(&batch)?;
         sync::<AB>(device)?;
         train_s += start.elapsed().as_secs_f64();
@@ -337,9 +356,7 @@ mod tests {
     fn flops_per_token_is_nanogpts_for_shakespeare_char() {
         // nanoGPT's shakespeare-char: 10.65M parameters without wpe, 6 layers of 384 over
         // a 256 block: 6 · 10,646,784 + 12 · 6 · 384 · 256.
-        let model = TrainConfig::preset("shakespeare-char")
-            .unwrap()
-            .model_config(65);
+        let model = RunConfig::preset("shakespeare-char").unwrap().model_for(65);
         let params = model.init::<Flex>(0, &Default::default()).unwrap();
         assert_eq!(flops_per_token(&model, params.num_params()), 70_958_592.0);
     }

@@ -1,0 +1,3 @@
+//! Checkpoints of other tools, to and from quill's.
+
+pub mod hf;
