@@ -15,7 +15,7 @@ use common::{TINY_MODEL, error_line, quill, stdout, step_losses};
 /// A directory with tiny Shakespeare at data/tiny.txt.
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare/input.txt");
+    let corpus = common::tiny_shakespeare();
     fs::create_dir_all(dir.path().join("data")).unwrap();
     fs::copy(&corpus, dir.path().join("data/tiny.txt")).unwrap();
     dir

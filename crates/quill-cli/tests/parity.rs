@@ -4,15 +4,14 @@
 
 use std::process::Command;
 
-const CORPUS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../data/tinyshakespeare/input.txt"
-);
+mod common;
 
 /// `quill parity --device DEVICE --json [EXTRA…]`, which must succeed.
 fn parity(device: &str, extra: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_quill"))
-        .args(["parity", "--json", "--data", CORPUS, "--device", device])
+        .args(["parity", "--json", "--device", device])
+        .arg("--data")
+        .arg(common::tiny_shakespeare())
         .args(extra)
         .output()
         .expect("quill runs");

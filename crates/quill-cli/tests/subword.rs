@@ -251,7 +251,7 @@ fn a_run_on_token_files_resumes_exactly() {
 #[test]
 fn the_shakespeare_gpt2_preset_prepares_its_data_once() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tinyshakespeare/input.txt");
+    let corpus = common::tiny_shakespeare();
     fs::create_dir_all(dir.path().join("data/tinyshakespeare")).unwrap();
     fs::copy(&corpus, dir.path().join("data/tinyshakespeare/input.txt")).unwrap();
     let mut args = vec!["train", "--preset", "shakespeare-gpt2", "--out", "run"];

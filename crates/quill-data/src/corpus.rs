@@ -89,6 +89,39 @@ impl Corpus {
     }
 }
 
+/// Tiny Shakespeare at its place under the directory `root` (a checkout:
+/// `root/data/tinyshakespeare/input.txt`), put there first when it is missing — copied
+/// from `root/../shared/data/tinyshakespeare.txt` where that exists, else downloaded
+/// (feature `download`) —
+/// and verified either way, every write atomic. What the tests that train on the real
+/// corpus call; without the corpus and without network the error says how to put it in
+/// place.
+pub fn tiny_shakespeare(root: &Path) -> Result<PathBuf, DataError> {
+    // One thread of the process puts it in place; the others then find it there.
+    static PLACING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _placing = PLACING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let known = &TINY_SHAKESPEARE;
+    let path = root.join(known.default_path);
+    if !path.exists() {
+        let shared = root.join("../shared/data/tinyshakespeare.txt");
+        let placed = match std::fs::File::open(&shared) {
+            Ok(file) => write_verified(file, &path, known.sha256),
+            #[cfg(feature = "download")]
+            Err(_) => crate::download::fetch(known, &path, |_, _| {}),
+            #[cfg(not(feature = "download"))]
+            Err(e) => Err(DataError::io(&shared, e)),
+        };
+        placed.map_err(|e| DataError::CorpusMissing {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Corpus::read_verified(known, &path)?;
+    Ok(path)
+}
+
 fn read_utf8(path: &Path) -> Result<String, DataError> {
     let bytes = fs::read(path).map_err(|e| DataError::io(path, e))?;
     String::from_utf8(bytes).map_err(|e| DataError::NotUtf8 {

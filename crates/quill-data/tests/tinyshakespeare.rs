@@ -1,8 +1,8 @@
 //! The real corpus: its vocabulary and split sizes must be exactly the "Let's build GPT" notebook's.
 //!
-//! The corpus is looked for at `data/tinyshakespeare/input.txt` (where `quill data` and
-//! CI put it), else at `../shared/data/tinyshakespeare.txt` beside the checkout. Its
-//! absence fails the test: it is never skipped.
+//! The corpus is put in place at `data/tinyshakespeare/input.txt` as `quill` does when
+//! it is missing ([`quill_data::corpus::tiny_shakespeare`]). Its absence fails the test,
+//! with one line saying how to put it in place: it is never skipped.
 
 use std::path::PathBuf;
 
@@ -10,15 +10,7 @@ use quill_data::{CharTokenizer, Corpus, Split, TINY_SHAKESPEARE};
 
 fn corpus_path() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let candidates = [
-        root.join(TINY_SHAKESPEARE.default_path),
-        root.join("../shared/data/tinyshakespeare.txt"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.exists())
-        .cloned()
-        .unwrap_or_else(|| panic!("tiny Shakespeare not found at any of {candidates:?}"))
+    quill_data::corpus::tiny_shakespeare(&root).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

@@ -2,8 +2,16 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// Tiny Shakespeare, put in place in the checkout as `quill` does when it is missing
+/// (copied from `../shared/data` or downloaded, verified, written atomically); offline
+/// without it, the test fails with one line saying how to put it there.
+pub fn tiny_shakespeare() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    quill_data::corpus::tiny_shakespeare(&root).unwrap_or_else(|e| panic!("{e}"))
+}
 
 /// A 1-layer, 2-head, 16-wide GPT on blocks of 16, batches of 4: fast on any CPU.
 pub const TINY_MODEL: &[&str] = &[
