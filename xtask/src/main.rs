@@ -148,27 +148,30 @@ fn ci() -> Result<()> {
     slim_builds()
 }
 
-/// Runs the public-step example as `cargo test` built it (`cargo run -p quill-train`
-/// would build the libraries again, with the features of that package alone).
+/// Runs the public-step example built from the training core alone (no plotting, no
+/// async runtime, no collective), as a library user who only steps a model builds it.
 fn custom_loop() -> Result<()> {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
-    let example = target.join("release/examples/custom_loop");
-    eprintln!("$ {}", example.display());
-    let status = Command::new(&example)
-        .status()
-        .with_context(|| format!("run {}", example.display()))?;
-    if !status.success() {
-        bail!("{} failed ({status})", example.display());
-    }
-    Ok(())
+    cargo(&[
+        "run",
+        "--release",
+        "-p",
+        "quill-train",
+        "--no-default-features",
+        "--example",
+        "custom_loop",
+    ])
 }
 
 /// `quill-model` without `fused-cpu` has no Flex, gemm or rayon, and no tokenizer
 /// libraries (it uses `quill-data` without `subword`); `quill-data` without `download`
-/// has no HTTP client.
+/// has no HTTP client; the training core has no plotting library, async runtime or
+/// collective engine.
 fn slim_builds() -> Result<()> {
     let checks = [
+        (
+            "quill-train",
+            &["plotters", "image", "dejavu", "tokio", "burn-collective"][..],
+        ),
         (
             "quill-model",
             &["burn-flex", "gemm", "rayon", "tokenizers", "bpe"][..],
