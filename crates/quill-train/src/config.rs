@@ -78,6 +78,11 @@ macro_rules! train_config {
         }
 
         impl TrainOverrides {
+            /// The keys a `--config` file may give the training.
+            pub const KEYS: &[&str] = &[$( stringify!($field), )*];
+            /// Former names of renamed keys, which still read.
+            pub const FORMER_KEYS: &[&str] = &[$( $($old,)? )*];
+
             /// Takes every field that `later` sets (a command line over a file).
             pub fn apply(&mut self, later: &TrainOverrides) {
                 $( if later.$field.is_some() { self.$field = later.$field.clone(); } )*
@@ -181,6 +186,16 @@ impl RunOverrides {
     pub fn from_toml(text: &str) -> Result<RunOverrides, TrainError> {
         let err = |e: toml::de::Error| TrainError::Config(format!("config file: {}", e.message()));
         let table: toml::Table = toml::from_str(text).map_err(err)?;
+        let keys = || ModelOverrides::KEYS.iter().chain(TrainOverrides::KEYS);
+        let known =
+            |key: &str| keys().any(|k| *k == key) || TrainOverrides::FORMER_KEYS.contains(&key);
+        if let Some(key) = table.keys().find(|key| !known(key)) {
+            let keys: Vec<&str> = keys().copied().collect();
+            return Err(TrainError::Config(format!(
+                "config file: unknown key {key:?}; the keys are {}",
+                keys.join(", ")
+            )));
+        }
         let (model, train): (toml::Table, toml::Table) = table
             .into_iter()
             .partition(|(key, _)| ModelOverrides::KEYS.contains(&key.as_str()));
@@ -764,7 +779,13 @@ mod tests {
         let err = RunOverrides::from_toml("max_itres = 10")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("max_itres"), "{err}");
+        assert!(err.contains("unknown key \"max_itres\""), "{err}");
+        // The list names the model's keys and the training's.
+        let err = RunOverrides::from_toml("n_layr = 3")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the keys are model, n_layer, n_head"), "{err}");
+        assert!(err.ends_with("val_fraction, sample_tokens"), "{err}");
         assert!(RunOverrides::from_toml("max_iters = \"ten\"").is_err());
         assert!(RunOverrides::from_toml("n_layer = \"ten\"").is_err());
         let mut config = RunConfig::preset("cpu").unwrap();
