@@ -3,6 +3,8 @@
 //! rayon's threads by rows (LayerNorm, GELU) or by sequence (attention), and every task
 //! runs in [`simd`], compiled for AVX-512, else AVX2 + FMA, when the CPU has them.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Runs `f` compiled for the widest vector unit this x86-64 CPU has: AVX-512 (F, VL,
@@ -1385,75 +1387,118 @@ mod tests {
     }
 }
 
-/// [`crate::par_map`].
-pub(crate) fn par_map<const I: usize, const N: usize>(
-    inputs: [&[f32]; I],
-    chunk: usize,
-    f: impl Fn([f32; I]) -> [f32; N] + Sync,
-) -> [Vec<f32>; N] {
-    use rayon::prelude::*;
-    use std::mem::MaybeUninit;
+/// Values per rayon task in the element-wise passes: small enough that a 128-wide
+/// model's matrices are shared by the cores, large enough that a task outweighs its
+/// cost.
+const PASS_CHUNK: usize = 1 << 14;
 
+/// [`crate::AdamWUpdate::apply`].
+pub(crate) fn adamw(
+    step: &crate::AdamWUpdate,
+    p: &[f32],
+    g: &[f32],
+    m: &[f32],
+    v: &[f32],
+) -> [Vec<f32>; 3] {
+    let fill = |[p, g, m, v]: [&[f32]; 4], [p2, m2, v2]: [&mut [MaybeUninit<f32>]; 3]| {
+        let outputs = p2.iter_mut().zip(m2.iter_mut()).zip(v2.iter_mut());
+        let inputs = p.iter().zip(g).zip(m.iter().zip(v));
+        for (((p2, m2), v2), ((&p, &g), (&m, &v))) in outputs.zip(inputs) {
+            let [p, m, v] = step.value([p, g, m, v]);
+            p2.write(p);
+            m2.write(m);
+            v2.write(v);
+        }
+    };
+    // SAFETY: `fill` writes every value of its chunks (its inputs are as long).
+    unsafe { par_fill([p, g, m, v], fill) }
+}
+
+/// [`crate::add_then_divide`].
+pub(crate) fn add_then_divide(a: &[f32], b: &[f32], divisor: Option<f32>) -> Vec<f32> {
+    let fill = |[a, b]: [&[f32]; 2], [out]: [&mut [MaybeUninit<f32>]; 1]| {
+        for ((out, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            out.write(match divisor {
+                Some(n) => (a + b) / n,
+                None => a + b,
+            });
+        }
+    };
+    // SAFETY: `fill` writes every value of its chunk (its inputs are as long).
+    let [sum] = unsafe { par_fill([a, b], fill) };
+    sum
+}
+
+/// `N` vectors as long as the `I` inputs, written in chunks of [`PASS_CHUNK`] on
+/// rayon's threads by `fill(inputs, outputs)`: the same chunk of each input and output.
+/// Each call runs vectorised. No zero fill first: the caller's loop writes every value.
+///
+/// # Panics
+/// If the inputs differ in length.
+///
+/// # Safety
+/// `fill` must write every value of the output chunks it is given.
+unsafe fn par_fill<const I: usize, const N: usize>(
+    inputs: [&[f32]; I],
+    fill: impl Fn([&[f32]; I], [&mut [MaybeUninit<f32>]; N]) + Sync,
+) -> [Vec<f32>; N] {
     const {
         assert!(
             I > 0 && N > 0,
-            "par_map splits an input and an output into chunks"
+            "par_fill splits an input and an output into chunks"
         )
     };
-    assert!(chunk > 0, "par_map needs chunks of at least one value");
     let len = inputs[0].len();
     assert!(
         inputs.iter().all(|x| x.len() == len),
         "the inputs of an element-wise pass have one length"
     );
-    let mut out = [(); N].map(|_| Vec::<f32>::with_capacity(len));
+    let mut out = [(); N].map(|_| Vec::with_capacity(len));
     let mut outputs = out
         .each_mut()
-        .map(|x| x.spare_capacity_mut()[..len].chunks_mut(chunk));
+        .map(|x| x.spare_capacity_mut()[..len].chunks_mut(PASS_CHUNK));
     // The chunks side by side (four for the `cpu` preset's largest matrix, some
     // thousands for GPT-2's embedding), gathered first, then written in parallel.
-    let chunks: Vec<[&mut [MaybeUninit<f32>]; N]> = (0..len.div_ceil(chunk))
+    let chunks: Vec<_> = (0..len.div_ceil(PASS_CHUNK))
         .map(|_| {
             outputs
                 .each_mut()
                 .map(|x| x.next().expect("outputs of `len` values"))
         })
         .collect();
-    chunks
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(i, mut chunk_out)| {
-            let n = chunk_out[0].len();
-            let inputs = inputs.map(|x| &x[i * chunk..i * chunk + n]);
-            simd(
-                #[inline(always)]
-                || {
-                    for j in 0..n {
-                        let values = f(inputs.map(|x| x[j]));
-                        for (out, value) in chunk_out.iter_mut().zip(values) {
-                            out[j].write(value);
-                        }
-                    }
-                },
-            )
-        });
+    chunks.into_par_iter().enumerate().for_each(|(i, chunk)| {
+        let range = i * PASS_CHUNK..i * PASS_CHUNK + chunk[0].len();
+        let inputs = inputs.map(|x| &x[range.clone()]);
+        simd(
+            #[inline(always)]
+            || fill(inputs, chunk),
+        )
+    });
     for x in &mut out {
-        // SAFETY: every chunk of every output was written in full above (value `j` of
-        // each chunk for every `j` below its length), and the chunks cover `0..len`.
+        // SAFETY: `fill` wrote each of the first `len` values.
         unsafe { x.set_len(len) };
     }
     out
 }
 
 #[cfg(test)]
-mod par_map_tests {
-    use super::par_map;
+mod pass_tests {
+    use super::*;
 
     #[test]
-    fn every_chunk_of_every_output_is_written_at_its_place() {
-        let len = 2 * 64 + 7;
+    fn par_fill_writes_every_chunk_of_every_output_at_its_place() {
+        let len = 2 * PASS_CHUNK + 7;
         let index: Vec<f32> = (0..len).map(|i| i as f32).collect();
-        let out = par_map([&index], 64, |[i]| [i * 2.0, i * 2.0 + 1.0]);
+        // SAFETY: each output gets every value of its chunk written.
+        let out = unsafe {
+            par_fill([&index], |[index], chunks: [&mut [MaybeUninit<f32>]; 2]| {
+                for (k, chunk) in chunks.into_iter().enumerate() {
+                    for (x, &i) in chunk.iter_mut().zip(index) {
+                        x.write(i * 2.0 + k as f32);
+                    }
+                }
+            })
+        };
         for (k, x) in out.iter().enumerate() {
             let want: Vec<f32> = (0..len).map(|i| (i * 2 + k) as f32).collect();
             assert_eq!(x, &want);
@@ -1463,7 +1508,34 @@ mod par_map_tests {
     #[test]
     #[should_panic(expected = "have one length")]
     fn inputs_of_different_lengths_are_refused() {
-        let (a, b) = (vec![1.0; 65], vec![1.0; 64]);
-        let _ = par_map([&a, &b], 64, |[a, b]| [a + b]);
+        let (a, b) = (vec![1.0; PASS_CHUNK + 1], vec![1.0; PASS_CHUNK]);
+        let _ = add_then_divide(&a, &b, None);
+    }
+
+    #[test]
+    fn the_passes_are_their_values_everywhere() {
+        let len = 2 * PASS_CHUNK + 7;
+        let a: Vec<f32> = (0..len).map(|i| (i % 97) as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..len).map(|i| (i % 89) as f32 * 0.25).collect();
+        let mean = add_then_divide(&a, &b, Some(2.0));
+        assert!((0..len).all(|i| mean[i] == (a[i] + b[i]) / 2.0));
+        let step = crate::AdamWUpdate {
+            scale: 0.7,
+            beta1: 0.9,
+            beta2: 0.99,
+            decay: 0.9999,
+            step_size: 1e-3,
+            sqrt_bias_correction2: 0.1,
+            eps: 1e-8,
+        };
+        let v: Vec<f32> = b.iter().map(|x| x + 1e-3).collect();
+        let [p, m, v2] = adamw(&step, &a, &b, &a, &v);
+        for i in 0..len {
+            assert_eq!(
+                [p[i], m[i], v2[i]],
+                step.value([a[i], b[i], a[i], v[i]]),
+                "{i}"
+            );
+        }
     }
 }

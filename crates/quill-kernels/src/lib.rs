@@ -67,19 +67,55 @@ pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     cpu::simd(f)
 }
 
-/// `N` vectors as long as the `I` inputs, value `j` of output `k` being
-/// `f([x[j] for x in inputs])[k]`: an element-wise pass over host `f32` values (an
-/// optimizer update, a gradient mean), in chunks of `chunk` values on rayon's threads,
-/// each chunk [`vectorized`]. The outputs are written once, without a zero fill first.
+/// One AdamW update of one parameter, as PyTorch's `torch.optim.AdamW` computes it, with
+/// its constants in `f32` (the precision of the update).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWUpdate {
+    /// Gradient scale: 1 / micro-batches, times the clipping coefficient.
+    pub scale: f32,
+    /// β₁.
+    pub beta1: f32,
+    /// β₂.
+    pub beta2: f32,
+    /// `1 − lr·weight_decay` for decaying parameters, else 1.
+    pub decay: f32,
+    /// `lr / (1 − β₁ᵗ)`.
+    pub step_size: f32,
+    /// `√(1 − β₂ᵗ)`.
+    pub sqrt_bias_correction2: f32,
+    /// ε.
+    pub eps: f32,
+}
+
+impl AdamWUpdate {
+    /// `[p, m, v]` after the step, from `[p, g, m, v]`: one value.
+    #[inline(always)]
+    pub fn value(&self, [p, g, m, v]: [f32; 4]) -> [f32; 3] {
+        let g = g * self.scale;
+        let m = m * self.beta1 + g * (1.0 - self.beta1);
+        let v = v * self.beta2 + g * g * (1.0 - self.beta2);
+        let denom = v.sqrt() / self.sqrt_bias_correction2 + self.eps;
+        [p * self.decay - m / denom * self.step_size, m, v]
+    }
+
+    /// [`AdamWUpdate::value`] for every value of a parameter, its gradient and its
+    /// moments, in one pass: chunks on rayon's threads, each [`vectorized`], the
+    /// outputs written once without a zero fill first.
+    ///
+    /// # Panics
+    /// If the four differ in length.
+    pub fn apply(&self, p: &[f32], g: &[f32], m: &[f32], v: &[f32]) -> [Vec<f32>; 3] {
+        cpu::adamw(self, p, g, m, v)
+    }
+}
+
+/// `(a + b) / divisor`, or `a + b` without one, element by element, in one pass as
+/// [`AdamWUpdate::apply`] runs (the gradient mean of a sharded step).
 ///
 /// # Panics
-/// If the inputs differ in length, or `chunk` is 0.
-pub fn par_map<const I: usize, const N: usize>(
-    inputs: [&[f32]; I],
-    chunk: usize,
-    f: impl Fn([f32; I]) -> [f32; N] + Sync,
-) -> [Vec<f32>; N] {
-    cpu::par_map(inputs, chunk, f)
+/// If `a` and `b` differ in length.
+pub fn add_then_divide(a: &[f32], b: &[f32], divisor: Option<f32>) -> Vec<f32> {
+    cpu::add_then_divide(a, b, divisor)
 }
 
 /// GELU, `x·Φ(x)` (the exact form, as nanoGPT's `nn.GELU()`), element-wise.

@@ -1,6 +1,6 @@
 //! AdamW's update of one parameter, as PyTorch's `torch.optim.AdamW` computes it
-//! (decoupled weight decay, bias-corrected moments): in tensor operations, and per
-//! value for the host pass.
+//! (decoupled weight decay, bias-corrected moments): in tensor operations here, and as
+//! the fused CPU kernel's one pass (`quill_kernels::AdamWUpdate`) on Flex.
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
@@ -39,19 +39,22 @@ impl Hyper {
         (p, m, v)
     }
 
-    /// The same update of one value: `[p, m, v]` after the step, from `[p, g, m, v]`
-    /// (Flex's fast path runs it over every value in one pass, see [`host_map`]).
-    #[inline(always)]
-    pub(super) fn update(&self, [p, g, m, v]: [f32; 4]) -> [f32; 3] {
-        let g = g * self.scale;
-        let m = m * self.beta1 + g * (1.0 - self.beta1);
-        let v = v * self.beta2 + g * g * (1.0 - self.beta2);
-        let denom = v.sqrt() / self.sqrt_bias_correction2 + self.eps;
-        [p * self.decay - m / denom * self.step_size, m, v]
+    /// The same update as the fused CPU kernel takes it (one pass over host values).
+    #[cfg(feature = "fused-cpu")]
+    pub(super) fn kernel(&self) -> quill_kernels::AdamWUpdate {
+        quill_kernels::AdamWUpdate {
+            scale: self.scale,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            decay: self.decay,
+            step_size: self.step_size,
+            sqrt_bias_correction2: self.sqrt_bias_correction2,
+            eps: self.eps,
+        }
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "fused-cpu"))]
 mod tests {
     use super::*;
     use burn_ndarray::NdArray;
@@ -64,8 +67,8 @@ mod tests {
     }
 
     #[test]
-    fn the_update_of_one_value_is_the_tensor_operations_update_bit_for_bit() {
-        let len = 2 * super::super::host::CHUNK + 7;
+    fn the_fused_update_is_the_tensor_operations_update_bit_for_bit() {
+        let len = 2 * (1 << 14) + 7;
         let (p, g, m) = (
             ramp(len, -0.5, 1.0),
             ramp(len, -0.1, 0.2),
@@ -81,13 +84,7 @@ mod tests {
             sqrt_bias_correction2: (1.0 - 0.99f32.powi(3)).sqrt(),
             eps: 1e-8,
         };
-        let mut by_value = [vec![], vec![], vec![]];
-        for i in 0..len {
-            let new = hyper.update([p[i], g[i], m[i], v[i]]);
-            for (out, x) in by_value.iter_mut().zip(new) {
-                out.push(x);
-            }
-        }
+        let by_value = hyper.kernel().apply(&p, &g, &m, &v);
         let device = Default::default();
         let tensor = |x: &[f32]| Tensor::<NdArray, 1>::from_floats(x, &device);
         let (p2, m2, v2) = hyper.update_tensors(tensor(&p), tensor(&g), tensor(&m), tensor(&v));

@@ -11,7 +11,7 @@ use quill_model::params::ParamSpecs;
 use rayon::prelude::*;
 
 use super::declared;
-use super::host::{host_map, on_host};
+use super::host::{add_then_divide_on_host, on_host};
 use crate::TrainError;
 
 /// Summed gradients by parameter name, flattened, on the inner (non-autodiff) backend.
@@ -172,12 +172,9 @@ fn mean<B: Backend>(grads: Vec<Tensor<B, 1>>, n: usize) -> Tensor<B, 1> {
     grads.enumerate().fold(first, |sum, (i, g)| {
         let divisor = (i + 1 == last).then_some(n as f32);
         let device = sum.device();
-        let fused = host_map([&sum, &g], |[a, b]| match divisor {
-            Some(n) => [(a + b) / n],
-            None => [a + b],
-        });
+        let fused = add_then_divide_on_host(&sum, &g, divisor);
         match (fused, divisor) {
-            (Some([sum]), _) => {
+            (Some(sum), _) => {
                 let len = sum.len();
                 Tensor::from_data(TensorData::new(sum, [len]), &device)
             }

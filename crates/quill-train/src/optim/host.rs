@@ -4,11 +4,6 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-/// Values per rayon task in the host passes: small enough that a 128-wide model's
-/// matrices are shared by the cores, large enough that a task outweighs its cost.
-#[cfg(any(feature = "fused-cpu", test))]
-pub(super) const CHUNK: usize = 1 << 14;
-
 /// Runs `f` (vectorised) on the host `f32` values of `tensors` where the fused CPU
 /// kernels serve the backend (feature `fused-cpu`, Flex); `None` elsewhere, where the
 /// caller uses tensor operations.
@@ -30,20 +25,37 @@ pub(super) fn on_host<B: Backend, const N: usize, R>(
     }
 }
 
-/// `f` applied to every position of `tensors` (see `quill_kernels::par_map`), on the
-/// host in parallel chunks, where the fused CPU kernels serve the backend; `None`
-/// elsewhere.
-pub(super) fn host_map<B: Backend, const I: usize, const N: usize>(
-    tensors: [&Tensor<B, 1>; I],
-    f: impl Fn([f32; I]) -> [f32; N] + Sync,
-) -> Option<[Vec<f32>; N]> {
+/// AdamW's update of `[p, g, m, v]` in one pass over their host values (the fused
+/// kernel), where the fused CPU kernels serve the backend; `None` elsewhere.
+pub(super) fn adamw_on_host<B: Backend>(
+    hyper: &super::adamw::Hyper,
+    tensors: [&Tensor<B, 1>; 4],
+) -> Option<[Vec<f32>; 3]> {
     #[cfg(feature = "fused-cpu")]
-    return quill_kernels::with_f32_values(tensors, |values| {
-        quill_kernels::par_map(values, CHUNK, f)
+    return quill_kernels::with_f32_values(tensors, |[p, g, m, v]| {
+        hyper.kernel().apply(p, g, m, v)
     });
     #[cfg(not(feature = "fused-cpu"))]
     {
-        let _ = (tensors, f);
+        let _ = (hyper, tensors);
+        None
+    }
+}
+
+/// `(a + b) / divisor` (or `a + b`) in one pass over host values, where the fused CPU
+/// kernels serve the backend; `None` elsewhere.
+pub(super) fn add_then_divide_on_host<B: Backend>(
+    a: &Tensor<B, 1>,
+    b: &Tensor<B, 1>,
+    divisor: Option<f32>,
+) -> Option<Vec<f32>> {
+    #[cfg(feature = "fused-cpu")]
+    return quill_kernels::with_f32_values([a, b], |[a, b]| {
+        quill_kernels::add_then_divide(a, b, divisor)
+    });
+    #[cfg(not(feature = "fused-cpu"))]
+    {
+        let _ = (a, b, divisor);
         None
     }
 }

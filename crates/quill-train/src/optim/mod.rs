@@ -30,7 +30,7 @@ use quill_model::params::{NamedTensor, ParamSpecs};
 
 use crate::TrainError;
 use adamw::Hyper;
-use host::host_map;
+use host::adamw_on_host;
 
 mod adamw;
 mod grads;
@@ -375,7 +375,7 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
             sqrt_bias_correction2: (1.0 - o.beta2.powi(t)).sqrt() as f32,
             eps: o.eps as f32,
         };
-        let fused = host_map([&p, &g, &m, &v], |values| hyper.update(values));
+        let fused = adamw_on_host(&hyper, [&p, &g, &m, &v]);
         let (p, m, v) = match fused {
             Some(new) => {
                 let device = p.device();
