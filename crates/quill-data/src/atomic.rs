@@ -147,14 +147,19 @@ pub fn write_with(
     // This process's own temporary name: one left by an earlier process that had the
     // same id (a container's processes often do) is overwritten.
     let tmp = dir.join(format!(".{}.{}.tmp", file_name(dest), std::process::id()));
+    let mut opened = false;
     let result = (|| {
         let mut file = fs::File::create(&tmp)?;
+        opened = true;
         fill(&mut file)?;
         file.sync_all()?;
         fs::rename(&tmp, dest)
     })();
     if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
+        // Only the file this call wrote into: one it could not open stays as it is.
+        if opened {
+            let _ = fs::remove_file(&tmp);
+        }
         return Err(DataError::io(dest, e));
     }
     sync_dir(dir)
