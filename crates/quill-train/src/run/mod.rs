@@ -200,7 +200,8 @@ pub fn train<AB: AutodiffBackend>(
         // A resumed run already evaluated at its first step, unless that is the end.
         let resumed_here = resume.is_some() && iter == start && !last;
         if (last || iter % t.eval_interval == 0) && !resumed_here {
-            let losses = measure(&trainer, dataset, &settings, last, observer)?;
+            let model = trainer.model().valid();
+            let losses = measure(&model, &trainer, dataset, &settings, last, observer)?;
             let seconds = since_eval.0.elapsed().as_secs_f64().max(1e-9);
             let record = EvalRecord {
                 iter,
@@ -213,7 +214,7 @@ pub fn train<AB: AutodiffBackend>(
             if let Some(out) = out.as_mut() {
                 out.record_eval(&record, &plot_title(out, &settings, iter))?;
             }
-            let sample = sample_now(&trainer, dataset, &settings, iter)?;
+            let sample = sample_now(&model, dataset, &settings, iter)?;
             observer.on_eval(&record, sample.as_deref());
             let improved = state
                 .best_val_loss
@@ -318,9 +319,11 @@ fn start<AB: AutodiffBackend>(
     ))
 }
 
-/// Train and val losses of the model as it is now, over all ranks; in a data-parallel
-/// run, first checks that the ranks' weights are equal (and tells `observer`).
+/// Train and val losses of `model` (the trainer's, without autodiff), over all ranks;
+/// in a data-parallel run, first checks that the ranks' weights are equal (and tells
+/// `observer`).
 fn measure<AB: AutodiffBackend>(
+    model: &LanguageModel<AB::InnerBackend>,
     trainer: &Trainer<AB>,
     dataset: &Dataset,
     settings: &RunConfig,
@@ -333,10 +336,9 @@ fn measure<AB: AutodiffBackend>(
     } else {
         t.eval_iters
     };
-    let model = trainer.model().valid();
     let seed = eval_seed(t.seed, iter);
     let losses = evaluate(
-        &model,
+        model,
         &dataset.split,
         t.batch_size,
         strategy.shard(),
@@ -344,7 +346,7 @@ fn measure<AB: AutodiffBackend>(
         seed,
     )?;
     if strategy.ranks() > 1 {
-        let weights = weights_fingerprint(&model);
+        let weights = weights_fingerprint(model);
         strategy.check_same(&format!("the weights at step {iter}"), weights)?;
         let (spent, exchanges) = strategy.time_in_sums();
         observer.on_ranks_agree(&Agreement {
@@ -361,8 +363,8 @@ fn measure<AB: AutodiffBackend>(
 }
 
 /// The sample shown at an evaluation (`sample_tokens` tokens from a newline), if any.
-fn sample_now<AB: AutodiffBackend>(
-    trainer: &Trainer<AB>,
+fn sample_now<B: Backend>(
+    model: &LanguageModel<B>,
     dataset: &Dataset,
     settings: &RunConfig,
     iter: usize,
@@ -372,8 +374,7 @@ fn sample_now<AB: AutodiffBackend>(
         return Ok(None);
     }
     let request = SampleRequest::from_newline(t.sample_tokens, t.seed ^ iter as u64);
-    let model = trainer.model().valid();
-    let mut texts = sample_texts(&model, &dataset.tokenizer, &request, |_, _| {})?;
+    let mut texts = sample_texts(model, &dataset.tokenizer, &request, |_, _| {})?;
     Ok(texts.pop())
 }
 
