@@ -105,6 +105,9 @@ pub struct ParallelArgs {
 pub enum ImportFormat {
     /// Hugging Face GPT-2 (config.json and model.safetensors).
     Gpt2,
+    /// A nanoGPT checkpoint (train.py's ckpt.pt, with prepare.py's meta.pkl for
+    /// characters).
+    Nanogpt,
 }
 
 /// The layouts 'quill export' writes.
@@ -125,11 +128,15 @@ pub struct ImportArgs {
     /// gpt2-xl (1558M).
     #[arg(long, default_value = "gpt2")]
     pub model: String,
-    /// A directory holding the checkpoint's config.json and model.safetensors (works
-    /// offline); without it, they are downloaded into data/hf/MODEL from the Hub (or
-    /// from the HF_ENDPOINT mirror).
-    #[arg(long, value_name = "DIR")]
+    /// gpt2: a directory holding the checkpoint's config.json and model.safetensors
+    /// (works offline); without it, they are downloaded into data/hf/MODEL from the Hub
+    /// (or from the HF_ENDPOINT mirror). nanogpt: the ckpt.pt (or its out directory).
+    #[arg(long, value_name = "PATH", required_if_eq("format", "nanogpt"))]
     pub from: Option<PathBuf>,
+    /// nanogpt: the meta.pkl of a character model's data (data/NAME/meta.pkl); without
+    /// it, the model must have GPT-2's vocabulary.
+    #[arg(long, value_name = "FILE")]
+    pub meta: Option<PathBuf>,
     /// Where to write the quill checkpoint.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,

@@ -285,14 +285,14 @@ fn finetuning_errors_are_one_line() {
     );
 
     // Export refuses what Hugging Face GPT-2 cannot hold, and a directory of other files.
-    let nobias = [
+    let rotary = [
         "train",
         "--data",
         "data/chars",
         "--out",
-        "runs/nobias",
-        "--bias",
-        "false",
+        "runs/rotary",
+        "--position",
+        "rotary",
         "--max-iters",
         "1",
         "--eval-iters",
@@ -302,7 +302,7 @@ fn finetuning_errors_are_one_line() {
         "--sample-chars",
         "0",
     ];
-    stdout(&quill(&[&nobias[..], TINY_MODEL].concat(), cwd));
+    stdout(&quill(&[&rotary[..], TINY_MODEL].concat(), cwd));
     assert!(
         error_line(&quill(
             &[
@@ -310,13 +310,13 @@ fn finetuning_errors_are_one_line() {
                 "--format",
                 "hf",
                 "--checkpoint",
-                "runs/nobias/last",
+                "runs/rotary/last",
                 "--out",
                 "x"
             ],
             cwd
         ))
-        .contains("bias = false; Hugging Face GPT-2 has biases")
+        .contains("position = rotary, which Hugging Face GPT-2 cannot express")
     );
     fs::write(cwd.join("notes.txt"), "mine").unwrap();
     assert!(

@@ -281,19 +281,8 @@ fn parse_tiktoken(text: &str) -> Result<Vec<Vec<u8>>, DataError> {
 /// GPT-2's byte-to-character table, inverted: the printable character Hugging Face's
 /// byte-level BPE writes for each byte → the byte.
 fn byte_level_chars() -> std::collections::HashMap<char, u8> {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
-    let mut extra = 0;
-    (0..=255u32)
-        .map(|b| {
-            let c = if printable(b) {
-                b
-            } else {
-                extra += 1;
-                255 + extra
-            };
-            (char::from_u32(c).expect("a valid code point"), b as u8)
-        })
-        .collect()
+    let spelling = crate::hugging_face::byte_level_spelling();
+    (0..=255u8).map(|b| (spelling[b as usize], b)).collect()
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 //!   trained on the corpus).
 //! - [`batch`]: the train/val [`Split`] and the seeded [`BatchSampler`] that draws
 //!   `(x, y)` training batches.
+//! - [`hugging_face`]: the tokenizers in Hugging Face's format, for exported models.
 //! - [`rng`]: the small, seedable, serialisable random generator used by the batch
 //!   sampler and by sampling from models, so runs can be resumed exactly.
 //!
@@ -41,6 +42,8 @@ pub mod dataset;
 #[cfg(feature = "download")]
 pub mod download;
 pub mod error;
+#[cfg(feature = "subword")]
+pub mod hugging_face;
 pub mod prepare;
 pub mod rng;
 pub mod token_file;

@@ -48,6 +48,14 @@ pub enum TrainError {
         /// What is wrong, naming the setting or tensor.
         reason: String,
     },
+    /// A nanoGPT checkpoint that quill cannot read (see [`crate::interop::nanogpt`]).
+    #[error("{path}: {reason}")]
+    NanoGpt {
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A saved optimizer state that does not fit (missing or unexpected moments).
     #[error("optimizer state: {0}")]
     OptimizerState(String),

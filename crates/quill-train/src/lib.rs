@@ -60,7 +60,7 @@ pub use dist::{
 pub use error::TrainError;
 pub use evaluate::{Losses, estimate_loss, evaluate};
 pub use inference::{SampleRequest, sample_texts};
-pub use interop::hf;
+pub use interop::{hf, nanogpt};
 pub use optim::{GradBuffer, MuonAdamW, StepOptions, muon, param_lengths};
 #[cfg(feature = "plot")]
 pub use run::plot::{LossPlot, smoothed};

@@ -1,6 +1,7 @@
-//! `quill import gpt2` and `quill export --format hf`: Hugging Face GPT-2 checkpoints
-//! in and out (the conversion is `quill_train::hf`; this adds the download and the
-//! command line).
+//! `quill import gpt2`, `quill import nanogpt` and `quill export --format hf`: Hugging
+//! Face GPT-2 checkpoints in and out, nanoGPT checkpoints in (the conversions are
+//! `quill_train::hf` and `quill_train::nanogpt`; this adds the download and the command
+//! line).
 
 use std::path::PathBuf;
 
@@ -9,10 +10,11 @@ use burn::tensor::backend::AutodiffBackend;
 use quill_model::ModelConfig;
 use quill_train::checkpoint::CHECKPOINT;
 use quill_train::hf::{self, GPT2_MODELS, HF_FILES};
+use quill_train::nanogpt::NanoGpt;
 use quill_train::{Checkpoint, MemoryEstimate};
 
 use crate::backend::{self, DType, DeviceChoice, Job};
-use crate::cli::{ExportArgs, ImportArgs};
+use crate::cli::{ExportArgs, ImportArgs, ImportFormat};
 
 /// The Hub, unless `HF_ENDPOINT` names a mirror (as `huggingface_hub` reads it).
 const HUB: &str = "https://huggingface.co";
@@ -30,6 +32,12 @@ fn released_shape(model: &str) -> Option<(usize, usize, usize)> {
 
 pub fn import(args: ImportArgs) -> Result<()> {
     quill_data::atomic::check_owned(&args.out, &CHECKPOINT)?;
+    if args.format == ImportFormat::Nanogpt {
+        return import_nanogpt(args);
+    }
+    if args.meta.is_some() {
+        bail!("--meta is for nanogpt checkpoints; a GPT-2 checkpoint has GPT-2's tokenizer");
+    }
     let (dir, released) = match &args.from {
         Some(dir) => (dir.clone(), None),
         None => (download(&args.model)?, Some(args.model.as_str())),
@@ -84,6 +92,56 @@ pub fn import(args: ImportArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// `quill import nanogpt`.
+fn import_nanogpt(args: ImportArgs) -> Result<()> {
+    let from = args.from.expect("clap requires --from for nanogpt");
+    let nanogpt = NanoGpt::read(&from, args.meta.as_deref())?;
+    let target = backend::prepare(DeviceChoice::Cpu, DType::F32)?;
+    // The model is built to check the weights: its memory first.
+    let model = ModelConfig::Gpt(nanogpt.model.clone());
+    target.check_memory(&MemoryEstimate::sampling(&model, 1, target.dtype_bytes()))?;
+    for note in &nanogpt.notes {
+        eprintln!("note: {note}");
+    }
+    let checkpoint = target.run(NanoGptJob(nanogpt))?;
+    checkpoint.save(&args.out)?;
+    let ModelConfig::Gpt(gpt) = &checkpoint.config.model else {
+        unreachable!("nanoGPT checkpoints are GPTs")
+    };
+    println!(
+        "imported {} into {}: {:.2}M parameters, {} layers, {} heads, {} wide, context {}, {} tokenizer ({} tokens), step {}{}",
+        from.display(),
+        args.out.display(),
+        gpt.num_params() / 1e6,
+        gpt.n_layer,
+        gpt.n_head,
+        gpt.n_embd,
+        gpt.block_size,
+        checkpoint.tokenizer.name(),
+        gpt.vocab_size,
+        checkpoint.state.iter,
+        match checkpoint.optimizer.is_empty() {
+            true => ", no optimizer state",
+            false => ", with AdamW's state",
+        }
+    );
+    let out = args.out.display();
+    println!("sample:   quill sample --checkpoint {out}");
+    println!(
+        "resume:   quill train --resume {out} --data DATA (the same tokens, prepared by quill)"
+    );
+    Ok(())
+}
+
+struct NanoGptJob(NanoGpt);
+
+impl Job for NanoGptJob {
+    type Output = Checkpoint;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Checkpoint> {
+        Ok(self.0.import::<B::InnerBackend>(&device)?)
+    }
 }
 
 struct ImportJob {
@@ -141,10 +199,8 @@ pub fn export(args: ExportArgs) -> Result<()> {
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
     hf::export(&checkpoint, &args.out)?;
     println!(
-        "wrote {} ({}): load it with transformers.GPT2LMHeadModel.from_pretrained(\"{}\")",
+        "wrote {}: load it with transformers.AutoModelForCausalLM.from_pretrained(\"{0}\") and AutoTokenizer.from_pretrained(\"{0}\")",
         args.out.display(),
-        HF_FILES.join(", "),
-        args.out.display()
     );
     Ok(())
 }

@@ -33,6 +33,8 @@ pub const GPT2_MODELS: [&str; 4] = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-x
 
 /// The files of a Hugging Face GPT-2 checkpoint directory.
 pub const HF_FILES: [&str; 2] = ["config.json", "model.safetensors"];
+/// The sampling settings an export carries, as transformers' `generate` reads them.
+pub const GENERATION_CONFIG: &str = "generation_config.json";
 /// An export carries this marker beside [`HF_FILES`] (a hidden file Hugging Face's
 /// loaders ignore): only such a directory (or an empty one) is replaced by [`export`].
 pub const EXPORT: Marker = Marker {
@@ -53,6 +55,12 @@ const CONV1D: [&str; 4] = [
 
 fn is_conv1d(name: &str) -> bool {
     CONV1D.iter().any(|suffix| name.ends_with(suffix))
+}
+
+/// Whether `name` is a Linear layer's weight, which quill holds `[in, out]` and PyTorch
+/// `[out, in]`.
+pub(crate) fn is_linear_weight(name: &str) -> bool {
+    is_conv1d(name) || name == "lm_head.weight"
 }
 
 fn error(path: &Path, reason: impl Into<String>) -> TrainError {
@@ -289,11 +297,61 @@ pub fn import<B: Backend>(
     ))
 }
 
-/// Writes `checkpoint` (a GPT with biases) to `out` in Hugging Face's layout:
-/// `config.json` and `model.safetensors` (float32, `[in, out]` Linear weights, no tied
-/// head, padding rows dropped), which `GPT2LMHeadModel.from_pretrained` loads, and the
-/// [`EXPORT`] marker. `out` is written atomically; an existing directory is replaced
-/// only if it is empty or holds an earlier export (it carries the marker).
+/// The settings of `gpt` that Hugging Face's GPT-2 cannot express, as `key = value`:
+/// the reason an export is refused. Everything else is GPT-2 (`bias = false` is GPT-2
+/// with zero biases, an untied head is `tie_word_embeddings = false`, zero-initialised
+/// projections are only an initialisation).
+pub fn unlike_gpt2(gpt: &GptConfig) -> Vec<&'static str> {
+    [
+        (gpt.activation == Activation::Relu2, "activation = relu2"),
+        (gpt.position == Position::Rotary, "position = rotary"),
+        (gpt.norm == Norm::Rms, "norm = rms"),
+    ]
+    .into_iter()
+    .filter_map(|(unlike, setting)| unlike.then_some(setting))
+    .collect()
+}
+
+/// The Linear and LayerNorm layers of a GPT with `n_layer` blocks: where GPT-2 has a
+/// bias that a `bias = false` model lacks.
+fn biased_layers(n_layer: usize) -> Vec<String> {
+    let mut layers = vec!["transformer.ln_f".to_string()];
+    for i in 0..n_layer {
+        for layer in [
+            "ln_1",
+            "attn.c_attn",
+            "attn.c_proj",
+            "ln_2",
+            "mlp.c_fc",
+            "mlp.c_proj",
+        ] {
+            layers.push(format!("transformer.h.{i}.{layer}"));
+        }
+    }
+    layers
+}
+
+/// `generation_config.json`: `quill sample`'s defaults (sampling at temperature 0.8, no
+/// top-k, which transformers would otherwise set to 50) and the end-of-text token of a
+/// BPE vocabulary.
+fn generation_config(end_of_text: Option<u32>) -> Value {
+    json!({
+        "do_sample": true,
+        "temperature": 0.8,
+        "top_k": 0,
+        "bos_token_id": end_of_text,
+        "eos_token_id": end_of_text,
+    })
+}
+
+/// Writes `checkpoint` (a GPT that [`unlike_gpt2`] finds nothing in) to `out` as a
+/// Hugging Face model directory that `AutoModelForCausalLM` and `AutoTokenizer` load:
+/// `config.json` and `model.safetensors` (float32, `[in, out]` Linear weights, zero
+/// biases for a `bias = false` model, no tied head, padding rows dropped),
+/// `generation_config.json`, the tokenizer's files
+/// ([`quill_data::hugging_face::FILES`]) and the [`EXPORT`] marker. `out` is written
+/// atomically; an existing directory is replaced only if it is empty or holds an
+/// earlier export (it carries the marker).
 pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
     let ModelConfig::Gpt(gpt) = &checkpoint.config.model else {
         return Err(error(
@@ -301,22 +359,13 @@ pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
             "only GPT checkpoints can be exported (this one is the bigram model)",
         ));
     };
-    if !gpt.bias {
-        return Err(error(
-            out,
-            "the checkpoint's model has bias = false; Hugging Face GPT-2 has biases in every Linear and LayerNorm",
-        ));
-    }
-    let unlike_gpt2 = [
-        (gpt.activation == Activation::Relu2, "activation = relu2"),
-        (gpt.position == Position::Rotary, "position = rotary"),
-        (gpt.norm == Norm::Rms, "norm = rms"),
-    ];
-    if let Some((_, setting)) = unlike_gpt2.iter().find(|(unlike, _)| *unlike) {
+    let unlike = unlike_gpt2(gpt);
+    if !unlike.is_empty() {
         return Err(error(
             out,
             format!(
-                "the checkpoint's model has {setting}, which Hugging Face GPT-2 cannot express"
+                "the checkpoint's model has {}, which Hugging Face GPT-2 cannot express",
+                unlike.join(", ")
             ),
         ));
     }
@@ -353,10 +402,27 @@ pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
         }
         tensors.push(t);
     }
-    let special = checkpoint
-        .tokenizer
-        .end_of_text()
-        .filter(|_| checkpoint.tokenizer.as_char().is_none());
+    // GPT-2 with zero biases is exactly a model without them.
+    for layer in biased_layers(gpt.n_layer) {
+        let bias = format!("{layer}.bias");
+        if checkpoint.weights.contains_key(&bias) {
+            continue;
+        }
+        let Some(weight) = checkpoint.weights.get(&format!("{layer}.weight")) else {
+            return Err(error(
+                out,
+                format!("the checkpoint has no tensor {layer}.weight"),
+            ));
+        };
+        let len = weight.shape[0];
+        tensors.push(NamedTensor {
+            name: bias,
+            shape: vec![len],
+            values: vec![0.0; len],
+        });
+    }
+    let tokenizer = &checkpoint.tokenizer;
+    let special = tokenizer.end_of_text();
     let config = json!({
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -384,10 +450,18 @@ pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
         "use_cache": true,
         "torch_dtype": "float32",
     });
-    let config = serde_json::to_vec_pretty(&config).expect("a JSON value serialises");
+    let tokenizer_files = quill_data::hugging_face::files(tokenizer, gpt.block_size)?;
+    let json_bytes = |v: &Value| serde_json::to_vec_pretty(v).expect("a JSON value serialises");
     quill_data::atomic::replace_dir(out, &EXPORT, |tmp| -> Result<(), TrainError> {
         quill_data::atomic::write_file(&tmp.join(EXPORT.file), &EXPORT.content())?;
-        quill_data::atomic::write_file(&tmp.join(HF_FILES[0]), &config)?;
+        quill_data::atomic::write_file(&tmp.join(HF_FILES[0]), &json_bytes(&config))?;
+        quill_data::atomic::write_file(
+            &tmp.join(GENERATION_CONFIG),
+            &json_bytes(&generation_config(special)),
+        )?;
+        for (name, bytes) in &tokenizer_files {
+            quill_data::atomic::write_file(&tmp.join(name), bytes)?;
+        }
         write_safetensors(tensors.iter(), &tmp.join(HF_FILES[1]))
     })
 }
