@@ -209,8 +209,14 @@ pub struct DataSource {
     /// 'quill data prepare' [default: tiny Shakespeare at data/tinyshakespeare/input.txt,
     /// downloaded if missing; with the gpt2 tokenizer, data/shakespeare-gpt2, prepared
     /// from it if missing]
+    /// Also llm.c's token shards: a pattern ('fineweb10B/fineweb_train_*.bin', with
+    /// --val-data), or a directory holding *train_*.bin and *val_*.bin shards.
     #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
+    /// The validation shards when --data is a pattern of training shards
+    /// ('fineweb10B/fineweb_val_*.bin').
+    #[arg(long, value_name = "PATTERN", requires = "data")]
+    pub val_data: Option<String>,
     /// Write nothing (--dry-run): a default dataset that is not prepared yet is
     /// tokenized in memory instead.
     #[arg(skip)]
@@ -271,6 +277,11 @@ pub struct PrepareArgs {
     /// Replace invalid UTF-8 by U+FFFD (and count it) instead of stopping at it.
     #[arg(long)]
     pub lossy: bool,
+    /// Cut each split into shards of this many tokens (train_000000.bin, …,
+    /// val_000000.bin, …), as llm.c keeps large corpora, instead of one train.bin and one
+    /// val.bin.
+    #[arg(long, value_name = "N")]
+    pub shard_tokens: Option<u64>,
     /// Print one JSON object instead of text: {"dataset": meta.json, "seconds": per phase}.
     #[arg(long)]
     pub json: bool,

@@ -3,6 +3,7 @@
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use serde::{Deserialize, Serialize};
 
+use crate::shards::ShardSet;
 use crate::token_file::TokenFile;
 use crate::{DataError, Rng};
 
@@ -13,6 +14,8 @@ pub enum Tokens {
     Owned(Vec<u32>),
     /// Read from disk as needed.
     Mapped(TokenFile),
+    /// Read from many files on disk as needed, as their concatenation.
+    Shards(ShardSet),
 }
 
 impl Tokens {
@@ -21,6 +24,7 @@ impl Tokens {
         match self {
             Tokens::Owned(ids) => ids.len(),
             Tokens::Mapped(file) => file.len(),
+            Tokens::Shards(set) => set.len(),
         }
     }
 
@@ -71,6 +75,7 @@ impl TokenSource for Tokens {
         match self {
             Tokens::Owned(ids) => ids.read_window(start, n, out),
             Tokens::Mapped(file) => file.read_window(start, n, out),
+            Tokens::Shards(set) => set.read_window(start, n, out),
         }
     }
 }

@@ -2,10 +2,11 @@
 //! memory from a text ([`Dataset::new`]) or memory-mapped from a directory that
 //! [`prepare`](crate::prepare::prepare) wrote ([`Dataset::open`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::prepare::{DatasetMeta, META_FILE, META_FORMAT, TRAIN_FILE, VAL_FILE};
-use crate::token_file::TokenFile;
+use crate::shards::ShardSet;
+use crate::token_file::{TokenFile, TokenFormat};
 use crate::tokenizer::Tokenizer;
 use crate::{CharTokenizer, DataError, Split, Tokens};
 
@@ -109,14 +110,60 @@ impl Dataset {
             }
             Ok(Tokens::Mapped(file))
         };
-        let split = Split {
-            train: open(TRAIN_FILE, meta.train_tokens)?,
-            val: open(VAL_FILE, meta.val_tokens)?,
+        let shards = |names: &[String], expected: u64| -> Result<Tokens, DataError> {
+            let paths: Vec<_> = names.iter().map(|name| dir.join(name)).collect();
+            let set = ShardSet::open(&paths, meta.token_format, meta.vocab_size)?;
+            if set.len() as u64 != expected || set.dtype() != meta.dtype {
+                return Err(bad(format!(
+                    "its {} shards hold {} {:?} tokens, {META_FILE} says {expected} {:?}",
+                    names[0],
+                    set.len(),
+                    set.dtype(),
+                    meta.dtype
+                )));
+            }
+            Ok(Tokens::Shards(set))
+        };
+        let split = match meta.train_files.is_empty() {
+            true => Split {
+                train: open(TRAIN_FILE, meta.train_tokens)?,
+                val: open(VAL_FILE, meta.val_tokens)?,
+            },
+            false => Split {
+                train: shards(&meta.train_files, meta.train_tokens)?,
+                val: shards(&meta.val_files, meta.val_tokens)?,
+            },
         };
         Ok(Dataset {
             tokenizer,
             split,
             meta: Some(meta),
+        })
+    }
+
+    /// llm.c's token shards (`NAME_train_000001.bin` …, with a 1024-byte header and no
+    /// tokenizer beside them): GPT-2's tokens, as llm.c's and modded-nanogpt's corpora
+    /// hold; an id outside GPT-2's vocabulary is an error as its window is read.
+    #[cfg(feature = "subword")]
+    pub fn open_llmc_shards(train: &[PathBuf], val: &[PathBuf]) -> Result<Dataset, DataError> {
+        let tokenizer = Tokenizer::gpt2();
+        let vocab = tokenizer.vocab_size();
+        let train = ShardSet::open(train, TokenFormat::LlmC, vocab)?;
+        let val = ShardSet::open(val, TokenFormat::LlmC, vocab)?;
+        if train.dtype() != val.dtype() {
+            return Err(DataError::NoShards(format!(
+                "the training shards hold {:?} tokens and the validation shards {:?}",
+                train.dtype(),
+                val.dtype()
+            )));
+        }
+        Ok(Dataset {
+            tokenizer,
+            split: Split {
+                train: Tokens::Shards(train),
+                val: Tokens::Shards(val),
+            },
+            meta: None,
         })
     }
 

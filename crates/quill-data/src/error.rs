@@ -52,6 +52,9 @@ pub enum DataError {
         /// Validation tokens.
         val: u64,
     },
+    /// A shard set that names no files, or is incomplete.
+    #[error("no shards: {0}")]
+    NoShards(String),
     /// A directory that is not a prepared dataset, or a broken one.
     #[error("{path}: {reason}")]
     NotADataset {

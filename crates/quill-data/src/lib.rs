@@ -18,6 +18,7 @@
 //! - [`batch`]: the train/val [`Split`] and the seeded [`BatchSampler`] that draws
 //!   `(x, y)` training batches.
 //! - [`hugging_face`]: the tokenizers in Hugging Face's format, for exported models.
+//! - [`shards`]: corpora kept as many token files (llm.c's shards), read as one.
 //! - [`rng`]: the small, seedable, serialisable random generator used by the batch
 //!   sampler and by sampling from models, so runs can be resumed exactly.
 //!
@@ -46,6 +47,7 @@ pub mod error;
 pub mod hugging_face;
 pub mod prepare;
 pub mod rng;
+pub mod shards;
 pub mod token_file;
 pub mod tokenizer;
 

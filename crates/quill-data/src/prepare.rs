@@ -67,6 +67,10 @@ pub struct PrepareOptions {
     pub format: TokenFormat,
     /// Replace invalid UTF-8 by U+FFFD (and count it) instead of stopping.
     pub lossy: bool,
+    /// Cut each split into shards of this many tokens (`train_000000.bin`, …,
+    /// `val_000000.bin`, …; the last of each split holds the rest) instead of one
+    /// `train.bin` and one `val.bin`.
+    pub shard_tokens: Option<u64>,
 }
 
 /// `meta.json`: what a dataset was made from and what it holds.
@@ -90,10 +94,16 @@ pub struct DatasetMeta {
     pub token_format: TokenFormat,
     /// The token width.
     pub dtype: TokenDtype,
-    /// Tokens in `train.bin`.
+    /// Tokens in `train.bin` (or its shards).
     pub train_tokens: u64,
-    /// Tokens in `val.bin`.
+    /// Tokens in `val.bin` (or its shards).
     pub val_tokens: u64,
+    /// The training shards, in order (empty: one `train.bin`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub train_files: Vec<String>,
+    /// The validation shards, in order (empty: one `val.bin`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub val_files: Vec<String>,
     /// The fraction of bytes held out.
     pub val_fraction: f64,
     /// Invalid UTF-8 sequences replaced (`--lossy`).
@@ -205,14 +215,14 @@ pub fn prepare(
         dtype,
         train_tokens: 0,
         val_tokens: 0,
+        train_files: Vec::new(),
+        val_files: Vec::new(),
         val_fraction: options.val_fraction,
         replaced_invalid: 0,
     };
     crate::atomic::replace_dir(&options.out, &DATASET, |dir| -> Result<(), DataError> {
-        let mut writers = [
-            TokenWriter::create(&dir.join(TRAIN_FILE), options.format, dtype)?,
-            TokenWriter::create(&dir.join(VAL_FILE), options.format, dtype)?,
-        ];
+        let shard = |stem| ShardWriter::new(dir, stem, options, dtype);
+        let mut writers = [shard("train")?, shard("val")?];
         progress(Phase::Tokenizing, 0, total);
         let mut stream = TextStream::new(&files, u64::MAX, options.lossy);
         stream.split_at = Some(split_at);
@@ -246,8 +256,8 @@ pub fn prepare(
         flush(&mut batch)?;
         progress(Phase::Tokenizing, total, total);
         let [train, val] = writers;
-        meta.train_tokens = train.finish()?;
-        meta.val_tokens = val.finish()?;
+        (meta.train_tokens, meta.train_files) = train.finish()?;
+        (meta.val_tokens, meta.val_files) = val.finish()?;
         meta.replaced_invalid = stream.replaced;
         meta.sha256 = stream
             .hasher
@@ -275,6 +285,81 @@ pub fn prepare(
         Ok(())
     })?;
     Ok(meta)
+}
+
+/// The token files of one split: `STEM.bin`, or `STEM_000000.bin`, `STEM_000001.bin`, …
+/// of `options.shard_tokens` tokens each.
+struct ShardWriter {
+    dir: PathBuf,
+    stem: &'static str,
+    format: TokenFormat,
+    dtype: TokenDtype,
+    limit: Option<u64>,
+    current: TokenWriter,
+    /// Tokens in `current`.
+    held: u64,
+    total: u64,
+    names: Vec<String>,
+}
+
+impl ShardWriter {
+    fn new(
+        dir: &Path,
+        stem: &'static str,
+        options: &PrepareOptions,
+        dtype: TokenDtype,
+    ) -> Result<ShardWriter, DataError> {
+        if options.shard_tokens == Some(0) {
+            return Err(DataError::ZeroSize("shard_tokens"));
+        }
+        let name = match options.shard_tokens {
+            Some(_) => format!("{stem}_000000.bin"),
+            None => format!("{stem}.bin"),
+        };
+        Ok(ShardWriter {
+            dir: dir.to_path_buf(),
+            stem,
+            format: options.format,
+            dtype,
+            limit: options.shard_tokens,
+            current: TokenWriter::create(&dir.join(&name), options.format, dtype)?,
+            held: 0,
+            total: 0,
+            names: vec![name],
+        })
+    }
+
+    fn push(&mut self, mut tokens: &[u32]) -> Result<(), DataError> {
+        while !tokens.is_empty() {
+            let room = self.limit.map_or(u64::MAX, |limit| limit - self.held);
+            if room == 0 {
+                let name = format!("{}_{:06}.bin", self.stem, self.names.len());
+                let next = TokenWriter::create(&self.dir.join(&name), self.format, self.dtype)?;
+                std::mem::replace(&mut self.current, next).finish()?;
+                self.names.push(name);
+                self.held = 0;
+                continue;
+            }
+            let take = (room.min(tokens.len() as u64)) as usize;
+            self.current.push(&tokens[..take])?;
+            (self.held, self.total, tokens) = (
+                self.held + take as u64,
+                self.total + take as u64,
+                &tokens[take..],
+            );
+        }
+        Ok(())
+    }
+
+    /// The split's tokens, and its shards' names (none when it is one file).
+    fn finish(self) -> Result<(u64, Vec<String>), DataError> {
+        self.current.finish()?;
+        let names = match self.limit {
+            Some(_) => self.names,
+            None => Vec::new(),
+        };
+        Ok((self.total, names))
+    }
 }
 
 /// Encodes the segments, on all cores (the `subword` feature brings rayon).

@@ -18,6 +18,7 @@ fn options(input: &Path, out: &Path, tokenizer: &str) -> PrepareOptions {
         val_fraction: 0.1,
         format: TokenFormat::LlmC,
         lossy: false,
+        shard_tokens: None,
     }
 }
 

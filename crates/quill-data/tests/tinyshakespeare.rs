@@ -92,6 +92,7 @@ fn gpt2_shards_are_nanogpts_data_shakespeare() {
         val_fraction: 0.1,
         format: TokenFormat::NanoGpt,
         lossy: false,
+        shard_tokens: None,
     };
     let meta = prepare(&options, None, |_, _, _| {}).unwrap();
     assert_eq!(

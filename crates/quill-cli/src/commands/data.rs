@@ -19,6 +19,7 @@ pub fn run(args: DataArgs) -> Result<()> {
     }
     let source = DataSource {
         data: args.path.or(args.source.data),
+        val_data: args.source.val_data,
         read_only: false,
     };
     if let Some(dir) = source.data.as_ref().filter(|p| Dataset::is_prepared(p)) {
@@ -89,6 +90,7 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
             TokenFileFormat::Nanogpt => TokenFormat::NanoGpt,
         },
         lossy: args.lossy,
+        shard_tokens: args.shard_tokens,
     };
     let _ = ctrlc::set_handler(|| {
         if STOP.swap(true, Ordering::SeqCst) {

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 use quill_data::prepare::{PrepareOptions, prepare};
+use quill_data::shards;
 use quill_data::token_file::TokenFormat;
 use quill_data::{Corpus, Dataset, TINY_SHAKESPEARE, Tokenizer, TokenizerSpec};
 use serde::Serialize;
@@ -80,6 +81,29 @@ fn load_dataset(
     val_fraction: f64,
 ) -> Result<Loaded> {
     let spec = tokenizer.map_or(spec, Tokenizer::spec);
+    if let Some((train, val)) = llmc_shards(source)? {
+        let dataset = Dataset::open_llmc_shards(&train, &val)?;
+        if let Some(tokenizer) = tokenizer {
+            dataset.check_tokenizer(tokenizer)?;
+        }
+        let description = format!(
+            "{} ({} train shards, {} tokens; {} val shards, {} tokens; tokenizer gpt2)",
+            source
+                .data
+                .as_ref()
+                .expect("shards come from --data")
+                .display(),
+            train.len(),
+            dataset.split.train.len(),
+            val.len(),
+            dataset.split.val.len(),
+        );
+        return Ok(Loaded {
+            dataset,
+            description,
+            corpus: None,
+        });
+    }
     let prepared = match (&source.data, spec) {
         (Some(path), _) if Dataset::is_token_dir(path) => Some(path.clone()),
         (Some(_), _) | (None, TokenizerSpec::Char) => None,
@@ -137,6 +161,26 @@ fn load_dataset(
     })
 }
 
+/// The train and val shards `--data` (and `--val-data`) name, when they name llm.c
+/// shards rather than a text or a prepared dataset: a pattern, or a directory that
+/// holds `*train_*.bin` and `*val_*.bin` files.
+fn llmc_shards(source: &DataSource) -> Result<Option<(Vec<PathBuf>, Vec<PathBuf>)>> {
+    let Some(data) = &source.data else {
+        return Ok(None);
+    };
+    let pattern = data.to_string_lossy();
+    Ok(match (&source.val_data, shards::is_pattern(&pattern)) {
+        (Some(val), _) => Some((shards::expand(&pattern)?, shards::expand(val)?)),
+        (None, true) => anyhow::bail!(
+            "--data {pattern} is a pattern of training shards: name the validation shards with --val-data"
+        ),
+        (None, false) if data.is_dir() && !Dataset::is_prepared(data) => {
+            shards::in_directory(data)?
+        }
+        (None, false) => None,
+    })
+}
+
 /// `data/shakespeare-gpt2`, prepared from tiny Shakespeare with the gpt2 tokenizer if
 /// it is not there yet (nanoGPT's `data/shakespeare`).
 fn prepare_default_gpt2() -> Result<PathBuf> {
@@ -158,6 +202,7 @@ fn prepare_default_gpt2() -> Result<PathBuf> {
         val_fraction: 0.1,
         format: TokenFormat::LlmC,
         lossy: false,
+        shard_tokens: None,
     };
     prepare(&options, None, |_, _, _| {})?;
     Ok(out)
