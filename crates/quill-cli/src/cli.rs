@@ -113,8 +113,9 @@ pub enum ImportFormat {
 /// The layouts 'quill export' writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
-    /// Hugging Face GPT-2: config.json and model.safetensors for
-    /// GPT2LMHeadModel.from_pretrained.
+    /// Hugging Face GPT-2 with its tokenizer: config.json, model.safetensors,
+    /// generation_config.json and tokenizer.json (+ its config) for
+    /// AutoModelForCausalLM and AutoTokenizer.
     Hf,
 }
 

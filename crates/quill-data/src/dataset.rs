@@ -2,10 +2,10 @@
 //! memory from a text ([`Dataset::new`]) or memory-mapped from a directory that
 //! [`prepare`](crate::prepare::prepare) wrote ([`Dataset::open`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::prepare::{DatasetMeta, META_FILE, META_FORMAT, TRAIN_FILE, VAL_FILE};
-use crate::shards::ShardSet;
+use crate::shards::{ShardPaths, ShardSet};
 use crate::token_file::{TokenFile, TokenFormat};
 use crate::tokenizer::Tokenizer;
 use crate::{CharTokenizer, DataError, Split, Tokens};
@@ -145,11 +145,11 @@ impl Dataset {
     /// tokenizer beside them): GPT-2's tokens, as llm.c's and modded-nanogpt's corpora
     /// hold; an id outside GPT-2's vocabulary is an error as its window is read.
     #[cfg(feature = "subword")]
-    pub fn open_llmc_shards(train: &[PathBuf], val: &[PathBuf]) -> Result<Dataset, DataError> {
+    pub fn open_llmc_shards(paths: &ShardPaths) -> Result<Dataset, DataError> {
         let tokenizer = Tokenizer::gpt2();
         let vocab = tokenizer.vocab_size();
-        let train = ShardSet::open(train, TokenFormat::LlmC, vocab)?;
-        let val = ShardSet::open(val, TokenFormat::LlmC, vocab)?;
+        let train = ShardSet::open(&paths.train, TokenFormat::LlmC, vocab)?;
+        let val = ShardSet::open(&paths.val, TokenFormat::LlmC, vocab)?;
         if train.dtype() != val.dtype() {
             return Err(DataError::NoShards(format!(
                 "the training shards hold {:?} tokens and the validation shards {:?}",

@@ -124,10 +124,19 @@ pub fn is_pattern(pattern: &str) -> bool {
     pattern.contains(['*', '?', '['])
 }
 
+/// The files of a shard set's two splits, each in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardPaths {
+    /// The training shards.
+    pub train: Vec<PathBuf>,
+    /// The validation shards.
+    pub val: Vec<PathBuf>,
+}
+
 /// The train and val shards of a directory that holds both by name, as llm.c's
 /// `dev/data` scripts write them (`NAME_train_000001.bin`, `NAME_val_000000.bin`), or
 /// `None` when `dir` holds no such files.
-pub fn in_directory(dir: &Path) -> Result<Option<(Vec<PathBuf>, Vec<PathBuf>)>, DataError> {
+pub fn in_directory(dir: &Path) -> Result<Option<ShardPaths>, DataError> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(None);
     };
@@ -158,7 +167,7 @@ pub fn in_directory(dir: &Path) -> Result<Option<(Vec<PathBuf>, Vec<PathBuf>)>, 
     }
     train.sort();
     val.sort();
-    Ok(Some((train, val)))
+    Ok(Some(ShardPaths { train, val }))
 }
 
 #[cfg(test)]

@@ -212,7 +212,15 @@ fn export_reloads_with_the_same_weights_and_logits() {
     files.sort();
     assert_eq!(
         files,
-        [".quill-export.json", "config.json", "model.safetensors"]
+        [
+            ".quill-export.json",
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "special_tokens_map.json",
+            "tokenizer.json",
+            "tokenizer_config.json"
+        ]
     );
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
@@ -239,6 +247,22 @@ fn export_reloads_with_the_same_weights_and_logits() {
     assert_eq!(again.weights, unpadded.weights, "bit for bit");
     assert_eq!(again.config.model, unpadded.config.model);
     assert_matches_transformers(&again.model::<B>(&Default::default()).unwrap());
+
+    // An untied head travels as lm_head.weight, and comes back untied.
+    let mut untied = unpadded.clone();
+    let ModelConfig::Gpt(gpt) = &mut untied.config.model else {
+        unreachable!()
+    };
+    gpt.tie_weights = false;
+    untied.weights.get_mut("lm_head.weight").unwrap().values[0] += 1.0;
+    let untied_out = dir.path().join("untied");
+    hf::export(&untied, &untied_out).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(untied_out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["tie_word_embeddings"], false);
+    let back = import(&untied_out, 1);
+    assert_eq!(back.weights, untied.weights, "bit for bit");
+    assert_eq!(back.config.model, untied.config.model);
 
     // A second export may replace the first; a directory of other files is refused.
     hf::export(&checkpoint, &out).unwrap();

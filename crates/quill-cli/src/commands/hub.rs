@@ -198,6 +198,13 @@ fn download(model: &str) -> Result<PathBuf> {
 pub fn export(args: ExportArgs) -> Result<()> {
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
     hf::export(&checkpoint, &args.out)?;
+    if let ModelConfig::Gpt(gpt) = &checkpoint.config.model
+        && gpt.activation == quill_model::Activation::Gelu
+    {
+        eprintln!(
+            "note: the model uses the exact GELU (activation_function \"gelu\"): transformers honours it; llama.cpp computes GPT-2's tanh GELU for every GPT-2, a ~1e-3 difference in its logits"
+        );
+    }
     println!(
         "wrote {}: load it with transformers.AutoModelForCausalLM.from_pretrained(\"{0}\") and AutoTokenizer.from_pretrained(\"{0}\")",
         args.out.display(),

@@ -81,8 +81,8 @@ fn load_dataset(
     val_fraction: f64,
 ) -> Result<Loaded> {
     let spec = tokenizer.map_or(spec, Tokenizer::spec);
-    if let Some((train, val)) = llmc_shards(source)? {
-        let dataset = Dataset::open_llmc_shards(&train, &val)?;
+    if let Some(paths) = llmc_shards(source)? {
+        let dataset = Dataset::open_llmc_shards(&paths)?;
         if let Some(tokenizer) = tokenizer {
             dataset.check_tokenizer(tokenizer)?;
         }
@@ -93,9 +93,9 @@ fn load_dataset(
                 .as_ref()
                 .expect("shards come from --data")
                 .display(),
-            train.len(),
+            paths.train.len(),
             dataset.split.train.len(),
-            val.len(),
+            paths.val.len(),
             dataset.split.val.len(),
         );
         return Ok(Loaded {
@@ -164,13 +164,16 @@ fn load_dataset(
 /// The train and val shards `--data` (and `--val-data`) name, when they name llm.c
 /// shards rather than a text or a prepared dataset: a pattern, or a directory that
 /// holds `*train_*.bin` and `*val_*.bin` files.
-fn llmc_shards(source: &DataSource) -> Result<Option<(Vec<PathBuf>, Vec<PathBuf>)>> {
+fn llmc_shards(source: &DataSource) -> Result<Option<shards::ShardPaths>> {
     let Some(data) = &source.data else {
         return Ok(None);
     };
     let pattern = data.to_string_lossy();
     Ok(match (&source.val_data, shards::is_pattern(&pattern)) {
-        (Some(val), _) => Some((shards::expand(&pattern)?, shards::expand(val)?)),
+        (Some(val), _) => Some(shards::ShardPaths {
+            train: shards::expand(&pattern)?,
+            val: shards::expand(val)?,
+        }),
         (None, true) => anyhow::bail!(
             "--data {pattern} is a pattern of training shards: name the validation shards with --val-data"
         ),

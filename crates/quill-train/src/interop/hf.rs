@@ -183,7 +183,7 @@ pub fn read_weights(
 }
 
 /// `[r, c]` → `[c, r]`.
-fn transpose(name: String, shape: &[usize], values: &[f32]) -> NamedTensor {
+pub(crate) fn transpose(name: String, shape: &[usize], values: &[f32]) -> NamedTensor {
     let (r, c) = (shape[0], shape[1]);
     let mut out = vec![0.0; values.len()];
     for i in 0..r {
@@ -403,7 +403,12 @@ pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
         tensors.push(t);
     }
     // GPT-2 with zero biases is exactly a model without them.
-    for layer in biased_layers(gpt.n_layer) {
+    let no_biases = if gpt.bias {
+        Vec::new()
+    } else {
+        biased_layers(gpt.n_layer)
+    };
+    for layer in no_biases {
         let bias = format!("{layer}.bias");
         if checkpoint.weights.contains_key(&bias) {
             continue;

@@ -77,7 +77,7 @@ fn boolean(value: Option<&PickleValue>) -> Option<bool> {
     }
 }
 
-fn dict<'a>(value: Option<&'a PickleValue>) -> Option<&'a HashMap<String, PickleValue>> {
+fn dict(value: Option<&PickleValue>) -> Option<&HashMap<String, PickleValue>> {
     match value? {
         PickleValue::Dict(d) => Some(d),
         _ => None,
@@ -309,7 +309,7 @@ impl NanoGpt {
                 }
                 // quill holds a Linear weight `[in, out]`, PyTorch `[out, in]`.
                 let values = match crate::interop::hf::is_linear_weight(name) {
-                    true => transpose(&shape, &values),
+                    true => crate::interop::hf::transpose(String::new(), &shape, &values).values,
                     false => values,
                 };
                 out.push(NamedTensor {
@@ -333,18 +333,6 @@ impl NanoGpt {
         }
         Ok((out, steps.unwrap_or(0.0) as u64))
     }
-}
-
-/// `[r, c]` → `[c, r]`, flat.
-fn transpose(shape: &[usize], values: &[f32]) -> Vec<f32> {
-    let (r, c) = (shape[0], shape[1]);
-    let mut out = vec![0.0; values.len()];
-    for i in 0..r {
-        for j in 0..c {
-            out[j * r + i] = values[i * c + j];
-        }
-    }
-    out
 }
 
 /// nanoGPT's `named_parameters()` order for a model of `gpt`'s settings (the tied head
