@@ -174,6 +174,7 @@ fn transformers_reads_every_tokenizer_and_samples_what_quill_samples() {
         );
         let rows = logits(&cwd.join(&last), &all);
         let probe = u32s(&model["probe_ids"]);
+        let mut worst: f64 = 0.0;
         for (k, position) in model["positions"].as_array().unwrap().iter().enumerate() {
             let row = &rows[position.as_u64().unwrap() as usize];
             let lse = model["logsumexp"][k].as_f64().unwrap();
@@ -185,11 +186,13 @@ fn transformers_reads_every_tokenizer_and_samples_what_quill_samples() {
             for (j, &id) in probe.iter().enumerate() {
                 let want = model["logits"][k][j].as_f64().unwrap();
                 let got = row[id as usize] as f64;
+                worst = worst.max((got - want).abs());
                 assert!(
                     (got - want).abs() < 1e-4,
                     "{name}: logit of {id} at {position}: {got} vs {want}"
                 );
             }
         }
+        eprintln!("{name}: largest logit difference from transformers {worst:.2e}");
     }
 }

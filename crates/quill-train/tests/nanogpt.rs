@@ -64,6 +64,7 @@ fn logits_and_greedy_text_are_nanogpts() {
         .map(|(&a, &b)| (a as f64 - b).abs())
         .fold(0.0, f64::max);
     assert!(worst < 1e-4, "logits differ by {worst}");
+    eprintln!("largest logit difference from nanoGPT: {worst:.2e}");
 
     let request = SampleRequest {
         prompt: expected["prompt"].as_str().unwrap().to_string(),
