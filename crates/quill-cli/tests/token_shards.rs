@@ -88,6 +88,22 @@ fn shards_train_as_one_file_and_resume() {
     resumed.extend(step_losses(cwd, "runs/rest"));
     assert_eq!(resumed, expected);
 
+    // `quill data` describes a shard set.
+    let shown = stdout(&quill(&["data", "fw"], cwd));
+    assert!(
+        shown.contains(
+            "(16 train shards, 301966 tokens; 2 val shards, 36059 tokens; tokenizer gpt2)"
+        ),
+        "{shown}"
+    );
+    #[rustfmt::skip]
+    let json = stdout(&quill(&["data", "--json", "fw/fineweb_train_*.bin", "--val-data", "fw/fineweb_val_*.bin"], cwd));
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (json["train_tokens"].as_u64(), json["vocab_size"].as_u64()),
+        (Some(301_966), Some(50_257))
+    );
+
     // A pattern of training shards needs its validation shards; a pattern must match;
     // shards of different token widths are not one set.
     let no_val = error_line(&quill(&["train", "--data", "fw/fineweb_train_*.bin"], cwd));

@@ -51,7 +51,21 @@ pub fn run(args: DataArgs) -> Result<()> {
         });
     }
     let loaded = super::load_dataset(&source, None, TokenizerSpec::Char, args.val_fraction)?;
-    let (corpus, dataset) = (loaded.corpus.expect("a text corpus"), loaded.dataset);
+    let Some(corpus) = loaded.corpus else {
+        // llm.c's shards: token files without a text or a meta.json.
+        let split = &loaded.dataset.split;
+        let report = serde_json::json!({
+            "data": loaded.description,
+            "tokenizer": loaded.dataset.tokenizer.name(),
+            "vocab_size": loaded.dataset.tokenizer.vocab_size(),
+            "train_tokens": split.train.len(),
+            "val_tokens": split.val.len(),
+        });
+        return super::print_report(args.json, &report, |_| {
+            println!("data: {}", loaded.description);
+        });
+    };
+    let dataset = loaded.dataset;
     let n_chars = corpus.text.chars().count();
     let vocab = dataset
         .tokenizer
