@@ -64,14 +64,11 @@ pub fn import(args: ImportArgs) -> Result<()> {
     }
     checkpoint.save(&args.out)?;
     println!(
-        "imported {} into {}: {:.1}M parameters, {} layers, {} heads, {} wide, context {}, vocabulary {}{}, {}",
+        "imported {} into {}: {:.1}M parameters, {}, vocabulary {}{}, {}",
         dir.display(),
         args.out.display(),
         gpt.num_params() / 1e6,
-        gpt.n_layer,
-        gpt.n_head,
-        gpt.n_embd,
-        gpt.block_size,
+        shape(gpt),
         gpt.vocab_size,
         match gpt.padded_vocab_size() {
             rows if rows > gpt.vocab_size => format!(" (padded to {rows})"),
@@ -94,6 +91,14 @@ pub fn import(args: ImportArgs) -> Result<()> {
     Ok(())
 }
 
+/// An imported GPT's shape, for the line that reports the import.
+fn shape(gpt: &quill_model::GptConfig) -> String {
+    format!(
+        "{} layers, {} heads, {} wide, context {}",
+        gpt.n_layer, gpt.n_head, gpt.n_embd, gpt.block_size
+    )
+}
+
 /// `quill import nanogpt`.
 fn import_nanogpt(args: ImportArgs) -> Result<()> {
     let from = args.from.expect("clap requires --from for nanogpt");
@@ -111,14 +116,11 @@ fn import_nanogpt(args: ImportArgs) -> Result<()> {
         unreachable!("nanoGPT checkpoints are GPTs")
     };
     println!(
-        "imported {} into {}: {:.2}M parameters, {} layers, {} heads, {} wide, context {}, {} tokenizer ({} tokens), step {}{}",
+        "imported {} into {}: {:.2}M parameters, {}, {} tokenizer ({} tokens), step {}{}",
         from.display(),
         args.out.display(),
         gpt.num_params() / 1e6,
-        gpt.n_layer,
-        gpt.n_head,
-        gpt.n_embd,
-        gpt.block_size,
+        shape(gpt),
         checkpoint.tokenizer.name(),
         gpt.vocab_size,
         checkpoint.state.iter,

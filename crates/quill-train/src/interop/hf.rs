@@ -183,7 +183,16 @@ pub fn read_weights(
 }
 
 /// `[r, c]` → `[c, r]`.
-pub(crate) fn transpose(name: String, shape: &[usize], values: &[f32]) -> NamedTensor {
+fn transpose(name: String, shape: &[usize], values: &[f32]) -> NamedTensor {
+    NamedTensor {
+        name,
+        shape: vec![shape[1], shape[0]],
+        values: transposed(shape, values),
+    }
+}
+
+/// The values of a `[r, c]` matrix laid out `[c, r]`.
+pub(crate) fn transposed(shape: &[usize], values: &[f32]) -> Vec<f32> {
     let (r, c) = (shape[0], shape[1]);
     let mut out = vec![0.0; values.len()];
     for i in 0..r {
@@ -191,11 +200,7 @@ pub(crate) fn transpose(name: String, shape: &[usize], values: &[f32]) -> NamedT
             out[j * r + i] = values[i * c + j];
         }
     }
-    NamedTensor {
-        name,
-        shape: vec![c, r],
-        values: out,
-    }
+    out
 }
 
 /// nanoGPT's `finetune_shakespeare.py` training settings for an imported model: batch 1 × 32
@@ -312,22 +317,22 @@ pub fn unlike_gpt2(gpt: &GptConfig) -> Vec<&'static str> {
     .collect()
 }
 
-/// The Linear and LayerNorm layers of a GPT with `n_layer` blocks: where GPT-2 has a
-/// bias that a `bias = false` model lacks.
-fn biased_layers(n_layer: usize) -> Vec<String> {
-    let mut layers = vec!["transformer.ln_f".to_string()];
-    for i in 0..n_layer {
-        for layer in [
-            "ln_1",
-            "attn.c_attn",
-            "attn.c_proj",
-            "ln_2",
-            "mlp.c_fc",
-            "mlp.c_proj",
-        ] {
-            layers.push(format!("transformer.h.{i}.{layer}"));
-        }
-    }
+/// The LayerNorm and Linear layers of a GPT with `n_layer` blocks, in the order nanoGPT
+/// declares them (`named_parameters`): each block's, then `ln_f`. GPT-2 gives each a
+/// bias, which a `bias = false` model lacks.
+pub(crate) fn block_layers(n_layer: usize) -> Vec<String> {
+    let per_block = [
+        "ln_1",
+        "attn.c_attn",
+        "attn.c_proj",
+        "ln_2",
+        "mlp.c_fc",
+        "mlp.c_proj",
+    ];
+    let mut layers: Vec<String> = (0..n_layer)
+        .flat_map(|i| per_block.map(|layer| format!("transformer.h.{i}.{layer}")))
+        .collect();
+    layers.push("transformer.ln_f".to_string());
     layers
 }
 
@@ -406,7 +411,7 @@ pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
     let no_biases = if gpt.bias {
         Vec::new()
     } else {
-        biased_layers(gpt.n_layer)
+        block_layers(gpt.n_layer)
     };
     for layer in no_biases {
         let bias = format!("{layer}.bias");

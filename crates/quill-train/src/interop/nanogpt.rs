@@ -309,7 +309,7 @@ impl NanoGpt {
                 }
                 // quill holds a Linear weight `[in, out]`, PyTorch `[out, in]`.
                 let values = match crate::interop::hf::is_linear_weight(name) {
-                    true => crate::interop::hf::transpose(String::new(), &shape, &values).values,
+                    true => crate::interop::hf::transposed(&shape, &values),
                     false => values,
                 };
                 out.push(NamedTensor {
@@ -338,31 +338,19 @@ impl NanoGpt {
 /// nanoGPT's `named_parameters()` order for a model of `gpt`'s settings (the tied head
 /// is the embedding, listed once).
 fn parameter_order(gpt: &GptConfig) -> Vec<String> {
-    let mut names = vec![
-        "transformer.wte.weight".to_string(),
-        "transformer.wpe.weight".to_string(),
-    ];
-    let biases: &[&str] = match gpt.bias {
+    let params: &[&str] = match gpt.bias {
         true => &["weight", "bias"],
         false => &["weight"],
     };
-    let with = |names: &mut Vec<String>, layer: &str| {
-        names.extend(biases.iter().map(|p| format!("{layer}.{p}")));
-    };
-    for i in 0..gpt.n_layer {
-        for layer in [
-            "ln_1",
-            "attn.c_attn",
-            "attn.c_proj",
-            "ln_2",
-            "mlp.c_fc",
-            "mlp.c_proj",
-        ] {
-            with(&mut names, &format!("transformer.h.{i}.{layer}"));
-        }
-    }
-    with(&mut names, "transformer.ln_f");
-    names
+    let layers = crate::interop::hf::block_layers(gpt.n_layer);
+    let weights = layers
+        .iter()
+        .flat_map(|layer| params.iter().map(move |p| format!("{layer}.{p}")));
+    ["transformer.wte.weight", "transformer.wpe.weight"]
+        .map(String::from)
+        .into_iter()
+        .chain(weights)
+        .collect()
 }
 
 /// `train.py`'s `config` as quill's training settings, starting from the
