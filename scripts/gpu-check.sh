@@ -14,6 +14,9 @@
 #   parity-bf16.json      the same in bf16 over 100 steps, within 0.05 of the f32 CPU losses
 #   bench-cold.json       quill bench --preset shakespeare-char, empty kernel/autotune cache
 #   bench-warm.json       the same again, with the cache the cold run left
+#   train-*/              quill train --preset cpu (2000 steps) in f32, in bf16 with f32
+#                         master weights, and in bf16 alone (--master-weights false):
+#                         compare the val losses in their metrics.jsonl
 #   summary.txt           one line per step: ok/failed, seconds
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,4 +47,11 @@ rm -rf "$QUILL_CACHE_DIR"
 step bench-cold  "$quill" bench --preset shakespeare-char --device cuda --iters 20 --data "$data" --json
 step bench-warm  "$quill" bench --preset shakespeare-char --device cuda --iters 20 --data "$data" --json
 du -sh "$QUILL_CACHE_DIR" >> "$out/summary.txt" 2>&1
+for run in f32:f32 bf16-master:bf16 bf16-alone:bf16; do
+  name=train-${run%%:*}
+  extra=(); [ "$name" = train-bf16-alone ] && extra=(--master-weights false)
+  step "$name" "$quill" train --preset cpu --device cuda --dtype "${run##*:}" "${extra[@]}" \
+       --data "$data" --out "$out/$name"
+  tail -n 1 "$out/$name/metrics.jsonl" >> "$out/summary.txt" 2>&1
+done
 cat "$out/summary.txt"

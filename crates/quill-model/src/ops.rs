@@ -5,10 +5,15 @@
 //! by default): they run on Burn's Flex backend in `f32`, plain or under autodiff, and
 //! hand every other tensor back to the reference version, which is Burn's generic
 //! operations. Without the feature, each operation is its reference version.
+//!
+//! With 16-bit parameters, the reductions that lose most in 16 bits run in f32, as
+//! PyTorch's autocast runs them: the loss (its log-softmax), the attention softmax and
+//! the normalisation statistics ([`in_f32`]). Products and element-wise operations stay
+//! in the parameters' dtype.
 
 use burn::nn::Dropout;
 use burn::tensor::activation::{log_softmax, softmax};
-use burn::tensor::{Bool, Int, Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, TensorPrimitive, backend::Backend};
 
 use crate::kv_cache::LayerKv;
 
@@ -22,6 +27,33 @@ macro_rules! fast_path {
             Err(input) => input,
         };
     };
+}
+
+/// `f(x)` computed in f32 and returned in `x`'s dtype; `f(x)` itself when `x` is f32.
+pub fn in_f32<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    f: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>,
+) -> Tensor<B, D> {
+    match x.dtype() {
+        DType::F32 => f(x),
+        dtype => f(to_f32(x)).cast(dtype),
+    }
+}
+
+/// `x` in f32 (no work when it already is).
+pub fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    match x.dtype() {
+        DType::F32 => x,
+        _ => x.cast(FloatDType::F32),
+    }
+}
+
+/// The one value of `t` as `f64`, read in `t`'s own dtype: `into_scalar` reads in the
+/// backend's default float type, which rounds an f32 loss on an f16 backend to f16 (and
+/// a gradient's sum of squares past 65,504 to infinity).
+pub fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
+    let values = t.into_data().convert::<f64>();
+    values.as_slice::<f64>().expect("f64 data")[0]
 }
 
 /// `x·W + b`: `x` `[N, in]`, `weight` `[in, out]`, `bias` `[out]` → `[N, out]`.
@@ -44,7 +76,7 @@ pub fn linear_slow<B: Backend>(
 }
 
 /// Mean cross-entropy of `logits` `[N, V]` against the classes `targets` `[N]`:
-/// shape `[1]`.
+/// shape `[1]`, in f32 whatever the logits' dtype.
 pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
     fast_path!(logits = quill_kernels::cross_entropy(logits, targets.clone()));
     cross_entropy_slow(logits, targets)
@@ -56,7 +88,7 @@ pub fn cross_entropy_slow<B: Backend>(
     targets: Tensor<B, 1, Int>,
 ) -> Tensor<B, 1> {
     let n = targets.dims()[0];
-    let log_probs = log_softmax(logits, 1); // [N, V]
+    let log_probs = log_softmax(to_f32(logits), 1); // [N, V]
     let picked = log_probs.gather(1, targets.reshape([n, 1])); // [N, 1]
     picked.mean().neg()
 }
@@ -97,17 +129,24 @@ pub fn layer_norm_slow<B: Backend>(
     beta: Option<Tensor<B, 1>>,
     eps: f64,
 ) -> Tensor<B, 3> {
-    let beta = beta.map(|beta| beta.into_primitive().tensor());
-    let (x, gamma) = (x.into_primitive().tensor(), gamma.into_primitive().tensor());
-    Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(x, gamma, beta, eps)))
+    in_f32(x, |x| {
+        let beta = beta.map(|beta| to_f32(beta).into_primitive().tensor());
+        let (x, gamma) = (
+            x.into_primitive().tensor(),
+            to_f32(gamma).into_primitive().tensor(),
+        );
+        Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(x, gamma, beta, eps)))
+    })
 }
 
 /// RMSNorm over the last dimension of `x` `[B, T, C]` with gain `gamma` `[C]`:
 /// `x / √(mean(x²) + eps) · γ`. No fused kernel: Burn's operations on every backend.
 pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, gamma: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
     let c = gamma.dims()[0];
-    let mean_square = x.clone().powi_scalar(2).mean_dim(2); // [B, T, 1]
-    x * (mean_square + eps).sqrt().recip() * gamma.reshape([1, 1, c])
+    in_f32(x, |x| {
+        let mean_square = x.clone().powi_scalar(2).mean_dim(2); // [B, T, 1]
+        x * (mean_square + eps).sqrt().recip() * to_f32(gamma).reshape([1, 1, c])
+    })
 }
 
 /// ReLU squared, `max(0, x)²`, element-wise. Burn's operations on every backend.
@@ -173,7 +212,7 @@ pub fn causal_attention_slow<B: Backend>(
     } else {
         att // one new position sees every earlier one
     };
-    let att = dropout.forward(softmax(att, 3));
+    let att = dropout.forward(in_f32(att, |att| softmax(att, 3)));
 
     let y = att.matmul(v); // [B, nh, T, hs]
     y.swap_dims(1, 2).reshape([b, t, c]) // [B, T, C]

@@ -141,6 +141,21 @@ train_config! {
     /// Tokens sampled and shown at each evaluation (0 disables).
     #[formerly "sample_chars", "sample-chars"]
     sample_tokens: usize,
+    /// In 16-bit training (bf16, f16, or emulate_bf16), keep an f32 master copy of
+    /// every parameter that the optimizer updates and the model holds the rounding of
+    /// (false: the 16-bit parameters alone, which lose updates smaller than their last
+    /// bit).
+    #[serde(default = "default_master_weights")]
+    master_weights: bool,
+    /// Round every parameter to bf16 after each update while computing in f32: what
+    /// bf16 parameter storage does to the weights, measurable on the CPU (f32 only).
+    #[serde(default)]
+    emulate_bf16: bool,
+}
+
+/// `master_weights` of configurations written before master weights existed: on.
+pub(crate) fn default_master_weights() -> bool {
+    true
 }
 
 /// `muon_lr` of configurations written before Muon existed: 0.02, the best of 0.02,
@@ -330,6 +345,8 @@ fn shakespeare_char() -> RunConfig {
             seed: 1337,
             val_fraction: 0.1,
             sample_tokens: 200,
+            master_weights: default_master_weights(),
+            emulate_bf16: false,
         },
     }
 }
@@ -785,7 +802,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("the keys are model, n_layer, n_head"), "{err}");
-        assert!(err.ends_with("val_fraction, sample_tokens"), "{err}");
+        assert!(
+            err.ends_with("sample_tokens, master_weights, emulate_bf16"),
+            "{err}"
+        );
         assert!(RunOverrides::from_toml("max_iters = \"ten\"").is_err());
         assert!(RunOverrides::from_toml("n_layer = \"ten\"").is_err());
         let mut config = RunConfig::preset("cpu").unwrap();

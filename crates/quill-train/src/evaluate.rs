@@ -1,7 +1,6 @@
 //! Train and val loss of a model, without dropout or autodiff graph: what the trainer
 //! reports at each evaluation and what `quill eval` prints.
 
-use burn::tensor::ElementConversion;
 use burn::tensor::backend::Backend;
 use quill_data::{BatchSampler, Shard, Split, TokenSource};
 use quill_model::LanguageModel;
@@ -34,7 +33,7 @@ pub fn estimate_loss<B: Backend>(
     let mut total = 0.0f64;
     for _ in 0..eval_iters {
         let (x, y) = sampler.sample::<B>(data, &device)?;
-        total += model.loss(x, y)?.into_scalar().elem::<f64>();
+        total += quill_model::ops::scalar(model.loss(x, y)?);
     }
     Ok((total / eval_iters as f64) as f32)
 }

@@ -61,7 +61,7 @@ pub use error::TrainError;
 pub use evaluate::{Losses, estimate_loss, evaluate};
 pub use inference::{SampleRequest, sample_texts};
 pub use interop::{hf, nanogpt};
-pub use optim::{GradBuffer, MuonAdamW, StepOptions, muon, param_lengths};
+pub use optim::{GradBuffer, LossScaler, MuonAdamW, StepOptions, muon, param_lengths};
 #[cfg(feature = "plot")]
 pub use run::plot::{LossPlot, smoothed};
 pub use run::run_dir::{RUN, RunDir, check_run_dir, is_run_dir};

@@ -168,6 +168,7 @@ fn muon_moves_hidden_matrices_and_adamw_the_rest() {
         lr: 0.01,
         grad_clip: 0.0,
         muon_lr: MUON_LR,
+        loss_scale: None,
     };
     let hidden = [
         "attn.c_attn.weight",

@@ -140,6 +140,7 @@ fn matches_pytorch_adamw_with_global_norm_clipping<A: AutodiffBackend>() {
             buffer,
             StepOptions {
                 muon_lr: 0.0,
+                loss_scale: None,
                 lr: LR,
                 grad_clip: CLIP,
             },
@@ -189,6 +190,7 @@ fn two_accumulated_micro_batches_equal_one_of_their_mean() {
     assert!((once.global_norm() - twice.global_norm()).abs() < 1e-6);
     let options = StepOptions {
         muon_lr: 0.0,
+        loss_scale: None,
         lr: LR,
         grad_clip: 0.0,
     };

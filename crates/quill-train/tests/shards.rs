@@ -3,40 +3,26 @@
 //! as the whole micro-batch, the same way on every run.
 
 use burn_autodiff::Autodiff;
-use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use quill_data::Dataset;
+use quill_model::ModelOverrides;
 use quill_model::params::export;
-use quill_model::{GptConfig, ModelConfig, ModelOverrides};
-use quill_train::{Batch, RunConfig, TrainConfig, TrainError, Trainer};
+use quill_train::{Batch, RunConfig, TrainError, Trainer};
 
-type AB = Autodiff<Flex>;
+mod common;
+
+use common::AB;
 
 fn corpus() -> Dataset {
-    let verse = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n\
-                 First Citizen:\nYou are all resolved rather to die than to famish?\n\n";
-    Dataset::new(&verse.repeat(40), 0.1).unwrap()
+    Dataset::new(&common::corpus(), 0.1).unwrap()
 }
 
+/// The trainer tests' model with two layers, two micro-batches a step, no warmup.
 fn config() -> RunConfig {
-    let cpu = RunConfig::preset("cpu").unwrap();
-    RunConfig {
-        model: ModelConfig::Gpt(GptConfig {
-            n_layer: 2,
-            n_head: 2,
-            n_embd: 16,
-            block_size: 16,
-            bias: false,
-            ..Default::default()
-        }),
-        train: TrainConfig {
-            batch_size: 4,
-            grad_accum: 2,
-            warmup_iters: 0,
-            lr: 1e-2,
-            ..cpu.train
-        },
-    }
+    common::tweak(common::config(), |c| {
+        common::gpt(c).n_layer = 2;
+        (c.train.grad_accum, c.train.warmup_iters, c.train.lr) = (2, 0, 1e-2);
+    })
 }
 
 /// The losses of `steps` steps from the same initial weights and batches, at most

@@ -3,113 +3,21 @@
 
 use std::fs;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use burn_autodiff::Autodiff;
 use burn_flex::Flex;
 use quill_data::{DataError, Dataset};
-use quill_model::{Activation, GptConfig, ModelConfig, Norm, Position};
+use quill_model::{Activation, Norm, Position};
 use quill_train::checkpoint::last_dir;
 use quill_train::metrics::read_jsonl;
 use quill_train::{
-    Checkpoint, EvalRecord, LossPlot, Observer, OptimizerKind, Outcome, Run, RunConfig, RunDir,
-    Schedule, StepReport, TrainConfig, TrainError, human_count, train,
+    Checkpoint, EvalRecord, LossPlot, OptimizerKind, Outcome, RunConfig, Schedule, StepReport,
+    TrainError, human_count,
 };
 
-/// Flex, not NdArray: NdArray's multi-threaded reductions are not deterministic run to
-/// run (two identical runs differed in the last bits here), Flex's are.
-type AB = Autodiff<Flex>;
+mod common;
 
-fn corpus() -> String {
-    let verse = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n\
-                 First Citizen:\nYou are all resolved rather to die than to famish?\n\n";
-    verse.repeat(40)
-}
-
-/// The corpus's vocabulary size.
-fn expected_vocab() -> usize {
-    Dataset::new(&corpus(), 0.1).unwrap().tokenizer.vocab_size()
-}
-
-fn config() -> RunConfig {
-    let cpu = RunConfig::preset("cpu").unwrap();
-    RunConfig {
-        model: ModelConfig::Gpt(GptConfig {
-            n_layer: 1,
-            n_head: 2,
-            n_embd: 16,
-            block_size: 16,
-            dropout: 0.0,
-            bias: false,
-            ..Default::default()
-        }),
-        train: TrainConfig {
-            batch_size: 4,
-            max_iters: 8,
-            eval_interval: 4,
-            eval_iters: 2,
-            final_eval_iters: 3,
-            warmup_iters: 2,
-            schedule: Schedule::Cosine,
-            sample_tokens: 10,
-            ..cpu.train
-        },
-    }
-}
-
-/// `config` changed by `change`.
-fn tweak(mut config: RunConfig, change: impl FnOnce(&mut RunConfig)) -> RunConfig {
-    change(&mut config);
-    config
-}
-
-/// The GPT settings of `config`.
-fn gpt(config: &mut RunConfig) -> &mut GptConfig {
-    match &mut config.model {
-        ModelConfig::Gpt(g) => g,
-        ModelConfig::Bigram(_) => panic!("a GPT"),
-    }
-}
-
-#[derive(Default)]
-struct Record {
-    losses: Vec<(usize, f32)>,
-    evals: Vec<EvalRecord>,
-    samples: Vec<String>,
-    stop_after: Option<(usize, &'static AtomicBool)>,
-}
-
-impl Observer for Record {
-    fn on_step(&mut self, step: &StepReport) {
-        self.losses.push((step.iter, step.loss));
-        if let Some((n, flag)) = self.stop_after
-            && step.iter == n
-        {
-            flag.store(true, Ordering::SeqCst);
-        }
-    }
-    fn on_eval(&mut self, record: &EvalRecord, sample: Option<&str>) {
-        self.evals.push(record.clone());
-        self.samples.extend(sample.map(str::to_string));
-    }
-}
-
-fn run_to(
-    config: RunConfig,
-    out: &Path,
-    resume: Option<Checkpoint>,
-    stop: Option<&'static AtomicBool>,
-    observer: &mut Record,
-) -> Result<Outcome, TrainError> {
-    let dataset = Dataset::new(&corpus(), config.train.val_fraction).unwrap();
-    let mut run = Run::new(config, &dataset)
-        .with_out(RunDir::open(out)?)
-        .with_resume(resume);
-    if let Some(stop) = stop {
-        run = run.with_stop(stop);
-    }
-    train::<AB>(run, &Default::default(), observer)
-}
+use common::{Record, config, expected_vocab, gpt, interrupted_then_resumed_with, run_to, tweak};
 
 #[test]
 fn training_lowers_the_loss_and_writes_the_run_directory() {
@@ -198,28 +106,6 @@ fn interrupted_then_resumed(
     interrupted_then_resumed_with(config(), out, stop_after, flag)
 }
 
-/// [`interrupted_then_resumed`] with other settings.
-fn interrupted_then_resumed_with(
-    config: RunConfig,
-    out: &Path,
-    stop_after: usize,
-    flag: &'static AtomicBool,
-) -> (Vec<(usize, f32)>, Outcome) {
-    let mut first = Record {
-        stop_after: Some((stop_after, flag)),
-        ..Default::default()
-    };
-    let outcome = run_to(config.clone(), out, None, Some(flag), &mut first).unwrap();
-    assert_eq!(outcome, Outcome::Interrupted(stop_after));
-    let checkpoint = Checkpoint::load(&out.join("last")).unwrap();
-    assert_eq!(checkpoint.state.iter, stop_after);
-    let mut second = Record::default();
-    let outcome = run_to(config, out, Some(checkpoint), None, &mut second).unwrap();
-    let mut losses = first.losses;
-    losses.extend(second.losses);
-    (losses, outcome)
-}
-
 #[test]
 fn resume_continues_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
@@ -276,10 +162,14 @@ fn resume_continues_bit_for_bit() {
 }
 
 #[test]
-fn every_option_of_the_fast_recipe_is_recorded_and_resumes_bit_for_bit() {
+fn every_option_of_the_fast_recipe_and_of_precision_is_recorded_and_resumes_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
     type Change = fn(&mut RunConfig);
-    let options: [(&str, Change); 7] = [
+    let options: [(&str, Change); 9] = [
+        ("bf16-master", |c| c.train.emulate_bf16 = true),
+        ("bf16-alone", |c| {
+            (c.train.emulate_bf16, c.train.master_weights) = (true, false)
+        }),
         ("muon", |c| c.train.optimizer = OptimizerKind::Muon),
         ("rotary", |c| gpt(c).position = Position::Rotary),
         ("relu2", |c| gpt(c).activation = Activation::Relu2),
@@ -326,6 +216,10 @@ fn every_option_of_the_fast_recipe_is_recorded_and_resumes_bit_for_bit() {
             resumed.optimizer, saved.optimizer,
             "{name}: optimizer state differs"
         );
+        // bf16 storage saves the f32 master copies, or the rounded weights without.
+        let bf16 = |v: &f32| burn::tensor::bf16::from_f32(*v).to_f32() == *v;
+        let all_bf16 = (saved.weights.values()).all(|t| t.values.iter().all(bf16));
+        assert_eq!(all_bf16, name == "bf16-alone", "{name}");
         if name == "muon" || name == "all" {
             assert!(
                 saved

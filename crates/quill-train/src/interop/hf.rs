@@ -231,6 +231,8 @@ pub fn finetune_config() -> TrainConfig {
         seed: 1337,
         val_fraction: 0.1,
         sample_tokens: 100,
+        master_weights: crate::config::default_master_weights(),
+        emulate_bf16: false,
     }
 }
 

@@ -1,11 +1,12 @@
 //! [`GradBuffer`]: the gradients of a step's micro-batches (and shards, and ranks),
-//! summed by parameter name, and their global norm.
+//! summed by parameter name in f32 (whatever the parameters' dtype), and their global
+//! norm.
 
 use std::collections::BTreeMap;
 
 use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
 use quill_model::LanguageModel;
 use quill_model::params::ParamSpecs;
 use rayon::prelude::*;
@@ -47,7 +48,7 @@ impl<B: Backend> GradBuffer<B> {
                     return;
                 };
                 let n = grad.shape().num_elements();
-                let grad = grad.reshape([n]);
+                let grad = super::to_f32(grad.reshape([n]));
                 let name = declared(&self.specs, &param.id).name.clone();
                 add_to(self.out, name, grad);
             }
@@ -93,10 +94,7 @@ impl<B: Backend> GradBuffer<B> {
         };
         let lengths: Vec<usize> = self.grads.values().map(|g| g.dims()[0]).collect();
         let mut flat: Vec<Tensor<B, 1>> = self.grads.values().cloned().collect();
-        flat.push(Tensor::from_data(
-            TensorData::new(extra.to_vec(), [extra.len()]),
-            &device,
-        ));
+        flat.push(super::upload_f32(extra.to_vec(), &device));
         let summed = sum(Tensor::cat(flat, 0))?;
         let mut start = 0;
         for (grad, len) in self.grads.values_mut().zip(lengths) {
@@ -142,7 +140,7 @@ impl<B: Backend> GradBuffer<B> {
         if squares.is_empty() {
             return 0.0;
         }
-        let total: f64 = Tensor::cat(squares, 0).sum().into_scalar().elem();
+        let total: f64 = quill_model::ops::scalar(Tensor::cat(squares, 0).sum());
         total.sqrt() / self.micro_batches.max(1) as f64
     }
 }
@@ -174,10 +172,7 @@ fn mean<B: Backend>(grads: Vec<Tensor<B, 1>>, n: usize) -> Tensor<B, 1> {
         let device = sum.device();
         let fused = add_then_divide_on_host(&sum, &g, divisor);
         match (fused, divisor) {
-            (Some(sum), _) => {
-                let len = sum.len();
-                Tensor::from_data(TensorData::new(sum, [len]), &device)
-            }
+            (Some(sum), _) => super::upload_f32(sum, &device),
             (None, Some(n)) => (sum + g) / n as f64,
             (None, None) => sum + g,
         }

@@ -16,6 +16,14 @@
 //!   inside blocks) are updated by [`crate::optim::muon`] instead, at their own learning rate
 //!   and without weight decay; AdamW keeps the rest.
 //!
+//! - **Precision.** The update, the moments and the gradient sums are f32 whatever the
+//!   parameters' dtype. In 16-bit training the optimizer keeps an f32 master copy of
+//!   each parameter ([`MuonAdamW::with_master_weights`]): each step updates the copy and
+//!   the model holds its rounding, so updates smaller than a 16-bit parameter's last bit
+//!   accumulate instead of vanishing. [`MuonAdamW::with_bf16_rounding`] rounds f32
+//!   parameters to bf16 after each update: bf16 storage, emulated on any backend.
+//!   With f16, the loss is scaled ([`LossScaler`]) and the gradients unscaled here.
+//!
 //! Names and decay groups are the model's own declaration
 //! ([`LanguageModel::param_specs`]); state is keyed by parameter name, so it saves and
 //! loads with checkpoints.
@@ -26,7 +34,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use quill_model::LanguageModel;
-use quill_model::params::{NamedTensor, ParamSpecs};
+use quill_model::params::{NamedTensor, ParamSpec, ParamSpecs};
 
 use crate::TrainError;
 use adamw::Hyper;
@@ -35,9 +43,11 @@ use host::adamw_on_host;
 mod adamw;
 mod grads;
 mod host;
+mod loss_scale;
 pub mod muon;
 
 pub use grads::GradBuffer;
+pub use loss_scale::LossScaler;
 
 /// Hyper-parameters of one step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +58,10 @@ pub struct StepOptions {
     pub grad_clip: f64,
     /// Muon's learning rate for the hidden matrices (unused without Muon).
     pub muon_lr: f64,
+    /// The loss scale the gradients were computed with (f16 training, see
+    /// [`LossScaler`]): they are divided by it, and a step whose gradients are not
+    /// finite is skipped. `None`: unscaled gradients, always applied.
+    pub loss_scale: Option<f64>,
 }
 
 /// AdamW (decoupled weight decay, bias-corrected moments), as PyTorch computes it; with
@@ -64,6 +78,13 @@ pub struct MuonAdamW<B: Backend> {
     muon_momentum: Option<f64>,
     /// Muon's momentum buffers, flattened, by parameter name.
     momentum: BTreeMap<String, Tensor<B, 1>>,
+    /// Whether to keep an f32 master copy of each parameter it updates.
+    keep_masters: bool,
+    /// The f32 master copies, flattened, by parameter name (filled at the first update
+    /// of each parameter, or by [`MuonAdamW::load_masters`]).
+    masters: BTreeMap<String, Tensor<B, 1>>,
+    /// Whether each updated parameter is rounded to bf16 (emulated bf16 storage).
+    round_to_bf16: bool,
 }
 
 const EXP_AVG: &str = "exp_avg.";
@@ -82,7 +103,130 @@ impl<B: Backend> MuonAdamW<B> {
             moments: BTreeMap::new(),
             muon_momentum: None,
             momentum: BTreeMap::new(),
+            keep_masters: false,
+            masters: BTreeMap::new(),
+            round_to_bf16: false,
         }
+    }
+
+    /// Keeps an f32 master copy of every parameter it updates (for 16-bit parameters):
+    /// each step updates the copy, and the model holds the copy rounded to its dtype.
+    pub fn with_master_weights(mut self, keep: bool) -> Self {
+        self.keep_masters = keep;
+        self
+    }
+
+    /// Rounds every parameter it updates to bf16 (round to nearest, ties to even) and
+    /// back to f32: what bf16 storage does to the weights, on a backend that computes
+    /// in f32. With master weights, the master copies stay unrounded.
+    pub fn with_bf16_rounding(mut self, round: bool) -> Self {
+        self.round_to_bf16 = round;
+        self
+    }
+
+    /// Whether it keeps f32 master copies of the parameters.
+    pub fn keeps_master_weights(&self) -> bool {
+        self.keep_masters
+    }
+
+    /// `model` with every parameter that has a master copy replaced by the copy, in f32:
+    /// the weights a checkpoint saves. `model` itself when no copies are kept.
+    pub fn with_masters_of(&self, model: LanguageModel<B>) -> LanguageModel<B> {
+        if self.masters.is_empty() {
+            return model;
+        }
+        struct Masters<'a, B: Backend> {
+            specs: ParamSpecs,
+            masters: &'a BTreeMap<String, Tensor<B, 1>>,
+        }
+        impl<B: Backend> ModuleMapper<B> for Masters<'_, B> {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                let (id, tensor, mapper) = param.consume();
+                let name = &declared(&self.specs, &id).name;
+                let value = match self.masters.get(name) {
+                    Some(master) => master.clone().reshape(tensor.shape()),
+                    None => tensor,
+                };
+                Param::from_mapped_value(id, value, mapper)
+            }
+        }
+        let specs = model.param_specs();
+        model.map(&mut Masters {
+            specs,
+            masters: &self.masters,
+        })
+    }
+
+    /// Takes the master copies from `weights` (a checkpoint's, in f32, PyTorch names and
+    /// layout) for every parameter of `model`, when it keeps copies; the model's
+    /// parameters are set to their rounding, as they were when the checkpoint was saved.
+    /// A checkpoint saved without copies gives the copies its own (rounded) values.
+    pub fn load_masters<AB>(
+        &mut self,
+        model: LanguageModel<AB>,
+        weights: &BTreeMap<String, NamedTensor>,
+    ) -> LanguageModel<AB>
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+    {
+        if !self.keep_masters {
+            return model;
+        }
+        struct Load<'a, B: Backend> {
+            optim: &'a mut MuonAdamW<B>,
+            specs: ParamSpecs,
+            weights: &'a BTreeMap<String, NamedTensor>,
+        }
+        impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Load<'_, B> {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<AB, D>>,
+            ) -> Param<Tensor<AB, D>> {
+                let (id, tensor, mapper) = param.consume();
+                let spec = declared(&self.specs, &id);
+                let Some(saved) = self.weights.get(&spec.name) else {
+                    return Param::from_mapped_value(id, tensor, mapper);
+                };
+                let (shape, dtype) = (tensor.shape(), tensor.dtype());
+                let master = upload_f32::<B>(quill_layout(spec, saved), &tensor.inner().device());
+                let value = self.optim.store(spec.name.clone(), master, dtype, shape);
+                Param::from_mapped_value(id, value, mapper)
+            }
+        }
+        let specs = model.param_specs();
+        model.map(&mut Load {
+            optim: self,
+            specs,
+            weights,
+        })
+    }
+
+    /// `p` (f32, flat) as the model holds the parameter `name`: kept as its master copy
+    /// if copies are kept; rounded to bf16 if asked; cast to `dtype`; in `shape`, a
+    /// leaf of the next step's graph.
+    fn store<AB: AutodiffBackend<InnerBackend = B>, const D: usize>(
+        &mut self,
+        name: String,
+        p: Tensor<B, 1>,
+        dtype: DType,
+        shape: burn::tensor::Shape,
+    ) -> Tensor<AB, D> {
+        if self.keep_masters {
+            self.masters.insert(name, p.clone());
+        }
+        let p = match self.round_to_bf16 {
+            true => p.cast(FloatDType::BF16).cast(FloatDType::F32),
+            false => p,
+        };
+        let p = if dtype == DType::F32 {
+            p
+        } else {
+            p.cast(dtype)
+        };
+        Tensor::<AB, D>::from_inner(p.reshape(shape)).require_grad()
     }
 
     /// Updates the hidden matrices with Muon (momentum `momentum`) instead of AdamW.
@@ -97,7 +241,8 @@ impl<B: Backend> MuonAdamW<B> {
     }
 
     /// Updates every parameter of `model` that has a gradient in `grads`; returns the
-    /// model and the gradient norm before clipping.
+    /// model and the gradient norm before clipping. With a loss scale, a norm that is
+    /// not finite leaves the model and the optimizer as they were (a skipped step).
     pub fn step<AB>(
         &mut self,
         model: LanguageModel<AB>,
@@ -107,8 +252,12 @@ impl<B: Backend> MuonAdamW<B> {
     where
         AB: AutodiffBackend<InnerBackend = B>,
     {
-        let norm = grads.global_norm();
-        let mut scale = 1.0 / grads.micro_batches.max(1) as f64;
+        let loss_scale = options.loss_scale.unwrap_or(1.0);
+        let norm = grads.global_norm() / loss_scale;
+        if options.loss_scale.is_some() && !norm.is_finite() {
+            return (model, norm);
+        }
+        let mut scale = 1.0 / (grads.micro_batches.max(1) as f64 * loss_scale);
         if options.grad_clip > 0.0 {
             scale *= (options.grad_clip / (norm + 1e-6)).min(1.0);
         }
@@ -217,10 +366,7 @@ impl<B: Backend> MuonAdamW<B> {
                 None => return Err(bad(format!("{key} belongs to no parameter of the model"))),
             }
         }
-        let upload = |t: &NamedTensor| {
-            Tensor::<B, 1>::from_data(TensorData::new(t.values.clone(), [t.values.len()]), device)
-        };
-        let upload = |t: &NamedTensor| to_f32(upload(t));
+        let upload = |t: &NamedTensor| upload_f32(t.values.clone(), device);
         self.moments.clear();
         self.momentum.clear();
         for (key, m) in tensors {
@@ -258,19 +404,35 @@ fn declared<'a>(
     specs.get(id).expect("the model declares every parameter")
 }
 
-/// An updated parameter, computed flat in f32, as the model holds it: in its `dtype`
-/// and `shape`, a leaf of the next step's graph.
-fn back<B: Backend, AB: AutodiffBackend<InnerBackend = B>, const D: usize>(
-    p: Tensor<B, 1>,
-    dtype: DType,
-    shape: burn::tensor::Shape,
-) -> Tensor<AB, D> {
-    let p = if dtype == DType::F32 {
-        p
-    } else {
-        p.cast(dtype)
-    };
-    Tensor::<AB, D>::from_inner(p.reshape(shape)).require_grad()
+/// `values` as a flat f32 tensor on `device`, whatever the backend's default float type
+/// (an f16 backend would round them on the way in).
+pub(crate) fn upload_f32<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), (device, DType::F32))
+}
+
+/// A saved parameter's values (PyTorch layout) in quill's layout, flat: a Linear
+/// weight `[out, in]` becomes `[in, out]`.
+fn quill_layout(spec: &ParamSpec, saved: &NamedTensor) -> Vec<f32> {
+    match (spec.transposed, saved.shape.as_slice()) {
+        (true, &[rows, cols]) => (0..cols)
+            .flat_map(|c| (0..rows).map(move |r| saved.values[r * cols + c]))
+            .collect(),
+        _ => saved.values.clone(),
+    }
+}
+
+/// The float type of `model`'s parameters (f32 for a model without any).
+pub(crate) fn param_dtype<B: Backend>(model: &LanguageModel<B>) -> DType {
+    struct First(Option<DType>);
+    impl<B: Backend> ModuleVisitor<B> for First {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.get_or_insert(param.val().dtype());
+        }
+    }
+    let mut first = First(None);
+    model.visit(&mut first);
+    first.0.unwrap_or(DType::F32)
 }
 
 /// `t` in f32 (no work when it already is).
@@ -344,50 +506,67 @@ impl<B: Backend, AB: AutodiffBackend<InnerBackend = B>> ModuleMapper<AB> for Upd
         let (id, tensor, mapper) = param.consume();
         let spec = declared(&self.specs, &id);
         let (name, decay) = (spec.name.clone(), spec.decays);
-        let (shape, dtype) = (tensor.shape(), tensor.dtype());
-        let flat = |t: Tensor<AB, D>| to_f32(t.inner().reshape([shape.num_elements()])); // [n]
-        if let Some(step) = self.muon.remove(&name) {
-            let updated = back(flat(tensor) - step, dtype, shape);
-            return Param::from_mapped_value(id, updated, mapper);
-        }
-        let Some(grad) = self.grads.remove(&name) else {
+        let (muon, grad) = (self.muon.remove(&name), self.grads.remove(&name));
+        if muon.is_none() && grad.is_none() {
             return Param::from_mapped_value(id, tensor, mapper);
-        };
-        // The update and the moments are f32 whatever the parameters' dtype: in f16,
-        // eps (1e-8) is 0 and a parameter without gradient would get 0/0.
-        let p = flat(tensor);
-        let g = to_f32(grad);
+        }
+        let (shape, dtype) = (tensor.shape(), tensor.dtype());
         let o = &mut *self.optim;
-        let (m, v) = o
+        // The update starts from the f32 master copy where one is kept, else from the
+        // parameter itself; it and the moments are f32 whatever the parameters' dtype:
+        // in f16, eps (1e-8) is 0 and a parameter without gradient would get 0/0.
+        let p = match o.masters.remove(&name) {
+            Some(master) => master,
+            None => to_f32(tensor.inner().reshape([shape.num_elements()])), // [n]
+        };
+        let p = match (muon, grad) {
+            (Some(step), _) => p - step,
+            (None, Some(grad)) => o.adamw(&name, decay, self.scale, self.lr, p, to_f32(grad)),
+            (None, None) => unreachable!("returned above"),
+        };
+        Param::from_mapped_value(id, o.store(name, p, dtype, shape), mapper)
+    }
+}
+
+impl<B: Backend> MuonAdamW<B> {
+    /// AdamW's update of the parameter `name`, `p` (f32, flat), by its gradient `g`
+    /// times `scale`, at learning rate `lr`: the new `p`; the moments are kept.
+    fn adamw(
+        &mut self,
+        name: &str,
+        decay: bool,
+        scale: f64,
+        lr: f64,
+        p: Tensor<B, 1>,
+        g: Tensor<B, 1>,
+    ) -> Tensor<B, 1> {
+        let (m, v) = self
             .moments
-            .remove(&name)
+            .remove(name)
             .unwrap_or_else(|| (p.zeros_like(), p.zeros_like()));
-        let t = o.step as i32;
+        let t = self.step as i32;
         let hyper = Hyper {
-            scale: self.scale as f32,
-            beta1: o.beta1 as f32,
-            beta2: o.beta2 as f32,
-            decay: match decay && o.weight_decay > 0.0 {
-                true => (1.0 - self.lr * o.weight_decay) as f32,
+            scale: scale as f32,
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            decay: match decay && self.weight_decay > 0.0 {
+                true => (1.0 - lr * self.weight_decay) as f32,
                 false => 1.0,
             },
-            step_size: (self.lr / (1.0 - o.beta1.powi(t))) as f32,
-            sqrt_bias_correction2: (1.0 - o.beta2.powi(t)).sqrt() as f32,
-            eps: o.eps as f32,
+            step_size: (lr / (1.0 - self.beta1.powi(t))) as f32,
+            sqrt_bias_correction2: (1.0 - self.beta2.powi(t)).sqrt() as f32,
+            eps: self.eps as f32,
         };
         let fused = adamw_on_host(&hyper, [&p, &g, &m, &v]);
         let (p, m, v) = match fused {
             Some(new) => {
                 let device = p.device();
-                let [p, m, v] = new.map(|x| {
-                    let n = x.len();
-                    Tensor::<B, 1>::from_data(TensorData::new(x, [n]), &device)
-                });
+                let [p, m, v] = new.map(|x| upload_f32(x, &device));
                 (p, m, v)
             }
             None => hyper.update_tensors(p, g, m, v),
         };
-        o.moments.insert(name, (m, v));
-        Param::from_mapped_value(id, back(p, dtype, shape), mapper)
+        self.moments.insert(name.to_string(), (m, v));
+        p
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! | file | content |
 //! |---|---|
-//! | `model.safetensors` | weights, f32, PyTorch names and layout ([`quill_model::params`]) |
+//! | `model.safetensors` | weights, f32, PyTorch names and layout ([`quill_model::params`]); in 16-bit training, the optimizer's f32 master copies |
 //! | `optimizer.safetensors` | AdamW moments, `exp_avg.<param>` and `exp_avg_sq.<param>`; with Muon, `momentum_buffer.<param>` of each hidden matrix instead |
 //! | `config.json` | [`RunConfig`]: `{"model": ModelConfig, "train": TrainConfig}`, the model once |
 //! | `vocab.json` or `tokenizer.json` (+ `bpe.tiktoken`) | the tokenizer ([`quill_data::tokenizer`]) |
@@ -58,6 +58,9 @@ pub struct TrainState {
     pub sampler_rng: Rng,
     /// Training wall time so far, in seconds.
     pub elapsed_s: f64,
+    /// The loss scaler of f16 training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<crate::optim::LossScaler>,
 }
 
 impl TrainState {
@@ -70,6 +73,7 @@ impl TrainState {
             best_val_loss: None,
             sampler_rng,
             elapsed_s: 0.0,
+            loss_scaler: None,
         }
     }
 }

@@ -111,6 +111,8 @@ mod tests {
             lr: 1e-3,
             grad_norm: 2.0,
             tokens_per_s: 10.0,
+            loss_scale: None,
+            skipped_steps: None,
         };
         fs::write(&path, to_json_line(&step) + "\n{\"iter\":2,\"lo").unwrap();
         assert_eq!(read_jsonl::<StepReport>(&path), [step]);

@@ -44,6 +44,13 @@ pub struct StepReport {
     pub grad_norm: f64,
     /// Training tokens per second of this step.
     pub tokens_per_s: f64,
+    /// f16 training: the loss scale this step used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// f16 training: the steps skipped so far (this one included) because a gradient
+    /// was not finite at the loss scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_steps: Option<u64>,
 }
 
 /// Receives progress; the CLI draws it, tests record it.
@@ -173,6 +180,12 @@ pub fn train<AB: AutodiffBackend>(
     let strategy = join::<AB::InnerBackend>(&mut run, &settings, device)?;
     let shard = strategy.shard();
     let mut sampler = settings.batch_sampler()?.with_shard(shard);
+    let dtype = burn::tensor::get_device_settings::<AB>(device).float_dtype;
+    if settings.train.emulate_bf16 && dtype != burn::tensor::FloatDType::F32 {
+        return Err(TrainError::Config(format!(
+            "emulate_bf16 rounds f32 parameters to bf16, and these are {dtype:?} already: train in f32 to emulate bf16"
+        )));
+    }
     let (trainer, mut state) = start::<AB>(&mut run, &settings, &mut sampler, device)?;
     let mut trainer = trainer.with_strategy(strategy);
     let Run {
@@ -196,6 +209,7 @@ pub fn train<AB: AutodiffBackend>(
         state.elapsed_s = elapsed_before + clock.elapsed().as_secs_f64();
         state.sampler_rng = sampler.rng().clone();
         state.optimizer_steps = trainer.optimizer().steps();
+        state.loss_scaler = trainer.loss_scaler().copied();
         let last = iter >= t.max_iters;
         // A resumed run already evaluated at its first step, unless that is the end.
         let resumed_here = resume.is_some() && iter == start && !last;
@@ -253,6 +267,8 @@ pub fn train<AB: AutodiffBackend>(
             lr: step.lr,
             grad_norm: step.grad_norm,
             tokens_per_s: tokens_per_iter as f64 / seconds,
+            loss_scale: step.loss_scale.map(|(scale, _)| scale),
+            skipped_steps: trainer.loss_scaler().map(|s| s.skipped_steps),
         };
         if let Some(out) = out.as_mut() {
             out.record_step(&report)?;
@@ -296,7 +312,8 @@ fn start<AB: AutodiffBackend>(
         checkpoint.check_resumable(&settings.model)?;
         let model = checkpoint.model::<AB>(device)?;
         let s = &checkpoint.state;
-        let trainer = Trainer::resume(model, t, s.iter, &checkpoint.optimizer, s.optimizer_steps)?;
+        let trainer = Trainer::resume(model, t, s.iter, &checkpoint.optimizer, s.optimizer_steps)?
+            .with_saved_precision(&checkpoint.weights, s.loss_scaler);
         sampler.set_rng(s.sampler_rng.clone());
         if let Some(out) = run.out.as_mut() {
             out.resume_at(s.iter, s.iter >= t.max_iters)?;
@@ -428,7 +445,7 @@ fn capture<AB: AutodiffBackend>(
     Checkpoint::capture(
         settings.clone(),
         dataset.tokenizer.clone(),
-        trainer.model(),
+        &trainer.weights(),
         optimizer,
         state.clone(),
     )

@@ -279,6 +279,8 @@ mod tests {
                 lr: 1e-3,
                 grad_norm: 1.0,
                 tokens_per_s: 1.0,
+                loss_scale: None,
+                skipped_steps: None,
             })
             .collect()
     }

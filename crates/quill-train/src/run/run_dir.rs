@@ -270,6 +270,8 @@ mod tests {
             lr: 1e-3,
             grad_norm: 0.5,
             tokens_per_s: 100.0,
+            loss_scale: None,
+            skipped_steps: None,
         };
         run.record_step(&step(1)).unwrap();
         run.record_step(&step(2)).unwrap();

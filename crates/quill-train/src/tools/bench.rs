@@ -8,7 +8,6 @@
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
-use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use quill_data::TokenSource;
 use quill_data::{Dataset, Shard};
@@ -211,7 +210,7 @@ fn loss_on_windows<B: Backend>(
         let ids =
             |v: Vec<u32>| quill_data::batch::ids_to_tensor::<B, 2>(&v, [chunk.len(), t], &device);
         let loss = model.loss(ids(x), ids(y))?;
-        total += loss.into_scalar().elem::<f64>();
+        total += quill_model::ops::scalar(loss);
         batches += 1;
     }
     Ok((total / batches.max(1) as f64) as f32)

@@ -43,8 +43,9 @@ pub struct MemoryEstimate {
     pub components: Vec<Component>,
 }
 
-/// Bytes of an AdamW moment element: quill keeps moments in `f32` whatever the dtype.
-const MOMENT_BYTES: f64 = 4.0;
+/// Bytes of an f32: quill keeps AdamW moments, 16-bit gradient sums and master copies in
+/// f32 whatever the dtype.
+const F32_BYTES: f64 = 4.0;
 
 impl MemoryEstimate {
     /// One training step of `config` with a vocabulary of `vocab_size`, parameters and
@@ -72,11 +73,23 @@ impl MemoryEstimate {
             }
             ModelConfig::Bigram(_) => (0.0, 0.0, 0.0),
         };
+        // 16-bit parameters: the gradients are also summed in f32, and the optimizer
+        // keeps f32 master copies unless told not to (or emulates bf16 beside f32 ones).
+        let train = &config.train;
+        let sixteen_bits = dtype_bytes < 4;
+        let sums = if sixteen_bits { p * F32_BYTES } else { 0.0 };
+        let masters = match (sixteen_bits || train.emulate_bf16) && train.master_weights {
+            true => p * F32_BYTES,
+            false => 0.0,
+        };
         MemoryEstimate {
             components: vec![
                 Component {
-                    name: "parameters, gradients and AdamW moments",
-                    bytes: 3.0 * p * f + 2.0 * p * MOMENT_BYTES,
+                    name: match masters > 0.0 {
+                        true => "parameters, gradients, AdamW moments and f32 master copies",
+                        false => "parameters, gradients and AdamW moments",
+                    },
+                    bytes: 3.0 * p * f + 2.0 * p * F32_BYTES + sums + masters,
                     lower: "n_layer or n_embd",
                 },
                 Component {
@@ -326,5 +339,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.ends_with("lower --num-samples"), "{err}");
+    }
+
+    #[test]
+    fn sixteen_bit_training_counts_f32_gradient_sums_and_master_copies() {
+        let mut config = RunConfig::preset("cpu").unwrap();
+        let p = config.model_for(65).num_params();
+        let first =
+            |c: &RunConfig, bytes| MemoryEstimate::training(c, 65, bytes).components[0].bytes;
+        // f32: three 4-byte copies (parameters, gradients, the update), two moments.
+        assert_eq!(first(&config, 4), 20.0 * p);
+        // bf16: the three copies at 2 bytes; the f32 gradient sums, moments and masters.
+        assert_eq!(first(&config, 2), 6.0 * p + 16.0 * p);
+        config.train.master_weights = false;
+        assert_eq!(first(&config, 2), 6.0 * p + 12.0 * p);
+        (config.train.master_weights, config.train.emulate_bf16) = (true, true);
+        assert_eq!(first(&config, 4), 24.0 * p);
     }
 }

@@ -3,14 +3,15 @@
 //! from any source (`examples/custom_loop.rs`); [`crate::train()`], the benchmark and the
 //! parity check call the same step.
 
+use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use quill_data::BatchSampler;
 use quill_model::LanguageModel;
 use quill_model::params::NamedTensor;
 
 use crate::config::OptimizerKind;
-use crate::optim::{GradBuffer, MuonAdamW, StepOptions};
+use crate::optim::{GradBuffer, LossScaler, MuonAdamW, StepOptions, param_dtype};
 use crate::schedule::learning_rate;
 use crate::{TrainConfig, TrainError};
 use shard::ShardPools;
@@ -82,6 +83,9 @@ pub struct StepOutput {
     pub grad_norm: f64,
     /// Learning rate used.
     pub lr: f64,
+    /// The loss scale of f16 training, and whether this step was skipped because a
+    /// gradient was not finite at that scale.
+    pub loss_scale: Option<(f64, bool)>,
 }
 
 /// A model, its optimizer and the learning-rate schedule: [`Trainer::step`] takes one
@@ -98,15 +102,25 @@ pub struct Trainer<AB: AutodiffBackend> {
     max_shards: Option<usize>,
     /// The threads the shards run on.
     shard_pools: ShardPools,
+    /// The loss scaler, when the parameters are f16.
+    scaler: Option<LossScaler>,
 }
 
 impl<AB: AutodiffBackend> Trainer<AB> {
     /// A trainer for `model` with a fresh optimizer, at step 0, using `config`'s
     /// optimizer, schedule, clipping and dropout seed (the dropout itself is the
     /// model's).
+    ///
+    /// The precision follows the model's parameters: 16-bit ones (or `emulate_bf16`)
+    /// get f32 master copies unless `master_weights` is off, and f16 ones a
+    /// [`LossScaler`].
     pub fn new(model: LanguageModel<AB>, config: &TrainConfig) -> Self {
         let c = config;
-        let optim = MuonAdamW::new(c.beta1, c.beta2, c.eps, c.weight_decay);
+        let dtype = param_dtype(&model);
+        let sixteen_bits = dtype != burn::tensor::DType::F32 || c.emulate_bf16;
+        let optim = MuonAdamW::new(c.beta1, c.beta2, c.eps, c.weight_decay)
+            .with_master_weights(sixteen_bits && c.master_weights)
+            .with_bf16_rounding(c.emulate_bf16);
         Trainer {
             model: Some(model),
             optim: match c.optimizer {
@@ -118,7 +132,13 @@ impl<AB: AutodiffBackend> Trainer<AB> {
             strategy: Box::new(SingleProcess),
             max_shards: None,
             shard_pools: ShardPools::default(),
+            scaler: (dtype == burn::tensor::DType::F16).then(LossScaler::new),
         }
+    }
+
+    /// The loss scaler of f16 training (`None` otherwise).
+    pub fn loss_scaler(&self) -> Option<&LossScaler> {
+        self.scaler.as_ref()
     }
 
     /// Splits each micro-batch into at most `max_shards` equal shards of rows, whose
@@ -141,7 +161,8 @@ impl<AB: AutodiffBackend> Trainer<AB> {
     /// fills the device, and with dropout, whose masks come from one random generator
     /// that parallel shards would draw from in an order that changes between runs.
     pub fn shards(&self, rows: usize) -> usize {
-        if !serves_cpu::<AB::InnerBackend>() || self.model().dropout() > 0.0 {
+        let scaled = self.scaler.is_some();
+        if !serves_cpu::<AB::InnerBackend>() || self.model().dropout() > 0.0 || scaled {
             return 1;
         }
         let most = self.max_shards.unwrap_or_else(rayon::current_num_threads);
@@ -192,6 +213,31 @@ impl<AB: AutodiffBackend> Trainer<AB> {
         Ok(trainer)
     }
 
+    /// Continues 16-bit training from a checkpoint's f32 `weights` (see
+    /// [`MuonAdamW::load_masters`]) and loss scaler: the master copies are the saved
+    /// weights, and the model holds their rounding. Nothing changes in f32 training.
+    pub fn with_saved_precision(
+        mut self,
+        weights: &std::collections::BTreeMap<String, NamedTensor>,
+        scaler: Option<LossScaler>,
+    ) -> Self {
+        let model = self
+            .model
+            .take()
+            .expect("the model is back after each step");
+        self.model = Some(self.optim.load_masters(model, weights));
+        if let (Some(ours), Some(saved)) = (self.scaler.as_mut(), scaler) {
+            *ours = saved;
+        }
+        self
+    }
+
+    /// The model's weights as a checkpoint saves them: the f32 master copies where the
+    /// optimizer keeps them, else the model's own.
+    pub fn weights(&self) -> LanguageModel<AB::InnerBackend> {
+        self.optim.with_masters_of(self.model().valid())
+    }
+
     /// The model as it is now.
     pub fn model(&self) -> &LanguageModel<AB> {
         self.model
@@ -235,6 +281,7 @@ impl<AB: AutodiffBackend> Trainer<AB> {
         }
         let mut grads = GradBuffer::default();
         let mut loss_sum = 0.0f64;
+        let loss_scale = self.scaler.as_ref().map(|s| s.scale);
         for (x, y) in &batch.micro_batches {
             if shards > 1 {
                 let sharded = self.shard_pools.gradients(model, x, y, shards)?;
@@ -242,7 +289,11 @@ impl<AB: AutodiffBackend> Trainer<AB> {
                 in_pool(true, || grads.accumulate_shards(sharded.grads));
             } else {
                 let loss = model.loss(x.clone(), y.clone())?;
-                loss_sum += loss.clone().into_scalar().elem::<f64>();
+                loss_sum += quill_model::ops::scalar(loss.clone());
+                let loss = match loss_scale {
+                    Some(scale) => loss * scale,
+                    None => loss,
+                };
                 grads.accumulate(model, &loss.backward());
             }
         }
@@ -265,6 +316,7 @@ impl<AB: AutodiffBackend> Trainer<AB> {
             grad_clip: config.grad_clip,
             // The schedule scales Muon's rate as it scales AdamW's.
             muon_lr: config.muon_lr * lr / config.lr,
+            loss_scale,
         };
         let model = self
             .model
@@ -274,10 +326,15 @@ impl<AB: AutodiffBackend> Trainer<AB> {
         let (model, grad_norm) = in_pool(shards > 1, || optim.step(model, grads, options));
         self.model = Some(model);
         self.iter += 1;
+        let loss_scale = (self.scaler.as_mut()).map(|scaler| {
+            let scale = scaler.scale;
+            (scale, !scaler.update(grad_norm))
+        });
         let output = StepOutput {
             loss,
             grad_norm,
             lr,
+            loss_scale,
         };
         Ok((output, stop))
     }

@@ -16,7 +16,7 @@
 
 use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor};
+use burn::tensor::{Int, Tensor};
 use quill_model::LanguageModel;
 
 use crate::TrainError;
@@ -60,7 +60,7 @@ impl ShardPools {
             let model = model.clone().fork(&device);
             let rows = s * rows..(s + 1) * rows;
             let loss = model.loss(x.clone().slice(rows.clone()), y.clone().slice(rows))?;
-            let value = loss.clone().into_scalar().elem::<f64>();
+            let value = quill_model::ops::scalar(loss.clone());
             let mut grads = GradBuffer::default();
             grads.accumulate(&model, &loss.backward());
             Ok((value, grads))
