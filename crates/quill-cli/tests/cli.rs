@@ -232,6 +232,89 @@ fn resume_and_config_files() {
     );
 }
 
+/// The weights of the checkpoint `dir`, as f32 values.
+fn checkpoint_weights(dir: &Path) -> Vec<f32> {
+    let bytes = fs::read(dir.join("model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut values = Vec::new();
+    for (_, view) in file.tensors() {
+        let data = view.data().chunks_exact(4);
+        values.extend(data.map(|b| f32::from_le_bytes(b.try_into().unwrap())));
+    }
+    values
+}
+
+/// The JSON lines of `path`.
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = fs::read_to_string(path).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn sixteen_bit_floats_train_on_the_cpu_with_f32_master_weights() {
+    for (dtype, extra, saved_16_bit) in [
+        ("bf16", &[][..], false),
+        ("bf16", &["--master-weights", "false"][..], true),
+        ("f16", &[][..], false),
+    ] {
+        let dir = setup();
+        let mut args = vec!["--dtype", dtype, "--max-iters", "3"];
+        args.extend_from_slice(extra);
+        train(dir.path(), &args);
+        let run = dir.path().join("run");
+        let weights = checkpoint_weights(&run.join("last"));
+        let exact = |v: &f32| match dtype {
+            "bf16" => burn::tensor::bf16::from_f32(*v).to_f32() == *v,
+            _ => burn::tensor::f16::from_f32(*v).to_f32() == *v,
+        };
+        let all_16_bit = weights.iter().all(exact);
+        // Checkpoints hold the f32 master copies, unless there are none.
+        assert_eq!(all_16_bit, saved_16_bit, "{dtype} {extra:?}");
+        // f16 scales the loss; bf16 needs no scale.
+        let steps = json_lines(&run.join("steps.jsonl"));
+        assert_eq!(steps.len(), 3);
+        for step in &steps {
+            assert_eq!(
+                step["loss_scale"].as_f64(),
+                (dtype == "f16").then_some(65_536.0)
+            );
+        }
+        let sample = quill(
+            &[
+                "sample",
+                "--checkpoint",
+                "run/last",
+                "--dtype",
+                dtype,
+                "--max-new-tokens",
+                "5",
+            ],
+            dir.path(),
+        );
+        assert!(sample.status.success(), "{}", error_line(&sample));
+    }
+    let dir = setup();
+    let out = quill(
+        &[
+            "train",
+            "--data",
+            "corpus.txt",
+            "--dtype",
+            "f16",
+            "--emulate-bf16",
+            "true",
+        ],
+        dir.path(),
+    );
+    assert!(
+        error_line(&out).contains("emulate_bf16 rounds f32 parameters to bf16"),
+        "{}",
+        error_line(&out)
+    );
+}
+
 #[test]
 fn bad_input_gets_one_error_line() {
     let dir = setup();
@@ -286,7 +369,7 @@ fn bad_input_gets_one_error_line() {
     } else {
         assert!(train_on("cuda", "bf16").contains("--features cuda"));
     }
-    assert!(train_on("cpu", "bf16").contains("--dtype bf16 is not supported on cpu"));
+    assert!(train_on("ndarray", "bf16").contains("--dtype bf16 is not supported on cpu (ndarray"));
     // parity names a missing device at once, before its CPU reference run.
     let missing = if cfg!(feature = "cuda") {
         "cuda:99"

@@ -92,9 +92,10 @@ pub enum DType {
     /// 32-bit float (every backend).
     #[default]
     F32,
-    /// bfloat16 (CUDA).
+    /// bfloat16 (CUDA, the Flex CPU backend).
     Bf16,
-    /// IEEE half (CUDA; WGPU where the adapter has 16-bit float shaders).
+    /// IEEE half (CUDA, the Flex CPU backend; WGPU where the adapter has 16-bit float
+    /// shaders).
     F16,
 }
 
@@ -374,7 +375,8 @@ impl Prepared {
         use burn_autodiff::Autodiff;
         match (self.target.clone(), self.dtype) {
             #[cfg(feature = "flex")]
-            (Target::Flex, DType::F32) => {
+            (Target::Flex, dtype) => {
+                flex_float_type(dtype)?;
                 job.run::<Autodiff<burn_flex::Flex>>(burn_flex::FlexDevice)
             }
             #[cfg(feature = "ndarray")]
@@ -405,10 +407,35 @@ impl Prepared {
     }
 }
 
+/// Makes `dtype` the Flex device's default float type: the type its parameters and
+/// activations are made in (Flex computes in f32, f16 and bf16 alike; quill's fused
+/// kernels serve f32 only). A device's default is set once per process, before its
+/// first tensor, so a process that asks for two is refused.
+#[cfg(feature = "flex")]
+fn flex_float_type(dtype: DType) -> Result<()> {
+    use burn::tensor::{FloatDType, IntDType};
+    use burn_flex::{Flex, FlexDevice};
+    let float = match dtype {
+        DType::F32 => FloatDType::F32,
+        DType::Bf16 => FloatDType::BF16,
+        DType::F16 => FloatDType::F16,
+    };
+    if burn::tensor::set_default_dtypes::<Flex>(&FlexDevice, float, IntDType::I32).is_ok() {
+        return Ok(());
+    }
+    let set = burn::tensor::get_device_settings::<Flex>(&FlexDevice).float_dtype;
+    match set == float {
+        true => Ok(()),
+        false => Err(anyhow::anyhow!(
+            "the CPU already computes in {set:?} in this process; it cannot switch to {dtype}"
+        )),
+    }
+}
+
 /// The error for a `--dtype` the backend or adapter cannot run.
 fn unsupported(target: &Target, dtype: DType) -> anyhow::Error {
     anyhow::anyhow!(
-        "--dtype {dtype} is not supported on {target}; supported: f32 everywhere, bf16 and f16 on cuda, f16 on wgpu adapters with 16-bit float shaders"
+        "--dtype {dtype} is not supported on {target}; supported: f32 everywhere, bf16 and f16 on cuda and cpu (flex), f16 on wgpu adapters with 16-bit float shaders"
     )
 }
 

@@ -55,16 +55,16 @@ pub fn inventory() -> Inventory {
         }
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for (name, on) in [
-        ("flex", cfg!(feature = "flex")),
-        ("ndarray", cfg!(feature = "ndarray")),
+    for (name, on, dtypes) in [
+        ("flex", cfg!(feature = "flex"), vec!["f32", "bf16", "f16"]),
+        ("ndarray", cfg!(feature = "ndarray"), vec!["f32"]),
     ] {
         if on {
             inv.compiled.push(name);
             let info = DeviceInfo {
                 device: name.into(),
                 name: format!("CPU, {threads} threads"),
-                dtypes: vec!["f32"],
+                dtypes,
             };
             inv.devices.push((name.into(), vec![info]));
         }
