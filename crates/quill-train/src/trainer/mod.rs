@@ -158,8 +158,9 @@ impl<AB: AutodiffBackend> Trainer<AB> {
     ///
     /// The count is the largest divisor of `rows` up to the number of rayon threads
     /// (or [`Trainer::with_max_shards`]); 1 on other backends, where one pass already
-    /// fills the device, and with dropout, whose masks come from one random generator
-    /// that parallel shards would draw from in an order that changes between runs.
+    /// fills the device; with dropout, whose masks come from one random generator
+    /// that parallel shards would draw from in an order that changes between runs; and
+    /// in f16, whose loss scale the shards' passes do not apply.
     pub fn shards(&self, rows: usize) -> usize {
         let scaled = self.scaler.is_some();
         if !serves_cpu::<AB::InnerBackend>() || self.model().dropout() > 0.0 || scaled {
