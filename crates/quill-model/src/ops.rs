@@ -29,22 +29,24 @@ macro_rules! fast_path {
     };
 }
 
-/// `f(x)` computed in f32 and returned in `x`'s dtype; `f(x)` itself when `x` is f32.
+/// `f(x)` computed in f32 and returned in `x`'s 16-bit dtype; `f(x)` itself when `x`
+/// is f32 or wider.
 pub fn in_f32<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     f: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>,
 ) -> Tensor<B, D> {
     match x.dtype() {
-        DType::F32 => f(x),
-        dtype => f(to_f32(x)).cast(dtype),
+        dtype @ (DType::F16 | DType::BF16) => f(to_f32(x)).cast(dtype),
+        _ => f(x),
     }
 }
 
-/// `x` in f32 (no work when it already is).
+/// `x` widened to f32 if it is a 16-bit float; as it is otherwise (f32, or f64, which
+/// stays f64).
 pub fn to_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     match x.dtype() {
-        DType::F32 => x,
-        _ => x.cast(FloatDType::F32),
+        DType::F16 | DType::BF16 => x.cast(FloatDType::F32),
+        _ => x,
     }
 }
 
@@ -76,7 +78,7 @@ pub fn linear_slow<B: Backend>(
 }
 
 /// Mean cross-entropy of `logits` `[N, V]` against the classes `targets` `[N]`:
-/// shape `[1]`, in f32 whatever the logits' dtype.
+/// shape `[1]`, in f32 for 16-bit logits (f64 logits stay f64).
 pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
     fast_path!(logits = quill_kernels::cross_entropy(logits, targets.clone()));
     cross_entropy_slow(logits, targets)
