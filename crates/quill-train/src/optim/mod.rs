@@ -124,11 +124,6 @@ impl<B: Backend> MuonAdamW<B> {
         self
     }
 
-    /// Whether it keeps f32 master copies of the parameters.
-    pub fn keeps_master_weights(&self) -> bool {
-        self.keep_masters
-    }
-
     /// `model` with every parameter that has a master copy replaced by the copy, in f32:
     /// the weights a checkpoint saves. `model` itself when no copies are kept.
     pub fn with_masters_of(&self, model: LanguageModel<B>) -> LanguageModel<B> {
@@ -414,10 +409,8 @@ pub(crate) fn upload_f32<B: Backend>(values: Vec<f32>, device: &B::Device) -> Te
 /// A saved parameter's values (PyTorch layout) in quill's layout, flat: a Linear
 /// weight `[out, in]` becomes `[in, out]`.
 fn quill_layout(spec: &ParamSpec, saved: &NamedTensor) -> Vec<f32> {
-    match (spec.transposed, saved.shape.as_slice()) {
-        (true, &[rows, cols]) => (0..cols)
-            .flat_map(|c| (0..rows).map(move |r| saved.values[r * cols + c]))
-            .collect(),
+    match (spec.transposed, saved.shape.len()) {
+        (true, 2) => crate::interop::hf::transposed(&saved.shape, &saved.values),
         _ => saved.values.clone(),
     }
 }
