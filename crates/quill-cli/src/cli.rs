@@ -176,6 +176,17 @@ pub struct DeviceArgs {
     pub dtype: DType,
 }
 
+/// `--weights`: how a loaded model's matrices are stored while it samples or evaluates.
+#[derive(Debug, Args)]
+pub struct WeightsArgs {
+    /// Store the weight matrices for this run as f32 (as trained), bf16, f16, or q8
+    /// (8-bit, one scale per 32 weights): converted once at load, never saved;
+    /// activations stay f32. Narrower weights are read faster (sampling reads every
+    /// weight once per token). CPU (--device cpu, --dtype f32) only.
+    #[arg(long, value_enum, default_value_t = quill_model::WeightFormat::F32)]
+    pub weights: quill_model::WeightFormat,
+}
+
 /// One device, or several separated by commas (data parallelism in one process).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceList(pub Vec<DeviceChoice>);
@@ -380,6 +391,8 @@ pub struct SampleArgs {
     #[arg(long)]
     pub no_kv_cache: bool,
     #[command(flatten)]
+    pub weights: WeightsArgs,
+    #[command(flatten)]
     pub target: DeviceArgs,
 }
 
@@ -397,6 +410,8 @@ pub struct EvalArgs {
     /// Seed of the evaluation batches.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
+    #[command(flatten)]
+    pub weights: WeightsArgs,
     #[command(flatten)]
     pub target: DeviceArgs,
     /// Print one JSON object instead of text.
@@ -446,6 +461,9 @@ pub struct BenchArgs {
     /// skips sampling.
     #[arg(long, default_value_t = 200)]
     pub sample_tokens: usize,
+    // With --checkpoint: how the weights are stored while sampling.
+    #[command(flatten)]
+    pub weights: WeightsArgs,
     #[command(flatten)]
     pub target: DeviceArgs,
     /// Print one JSON object instead of text.

@@ -415,6 +415,97 @@ fn bad_input_gets_one_error_line() {
     );
 }
 
+/// `--weights bf16|f16|q8` samples, evaluates and benchmarks a checkpoint with its
+/// matrices stored narrower, converted at load and never written back: the checkpoint's
+/// files are byte for byte what training wrote. `--weights f32` is the default, bit for
+/// bit; a narrow format off the f32 CPU path is one error line.
+#[test]
+fn narrow_weights_leave_the_checkpoint_as_it_was() {
+    let dir = setup();
+    // n_embd 32: every block matrix has rows of a multiple of 32, so q8 converts them.
+    let mut args = vec![
+        "train",
+        "--data",
+        "corpus.txt",
+        "--out",
+        "run",
+        "--n-layer",
+        "1",
+    ];
+    args.extend(["--n-head", "2", "--n-embd", "32", "--block-size", "16"]);
+    args.extend(["--batch-size", "4", "--max-iters", "20"]);
+    args.extend_from_slice(TINY);
+    stdout(&quill(&args, dir.path()));
+    let ck = dir.path().join("run/last");
+    let files = |dir: &Path| {
+        let mut all: Vec<(String, Vec<u8>)> = (fs::read_dir(dir).unwrap())
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.display().to_string(), fs::read(&p).unwrap()))
+            .collect();
+        all.sort();
+        all
+    };
+    let before = files(&ck);
+    let greedy = |extra: &[&str]| {
+        let mut args = vec!["sample", "--checkpoint", "run/last", "--prompt", "Speak"];
+        args.extend(["--temperature", "0", "--max-new-tokens", "40"]);
+        args.extend_from_slice(extra);
+        stdout(&quill(&args, dir.path()))
+    };
+    let plain = greedy(&[]);
+    assert_eq!(greedy(&["--weights", "f32"]), plain);
+    let eval = |weights: &str| {
+        let args = ["eval", "--checkpoint", "run/last", "--data", "corpus.txt"];
+        let out = stdout(&quill(
+            &[&args[..], &["--json", "--weights", weights]].concat(),
+            dir.path(),
+        ));
+        let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        report["val_loss"].as_f64().unwrap()
+    };
+    let f32_loss = eval("f32");
+    for weights in ["bf16", "f16", "q8"] {
+        let text = greedy(&["--weights", weights]);
+        assert!(
+            text.starts_with("Speak") && text.len() > 40,
+            "{weights}: {text}"
+        );
+        let loss = eval(weights);
+        assert!(
+            (loss - f32_loss).abs() < 0.05,
+            "{weights}: {loss} vs {f32_loss}"
+        );
+        let args = ["bench", "--checkpoint", "run/last", "--sample-tokens", "5"];
+        let out = stdout(&quill(
+            &[&args[..], &["--json", "--weights", weights]].concat(),
+            dir.path(),
+        ));
+        let report: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(report["weights"], weights);
+        assert!(report["read_bandwidth_gb_s"].as_f64().unwrap() > 0.0);
+        assert!(report["fraction_of_bound"].as_f64().unwrap() > 0.0);
+    }
+    assert!(files(&ck) == before, "the checkpoint changed");
+    let out = quill(
+        &[
+            "sample",
+            "--checkpoint",
+            "run/last",
+            "--weights",
+            "q8",
+            "--dtype",
+            "bf16",
+        ],
+        dir.path(),
+    );
+    assert!(
+        error_line(&out)
+            .starts_with("error: --weights q8 runs on the CPU (--device cpu) with --dtype f32"),
+        "{}",
+        error_line(&out)
+    );
+}
+
 #[test]
 fn bench_reports_training_eval_and_sampling_speed_as_json() {
     let dir = setup();

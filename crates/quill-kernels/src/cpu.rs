@@ -4,8 +4,11 @@
 //! runs in [`simd`], compiled for AVX-512, else AVX2 + FMA, when the CPU has them.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use rayon::prelude::*;
+
+pub mod decode;
 
 /// Runs `f` compiled for the widest vector unit this x86-64 CPU has: AVX-512 (F, VL,
 /// BW, DQ; loops then run 16 lanes wide), else AVX2 and FMA (8 lanes), else as built.
@@ -753,39 +756,41 @@ pub fn linear_forward_strided<O: Output>(
     }
 }
 
-/// Calls `$f(args…)` — an `#[inline(always)]` function — compiled for the vector unit
+/// Calls `$f(name: Type = value, …)` — an `#[inline(always)]` function — compiled for
+/// the vector unit
 /// [`simd`] picks. [`simd`] itself takes a closure, but a closure as large as a whole
 /// pass over a weight is not inlined into `simd`'s function, and then runs 4 lanes
 /// wide (`perf annotate` showed `mulps` on `xmm` registers).
 macro_rules! with_simd {
-    ($f:ident($($arg:expr),* $(,)?)) => {{
+    ($f:ident($($arg:ident: $ty:ty = $val:expr),* $(,)?)) => {{
         #[cfg(target_arch = "x86_64")]
         {
             #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")]
-            fn avx512(out: &mut [f32], x: View, w: View, range: std::ops::Range<usize>) {
-                $f(out, x, w, range)
+            fn avx512($($arg: $ty),*) {
+                $f($($arg),*)
             }
             #[target_feature(enable = "avx2,fma")]
-            fn avx2(out: &mut [f32], x: View, w: View, range: std::ops::Range<usize>) {
-                $f(out, x, w, range)
+            fn avx2($($arg: $ty),*) {
+                $f($($arg),*)
             }
             match unit() {
                 // SAFETY: the CPU has these features (detected by `vector_unit`).
-                VectorUnit::Avx512 => unsafe { avx512($($arg),*) },
+                VectorUnit::Avx512 => unsafe { avx512($($val),*) },
                 // SAFETY: as above.
-                VectorUnit::Avx2 => unsafe { avx2($($arg),*) },
-                VectorUnit::Baseline => $f($($arg),*),
+                VectorUnit::Avx2 => unsafe { avx2($($val),*) },
+                VectorUnit::Baseline => $f($($val),*),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        $f($($arg),*)
+        $f($($val),*)
     }};
 }
+pub(super) use with_simd;
 
 /// [`few_rows`]' pass over the input features `rows` of a row-contiguous `W`:
 /// `out[r, :] += x[r, i]·W[i, :]` (`out` is `[m, n]`).
 #[inline(always)]
-fn rows_of_w(out: &mut [f32], x: View, w: View, rows: std::ops::Range<usize>) {
+fn rows_of_w(out: &mut [f32], x: View, w: View, rows: Range<usize>) {
     let (k, n) = (w.rows, w.cols);
     let w_row = |i: usize| &w.data[i * w.rs..i * w.rs + n];
     // Four rows of `W` per pass over `out`: a quarter of the loads and stores of `out`.
@@ -811,7 +816,7 @@ fn rows_of_w(out: &mut [f32], x: View, w: View, rows: std::ops::Range<usize>) {
 /// [`few_rows`]' pass over the outputs `cols` of a column-contiguous `W`:
 /// `out[r, j − cols.start] = x[r, :]·W[:, j]` (`out` is `[m, cols.len()]`).
 #[inline(always)]
-fn columns_of_w(out: &mut [f32], x: View, w: View, cols: std::ops::Range<usize>) {
+fn columns_of_w(out: &mut [f32], x: View, w: View, cols: Range<usize>) {
     let (k, width) = (w.rows, cols.len());
     for (jj, j) in cols.enumerate() {
         let w_j = &w.data[j * w.cs..j * w.cs + k];
@@ -822,7 +827,7 @@ fn columns_of_w(out: &mut [f32], x: View, w: View, cols: std::ops::Range<usize>)
 }
 
 /// Up to this many rows, [`few_rows`] multiplies instead of `gemm`.
-const FEW_ROWS: usize = 8;
+pub(super) const FEW_ROWS: usize = 8;
 
 /// `y += x·W` for the few rows of `x` that sampling feeds (one per sequence), reading
 /// `W` once, straight from memory. Such a product is bound by reading the weight:
@@ -849,7 +854,7 @@ fn few_rows(y: &mut [f32], x: View, w: View) {
             .map(|i0| {
                 let mut out = vec![0f32; m * n];
                 let rows = i0..(i0 + stretch).min(k);
-                with_simd!(rows_of_w(&mut out, x, w, rows));
+                with_simd!(rows_of_w(out: &mut [f32] = &mut out, x: View = x, w: View = w, rows: Range<usize> = rows));
                 out
             })
             .reduce_with(|mut a, b| {
@@ -874,7 +879,12 @@ fn few_rows(y: &mut [f32], x: View, w: View) {
             .map(|j0| {
                 let width = stretch.min(n - j0);
                 let mut out = vec![0f32; m * width];
-                with_simd!(columns_of_w(&mut out, x, w, j0..j0 + width));
+                with_simd!(columns_of_w(
+                    out: &mut [f32] = &mut out,
+                    x: View = x,
+                    w: View = w,
+                    cols: Range<usize> = j0..j0 + width,
+                ));
                 (j0, out)
             })
             .collect();
@@ -1205,6 +1215,57 @@ mod tests {
         let ce = vec![cross_entropy_forward(&lin, &targets, &mut ce_lse)];
         let mut dce = nan(lin.len());
         cross_entropy_backward(&lin, &targets, &ce_lse, 1.5, &mut dce);
+        // Decoding: each narrow format's few-row products, both orientations (`lin`'s
+        // weight stored narrower; 40 columns, so q8 in blocks of 8 is widened first and
+        // blocks of 40, one per row, are not), and the cached attention.
+        let (wb, wh): (Vec<half::bf16>, Vec<half::f16>) = (
+            w.iter().map(|&v| half::bf16::from_f32(v)).collect(),
+            w.iter().map(|&v| half::f16::from_f32(v)).collect(),
+        );
+        let wq: Vec<i8> = w.iter().map(|&v| (v * 127.0) as i8).collect();
+        let scales = values(w.len() / 8, 8);
+        let mut decoded = Vec::new();
+        for packed in [
+            decode::Packed::Bf16(&wb),
+            decode::Packed::F16(&wh),
+            decode::Packed::Q8 {
+                values: &wq,
+                scales: &scales,
+                block: 8,
+            },
+            decode::Packed::Q8 {
+                values: &wq,
+                scales: &scales,
+                block: 40,
+            },
+        ] {
+            for (orientation, k, n) in [
+                (decode::Orientation::InOut, c, 40),
+                (decode::Orientation::OutIn, 40, c),
+            ] {
+                let mut y = nan(2 * n);
+                decode::product(&mut y, &x[..2 * k], k, packed, n, orientation);
+                decoded.push(y);
+            }
+        }
+        // q8 in blocks of 32 along 32 columns: the kernels that widen in the loop.
+        let q32 = decode::Packed::Q8 {
+            values: &wq[..c * 32],
+            scales: &scales[..c],
+            block: 32,
+        };
+        for (orientation, k, n) in [
+            (decode::Orientation::InOut, c, 32),
+            (decode::Orientation::OutIn, 32, c),
+        ] {
+            let mut y = nan(2 * n);
+            decode::product(&mut y, &x[..2 * k], k, q32, n, orientation);
+            decoded.push(y);
+        }
+        let mut cache = decode::KvBuffer::default();
+        let mut cached = nan(x.len());
+        decode::cached_attention(&qkv, b, c, dims.n_head, &mut cache, &mut cached);
+        decoded.push(cached);
         vec![
             gelu,
             dgelu,
@@ -1228,6 +1289,9 @@ mod tests {
             ce,
             dce,
         ]
+        .into_iter()
+        .chain(decoded)
+        .collect()
     }
 
     /// The kernels also write into fresh, uninitialised buffers ([`Output`]), which is

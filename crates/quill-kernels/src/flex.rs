@@ -15,6 +15,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn_flex::{Flex, FlexTensor, Layout};
 
+use super::cpu::decode::{self, Orientation, Packed};
 use super::cpu::{self, AttentionDims};
 
 /// The autodiff backend the trainer uses on Flex.
@@ -114,7 +115,7 @@ unsafe fn written(len: usize, write: impl FnOnce(&mut [MaybeUninit<f32>])) -> Ve
 }
 
 /// A contiguous `f32` Flex tensor of `shape` holding `values`.
-fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
+pub(super) fn tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::new(
         burn::tensor::Bytes::from_elems(values),
         Layout::contiguous(shape),
@@ -584,4 +585,138 @@ pub(super) fn newton_schulz_all(
     (outs.into_iter().zip(gs))
         .map(|(out, g)| tensor(out, shape(g)))
         .collect()
+}
+
+// ---------------------------------------------------------------- narrow weights
+
+/// A plain Flex weight stored narrower than `f32` for inference: `bf16` or `f16`
+/// values, or 8-bit values with per-block scales (Burn's quantized tensors).
+pub(super) enum Narrow {
+    /// `bf16` or `f16`.
+    Float(FlexTensor),
+    /// 8-bit values (`Q8S` or `Q8F`, stored natively) with their scales.
+    Quantized(burn_flex::FlexQTensor),
+}
+
+/// `w` as a [`Narrow`] weight when `B` is plain Flex and `w` holds `bf16`, `f16` or
+/// 8-bit values; `w` back otherwise.
+pub(super) fn narrow<B: Backend, const D: usize>(w: Tensor<B, D>) -> Result<Narrow, Tensor<B, D>> {
+    if !matches!(w.dtype(), DType::BF16 | DType::F16 | DType::QFloat(_)) {
+        return Err(w);
+    }
+    let w: Tensor<Flex, D> = cast(w)?;
+    Ok(match w.into_primitive() {
+        TensorPrimitive::Float(t) => Narrow::Float(t),
+        TensorPrimitive::QFloat(q) => Narrow::Quantized(q),
+    })
+}
+
+impl Narrow {
+    /// The weight's `[rows, cols]`.
+    fn dims(&self) -> [usize; 2] {
+        match self {
+            Narrow::Float(t) => shape(t).dims::<2>(),
+            Narrow::Quantized(q) => shape(q.tensor()).dims::<2>(),
+        }
+    }
+
+    /// The row-major values the decoding kernels read, when the storage is contiguous
+    /// and of a kind they know.
+    fn packed(&self) -> Option<Packed<'_>> {
+        use burn::tensor::quantization::{QuantLevel, QuantStore, QuantValue};
+        match self {
+            Narrow::Float(t) => match t.dtype() {
+                DType::BF16 => t.as_slice::<half::bf16>().map(Packed::Bf16),
+                DType::F16 => t.as_slice::<half::f16>().map(Packed::F16),
+                _ => None,
+            },
+            Narrow::Quantized(q) => {
+                let scheme = burn::tensor::quantization::QTensorPrimitive::scheme(q);
+                let values = q.tensor().as_slice::<i8>()?;
+                let block = match scheme.level {
+                    QuantLevel::Block(size) => size.num_elements(),
+                    QuantLevel::Tensor => values.len().max(1),
+                };
+                let known = matches!(scheme.value, QuantValue::Q8S | QuantValue::Q8F)
+                    && scheme.store == QuantStore::Native;
+                known.then_some(Packed::Q8 {
+                    values,
+                    scales: q.scales(),
+                    block,
+                })
+            }
+        }
+    }
+}
+
+/// `x·W + b` for `x` `[n, in]` and a narrow `W`, stored `[in, out]` or (`OutIn`) `[out,
+/// in]`: `[n, out]`, or `None` when the kernels cannot read `W`'s storage. A few rows
+/// stream `W` once ([`decode::product`]); more are a matrix product on `W` widened to
+/// `f32` first.
+pub(super) fn linear_narrow(
+    x: &FlexTensor,
+    w: &Narrow,
+    orientation: Orientation,
+    b: Option<&FlexTensor>,
+) -> Option<FlexTensor> {
+    let packed = w.packed()?;
+    let [d_in, d_out] = match orientation {
+        Orientation::InOut => w.dims(),
+        Orientation::OutIn => {
+            let [out, d_in] = w.dims();
+            [d_in, out]
+        }
+    };
+    let rows = x.layout().num_elements() / d_in;
+    let x = values(x);
+    let mut y = vec![0f32; rows * d_out];
+    if rows <= cpu::FEW_ROWS {
+        decode::product(&mut y, &x, d_in, packed, d_out, orientation);
+    } else {
+        let mut wide = vec![0f32; packed.len()];
+        decode::widen_all(packed, &mut wide);
+        let weight = match orientation {
+            Orientation::InOut => cpu::StridedWeight::rows(&wide, d_in, d_out),
+            Orientation::OutIn => cpu::StridedWeight {
+                data: &wide,
+                d_in,
+                d_out,
+                rs: 1,
+                cs: d_in,
+            },
+        };
+        cpu::linear_forward_strided(&x, weight, None, &mut y);
+    }
+    if let Some(b) = b {
+        let b = values(b);
+        for row in y.chunks_mut(d_out) {
+            row.iter_mut().zip(b.iter()).for_each(|(y, b)| *y += b);
+        }
+    }
+    Some(tensor(y, Shape::new([rows, d_out])))
+}
+
+/// Rows `ids` of a narrow `[rows, c]` table, widened to `f32`: `[ids.len(), c]`, or
+/// `None` when the kernels cannot read its storage or an id is not a row.
+pub(super) fn rows_narrow(table: &Narrow, ids: &[usize]) -> Option<FlexTensor> {
+    let packed = table.packed()?;
+    let [n, c] = table.dims();
+    if ids.iter().any(|&id| id >= n) {
+        return None;
+    }
+    Some(tensor(
+        decode::rows(packed, c, ids),
+        Shape::new([ids.len(), c]),
+    ))
+}
+
+/// A narrow weight back as the tensor it came from (of backend `B`, which the caller
+/// routed to plain Flex).
+pub(super) fn from_narrow<B: Backend>(w: Narrow) -> Tensor<B, 2> {
+    let primitive = match w {
+        Narrow::Float(t) => TensorPrimitive::Float(t),
+        Narrow::Quantized(q) => TensorPrimitive::QFloat(q),
+    };
+    cast(Tensor::<Flex, 2>::from_primitive(primitive))
+        .unwrap_or_else(|_| unreachable!("routed from this backend"))
 }

@@ -28,8 +28,27 @@
 mod cpu;
 mod flex;
 
+/// Decoding's few-row products over weights stored in `f32`, `bf16`, `f16` or 8-bit
+/// blocks, on plain slices, and the read bandwidth that bounds them.
+///
+/// ```
+/// use quill_kernels::decode::{Orientation, Packed, product};
+///
+/// // x [1, 2] · W [2, 3], W stored [in, out] in bf16.
+/// let w: Vec<half::bf16> = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0].map(half::bf16::from_f32).to_vec();
+/// let mut y = [0.0; 3];
+/// product(&mut y, &[1.0, 10.0], 2, Packed::Bf16(&w), 3, Orientation::InOut);
+/// assert_eq!(y, [41.0, 52.0, 63.0]);
+/// ```
+pub mod decode {
+    pub use crate::cpu::decode::{
+        KvBuffer, Orientation, Packed, cached_attention, product, read_bandwidth, rows,
+    };
+}
+
 use burn::tensor::{DType, Int, Tensor, backend::Backend};
 use burn_flex::Flex;
+use cpu::decode::Orientation;
 use flex::{Route, Tracked};
 
 /// A kernel's result: `Ok(output)` (a `U`, by default of the input's type `T`), or
@@ -176,6 +195,10 @@ pub fn layer_norm<B: Backend>(
 }
 
 /// `x·W + b` for `x` `[N, in]`, `weight` `[in, out]`, `bias` `[out]`: `[N, out]`.
+///
+/// On plain Flex, `x` in `f32` may meet a weight stored narrower for inference —
+/// `bf16`, `f16`, or 8-bit values with per-block scales (a quantized tensor): a few rows
+/// then read it as stored ([`decode::product`]), more widen it to `f32` first.
 pub fn linear<B: Backend>(
     x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
@@ -197,9 +220,15 @@ pub fn linear<B: Backend>(
     }
     match flex::route(x) {
         Route::Plain(x) => {
-            let w = flex::primitive::<B, Flex, 2>(weight);
             let b = bias.map(flex::primitive::<B, Flex, 1>);
-            Ok(flex::output::<B, Flex, 2>(flex::linear(&x, &w, b.as_ref())))
+            let y = match flex::narrow(weight) {
+                Ok(w) => match flex::linear_narrow(&x, &w, Orientation::InOut, b.as_ref()) {
+                    Some(y) => y,
+                    None => return Err(flex::output::<B, Flex, 2>(x)),
+                },
+                Err(w) => flex::linear(&x, &flex::primitive::<B, Flex, 2>(w), b.as_ref()),
+            };
+            Ok(flex::output::<B, Flex, 2>(y))
         }
         Route::Tracked(x) => {
             let w = flex::primitive::<B, Tracked, 2>(weight);
@@ -207,6 +236,89 @@ pub fn linear<B: Backend>(
             Ok(flex::output::<B, Tracked, 2>(flex::linear_tracked(x, w, b)))
         }
         Route::Other(x) => Err(x),
+    }
+}
+
+/// `x·Wᵀ + b` for `x` `[N, in]` and `weight_t` `[out, in]`, the stored transpose of the
+/// weight (the `[V, C]` token table as a tied LM head): `[N, out]`, as
+/// [`linear`]`(x, weight_t.transpose(), bias)` computes it, without transposing a
+/// weight stored narrower for inference (a quantized tensor's blocks run along its
+/// rows).
+pub fn linear_transposed<B: Backend>(
+    x: Tensor<B, 2>,
+    weight_t: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Fused<Tensor<B, 2>> {
+    let ([_, d_in], [d_out, w_in]) = (x.dims(), weight_t.dims());
+    assert_eq!(
+        w_in, d_in,
+        "linear_transposed: x has {d_in} columns but the weight {w_in}"
+    );
+    if let Some(bias) = &bias {
+        assert_eq!(bias.dims()[0], d_out, "linear_transposed: bias length");
+    }
+    let (x, weight_t) = match flex::narrow(weight_t) {
+        Ok(w) => match flex::route(x) {
+            Route::Plain(x) => {
+                let b = bias.map(flex::primitive::<B, Flex, 1>);
+                return match flex::linear_narrow(&x, &w, Orientation::OutIn, b.as_ref()) {
+                    Some(y) => Ok(flex::output::<B, Flex, 2>(y)),
+                    None => Err(flex::output::<B, Flex, 2>(x)),
+                };
+            }
+            Route::Tracked(x) => return Err(flex::output::<B, Tracked, 2>(x)),
+            Route::Other(x) => return Err(x),
+        },
+        Err(w) => (x, w),
+    };
+    linear(x, weight_t.transpose(), bias)
+}
+
+/// The rows `ids` `[B, T]` of a `[V, C]` table stored narrower for inference (`bf16`,
+/// `f16`, or a quantized tensor), widened to `f32`: `[B, T, C]`, reading only those
+/// rows. `Err(table)` for every other table, backend or dtype, and for ids that are not
+/// rows of the table.
+pub fn embedding<B: Backend>(
+    table: Tensor<B, 2>,
+    ids: &Tensor<B, 2, Int>,
+) -> Fused<Tensor<B, 2>, Tensor<B, 3>> {
+    let ([b, t], [_, c]) = (ids.dims(), table.dims());
+    let table = flex::narrow(table)?;
+    let rows = ids.clone().into_data().convert::<i64>().into_vec::<i64>();
+    let rows: Option<Vec<usize>> = rows
+        .ok()
+        .and_then(|r| r.into_iter().map(|id| usize::try_from(id).ok()).collect());
+    match rows.and_then(|rows| flex::rows_narrow(&table, &rows)) {
+        Some(y) => Ok(flex::output::<B, Flex, 2>(y).reshape([b, t, c])),
+        None => Err(flex::from_narrow::<B>(table)),
+    }
+}
+
+/// Causal self-attention of `n_head` heads for new positions `qkv` `[B, T, 3C]` that
+/// follow the positions in `cache` (to which their keys and values are added): `[B, T,
+/// C]`, without dropout. The decoding step of sampling, on plain Flex in `f32`.
+pub fn attention_with_cache<B: Backend>(
+    qkv: Tensor<B, 3>,
+    n_head: usize,
+    cache: &mut decode::KvBuffer,
+) -> Fused<Tensor<B, 3>> {
+    let [b, t, width] = qkv.dims();
+    assert!(
+        n_head > 0 && width.is_multiple_of(3) && (width / 3).is_multiple_of(n_head),
+        "attention_with_cache: {width} columns are not q, k and v of {n_head} equal heads"
+    );
+    match flex::route(qkv) {
+        Route::Plain(qkv) => {
+            let c = width / 3;
+            let mut y = vec![0f32; b * t * c];
+            decode::cached_attention(&flex::values(&qkv), b, c, n_head, cache, &mut y);
+            Ok(flex::output::<B, Flex, 3>(flex::tensor(
+                y,
+                [b, t, c].into(),
+            )))
+        }
+        Route::Tracked(qkv) => Err(flex::output::<B, Tracked, 3>(qkv)),
+        Route::Other(qkv) => Err(qkv),
     }
 }
 

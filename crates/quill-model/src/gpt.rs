@@ -7,7 +7,7 @@
 //! one, so each new token attends to the cached keys and values of the tokens before it
 //! instead of recomputing them.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding};
 use burn::tensor::{Int, Tensor, backend::Backend};
 use quill_data::Rng;
@@ -17,7 +17,7 @@ use crate::kv_cache::{KvCache, LayerKv};
 use crate::layers::{Linear, Normalization};
 use crate::ops::causal_attention;
 use crate::params::ParamSpecs;
-use crate::{Activation, GptConfig, Position};
+use crate::{Activation, GptConfig, ModelError, Position, WeightFormat};
 
 /// Multi-head masked self-attention with one fused QKV projection.
 #[derive(Module, Debug)]
@@ -155,6 +155,9 @@ pub struct Gpt<B: Backend> {
     drop: Dropout,
     block_size: usize,
     vocab_size: usize,
+    /// How the matrices are stored: f32 as trained, or narrower for inference.
+    #[module(skip)]
+    weights: WeightFormat,
 }
 
 impl<B: Backend> Gpt<B> {
@@ -175,7 +178,42 @@ impl<B: Backend> Gpt<B> {
             drop: DropoutConfig::new(config.dropout).init(),
             block_size: config.block_size,
             vocab_size: config.vocab_size,
+            weights: WeightFormat::F32,
         }
+    }
+
+    /// How the weight matrices are stored (see [`crate::weights`]).
+    pub fn weight_format(&self) -> WeightFormat {
+        self.weights
+    }
+
+    /// The model with its matrices — every Linear weight, the LM head and the token
+    /// table — stored in `format` for inference; embeddings of positions, norms and
+    /// biases stay as they are. Once only: a model converted before is returned as it
+    /// is unless `format` is the one it has.
+    pub fn with_weights(mut self, format: WeightFormat) -> Result<Self, ModelError> {
+        if self.weights == format {
+            return Ok(self);
+        }
+        if self.weights != WeightFormat::F32 {
+            return Err(ModelError::Config(format!(
+                "the weights were converted to {} already",
+                self.weights
+            )));
+        }
+        let convert = |p: &mut Param<Tensor<B, 2>>| *p = p.clone().map(|w| format.convert(w));
+        convert(&mut self.wte.weight);
+        for block in &mut self.h {
+            convert(&mut block.attn.c_attn.weight);
+            convert(&mut block.attn.c_proj.weight);
+            convert(&mut block.mlp.c_fc.weight);
+            convert(&mut block.mlp.c_proj.weight);
+        }
+        if let Some(head) = &mut self.lm_head {
+            convert(&mut head.weight);
+        }
+        self.weights = format;
+        Ok(self)
     }
 
     /// Maximum context length.
@@ -195,7 +233,9 @@ impl<B: Backend> Gpt<B> {
     pub fn forward(&self, idx: Tensor<B, 2, Int>, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
         let [b, t] = idx.dims();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let tokens = self.wte.forward(idx.clone()); // [B, T, C]
+        // Activations have the norms' dtype (f32 when the matrices are narrower).
+        let dtype = self.ln_f.weight.val().dtype();
+        let tokens = crate::ops::embedding(self.wte.weight.val(), idx.clone(), dtype); // [B, T, C]
         let x = match &self.wpe {
             // Repeated, not broadcast: Flex adds two [B, T, C] tensors in one vectorised
             // pass, a broadcast one element at a time (2% of a cpu-preset step).
@@ -225,8 +265,8 @@ impl<B: Backend> Gpt<B> {
             Some(lm_head) => lm_head.forward(x),
             None => {
                 let [b, t, c] = x.dims();
-                let head = self.wte.weight.val().transpose(); // [C, V'], a view
-                let logits = crate::ops::linear(x.reshape([b * t, c]), head, None); // [B·T, V']
+                let table = self.wte.weight.val(); // [V', C]: the head is its transpose
+                let logits = crate::ops::linear_transposed(x.reshape([b * t, c]), table, None); // [B·T, V']
                 let padded = logits.dims()[1];
                 logits.reshape([b, t, padded])
             }

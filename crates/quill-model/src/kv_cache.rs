@@ -3,21 +3,36 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-/// The cached keys and values of one attention layer, `[B, nh, P, hs]` each.
+/// The cached keys and values of one attention layer: `[B, nh, P, hs]` tensors each,
+/// or, where the fused CPU kernels run the attention, their own buffer that grows in
+/// place ([`quill_kernels::decode::KvBuffer`]).
 #[derive(Debug, Clone, Default)]
 pub struct LayerKv<B: Backend> {
     kv: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    /// The fused kernels' cache (used only while `kv` is empty).
+    #[cfg(feature = "fused-cpu")]
+    pub(crate) buffer: quill_kernels::decode::KvBuffer,
 }
 
 impl<B: Backend> LayerKv<B> {
     /// Positions cached.
     pub fn len(&self) -> usize {
+        #[cfg(feature = "fused-cpu")]
+        if self.kv.is_none() {
+            return self.buffer.len();
+        }
         self.kv.as_ref().map_or(0, |(k, _)| k.dims()[2])
     }
 
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
-        self.kv.is_none()
+        self.len() == 0
+    }
+
+    /// Whether the keys and values are held as tensors (the generic path).
+    #[cfg(feature = "fused-cpu")]
+    pub(crate) fn holds_tensors(&self) -> bool {
+        self.kv.is_some()
     }
 
     /// Appends the new positions' keys and values `[B, nh, T, hs]`; returns all of them,

@@ -44,6 +44,7 @@ pub mod ops;
 pub mod params;
 pub mod rotary;
 pub mod sampling;
+pub mod weights;
 
 pub use bigram::Bigram;
 pub use config::{
@@ -55,3 +56,4 @@ pub use kv_cache::KvCache;
 pub use layers::{Linear, Normalization};
 pub use model::{LanguageModel, cross_entropy};
 pub use sampling::{SamplingOptions, generate, sample_token, window_start};
+pub use weights::WeightFormat;

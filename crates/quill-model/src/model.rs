@@ -5,7 +5,7 @@ use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::kv_cache::KvCache;
 use crate::params::ParamSpecs;
-use crate::{Bigram, Gpt, ModelError};
+use crate::{Bigram, Gpt, ModelError, WeightFormat};
 
 /// Either model; what the trainer, the sampler and checkpoints work with.
 // One value per process, moved rarely: the size difference between variants is moot,
@@ -44,6 +44,28 @@ impl<B: Backend> LanguageModel<B> {
     /// Whether the LM head is the token embedding (a tied GPT).
     pub fn ties_weights(&self) -> bool {
         matches!(self, LanguageModel::Gpt(g) if g.lm_head.is_none())
+    }
+
+    /// How the weight matrices are stored: [`WeightFormat::F32`] as trained and loaded,
+    /// another after [`LanguageModel::with_weights`].
+    pub fn weight_format(&self) -> WeightFormat {
+        match self {
+            LanguageModel::Bigram(_) => WeightFormat::F32,
+            LanguageModel::Gpt(g) => g.weight_format(),
+        }
+    }
+
+    /// The model with its weight matrices stored in `format` for sampling and
+    /// evaluation (see [`crate::weights`]): converted once, here; activations stay in
+    /// f32. A GPT's only: the bigram model is its tables.
+    pub fn with_weights(self, format: WeightFormat) -> Result<Self, ModelError> {
+        match self {
+            LanguageModel::Gpt(g) => Ok(LanguageModel::Gpt(g.with_weights(format)?)),
+            bigram if format == WeightFormat::F32 => Ok(bigram),
+            LanguageModel::Bigram(_) => Err(ModelError::Config(format!(
+                "{format} weights apply to GPT models; the bigram model keeps f32"
+            ))),
+        }
     }
 
     /// Every parameter's PyTorch name and decay group, as the model declares them (see

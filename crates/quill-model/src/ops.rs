@@ -16,6 +16,7 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Bool, DType, FloatDType, Int, Tensor, TensorPrimitive, backend::Backend};
 
 use crate::kv_cache::LayerKv;
+use crate::weights::widened;
 
 /// Returns the fused kernel's output when `$fused` (a `quill_kernels` call) served the
 /// input; otherwise rebinds `$input` to the input it handed back.
@@ -68,13 +69,67 @@ pub fn linear<B: Backend>(
     linear_slow(x, weight, bias)
 }
 
-/// [`linear`] in Burn's operations.
+/// [`linear`] in Burn's operations (a weight stored narrower for inference widened to
+/// `x`'s dtype first).
 pub fn linear_slow<B: Backend>(
     x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, 2> {
+    let weight = widened(weight, x.dtype());
     burn::tensor::module::linear(x, weight, bias)
+}
+
+/// `x·Wᵀ + b` for `weight_t` `[out, in]` stored as is: a tied LM head's `[V, C]` token
+/// table. [`linear`] of the transpose, without transposing a weight stored narrower for
+/// inference.
+pub fn linear_transposed<B: Backend>(
+    x: Tensor<B, 2>,
+    weight_t: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    fast_path!(x = quill_kernels::linear_transposed(x, weight_t.clone(), bias.clone()));
+    linear_transposed_slow(x, weight_t, bias)
+}
+
+/// [`linear_transposed`] in Burn's operations.
+pub fn linear_transposed_slow<B: Backend>(
+    x: Tensor<B, 2>,
+    weight_t: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    let weight = widened(weight_t, x.dtype()).transpose();
+    linear_slow(x, weight, bias)
+}
+
+/// Rows `idx` `[B, T]` of the `[V, C]` table `[B, T, C]`, in `dtype` (the activations'
+/// dtype, which a table stored narrower for inference is widened to).
+pub fn embedding<B: Backend>(
+    table: Tensor<B, 2>,
+    idx: Tensor<B, 2, Int>,
+    dtype: DType,
+) -> Tensor<B, 3> {
+    #[cfg(feature = "fused-cpu")]
+    let table = match quill_kernels::embedding(table, &idx) {
+        Ok(rows) if rows.dtype() == dtype => return rows,
+        Ok(rows) => return widened(rows, dtype),
+        Err(table) => table,
+    };
+    embedding_slow(table, idx, dtype)
+}
+
+/// [`embedding`] in Burn's operations: the rows of the table, then widened (a quantized
+/// table is dequantized whole first).
+pub fn embedding_slow<B: Backend>(
+    table: Tensor<B, 2>,
+    idx: Tensor<B, 2, Int>,
+    dtype: DType,
+) -> Tensor<B, 3> {
+    let table = match table.dtype() {
+        DType::QFloat(_) => table.dequantize(),
+        _ => table,
+    };
+    widened(burn::tensor::module::embedding(table, idx), dtype)
 }
 
 /// Mean cross-entropy of `logits` `[N, V]` against the classes `targets` `[N]`:
@@ -173,7 +228,9 @@ pub fn rotary_slow<B: Backend>(qkv: Tensor<B, 3>, n_head: usize, past: usize) ->
 /// position `t` attends to positions `≤ t`, and to the `P` positions already in `cache`
 /// (to which its keys and values are added). `dropout` applies to the attention weights.
 ///
-/// The fused kernel serves the training and evaluation passes (no cache, dropout off).
+/// The fused kernels serve the training and evaluation passes (no cache, dropout off)
+/// and sampling's steps (a cache, dropout off), whose keys and values then stay in the
+/// kernels' own buffer.
 pub fn causal_attention<B: Backend>(
     qkv: Tensor<B, 3>,
     n_head: usize,
@@ -181,11 +238,20 @@ pub fn causal_attention<B: Backend>(
     cache: Option<&mut LayerKv<B>>,
 ) -> Tensor<B, 3> {
     let dropout_off = dropout.prob == 0.0 || !B::ad_enabled(&qkv.device());
-    if cache.is_none() && dropout_off {
-        fast_path!(qkv = quill_kernels::causal_attention(qkv, n_head));
-        return causal_attention_slow(qkv, n_head, dropout, None);
+    match cache {
+        None if dropout_off => {
+            fast_path!(qkv = quill_kernels::causal_attention(qkv, n_head));
+            causal_attention_slow(qkv, n_head, dropout, None)
+        }
+        #[cfg(feature = "fused-cpu")]
+        Some(layer) if dropout_off && !layer.holds_tensors() => {
+            match quill_kernels::attention_with_cache(qkv, n_head, &mut layer.buffer) {
+                Ok(y) => y,
+                Err(qkv) => causal_attention_slow(qkv, n_head, dropout, Some(layer)),
+            }
+        }
+        cache => causal_attention_slow(qkv, n_head, dropout, cache),
     }
-    causal_attention_slow(qkv, n_head, dropout, cache)
 }
 
 /// [`causal_attention`] in Burn's operations: softmax of masked `q·kᵀ/√hs`, times `v`.

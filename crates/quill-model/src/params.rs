@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::nn::Embedding;
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 
 use crate::layers::{Linear, Normalization};
 use crate::{LanguageModel, ModelError};
@@ -125,7 +125,11 @@ pub fn export<B: Backend>(model: &LanguageModel<B>) -> Vec<NamedTensor> {
                 .specs
                 .get(&param.id)
                 .expect("the model declares every parameter");
-            let tensor = to_pytorch(spec, param.val());
+            let value = match param.val().dtype() {
+                DType::QFloat(_) => param.val().dequantize(),
+                _ => param.val(),
+            };
+            let tensor = to_pytorch(spec, value);
             self.out.push(NamedTensor {
                 name: spec.name.clone(),
                 shape: tensor.dims().to_vec(),

@@ -1,7 +1,7 @@
 //! The KV cache computes what full recompute computes: the same logits (to rounding)
 //! and exactly the same tokens, greedy and sampled, inside and beyond the block. On
 //! NdArray both paths are Burn's generic attention; on Flex the full recompute takes the
-//! fused kernel and the cache the generic path. Both recipes: nanoGPT's (learned
+//! fused kernel and the cache the fused decoding kernel, with its own key/value buffer. Both recipes: nanoGPT's (learned
 //! positions, LayerNorm, GELU) and the fast one (rotary positions, which the cache must
 //! continue at the right offset, RMSNorm, ReLU²).
 

@@ -80,3 +80,34 @@ fn a_character_checkpoint_from_before_subword_tokens_samples() {
     let vocab = checkpoint.tokenizer.as_char().unwrap();
     assert!(text[0].chars().all(|c| vocab.id(c).is_some()), "{text:?}");
 }
+
+/// A model whose weights were converted for inference (`--weights q8`) is never written
+/// back: capturing it as a checkpoint is an error; the model as loaded captures as it
+/// was saved.
+#[test]
+fn weights_converted_for_inference_are_never_captured() {
+    use burn_flex::Flex;
+    use quill_model::WeightFormat;
+    let (checkpoint, _) = fixture();
+    let capture = |model: &quill_model::LanguageModel<Flex>| {
+        Checkpoint::capture(
+            checkpoint.config.clone(),
+            checkpoint.tokenizer.clone(),
+            model,
+            Vec::new(),
+            checkpoint.state.clone(),
+        )
+    };
+    let model = checkpoint.model::<Flex>(&Default::default()).unwrap();
+    assert_eq!(capture(&model).unwrap().weights, checkpoint.weights);
+    for format in [WeightFormat::Bf16, WeightFormat::F16, WeightFormat::Q8] {
+        let model = checkpoint.model::<Flex>(&Default::default()).unwrap();
+        let err = capture(&model.with_weights(format).unwrap()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "invalid configuration: a model with {format} weights for inference is not saved: load the checkpoint again to train or export it"
+            )
+        );
+    }
+}

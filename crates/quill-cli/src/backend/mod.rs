@@ -359,6 +359,23 @@ impl Prepared {
         Ok(())
     }
 
+    /// Refuses `--weights` other than f32 except on the Flex CPU backend in f32, whose
+    /// kernels read narrower weights as stored (elsewhere every product would widen
+    /// them again).
+    pub fn check_weights(&self, format: quill_model::WeightFormat) -> Result<()> {
+        #[cfg(feature = "flex")]
+        if self.target == Target::Flex && self.dtype == DType::F32 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            format == quill_model::WeightFormat::F32,
+            "--weights {format} runs on the CPU (--device cpu) with --dtype f32, not on {} with {}; on a GPU, --dtype bf16 or f16 stores the weights in 16 bits",
+            self.target,
+            self.dtype
+        );
+        Ok(())
+    }
+
     /// Whether `other` runs on the same backend with the same float type (its device
     /// may differ): workers of one process must share a backend to sum together.
     pub fn same_backend(&self, other: &Prepared) -> bool {

@@ -7,6 +7,7 @@ use anyhow::{Result, ensure};
 use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use quill_data::Dataset;
+use quill_model::WeightFormat;
 use quill_train::bench::{
     SampleBench, ToLossBench, TrainBench, bench_sampling, bench_to_loss, bench_training,
     peak_rss_mb, time_generation,
@@ -42,6 +43,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(dir) = &args.checkpoint {
         return checkpoint(dir, &args);
     }
+    ensure!(
+        args.weights.weights == WeightFormat::F32,
+        "--weights applies to --checkpoint (a preset's fresh model trains in f32)"
+    );
     let file = super::config_file(args.config.as_deref())?;
     let flags = RunOverrides {
         train: TrainOverrides {
@@ -218,6 +223,18 @@ struct CheckpointReport {
     num_threads: usize,
     sample_new_tokens: usize,
     sample_tokens_per_s: f64,
+    /// How the weight matrices were stored (`--weights`).
+    weights: WeightFormat,
+    /// Bytes of the parameters as stored: what one decoded token reads.
+    weight_bytes: usize,
+    /// The machine's read bandwidth over a buffer of `weight_bytes` (GB/s, best of 5
+    /// passes on every thread; see `quill_kernels::decode::read_bandwidth`).
+    read_bandwidth_gb_s: f64,
+    /// `read_bandwidth / weight_bytes`: no decoder that reads every weight once per
+    /// token is faster.
+    bound_tokens_per_s: f64,
+    /// `sample_tokens_per_s / bound_tokens_per_s`.
+    fraction_of_bound: f64,
     /// Seconds to read the checkpoint and build the model on the device.
     load_s: f64,
     peak_rss_mb: Option<f64>,
@@ -233,13 +250,18 @@ fn checkpoint(dir: &Path, args: &BenchArgs) -> Result<()> {
         1,
         target.dtype_bytes(),
     ))?;
+    let weights = args.weights.weights;
+    target.check_weights(weights)?;
     let job = SampleJob {
         checkpoint,
         tokens: args.sample_tokens,
         seed: 1337,
         start,
+        weights,
     };
-    let (backend, num_params, load_s, tokens_per_s) = target.run(job)?;
+    let (backend, num_params, weight_bytes, load_s, tokens_per_s) = target.run(job)?;
+    let bandwidth = quill_kernels::decode::read_bandwidth(weight_bytes, 5);
+    let bound = bandwidth / weight_bytes as f64;
     let report = CheckpointReport {
         checkpoint: dir.to_path_buf(),
         backend,
@@ -247,6 +269,11 @@ fn checkpoint(dir: &Path, args: &BenchArgs) -> Result<()> {
         num_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         sample_new_tokens: args.sample_tokens,
         sample_tokens_per_s: tokens_per_s,
+        weights,
+        weight_bytes,
+        read_bandwidth_gb_s: bandwidth / 1e9,
+        bound_tokens_per_s: bound,
+        fraction_of_bound: tokens_per_s / bound,
         load_s,
         peak_rss_mb: peak_rss_mb(),
     };
@@ -259,8 +286,15 @@ fn checkpoint(dir: &Path, args: &BenchArgs) -> Result<()> {
             r.load_s
         );
         println!(
-            "sampling:           {:.2} tokens/s with the KV cache ({} tokens)",
-            r.sample_tokens_per_s, r.sample_new_tokens
+            "sampling:           {:.2} tokens/s with the KV cache ({} tokens), {} weights",
+            r.sample_tokens_per_s, r.sample_new_tokens, r.weights
+        );
+        println!(
+            "bandwidth bound:    {:.2} tokens/s ({:.1} MB of weights at {:.2} GB/s read): {:.0}% of it",
+            r.bound_tokens_per_s,
+            r.weight_bytes as f64 / 1e6,
+            r.read_bandwidth_gb_s,
+            100.0 * r.fraction_of_bound
         );
         if let Some(mb) = r.peak_rss_mb {
             println!("peak RSS:           {mb:.0} MiB");
@@ -273,12 +307,15 @@ struct SampleJob {
     tokens: usize,
     seed: u64,
     start: Instant,
+    weights: WeightFormat,
 }
 
 impl Job for SampleJob {
-    type Output = (String, usize, f64, f64);
+    /// Backend, parameters, stored bytes, load seconds, tokens/s.
+    type Output = (String, usize, usize, f64, f64);
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
-        let model = self.checkpoint.model::<B::InnerBackend>(&device)?;
+        let model =
+            (self.checkpoint.model::<B::InnerBackend>(&device)?).with_weights(self.weights)?;
         drop(self.checkpoint);
         let load_s = self.start.elapsed().as_secs_f64();
         time_generation(&model, 8, self.seed, true)?;
@@ -287,6 +324,7 @@ impl Job for SampleJob {
         Ok((
             name,
             model.num_params(),
+            quill_model::weights::stored_bytes(&model),
             load_s,
             self.tokens as f64 / seconds,
         ))

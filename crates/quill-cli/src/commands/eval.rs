@@ -3,6 +3,7 @@
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use quill_data::{Dataset, Shard};
+use quill_model::WeightFormat;
 use quill_train::{
     Checkpoint, Losses, MemoryEstimate, RunConfig, RunOverrides, Sources, TrainOverrides, evaluate,
 };
@@ -42,7 +43,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let spec = quill_data::TokenizerSpec::Char;
     let dataset = super::load_dataset(&args.source, tokenizer, spec, train.val_fraction)?.dataset;
     dataset.split.check_block_size(config.block_size())?;
+    target.check_weights(args.weights.weights)?;
     let losses = target.run(EvalJob {
+        weights: args.weights.weights,
         batch_size: train.batch_size,
         checkpoint,
         dataset,
@@ -57,6 +60,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 struct EvalJob {
+    weights: WeightFormat,
     batch_size: usize,
     checkpoint: Checkpoint,
     dataset: Dataset,
@@ -67,7 +71,8 @@ struct EvalJob {
 impl Job for EvalJob {
     type Output = Losses;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Losses> {
-        let model = self.checkpoint.model::<B::InnerBackend>(&device)?;
+        let model =
+            (self.checkpoint.model::<B::InnerBackend>(&device)?).with_weights(self.weights)?;
         let (split, batch) = (&self.dataset.split, self.batch_size);
         Ok(evaluate(
             &model,

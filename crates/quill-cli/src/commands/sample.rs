@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
-use quill_model::SamplingOptions;
+use quill_model::{SamplingOptions, WeightFormat};
 use quill_train::{Checkpoint, MemoryEstimate, SampleRequest, sample_texts};
 
 use crate::backend::{self, Job};
@@ -43,21 +43,25 @@ pub fn run(args: SampleArgs) -> Result<()> {
         request.num_samples,
         target.dtype_bytes(),
     ))?;
+    target.check_weights(args.weights.weights)?;
     target.run(SampleJob {
         checkpoint,
         request,
+        weights: args.weights.weights,
     })
 }
 
 struct SampleJob {
     checkpoint: Checkpoint,
     request: SampleRequest,
+    weights: WeightFormat,
 }
 
 impl Job for SampleJob {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let model = self.checkpoint.model::<B::InnerBackend>(&device)?;
+        let model =
+            (self.checkpoint.model::<B::InnerBackend>(&device)?).with_weights(self.weights)?;
         let mut stdout = std::io::stdout().lock();
         let streaming = self.request.num_samples == 1;
         if streaming {

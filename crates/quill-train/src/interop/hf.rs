@@ -295,13 +295,7 @@ pub fn import<B: Backend>(
         model: ModelConfig::Gpt(gpt),
         train,
     };
-    Ok(Checkpoint::capture(
-        config,
-        tokenizer,
-        &model,
-        Vec::new(),
-        state,
-    ))
+    Checkpoint::capture(config, tokenizer, &model, Vec::new(), state)
 }
 
 /// The settings of `gpt` that Hugging Face's GPT-2 cannot express, as `key = value`:

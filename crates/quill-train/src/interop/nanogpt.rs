@@ -247,13 +247,7 @@ impl NanoGpt {
             model: ModelConfig::Gpt(gpt),
             train: self.train,
         };
-        Ok(Checkpoint::capture(
-            config,
-            self.tokenizer,
-            &model,
-            moments,
-            state,
-        ))
+        Checkpoint::capture(config, self.tokenizer, &model, moments, state)
     }
 
     /// AdamW's moments as quill saves them (`exp_avg.NAME`, `exp_avg_sq.NAME`, flat, in

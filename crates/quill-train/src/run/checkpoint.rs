@@ -21,7 +21,7 @@ use burn::tensor::backend::Backend;
 use quill_data::atomic::Marker;
 use quill_data::{Rng, Tokenizer};
 use quill_model::params::{NamedTensor, export, import};
-use quill_model::{GptConfig, LanguageModel, ModelConfig};
+use quill_model::{GptConfig, LanguageModel, ModelConfig, WeightFormat};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
@@ -94,22 +94,30 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Gathers a checkpoint from a live model.
+    /// Gathers a checkpoint from a live model. A model whose weights were converted for
+    /// inference ([`LanguageModel::with_weights`]) is refused: a checkpoint holds the
+    /// weights as trained, never their narrower copies.
     pub fn capture<B: Backend>(
         config: RunConfig,
         tokenizer: Tokenizer,
         model: &LanguageModel<B>,
         optimizer: Vec<NamedTensor>,
         state: TrainState,
-    ) -> Self {
+    ) -> Result<Self, TrainError> {
+        let format = model.weight_format();
+        if format != WeightFormat::F32 {
+            return Err(TrainError::Config(format!(
+                "a model with {format} weights for inference is not saved: load the checkpoint again to train or export it"
+            )));
+        }
         let by_name = |ts: Vec<NamedTensor>| ts.into_iter().map(|t| (t.name.clone(), t)).collect();
-        Checkpoint {
+        Ok(Checkpoint {
             config,
             tokenizer,
             weights: by_name(export(model)),
             optimizer: by_name(optimizer),
             state,
-        }
+        })
     }
 
     /// Builds the model on `device` with the saved weights.

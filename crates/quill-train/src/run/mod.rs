@@ -237,7 +237,7 @@ pub fn train<AB: AutodiffBackend>(
                 state.best_val_loss = Some(record.val_loss);
             }
             if let Some(out) = &out {
-                out.save_checkpoint(&capture(&settings, dataset, &trainer, &state), improved)?;
+                out.save_checkpoint(&capture(&settings, dataset, &trainer, &state)?, improved)?;
             }
             if last {
                 return Ok(Outcome::Finished(record));
@@ -249,7 +249,7 @@ pub fn train<AB: AutodiffBackend>(
         if stop_agreed || (stop_wanted && shard.ranks == 1) {
             if let Some(out) = out.as_mut() {
                 out.flush()?;
-                out.save_checkpoint(&capture(&settings, dataset, &trainer, &state), false)?;
+                out.save_checkpoint(&capture(&settings, dataset, &trainer, &state)?, false)?;
             }
             return Ok(Outcome::Interrupted(iter));
         }
@@ -440,7 +440,7 @@ fn capture<AB: AutodiffBackend>(
     dataset: &Dataset,
     trainer: &Trainer<AB>,
     state: &TrainState,
-) -> Checkpoint {
+) -> Result<Checkpoint, TrainError> {
     let optimizer = trainer.optimizer().state();
     Checkpoint::capture(
         settings.clone(),
