@@ -844,56 +844,78 @@ fn few_rows(y: &mut [f32], x: View, w: View) {
     let (m, k, n) = (x.rows, w.rows, w.cols);
     assert!(fits(x.data.len(), m, k, x.rs, x.cs) && fits(w.data.len(), k, n, w.rs, w.cs));
     assert!(y.len() >= m * n && x.cs == 1);
-    let tasks = 2 * rayon::current_num_threads();
     if w.cs == 1 {
-        let stretch = k.div_ceil(tasks).max(1);
-        let partial = (0..k)
-            .step_by(stretch)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|i0| {
-                let mut out = vec![0f32; m * n];
-                let rows = i0..(i0 + stretch).min(k);
-                with_simd!(rows_of_w(out: &mut [f32] = &mut out, x: View = x, w: View = w, rows: Range<usize> = rows));
-                out
-            })
-            .reduce_with(|mut a, b| {
-                simd(
-                    #[inline(always)]
-                    || axpy(&mut a, 1.0, &b),
-                );
-                a
-            });
-        if let Some(partial) = partial {
+        over_inputs(y, m, n, k, |out, rows| {
+            with_simd!(rows_of_w(out: &mut [f32] = out, x: View = x, w: View = w, rows: Range<usize> = rows));
+        });
+    } else {
+        over_outputs(y, m, n, |out, cols| {
+            with_simd!(columns_of_w(out: &mut [f32] = out, x: View = x, w: View = w, cols: Range<usize> = cols));
+        });
+    }
+}
+
+/// `y += Σ_tasks out` for `y` `[m, n]`, `pass(out, rows)` adding to a zeroed `[m, n]`
+/// `out` the terms of the input features `rows`: one contiguous stretch of `0..k` per
+/// task, about two tasks per rayon thread; the partial results summed at the end.
+pub(super) fn over_inputs(
+    y: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    pass: impl Fn(&mut [f32], Range<usize>) + Sync,
+) {
+    let stretch = k.div_ceil(2 * rayon::current_num_threads()).max(1);
+    let partial = (0..k)
+        .step_by(stretch)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|i0| {
+            let mut out = vec![0f32; m * n];
+            pass(&mut out, i0..(i0 + stretch).min(k));
+            out
+        })
+        .reduce_with(|mut a, b| {
             simd(
                 #[inline(always)]
-                || axpy(&mut y[..m * n], 1.0, &partial),
+                || axpy(&mut a, 1.0, &b),
             );
-        }
-    } else {
-        let stretch = n.div_ceil(tasks).max(1);
-        let blocks: Vec<(usize, Vec<f32>)> = (0..n)
-            .step_by(stretch)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|j0| {
-                let width = stretch.min(n - j0);
-                let mut out = vec![0f32; m * width];
-                with_simd!(columns_of_w(
-                    out: &mut [f32] = &mut out,
-                    x: View = x,
-                    w: View = w,
-                    cols: Range<usize> = j0..j0 + width,
-                ));
-                (j0, out)
-            })
-            .collect();
-        for (j0, out) in blocks {
-            let width = out.len() / m;
-            for (r, part) in out.chunks(width).enumerate() {
-                let dst = &mut y[r * n + j0..r * n + j0 + width];
-                dst.iter_mut().zip(part).for_each(|(d, p)| *d += p);
-            }
+            a
+        });
+    if let Some(partial) = partial {
+        simd(
+            #[inline(always)]
+            || axpy(&mut y[..m * n], 1.0, &partial),
+        );
+    }
+}
+
+/// `y[r, cols] += out[r, :]` for `y` `[m, n]`, `pass(out, cols)` writing a zeroed `[m,
+/// cols.len()]` `out`: one contiguous stretch of the outputs `0..n` per task, about two
+/// tasks per rayon thread.
+pub(super) fn over_outputs(
+    y: &mut [f32],
+    m: usize,
+    n: usize,
+    pass: impl Fn(&mut [f32], Range<usize>) + Sync,
+) {
+    let stretch = n.div_ceil(2 * rayon::current_num_threads()).max(1);
+    let blocks: Vec<(usize, Vec<f32>)> = (0..n)
+        .step_by(stretch)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|j0| {
+            let width = stretch.min(n - j0);
+            let mut out = vec![0f32; m * width];
+            pass(&mut out, j0..j0 + width);
+            (j0, out)
+        })
+        .collect();
+    for (j0, out) in blocks {
+        let width = out.len() / m;
+        for (r, part) in out.chunks(width).enumerate() {
+            let dst = &mut y[r * n + j0..r * n + j0 + width];
+            dst.iter_mut().zip(part).for_each(|(d, p)| *d += p);
         }
     }
 }

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::VectorUnit;
-use super::{View, axpy, dot_wide, simd, unit, with_simd};
+use super::{View, axpy, dot_wide, over_inputs, over_outputs, simd, unit, with_simd};
 
 /// The values of a row-major matrix as stored for decoding.
 #[derive(Debug, Clone, Copy)]
@@ -143,62 +143,27 @@ pub fn product(y: &mut [f32], x: &[f32], k: usize, w: Packed, n: usize, orientat
         w.len() == k * n && w.consistent(),
         "the weight is not {k} × {n}"
     );
-    let tasks = 2 * rayon::current_num_threads();
     let x = View::rows(x, m, k, k);
+    y.fill(0.0);
     match orientation {
-        Orientation::InOut => {
-            let stretch = k.div_ceil(tasks).max(1);
-            let partial = (0..k)
-                .step_by(stretch)
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .map(|i0| {
-                    let mut out = vec![0f32; m * n];
-                    let rows = i0..(i0 + stretch).min(k);
-                    with_simd!(in_out(
-                        out: &mut [f32] = &mut out,
-                        x: View = x,
-                        w: Packed = w,
-                        n: usize = n,
-                        rows: Range<usize> = rows,
-                    ));
-                    out
-                })
-                .reduce_with(|mut a, b| {
-                    simd(
-                        #[inline(always)]
-                        || axpy(&mut a, 1.0, &b),
-                    );
-                    a
-                });
-            y.copy_from_slice(&partial.unwrap_or_else(|| vec![0f32; m * n]));
-        }
-        Orientation::OutIn => {
-            let stretch = n.div_ceil(tasks).max(1);
-            let blocks: Vec<(usize, Vec<f32>)> = (0..n)
-                .step_by(stretch)
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .map(|j0| {
-                    let width = stretch.min(n - j0);
-                    let mut out = vec![0f32; m * width];
-                    with_simd!(out_in(
-                        out: &mut [f32] = &mut out,
-                        x: View = x,
-                        w: Packed = w,
-                        n: usize = n,
-                        cols: Range<usize> = j0..j0 + width,
-                    ));
-                    (j0, out)
-                })
-                .collect();
-            for (j0, out) in blocks {
-                let width = out.len() / m;
-                for (r, part) in out.chunks(width).enumerate() {
-                    y[r * n + j0..r * n + j0 + width].copy_from_slice(part);
-                }
-            }
-        }
+        Orientation::InOut => over_inputs(y, m, n, k, |out, rows| {
+            with_simd!(in_out(
+                out: &mut [f32] = out,
+                x: View = x,
+                w: Packed = w,
+                n: usize = n,
+                rows: Range<usize> = rows,
+            ));
+        }),
+        Orientation::OutIn => over_outputs(y, m, n, |out, cols| {
+            with_simd!(out_in(
+                out: &mut [f32] = out,
+                x: View = x,
+                w: Packed = w,
+                n: usize = n,
+                cols: Range<usize> = cols,
+            ));
+        }),
     }
 }
 
