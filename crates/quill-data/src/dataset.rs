@@ -5,8 +5,12 @@
 use std::path::Path;
 
 use crate::prepare::{DatasetMeta, META_FILE, META_FORMAT, TRAIN_FILE, VAL_FILE};
-use crate::shards::{ShardPaths, ShardSet};
-use crate::token_file::{TokenFile, TokenFormat};
+#[cfg(feature = "subword")]
+use crate::shards::ShardPaths;
+use crate::shards::ShardSet;
+use crate::token_file::TokenFile;
+#[cfg(feature = "subword")]
+use crate::token_file::TokenFormat;
 use crate::tokenizer::Tokenizer;
 use crate::{CharTokenizer, DataError, Split, Tokens};
 

@@ -7,11 +7,11 @@
 //! checkpoints refuse it.
 //!
 //! ```
-//! use burn_ndarray::NdArray;
+//! use burn_flex::Flex;
 //! use quill_model::{GptConfig, ModelConfig, WeightFormat};
 //!
 //! let config = ModelConfig::Gpt(GptConfig { n_layer: 1, n_head: 2, n_embd: 32, block_size: 8, vocab_size: 40, ..GptConfig::default() });
-//! let model = config.init::<NdArray>(0, &Default::default()).unwrap();
+//! let model = config.init::<Flex>(0, &Default::default()).unwrap();
 //! let model = model.with_weights(WeightFormat::Bf16).unwrap();
 //! assert_eq!(model.weight_format(), WeightFormat::Bf16);
 //! ```

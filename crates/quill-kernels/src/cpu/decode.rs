@@ -131,7 +131,7 @@ const CHUNK: usize = 512;
 /// contiguous stretch of `w`: input features of an [`Orientation::InOut`] weight (its
 /// partial results summed at the end), outputs of an [`Orientation::OutIn`] one (dot
 /// products, written in place). Runs on rayon's threads, compiled for the widest
-/// vector unit (see [`simd`]); the values do not depend on the unit.
+/// vector unit the CPU has; the values do not depend on the unit.
 ///
 /// # Panics
 /// If the lengths disagree with `m`, `k` and `n`.
@@ -418,27 +418,35 @@ pub fn rows(w: Packed, c: usize, ids: &[usize]) -> Vec<f32> {
 }
 
 /// The machine's read bandwidth in bytes per second, as decoding sees it: the best of
-/// `rounds` sums over a buffer of `bytes` (far larger than the caches), split into one
-/// contiguous part per rayon thread, each summed with wide vector loads.
+/// `rounds` timings of passes over a buffer of `bytes` (the size of the weights a
+/// token reads: a buffer larger than the caches measures memory, a smaller one the
+/// cache it fits in), each pass a sum split into one contiguous part per rayon thread
+/// and summed with wide vector loads. Each thread repeats its part until 256 MiB were
+/// read in all, so that a small buffer's passes outweigh the cost of starting them.
 pub fn read_bandwidth(bytes: usize, rounds: usize) -> f64 {
     let values = vec![1f32; (bytes / 4).max(1)];
     let threads = rayon::current_num_threads();
     let part = values.len().div_ceil(threads);
+    let passes = ((256 << 20) / (4 * values.len())).max(1);
     let mut best = 0f64;
     for _ in 0..rounds.max(1) {
         let start = std::time::Instant::now();
         let total: f32 = values
             .par_chunks(part)
             .map(|part| {
-                simd(
-                    #[inline(always)]
-                    || sum_wide(part),
-                )
+                (0..passes)
+                    .map(|_| {
+                        simd(
+                            #[inline(always)]
+                            || sum_wide(std::hint::black_box(part)),
+                        )
+                    })
+                    .sum::<f32>()
             })
             .sum();
-        let seconds = start.elapsed().as_secs_f64();
         std::hint::black_box(total);
-        best = best.max(4.0 * values.len() as f64 / seconds);
+        let seconds = start.elapsed().as_secs_f64();
+        best = best.max((4 * values.len() * passes) as f64 / seconds);
     }
     best
 }
