@@ -33,9 +33,9 @@ pub enum WeightFormat {
     Bf16,
     /// IEEE half: 2 bytes, 11 bits of precision, range ±65,504.
     F16,
-    /// 8-bit integers with one f32 scale per block of [`Q8_BLOCK`] weights along a
-    /// row (`max |w| / 127`, rounded to nearest): 1.125 bytes a weight. llama.cpp's
-    /// `Q8_0` is the same with an f16 scale.
+    /// 8-bit integers with one f32 scale per block of 32 weights along a row
+    /// (max |w| / 127, rounded to nearest): 1.125 bytes a weight. llama.cpp's Q8_0 is
+    /// the same with an f16 scale.
     Q8,
 }
 
