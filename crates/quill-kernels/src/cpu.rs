@@ -370,11 +370,18 @@ fn max(x: &[f32]) -> f32 {
 /// `Σ x`, in 8 partial sums so that it vectorises.
 #[inline(always)]
 fn sum(x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let x8 = x.chunks_exact(8);
-    let tail: f32 = x8.remainder().iter().sum();
-    for x in x8 {
-        for l in 0..8 {
+    sum_in::<8>(x)
+}
+
+/// `Σ x` in `N` partial sums: 8 vectorise; 64 keep four 16-lane accumulators, and as
+/// many loads, in flight.
+#[inline(always)]
+fn sum_in<const N: usize>(x: &[f32]) -> f32 {
+    let mut acc = [0f32; N];
+    let chunks = x.chunks_exact(N);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for x in chunks {
+        for l in 0..N {
             acc[l] += x[l];
         }
     }

@@ -438,7 +438,7 @@ pub fn read_bandwidth(bytes: usize, rounds: usize) -> f64 {
                     .map(|_| {
                         simd(
                             #[inline(always)]
-                            || sum_wide(std::hint::black_box(part)),
+                            || super::sum_in::<64>(std::hint::black_box(part)),
                         )
                     })
                     .sum::<f32>()
@@ -449,20 +449,6 @@ pub fn read_bandwidth(bytes: usize, rounds: usize) -> f64 {
         best = best.max((4 * values.len() * passes) as f64 / seconds);
     }
     best
-}
-
-/// `Σ x` in 64 partial sums (four 16-lane accumulators, as many loads in flight).
-#[inline(always)]
-fn sum_wide(x: &[f32]) -> f32 {
-    let mut acc = [0f32; 64];
-    let x64 = x.chunks_exact(64);
-    let tail: f32 = x64.remainder().iter().sum();
-    for x in x64 {
-        for l in 0..64 {
-            acc[l] += x[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// The keys and values one attention layer has seen while decoding, position after
