@@ -29,6 +29,9 @@ pub enum Command {
     Sample(SampleArgs),
     /// Measure train and val loss of a checkpoint.
     Eval(EvalArgs),
+    /// Serve a checkpoint over HTTP: an OpenAI-compatible completions API, with
+    /// concurrent requests decoded together, and a playground page at /.
+    Serve(ServeArgs),
     /// Measure speed: training steps, evaluation and sampling (with and without the KV cache).
     Bench(BenchArgs),
     /// List the backends compiled in and the devices each can see.
@@ -390,6 +393,49 @@ pub struct SampleArgs {
     /// cache (same text, slower).
     #[arg(long)]
     pub no_kv_cache: bool,
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+    #[command(flatten)]
+    pub target: DeviceArgs,
+}
+
+/// `quill serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Checkpoint directory (e.g. runs/cpu/best).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: PathBuf,
+    /// Address to listen on; 127.0.0.1 answers this machine only. Another address
+    /// (0.0.0.0: every interface) needs an API key.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on; 0 picks a free one (printed at start).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// The name clients use for the model [default: the checkpoint directory as given].
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Sequences decoded together at most (a request asking for n completions counts n).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_batch: usize,
+    /// Requests that may wait for a place in the batch; more are refused (503).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_queue: usize,
+    /// The most tokens one completion may ask for (max_tokens); past the model's
+    /// context the window slides, as in quill sample.
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    pub max_tokens_limit: usize,
+    /// Require this key as 'Authorization: Bearer KEY' on every request but /health.
+    #[arg(
+        long,
+        env = "QUILL_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "api_key_file"
+    )]
+    pub api_key: Option<String>,
+    /// Read the API key from this file (its first line).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub weights: WeightsArgs,
     #[command(flatten)]

@@ -61,6 +61,13 @@ pub fn serves<B: Backend>() -> bool {
     flex::is_flex::<B>()
 }
 
+/// Up to this many rows, the Linear products compute each row on its own, the same
+/// way whatever the number of rows: a row's result does not depend on the rows beside
+/// it. Beyond, `gemm` blocks rows together and a row's sums may round differently.
+/// Continuous batching splits a decoding step into passes of at most this many rows,
+/// so that a request's text does not depend on the others in the batch.
+pub const INDEPENDENT_ROWS: usize = cpu::FEW_ROWS;
+
 /// Runs `f` on the `f32` values of `tensors` (row-major; borrowed, not copied, when
 /// contiguous) when `B` is Flex without autodiff and every tensor holds `f32`, so that
 /// other crates can write their own fused CPU kernels (quill-train's AdamW update);

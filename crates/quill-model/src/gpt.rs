@@ -60,6 +60,37 @@ impl<B: Backend> CausalSelfAttention<B> {
         let y = causal_attention(qkv, self.n_head, &self.attn_dropout, cache); // [B, T, C]
         self.resid_dropout.forward(self.c_proj.forward(y))
     }
+
+    /// [`CausalSelfAttention::forward`] of one new position for several groups of
+    /// sequences at once: `x` `[N, 1, C]` holds the groups' rows one after another,
+    /// `groups` each group's row count and cache (whose positions may differ from one
+    /// group to the next). The projections run on all `N` rows together; attention runs
+    /// per group, against that group's cache.
+    pub fn forward_groups(
+        &self,
+        x: Tensor<B, 3>,
+        groups: &mut [(usize, &mut LayerKv<B>)],
+    ) -> Tensor<B, 3> {
+        let qkv = self.c_attn.forward(x); // [N, 1, 3C]
+        let mut offset = 0;
+        let ys: Vec<Tensor<B, 3>> = groups
+            .iter_mut()
+            .map(|(rows, layer)| {
+                let qkv = qkv.clone().narrow(0, offset, *rows); // [rows, 1, 3C]
+                offset += *rows;
+                let qkv = match self.position {
+                    Position::Learned => qkv,
+                    Position::Rotary => crate::ops::rotary(qkv, self.n_head, layer.len()),
+                };
+                causal_attention(qkv, self.n_head, &self.attn_dropout, Some(&mut **layer))
+            })
+            .collect();
+        let y = match ys.len() {
+            1 => ys.into_iter().next().expect("one group"),
+            _ => Tensor::cat(ys, 0),
+        }; // [N, 1, C]
+        self.resid_dropout.forward(self.c_proj.forward(y))
+    }
 }
 
 /// Residual projections are scaled down by `√(2·n_layer)` (GPT-2), or start at zero
@@ -135,6 +166,20 @@ impl<B: Backend> Block<B> {
     pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut LayerKv<B>>) -> Tensor<B, 3> {
         // The branch's fresh output on the left: Flex then adds in place.
         let x = self.attn.forward(self.ln_1.forward(x.clone()), cache) + x;
+        self.mlp.forward(self.ln_2.forward(x.clone())) + x
+    }
+
+    /// [`Block::forward`] of one new position for groups of sequences (see
+    /// [`CausalSelfAttention::forward_groups`]).
+    pub fn forward_groups(
+        &self,
+        x: Tensor<B, 3>,
+        groups: &mut [(usize, &mut LayerKv<B>)],
+    ) -> Tensor<B, 3> {
+        let x = self
+            .attn
+            .forward_groups(self.ln_1.forward(x.clone()), groups)
+            + x;
         self.mlp.forward(self.ln_2.forward(x.clone())) + x
     }
 }
@@ -256,6 +301,53 @@ impl<B: Backend> Gpt<B> {
             }
         }
         self.head(self.ln_f.forward(x)) // [B, T, V]
+    }
+
+    /// One decoding step for groups of sequences at different positions: `idx` `[N, 1]`
+    /// holds the newest token of every row, the groups' rows one after another;
+    /// `groups` gives each group's row count and cache, to which the step's keys and
+    /// values are added. Returns `[N, 1, V]`, each row what [`Gpt::forward`] gives for
+    /// that group alone (continuous batching: requests join and leave between steps).
+    /// Every cache must have room for one more position (the caller checks; see
+    /// [`crate::LanguageModel::forward_groups`]).
+    pub fn forward_groups(
+        &self,
+        idx: Tensor<B, 2, Int>,
+        groups: &mut [(usize, &mut KvCache<B>)],
+    ) -> Tensor<B, 3> {
+        let device = idx.device();
+        let dtype = self.ln_f.weight.val().dtype();
+        let tokens = crate::ops::embedding(self.wte.weight.val(), idx.clone(), dtype); // [N, 1, C]
+        let x = match &self.wpe {
+            Some(wpe) => {
+                let positions: Vec<u32> = groups
+                    .iter()
+                    .flat_map(|(rows, cache)| std::iter::repeat_n(cache.len() as u32, *rows))
+                    .collect();
+                let n = positions.len();
+                tokens
+                    + wpe.forward(quill_data::batch::ids_to_tensor(
+                        &positions,
+                        [n, 1],
+                        &device,
+                    )) // + [N, 1, C]
+            }
+            None => tokens,
+        };
+        let mut x = self.drop.forward(x);
+        let n_layer = self.h.len();
+        let mut layers: Vec<(usize, &mut [LayerKv<B>])> = groups
+            .iter_mut()
+            .map(|(rows, cache)| (*rows, cache.extend(n_layer, 1)))
+            .collect();
+        for (i, block) in self.h.iter().enumerate() {
+            let mut group_layers: Vec<(usize, &mut LayerKv<B>)> = layers
+                .iter_mut()
+                .map(|(rows, layer)| (*rows, &mut layer[i]))
+                .collect();
+            x = block.forward_groups(x, &mut group_layers);
+        }
+        self.head(self.ln_f.forward(x)) // [N, 1, V]
     }
 
     /// `[B, T, C] → [B, T, V]`, through `lm_head` or the tied `wteᵀ`; the logits of

@@ -12,8 +12,10 @@
 //! - [`kv_cache`]: the [`KvCache`] generation uses.
 //! - [`bigram`]: the [`Bigram`] model of Karpathy's "Let's build GPT" lecture.
 //! - [`model`]: [`LanguageModel`], either of the two behind one type, with its loss.
-//! - [`sampling`]: temperature, top-k and top-p sampling from logits, and [`generate`]
-//!   (with or without the KV cache, same tokens either way).
+//! - [`sampling`]: temperature, top-k and top-p sampling from logits.
+//! - [`batching`]: the [`Batcher`] of continuous batching (generations that join and
+//!   leave between steps, decoded together), and [`generate`] (with or without the KV
+//!   cache, same tokens either way).
 //! - [`params`]: parameters by their PyTorch (nanoGPT) names and decay groups, as the
 //!   model declares them, for checkpoints and the optimizer.
 //! - [`error`]: the one error type, [`ModelError`].
@@ -32,6 +34,7 @@
 //! assert_eq!(out[0].len(), 3 + 5);
 //! ```
 
+pub mod batching;
 pub mod bigram;
 pub mod config;
 pub mod error;
@@ -46,6 +49,7 @@ pub mod rotary;
 pub mod sampling;
 pub mod weights;
 
+pub use batching::{Batcher, GroupId, generate};
 pub use bigram::Bigram;
 pub use config::{
     Activation, BigramConfig, GptConfig, ModelConfig, ModelKind, ModelOverrides, Norm, Position,
@@ -55,5 +59,5 @@ pub use gpt::Gpt;
 pub use kv_cache::KvCache;
 pub use layers::{Linear, Normalization};
 pub use model::{LanguageModel, cross_entropy};
-pub use sampling::{SamplingOptions, generate, sample_token, window_start};
+pub use sampling::{SamplingOptions, sample_token, window_start};
 pub use weights::WeightFormat;

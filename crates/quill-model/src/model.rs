@@ -114,6 +114,46 @@ impl<B: Backend> LanguageModel<B> {
         })
     }
 
+    /// One decoding step for groups of sequences, each at its own position: `idx`
+    /// `[N, 1]` holds the newest token of every row, the groups' rows one after another,
+    /// and `groups` each group's row count and cache. Returns `[N, 1, V]` logits; the
+    /// rows of a group are what [`LanguageModel::forward_cached`] gives for that group
+    /// alone. The GPT runs its projections on all `N` rows at once (what makes batching
+    /// pay) and attention per group. An error when the row counts do not add up to `N`
+    /// or a cache is full.
+    pub fn forward_groups(
+        &self,
+        idx: Tensor<B, 2, Int>,
+        groups: &mut [(usize, &mut KvCache<B>)],
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        let [n, t] = idx.dims();
+        let rows: usize = groups.iter().map(|(rows, _)| rows).sum();
+        if t != 1 || rows != n || groups.iter().any(|(rows, _)| *rows == 0) {
+            return Err(ModelError::Config(format!(
+                "a grouped step takes one token for each of the groups' rows: got [{n}, {t}] for {rows} rows"
+            )));
+        }
+        if let Some((_, full)) = groups.iter().find(|(_, c)| c.len() + 1 > self.block_size()) {
+            return Err(ModelError::TooLong {
+                len: full.len() + 1,
+                block_size: self.block_size(),
+            });
+        }
+        match self {
+            LanguageModel::Gpt(m) => Ok(m.forward_groups(idx, groups)),
+            LanguageModel::Bigram(_) => {
+                let mut offset = 0;
+                let mut logits = Vec::with_capacity(groups.len());
+                for (rows, cache) in groups.iter_mut() {
+                    let part = idx.clone().narrow(0, offset, *rows);
+                    offset += *rows;
+                    logits.push(self.forward_cached(part, Some(&mut **cache))?);
+                }
+                Ok(Tensor::cat(logits, 0))
+            }
+        }
+    }
+
     /// Mean cross-entropy of predicting `targets` `[B, T]` from `idx` `[B, T]`; shape `[1]`.
     pub fn loss(
         &self,

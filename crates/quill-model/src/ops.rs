@@ -30,6 +30,18 @@ macro_rules! fast_path {
     };
 }
 
+/// The most rows one pass may hold for each row's logits to be bit for bit those of the
+/// row alone: the fused CPU kernels' few-row products
+/// (`quill_kernels::INDEPENDENT_ROWS`). `None` on other backends, whose batches are
+/// not split (their rows agree to rounding).
+pub fn independent_rows<B: Backend>() -> Option<usize> {
+    #[cfg(feature = "fused-cpu")]
+    if quill_kernels::serves::<B>() {
+        return Some(quill_kernels::INDEPENDENT_ROWS);
+    }
+    None
+}
+
 /// `f(x)` computed in f32 and returned in `x`'s 16-bit dtype; `f(x)` itself when `x`
 /// is f32 or wider.
 pub fn in_f32<B: Backend, const D: usize>(

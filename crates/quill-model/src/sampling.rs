@@ -1,16 +1,13 @@
-//! Sampling the next token from logits (temperature, top-k, top-p) and autoregressive
-//! generation.
+//! Sampling the next token from logits (temperature, top-k, top-p), and the context
+//! window of generation.
 //!
 //! Sampling happens on the host in `f64` from the last position's logits, with quill's
 //! own seeded [`Rng`], so a seed gives the same text on every backend that computes the
 //! same logits.
 
-use burn::tensor::backend::Backend;
 use quill_data::Rng;
-use quill_data::batch::ids_to_tensor;
 
-use crate::kv_cache::KvCache;
-use crate::{LanguageModel, ModelError};
+use crate::ModelError;
 
 /// How to pick each next token.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,76 +153,6 @@ pub fn window_start(previous_start: usize, len: usize, block_size: usize) -> usi
     } else {
         len - (block_size / 2).max(1)
     }
-}
-
-/// Continues each of `prompts` (all of one non-zero length) by `max_new_tokens` tokens,
-/// as one batch, within the context window of [`window_start`].
-///
-/// With `options.kv_cache` each step feeds only the newest token and attends to cached
-/// keys and values; without, it recomputes the whole window. Both give the same tokens.
-/// After each step `on_step` gets the new token of every row; returning `false` stops
-/// generation early. Returns the prompts with their continuations.
-pub fn generate<B: Backend>(
-    model: &LanguageModel<B>,
-    prompts: &[Vec<u32>],
-    max_new_tokens: usize,
-    options: &SamplingOptions,
-    mut on_step: impl FnMut(&[u32]) -> bool,
-) -> Result<Vec<Vec<u32>>, ModelError> {
-    options.validate()?;
-    let len = prompts.first().map_or(0, Vec::len);
-    if len == 0 || prompts.iter().any(|p| p.len() != len) {
-        return Err(ModelError::Sampling(
-            "prompts must be non-empty and of equal length".into(),
-        ));
-    }
-    let device = model.device();
-    let mut rng = Rng::new(options.seed);
-    let mut rows: Vec<Vec<u32>> = prompts.to_vec();
-    let mut cache = KvCache::new();
-    let mut start = len.saturating_sub(model.block_size());
-    for _ in 0..max_new_tokens {
-        let len = rows[0].len();
-        let new_start = window_start(start, len, model.block_size());
-        if new_start != start {
-            cache.clear();
-            start = new_start;
-        }
-        // Cached: the tokens the cache lacks (the window, or just the newest token).
-        let from = if options.kv_cache {
-            start + cache.len()
-        } else {
-            start
-        };
-        let tokens: Vec<u32> = rows
-            .iter()
-            .flat_map(|r| r[from..].iter().copied())
-            .collect();
-        let idx = ids_to_tensor(&tokens, [rows.len(), len - from], &device);
-        let logits = model.forward_cached(idx, options.kv_cache.then_some(&mut cache))?;
-        let last = last_position(logits);
-        let next: Vec<u32> = last
-            .chunks(last.len() / rows.len())
-            .map(|l| sample_token(l, options, &mut rng))
-            .collect();
-        rows.iter_mut().zip(&next).for_each(|(r, &n)| r.push(n));
-        if !on_step(&next) {
-            break;
-        }
-    }
-    Ok(rows)
-}
-
-/// The logits of the last position, `[B, T, V] → B·V` floats on the host.
-fn last_position<B: Backend>(logits: burn::tensor::Tensor<B, 3>) -> Vec<f32> {
-    let [b, t, v] = logits.dims();
-    logits
-        .narrow(1, t - 1, 1)
-        .reshape([b, v])
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32 logits")
 }
 
 #[cfg(test)]

@@ -5,62 +5,23 @@
 //! positions, LayerNorm, GELU) and the fast one (rotary positions, which the cache must
 //! continue at the right offset, RMSNorm, ReLU²).
 
+mod common;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use quill_data::Rng;
 use quill_data::batch::ids_to_tensor;
-use quill_model::{
-    Activation, GptConfig, KvCache, LanguageModel, ModelConfig, ModelError, Norm, Position,
-    SamplingOptions, generate, window_start,
-};
+use quill_model::{KvCache, LanguageModel, ModelError, SamplingOptions, generate, window_start};
 
 const BLOCK: usize = 8;
 const VOCAB: usize = 13;
 
 /// nanoGPT's recipe, or (`fast`) rotary positions, RMSNorm and ReLU².
 fn model<B: Backend>(fast: bool) -> LanguageModel<B> {
-    let config = GptConfig {
-        vocab_size: VOCAB,
-        block_size: BLOCK,
-        n_layer: 2,
-        n_head: 2,
-        n_embd: 16,
-        dropout: 0.0,
-        bias: true,
-        tie_weights: true,
-        activation: if fast {
-            Activation::Relu2
-        } else {
-            Activation::Gelu
-        },
-        pad_vocab: 1,
-        position: if fast {
-            Position::Rotary
-        } else {
-            Position::Learned
-        },
-        norm: if fast { Norm::Rms } else { Norm::Layer },
-        zero_init_proj: false,
-    };
-    // Weights far from init make the logits (and so the tokens) depend on the context.
-    let model = ModelConfig::Gpt(config)
-        .init::<B>(21, &Default::default())
-        .unwrap();
-    scale_weights(model, 6.0)
-}
-
-fn scale_weights<B: Backend>(model: LanguageModel<B>, factor: f32) -> LanguageModel<B> {
-    use quill_model::params::{export, import};
-    let tensors = export(&model)
-        .into_iter()
-        .map(|mut t| {
-            t.values.iter_mut().for_each(|v| *v *= factor);
-            (t.name.clone(), t)
-        })
-        .collect();
-    import(model, &tensors).unwrap()
+    let config = common::recipe(common::gpt_config(VOCAB, true), fast);
+    common::scaled_model(config, 21, 6.0)
 }
 
 fn ids<B: Backend>(tokens: &[u32], rows: usize) -> Tensor<B, 2, Int> {

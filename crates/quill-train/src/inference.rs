@@ -96,6 +96,86 @@ pub fn sample_texts<B: Backend>(
     Ok(texts)
 }
 
+/// The text of one generated sequence as an OpenAI-style completion returns it: whole
+/// characters, cut before the first occurrence of any stop string (which is not part
+/// of the text), and streamed without ever showing text that a stop string could
+/// still remove (a suffix that begins one is held back until it cannot).
+#[derive(Debug, Clone, Default)]
+pub struct StopText {
+    decoder: StreamDecoder,
+    text: String,
+    /// Bytes of `text` handed out so far.
+    shown: usize,
+    stops: Vec<String>,
+    stopped: bool,
+}
+
+impl StopText {
+    /// Text that ends at the first of `stops` (empty strings are ignored).
+    pub fn new(stops: &[String]) -> Self {
+        StopText {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds token `id`; returns the text that can be shown now (often empty: an
+    /// incomplete character, a possible start of a stop string, or a stop reached).
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, TrainError> {
+        if self.stopped {
+            return Ok(String::new());
+        }
+        let piece = self.decoder.push(tokenizer, id)?;
+        self.text.push_str(&piece);
+        Ok(self.release(false))
+    }
+
+    /// Ends the text (no more tokens): what was held back and is not a stop.
+    pub fn finish(&mut self) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        let rest = self.decoder.finish();
+        self.text.push_str(&rest);
+        self.release(true)
+    }
+
+    /// Whether a stop string was reached.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// The text so far (all of it once stopped or finished).
+    pub fn text(&self) -> &str {
+        &self.text[..self.shown]
+    }
+
+    /// Cuts at the first stop string, or holds back the longest suffix that begins
+    /// one (none when `at_end`); returns what becomes visible.
+    fn release(&mut self, at_end: bool) -> String {
+        let first_stop = self
+            .stops
+            .iter()
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min();
+        let visible = match first_stop {
+            Some(at) => {
+                self.stopped = true;
+                self.text.truncate(at);
+                at
+            }
+            None if at_end => self.text.len(),
+            None => (self.shown..self.text.len())
+                .filter(|&i| self.text.is_char_boundary(i))
+                .find(|&i| self.stops.iter().any(|s| s.starts_with(&self.text[i..])))
+                .unwrap_or(self.text.len()),
+        };
+        let out = self.text[self.shown..visible.max(self.shown)].to_string();
+        self.shown = visible.max(self.shown);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +225,40 @@ mod tests {
                 None => assert_eq!(cut, full),
             }
         }
+    }
+
+    #[test]
+    fn stop_text_cuts_before_the_stop_and_holds_back_what_may_begin_one() {
+        let tok: Tokenizer = quill_data::CharTokenizer::from_text("\nabc ")
+            .unwrap()
+            .into();
+        let id = |c: char| tok.encode(&c.to_string()).unwrap()[0];
+        let stops = ["ca".to_string(), "bb".to_string()];
+        let mut text = StopText::new(&stops);
+        let shown: Vec<String> = "abcbcab"
+            .chars()
+            .map(|c| text.push(&tok, id(c)).unwrap())
+            .collect();
+        // "c" and "b" wait until the next character rules "ca" / "bb" out; "ca" stops.
+        assert_eq!(shown, ["a", "", "b", "c", "b", "", ""]);
+        assert!(text.stopped());
+        assert_eq!(text.text(), "abcb");
+        assert_eq!(text.finish(), "");
+
+        let mut text = StopText::new(&stops);
+        let shown: String = "acab"
+            .chars()
+            .map(|c| text.push(&tok, id(c)).unwrap())
+            .collect();
+        assert_eq!((shown.as_str(), text.stopped()), ("a", true));
+
+        let mut text = StopText::new(&stops);
+        assert_eq!(
+            text.push(&tok, id('a')).unwrap() + &text.push(&tok, id('c')).unwrap(),
+            "a"
+        );
+        assert_eq!(text.finish(), "c", "at the end nothing is held back");
+        assert_eq!((text.text(), text.stopped()), ("ac", false));
     }
 
     #[test]

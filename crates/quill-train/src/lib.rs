@@ -59,7 +59,7 @@ pub use dist::{
 };
 pub use error::TrainError;
 pub use evaluate::{Losses, estimate_loss, evaluate};
-pub use inference::{SampleRequest, sample_texts};
+pub use inference::{SampleRequest, StopText, sample_texts};
 pub use interop::{hf, nanogpt};
 pub use optim::{GradBuffer, LossScaler, MuonAdamW, StepOptions, muon, param_lengths};
 #[cfg(feature = "plot")]

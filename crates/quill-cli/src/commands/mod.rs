@@ -8,6 +8,7 @@ mod hub;
 mod launch;
 mod parity;
 mod sample;
+mod serve;
 mod train;
 
 use anyhow::{Context, Result};
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Devices(args) => devices::run(args),
         Command::Parity(args) => parity::run(args),

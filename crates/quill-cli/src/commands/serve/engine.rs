@@ -1,0 +1,174 @@
+//! The decoding loop: takes requests from the queue into a [`Batcher`] as places free
+//! up, steps the whole batch, and sends each request its text as it is generated.
+//!
+//! It runs on its own thread, the model's; the HTTP side talks to it through the
+//! bounded queue (requests in) and one channel per request (events out). A request
+//! whose channel has closed — its client went away — leaves the batch before the next
+//! step.
+
+use anyhow::Result;
+use burn::tensor::backend::Backend;
+use quill_data::Tokenizer;
+use quill_model::{Batcher, GroupId, LanguageModel, SamplingOptions};
+use quill_train::StopText;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::api::Finish;
+
+/// One prompt of a request, with its `rows` completions (choices
+/// `first_choice..first_choice + rows`).
+#[derive(Debug)]
+pub struct Work {
+    pub prompt: Vec<u32>,
+    pub rows: usize,
+    pub first_choice: usize,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub options: SamplingOptions,
+    pub events: mpsc::UnboundedSender<Event>,
+    /// The request's place in the queue, given back when the batch takes it.
+    pub place: Option<OwnedSemaphorePermit>,
+}
+
+/// What the loop tells a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text of one choice.
+    Text { choice: usize, text: String },
+    /// A choice is complete, after `tokens` generated tokens.
+    Finished {
+        choice: usize,
+        finish: Finish,
+        tokens: usize,
+    },
+    /// The model failed; the request cannot complete.
+    Failed(String),
+}
+
+/// A request's prompt in the batch.
+struct Active {
+    id: GroupId,
+    work: Work,
+    texts: Vec<StopText>,
+    /// Tokens generated per row.
+    generated: usize,
+    done: Vec<bool>,
+}
+
+impl Active {
+    fn send(&self, event: Event) {
+        // A closed channel is a client gone; the next step drops the group.
+        let _ = self.work.events.send(event);
+    }
+
+    /// Takes one new token per row; returns whether every row is done.
+    fn take(&mut self, tokenizer: &Tokenizer, tokens: &[u32]) -> Result<bool> {
+        self.generated += 1;
+        for (row, &id) in tokens.iter().enumerate() {
+            if self.done[row] {
+                continue;
+            }
+            let choice = self.work.first_choice + row;
+            let mut text = self.texts[row].push(tokenizer, id)?;
+            let finish = if self.texts[row].stopped() {
+                Some(Finish::Stop)
+            } else if self.generated == self.work.max_tokens {
+                text.push_str(&self.texts[row].finish());
+                Some(Finish::Length)
+            } else {
+                None
+            };
+            if !text.is_empty() {
+                self.send(Event::Text { choice, text });
+            }
+            if let Some(finish) = finish {
+                self.done[row] = true;
+                let tokens = self.generated;
+                self.send(Event::Finished {
+                    choice,
+                    finish,
+                    tokens,
+                });
+            }
+        }
+        Ok(self.done.iter().all(|&d| d))
+    }
+}
+
+/// Serves the queue until it is closed and empty and the batch has finished: at most
+/// `max_rows` sequences decode together.
+pub fn run<B: Backend>(
+    model: &LanguageModel<B>,
+    tokenizer: &Tokenizer,
+    queue: &mut mpsc::UnboundedReceiver<Work>,
+    max_rows: usize,
+) -> Result<()> {
+    let mut batcher = Batcher::new(model);
+    let mut active: Vec<Active> = Vec::new();
+    let mut waiting: Option<Work> = None;
+    loop {
+        // Admit what fits, oldest first; wait for work only when there is none.
+        loop {
+            let work = match waiting.take() {
+                Some(work) => work,
+                None if batcher.is_empty() => match queue.blocking_recv() {
+                    Some(work) => work,
+                    None => return Ok(()),
+                },
+                None => match queue.try_recv() {
+                    Ok(work) => work,
+                    Err(_) => break,
+                },
+            };
+            if work.events.is_closed() {
+                continue;
+            }
+            if batcher.rows() + work.rows > max_rows {
+                waiting = Some(work);
+                break;
+            }
+            let mut work = work;
+            work.place = None;
+            let id = match batcher.add(&vec![work.prompt.clone(); work.rows], &work.options) {
+                Ok(id) => id,
+                Err(e) => {
+                    let _ = work.events.send(Event::Failed(e.to_string()));
+                    continue;
+                }
+            };
+            active.push(Active {
+                id,
+                texts: vec![StopText::new(&work.stop); work.rows],
+                generated: 0,
+                done: vec![false; work.rows],
+                work,
+            });
+        }
+        active.retain(|a| {
+            let gone = a.work.events.is_closed();
+            if gone {
+                batcher.remove(a.id);
+            }
+            !gone
+        });
+        if batcher.is_empty() {
+            continue;
+        }
+        let step = match batcher.step() {
+            Ok(step) => step,
+            Err(e) => {
+                for a in &active {
+                    a.send(Event::Failed(e.to_string()));
+                }
+                return Err(e.into());
+            }
+        };
+        for (a, (id, tokens)) in active.iter_mut().zip(step) {
+            debug_assert_eq!(a.id, id, "the batcher keeps the order groups joined in");
+            if a.take(tokenizer, &tokens)? {
+                batcher.remove(id);
+            }
+        }
+        active.retain(|a| !a.done.iter().all(|&d| d));
+    }
+}

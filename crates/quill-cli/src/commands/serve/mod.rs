@@ -1,0 +1,520 @@
+//! `quill serve`: a checkpoint behind an OpenAI-compatible completions API.
+//!
+//! - [`api`]: the requests, responses and errors of the API;
+//! - [`engine`]: the decoding loop, continuous batching over the model's KV caches;
+//! - this module: the HTTP server (axum on tokio), its routes, the API key, the
+//!   playground page, and shutdown (Ctrl-C or SIGTERM: stop accepting, finish what was
+//!   accepted, exit 0).
+//!
+//! The model runs on the command's own thread (the engine); the server on a tokio
+//! runtime of its own thread. Between them: a bounded queue of work, so that a full
+//! server answers 503 instead of growing.
+
+mod api;
+mod engine;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use burn::tensor::backend::AutodiffBackend;
+use quill_data::Tokenizer;
+use quill_model::WeightFormat;
+use quill_train::{Checkpoint, MemoryEstimate};
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::backend::{self, Job};
+use crate::cli::ServeArgs;
+use api::{ApiError, CompletionRequest, Finish, Limits};
+use engine::{Event, Work};
+
+/// Request bodies larger than this are refused (413).
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The playground, served at `/`: one page, no external resources.
+const PLAYGROUND: &str = include_str!("playground.html");
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    if args.max_batch == 0 || args.max_queue == 0 || args.max_tokens_limit == 0 {
+        bail!("--max-batch, --max-queue and --max-tokens-limit must be at least 1");
+    }
+    let api_key = match (&args.api_key, &args.api_key_file) {
+        (Some(key), _) => Some(key.clone()),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("--api-key-file {}", file.display()))?;
+            Some(text.lines().next().unwrap_or("").trim().to_string())
+        }
+        (None, None) => None,
+    };
+    if api_key.as_ref().is_some_and(|k| k.is_empty()) {
+        bail!("the API key is empty");
+    }
+    if !args.host.is_loopback() && api_key.is_none() {
+        bail!(
+            "--host {} accepts connections from other machines: give an --api-key (or --api-key-file) too",
+            args.host
+        );
+    }
+    let target = backend::prepare(args.target.one()?, args.target.dtype)?;
+    let checkpoint = Checkpoint::load(&args.checkpoint)?;
+    target.check_memory(&MemoryEstimate::sampling(
+        &checkpoint.config.model,
+        args.max_batch,
+        target.dtype_bytes(),
+    ))?;
+    target.check_weights(args.weights.weights)?;
+    // Bound before the model loads: a taken port is an error at once.
+    let address = SocketAddr::new(args.host, args.port);
+    let listener = std::net::TcpListener::bind(address)
+        .with_context(|| format!("could not listen on {address}"))?;
+    listener.set_nonblocking(true)?;
+    let model = args
+        .model_name
+        .clone()
+        .unwrap_or_else(|| args.checkpoint.display().to_string());
+    target.run(ServeJob {
+        checkpoint,
+        weights: args.weights.weights,
+        listener,
+        api_key,
+        limits: Limits {
+            model,
+            max_tokens: args.max_tokens_limit,
+            max_rows: args.max_batch,
+        },
+        max_queue: args.max_queue,
+    })
+}
+
+struct ServeJob {
+    checkpoint: Checkpoint,
+    weights: WeightFormat,
+    listener: std::net::TcpListener,
+    api_key: Option<String>,
+    limits: Limits,
+    max_queue: usize,
+}
+
+impl Job for ServeJob {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let model =
+            (self.checkpoint.model::<B::InnerBackend>(&device)?).with_weights(self.weights)?;
+        let tokenizer = Arc::new(self.checkpoint.tokenizer.clone());
+        let (queue, mut work) = mpsc::unbounded_channel();
+        let app = Arc::new(App {
+            tokenizer: tokenizer.clone(),
+            limits: self.limits.clone(),
+            api_key: self.api_key,
+            queue,
+            places: Arc::new(Semaphore::new(self.max_queue)),
+            block_size: model.block_size(),
+            created: now(),
+        });
+        let address = self.listener.local_addr()?;
+        let listener = self.listener;
+        let server = std::thread::Builder::new()
+            .name("http".into())
+            .spawn(move || serve(app, listener))?;
+        eprintln!(
+            "serving {} on http://{address} (playground: http://{address}/, API: http://{address}/v1)",
+            self.limits.model
+        );
+        engine::run(&model, &tokenizer, &mut work, self.limits.max_rows)?;
+        match server.join() {
+            Ok(result) => result,
+            Err(_) => bail!("the HTTP server stopped unexpectedly"),
+        }
+    }
+}
+
+/// What the handlers share.
+struct App {
+    tokenizer: Arc<Tokenizer>,
+    limits: Limits,
+    api_key: Option<String>,
+    /// Requests in, to the engine.
+    queue: mpsc::UnboundedSender<Work>,
+    /// Places in the queue: a request holds one per prompt until the engine takes it
+    /// into the batch; none left is a 503.
+    places: Arc<Semaphore>,
+    block_size: usize,
+    created: u64,
+}
+
+/// Runs the HTTP server until Ctrl-C or SIGTERM, then until every accepted request has
+/// been answered. Dropping `app` afterwards closes the queue, which ends the engine.
+fn serve(app: Arc<App>, listener: std::net::TcpListener) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let router = router(app);
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        eprintln!("quill serve: every request answered, stopping");
+        Ok(())
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    eprintln!("quill serve: shutting down: no new connections; finishing the requests in progress");
+}
+
+fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .layer(middleware::from_fn_with_state(app.clone(), authorize));
+    Router::new()
+        .route("/", get(playground))
+        .route(
+            "/health",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .merge(api)
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "unknown path: quill serve answers /v1/models, /v1/completions, /health and /",
+            )
+        })
+        .with_state(app)
+}
+
+/// With an API key, every request under /v1 must carry `Authorization: Bearer KEY`.
+async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &app.api_key {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|given| same_bytes(given.as_bytes(), key.as_bytes())) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "a valid API key is required: send 'Authorization: Bearer KEY'",
+            )
+            .code("invalid_api_key")
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Equality that takes as long wherever the first difference is.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn playground(State(app): State<Arc<App>>) -> Html<String> {
+    let escaped: String = app
+        .limits
+        .model
+        .chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_string(),
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&#39;".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    Html(
+        PLAYGROUND
+            .replace("{{MODEL}}", &escaped)
+            .replace("{{MAX_TOKENS}}", &app.limits.max_tokens.to_string())
+            .replace(
+                "{{KEY}}",
+                if app.api_key.is_some() {
+                    "required"
+                } else {
+                    "none"
+                },
+            ),
+    )
+}
+
+async fn models(State(app): State<Arc<App>>) -> axum::Json<Value> {
+    axum::Json(json!({
+        "object": "list",
+        "data": [{
+            "id": app.limits.model,
+            "object": "model",
+            "created": app.created,
+            "owned_by": "quill",
+            "context_length": app.block_size,
+        }],
+    }))
+}
+
+async fn chat_completions() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "quill serves base models, which have no chat format: use POST /v1/completions with a prompt",
+    )
+    .code("unknown_url")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn completions(State(app): State<Arc<App>>, body: Body) -> Response {
+    match start_completion(&app, body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// A request accepted into the queue: its events and what its response needs.
+struct Accepted {
+    request: CompletionRequest,
+    events: mpsc::UnboundedReceiver<Event>,
+    prompt_tokens: usize,
+    id: String,
+    created: u64,
+}
+
+async fn start_completion(app: &App, body: Body) -> Result<Response, ApiError> {
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        })?;
+    let request = api::completion_request(&bytes, &app.limits)?;
+    let prompts = request
+        .prompts
+        .iter()
+        .map(|p| app.tokenizer.encode(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))?;
+    let (sender, events) = mpsc::unbounded_channel();
+    let places = (0..prompts.len())
+        .map(|_| app.places.clone().try_acquire_owned())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the server is busy: its queue is full; retry shortly",
+            )
+            .code("server_overloaded")
+        })?;
+    let prompt_tokens = prompts.iter().map(Vec::len).sum();
+    for ((i, prompt), place) in prompts.into_iter().enumerate().zip(places) {
+        let work = Work {
+            prompt,
+            rows: request.n,
+            first_choice: i * request.n,
+            max_tokens: request.max_tokens,
+            stop: request.stop.clone(),
+            options: request.options.clone(),
+            events: sender.clone(),
+            place: Some(place),
+        };
+        if app.queue.send(work).is_err() {
+            return Err(failed("the model stopped".into()));
+        }
+    }
+    let created = now();
+    let accepted = Accepted {
+        id: format!(
+            "cmpl-{:016x}",
+            request.options.seed ^ u64::from(rand_suffix())
+        ),
+        request,
+        events,
+        prompt_tokens,
+        created,
+    };
+    Ok(match accepted.request.stream {
+        true => stream(accepted, app.limits.model.clone()).into_response(),
+        false => whole(accepted, &app.limits.model).await?.into_response(),
+    })
+}
+
+/// A little variety for response ids.
+fn rand_suffix() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}
+
+/// The prompt of choice `choice`, for `echo`.
+fn echo_of(request: &CompletionRequest, choice: usize) -> &str {
+    match request.echo {
+        true => &request.prompts[choice / request.n],
+        false => "",
+    }
+}
+
+/// The whole response, once every choice is complete.
+async fn whole(mut accepted: Accepted, model: &str) -> Result<axum::Json<Value>, ApiError> {
+    let request = &accepted.request;
+    let choices = request.prompts.len() * request.n;
+    let mut texts: Vec<String> = (0..choices)
+        .map(|c| echo_of(request, c).to_string())
+        .collect();
+    let mut finishes: Vec<Option<Finish>> = vec![None; choices];
+    let mut completion_tokens = 0;
+    while finishes.iter().any(Option::is_none) {
+        match accepted.events.recv().await {
+            Some(Event::Text { choice, text }) => texts[choice].push_str(&text),
+            Some(Event::Finished {
+                choice,
+                finish,
+                tokens,
+            }) => {
+                finishes[choice] = Some(finish);
+                completion_tokens += tokens;
+            }
+            Some(Event::Failed(message)) => return Err(failed(message)),
+            None => return Err(failed("the model stopped".into())),
+        }
+    }
+    let choices = texts
+        .iter()
+        .zip(finishes)
+        .enumerate()
+        .map(|(i, (text, finish))| api::choice(i, text, finish))
+        .collect();
+    Ok(axum::Json(api::completion(
+        &accepted.id,
+        accepted.created,
+        model,
+        choices,
+        Some(api::usage(accepted.prompt_tokens, completion_tokens)),
+    )))
+}
+
+fn failed(message: String) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+}
+
+/// Server-sent events: a chunk per piece of text, one with each choice's
+/// `finish_reason`, the usage if asked for, then `data: [DONE]`.
+fn stream(
+    accepted: Accepted,
+    model: String,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+    let choices = accepted.request.prompts.len() * accepted.request.n;
+    // Echoed prompts go first.
+    let echoes: Vec<Event> = (0..choices)
+        .filter(|_| accepted.request.echo)
+        .map(|choice| Event::Text {
+            choice,
+            text: echo_of(&accepted.request, choice).to_string(),
+        })
+        .collect();
+    struct Progress {
+        accepted: Accepted,
+        model: String,
+        pending: std::collections::VecDeque<Event>,
+        open: usize,
+        completion_tokens: usize,
+        ended: bool,
+    }
+    let progress = Progress {
+        accepted,
+        model,
+        pending: echoes.into(),
+        open: choices,
+        completion_tokens: 0,
+        ended: false,
+    };
+    let chunk = |p: &Progress, choices: Vec<Value>, usage: Option<Value>| {
+        let object = api::completion(&p.accepted.id, p.accepted.created, &p.model, choices, usage);
+        SseEvent::default().data(object.to_string())
+    };
+    let events = futures_util::stream::unfold(progress, move |mut p| async move {
+        if p.ended {
+            return None;
+        }
+        let event = match p.pending.pop_front() {
+            Some(event) => Some(event),
+            None if p.open == 0 => None,
+            None => p.accepted.events.recv().await,
+        };
+        let out = match event {
+            Some(Event::Text { choice, text }) => {
+                chunk(&p, vec![api::choice(choice, &text, None)], None)
+            }
+            Some(Event::Finished {
+                choice,
+                finish,
+                tokens,
+            }) => {
+                p.open -= 1;
+                p.completion_tokens += tokens;
+                chunk(&p, vec![api::choice(choice, "", Some(finish))], None)
+            }
+            Some(Event::Failed(message)) => {
+                p.ended = true;
+                SseEvent::default().data(failed(message).body().to_string())
+            }
+            None if p.open > 0 => {
+                p.ended = true;
+                SseEvent::default().data(failed("the model stopped".into()).body().to_string())
+            }
+            None => {
+                p.ended = true;
+                // The usage chunk (asked for), then the end marker.
+                if p.accepted.request.stream_usage {
+                    let usage = api::usage(p.accepted.prompt_tokens, p.completion_tokens);
+                    let usage_chunk = chunk(&p, Vec::new(), Some(usage));
+                    p.pending.clear();
+                    p.ended = false;
+                    p.accepted.request.stream_usage = false;
+                    return Some((Ok(usage_chunk), p));
+                }
+                SseEvent::default().data("[DONE]")
+            }
+        };
+        Some((Ok(out), p))
+    });
+    Sse::new(events)
+}
