@@ -291,7 +291,7 @@ fn row(v: &Value, ratio: &str, sampled: bool) -> String {
 }
 
 /// CPU model, cores, memory, OS and commit, from /proc and git.
-fn machine() -> Result<String> {
+pub(crate) fn machine() -> Result<String> {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
     let field = |text: &str, key: &str| {
         text.lines()

@@ -16,10 +16,13 @@
 //!   with real processes over localhost (see [`parallel_bench`]).
 //! - `cargo xtask bench-to-loss [--target LOSS] [--seeds N] [--only NAME,...]`: time to
 //!   a validation loss, option by option, beside PyTorch (see [`to_loss_bench`]).
+//! - `cargo xtask bench-serve [--tokens N] [--gpt2-tokens N]`: `quill serve` under 1, 4
+//!   and 16 concurrent streaming clients (see [`serve_bench`]).
 
 mod bench;
 mod gpt2_bench;
 mod parallel_bench;
+mod serve_bench;
 mod to_loss_bench;
 mod tokenizer_bench;
 
@@ -48,8 +51,9 @@ fn main() -> Result<()> {
         ["bench-gpt2", rest @ ..] => gpt2_bench::run(rest),
         ["bench-parallel", rest @ ..] => parallel_bench::run(rest),
         ["bench-to-loss", rest @ ..] => to_loss_bench::run(rest),
+        ["bench-serve", rest @ ..] => serve_bench::run(rest),
         _ => bail!(
-            "usage: cargo xtask data [--from FILE] | cargo xtask ci | cargo xtask bench [--iters N] [--quick] | cargo xtask bench-tokenizer [--mb N] [--bpe VOCAB] [--train] | cargo xtask bench-gpt2 [--tokens N] [--pairs P] | cargo xtask bench-parallel [--pairs P] [--iters N] | cargo xtask bench-to-loss [--target LOSS] [--seeds N] [--only NAME,...]"
+            "usage: cargo xtask data [--from FILE] | cargo xtask ci | cargo xtask bench [--iters N] [--quick] | cargo xtask bench-tokenizer [--mb N] [--bpe VOCAB] [--train] | cargo xtask bench-gpt2 [--tokens N] [--pairs P] | cargo xtask bench-parallel [--pairs P] [--iters N] | cargo xtask bench-to-loss [--target LOSS] [--seeds N] [--only NAME,...] | cargo xtask bench-serve [--tokens N] [--gpt2-tokens N]"
         ),
     }
 }

@@ -833,8 +833,11 @@ fn columns_of_w(out: &mut [f32], x: View, w: View, cols: Range<usize>) {
     }
 }
 
-/// Up to this many rows, [`few_rows`] multiplies instead of `gemm`.
-pub(super) const FEW_ROWS: usize = 8;
+/// Up to this many rows, [`few_rows`] multiplies instead of `gemm`: sampling's rows,
+/// one per sequence, and a step of continuous batching (`quill serve --max-batch`'s
+/// default is 16). 16 rows through `few_rows` served GPT-2 124M's shapes at 99 tokens/s
+/// where two passes of 8 gave 84 (BENCHMARKS.md).
+pub(super) const FEW_ROWS: usize = 16;
 
 /// `y += x·W` for the few rows of `x` that sampling feeds (one per sequence), reading
 /// `W` once, straight from memory. Such a product is bound by reading the weight:

@@ -42,7 +42,8 @@ mod flex;
 /// ```
 pub mod decode {
     pub use crate::cpu::decode::{
-        KvBuffer, Orientation, Packed, cached_attention, product, read_bandwidth, rows,
+        KvBuffer, Orientation, Packed, cached_attention, cached_attention_groups, product,
+        read_bandwidth, rows,
     };
 }
 
@@ -322,6 +323,36 @@ pub fn attention_with_cache<B: Backend>(
             Ok(flex::output::<B, Flex, 3>(flex::tensor(
                 y,
                 [b, t, c].into(),
+            )))
+        }
+        Route::Tracked(qkv) => Err(flex::output::<B, Tracked, 3>(qkv)),
+        Route::Other(qkv) => Err(qkv),
+    }
+}
+
+/// [`attention_with_cache`] of one new position for several groups of sequences, each
+/// with its own cache (a step of continuous batching): `qkv` `[N, 1, 3C]` holds the
+/// groups' rows one after another, `caches` each group's row count and cache. `[N, 1,
+/// C]`, each row what [`attention_with_cache`] gives its group alone, in one parallel
+/// pass over every head of every row.
+pub fn attention_with_caches<B: Backend>(
+    qkv: Tensor<B, 3>,
+    n_head: usize,
+    caches: &mut [(usize, &mut decode::KvBuffer)],
+) -> Fused<Tensor<B, 3>> {
+    let [n, t, width] = qkv.dims();
+    assert!(
+        t == 1 && n_head > 0 && width.is_multiple_of(3) && (width / 3).is_multiple_of(n_head),
+        "attention_with_caches: {width} columns are not q, k and v of {n_head} equal heads of one position"
+    );
+    match flex::route(qkv) {
+        Route::Plain(qkv) => {
+            let c = width / 3;
+            let mut y = vec![0f32; n * c];
+            decode::cached_attention_groups(&flex::values(&qkv), c, n_head, caches, &mut y);
+            Ok(flex::output::<B, Flex, 3>(flex::tensor(
+                y,
+                [n, 1, c].into(),
             )))
         }
         Route::Tracked(qkv) => Err(flex::output::<B, Tracked, 3>(qkv)),

@@ -64,31 +64,27 @@ impl<B: Backend> CausalSelfAttention<B> {
     /// [`CausalSelfAttention::forward`] of one new position for several groups of
     /// sequences at once: `x` `[N, 1, C]` holds the groups' rows one after another,
     /// `groups` each group's row count and cache (whose positions may differ from one
-    /// group to the next). The projections run on all `N` rows together; attention runs
-    /// per group, against that group's cache.
+    /// group to the next). The projections run on all `N` rows together; attention
+    /// reads each group's own cache ([`crate::ops::grouped_attention`]).
     pub fn forward_groups(
         &self,
         x: Tensor<B, 3>,
         groups: &mut [(usize, &mut LayerKv<B>)],
     ) -> Tensor<B, 3> {
         let qkv = self.c_attn.forward(x); // [N, 1, 3C]
-        let mut offset = 0;
-        let ys: Vec<Tensor<B, 3>> = groups
-            .iter_mut()
-            .map(|(rows, layer)| {
-                let qkv = qkv.clone().narrow(0, offset, *rows); // [rows, 1, 3C]
-                offset += *rows;
-                let qkv = match self.position {
-                    Position::Learned => qkv,
-                    Position::Rotary => crate::ops::rotary(qkv, self.n_head, layer.len()),
-                };
-                causal_attention(qkv, self.n_head, &self.attn_dropout, Some(&mut **layer))
-            })
-            .collect();
-        let y = match ys.len() {
-            1 => ys.into_iter().next().expect("one group"),
-            _ => Tensor::cat(ys, 0),
-        }; // [N, 1, C]
+        let qkv = match self.position {
+            Position::Learned => qkv,
+            Position::Rotary => {
+                let mut offset = 0;
+                let parts = groups.iter().map(|(rows, layer)| {
+                    let part = qkv.clone().narrow(0, offset, *rows); // [rows, 1, 3C]
+                    offset += *rows;
+                    crate::ops::rotary(part, self.n_head, layer.len())
+                });
+                Tensor::cat(parts.collect(), 0)
+            }
+        };
+        let y = crate::ops::grouped_attention(qkv, self.n_head, &self.attn_dropout, groups); // [N, 1, C]
         self.resid_dropout.forward(self.c_proj.forward(y))
     }
 }

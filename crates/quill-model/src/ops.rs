@@ -266,6 +266,44 @@ pub fn causal_attention<B: Backend>(
     }
 }
 
+/// [`causal_attention`] of one new position for groups of sequences, each with its
+/// own cache: `qkv` `[N, 1, 3C]` holds the groups' rows one after another. On the fused
+/// kernels one pass serves every group (each row's values are those of its group
+/// alone); elsewhere each group runs [`causal_attention`] on its rows.
+pub fn grouped_attention<B: Backend>(
+    qkv: Tensor<B, 3>,
+    n_head: usize,
+    dropout: &Dropout,
+    groups: &mut [(usize, &mut LayerKv<B>)],
+) -> Tensor<B, 3> {
+    #[cfg(feature = "fused-cpu")]
+    let qkv = {
+        let dropout_off = dropout.prob == 0.0 || !B::ad_enabled(&qkv.device());
+        if dropout_off && groups.iter().all(|(_, layer)| !layer.holds_tensors()) {
+            let mut buffers: Vec<(usize, &mut quill_kernels::decode::KvBuffer)> = groups
+                .iter_mut()
+                .map(|(rows, layer)| (*rows, &mut layer.buffer))
+                .collect();
+            match quill_kernels::attention_with_caches(qkv, n_head, &mut buffers) {
+                Ok(y) => return y,
+                Err(qkv) => qkv,
+            }
+        } else {
+            qkv
+        }
+    };
+    let mut offset = 0;
+    let ys: Vec<Tensor<B, 3>> = groups
+        .iter_mut()
+        .map(|(rows, layer)| {
+            let part = qkv.clone().narrow(0, offset, *rows); // [rows, 1, 3C]
+            offset += *rows;
+            causal_attention(part, n_head, dropout, Some(&mut **layer))
+        })
+        .collect();
+    Tensor::cat(ys, 0) // [N, 1, C]
+}
+
 /// [`causal_attention`] in Burn's operations: softmax of masked `q·kᵀ/√hs`, times `v`.
 pub fn causal_attention_slow<B: Backend>(
     qkv: Tensor<B, 3>,

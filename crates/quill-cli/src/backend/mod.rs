@@ -316,6 +316,20 @@ impl Job for Probe {
     }
 }
 
+/// Runs `work` on a worker thread of a rayon pool as large as the global one. Token by
+/// token decoding calls the CPU kernels' parallel loops dozens of times a token; from a
+/// thread outside the pool each call hands its work over and sleeps until the pool is
+/// done, and the hand-offs cost more than a small model's arithmetic. From a worker,
+/// the calling thread takes its share. The loops split their work by the pool's size,
+/// the same as the global pool's, so the results are the same, bit for bit.
+pub fn on_pool_worker<R: Send>(work: impl FnOnce() -> R + Send) -> Result<R> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(|i| format!("decode-{i}"))
+        .build()?;
+    Ok(pool.install(work))
+}
+
 impl Prepared {
     /// Runs `job` on this backend and device; a panic inside it is an error.
     pub fn run<J: Job>(&self, job: J) -> Result<J::Output> {

@@ -62,30 +62,28 @@ impl Job for SampleJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let model =
             (self.checkpoint.model::<B::InnerBackend>(&device)?).with_weights(self.weights)?;
-        let mut stdout = std::io::stdout().lock();
-        let streaming = self.request.num_samples == 1;
-        if streaming {
-            write!(stdout, "{}", self.request.prompt)?;
-            stdout.flush()?;
-        }
-        let texts = sample_texts(
-            &model,
-            &self.checkpoint.tokenizer,
-            &self.request,
-            |_, piece| {
+        let (checkpoint, request) = (&self.checkpoint, &self.request);
+        crate::backend::on_pool_worker(|| -> Result<()> {
+            let mut stdout = std::io::stdout().lock();
+            let streaming = request.num_samples == 1;
+            if streaming {
+                write!(stdout, "{}", request.prompt)?;
+                stdout.flush()?;
+            }
+            let texts = sample_texts(&model, &checkpoint.tokenizer, request, |_, piece| {
                 if streaming {
                     // A closed stdout (e.g. `| head`) just ends the stream.
                     let _ = write!(stdout, "{piece}").and_then(|_| stdout.flush());
                 }
-            },
-        )?;
-        if streaming {
-            writeln!(stdout)?;
-        } else {
-            for text in texts {
-                writeln!(stdout, "{}{text}\n---------------", self.request.prompt)?;
+            })?;
+            if streaming {
+                writeln!(stdout)?;
+            } else {
+                for text in texts {
+                    writeln!(stdout, "{}{text}\n---------------", request.prompt)?;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })?
     }
 }

@@ -514,38 +514,20 @@ pub fn cached_attention(
         }
     }
     let hs = c / n_head;
-    let scale = 1.0 / (hs as f32).sqrt();
     let (k, v) = (&cache.k, &cache.v);
     let heads: Vec<Vec<f32>> = (0..batch * n_head)
         .into_par_iter()
         .map(|bh| {
             let (b, h) = (bh / n_head, bh % n_head);
-            let mut out = vec![0f32; t * hs];
-            let mut scores = vec![0f32; past + t];
-            simd(
-                #[inline(always)]
-                || {
-                    for tau in 0..t {
-                        let q = &qkv[(b * t + tau) * 3 * c + h * hs..][..hs];
-                        let seen = past + tau + 1;
-                        let at = |p: usize| (p * batch + b) * c + h * hs;
-                        for (p, s) in scores[..seen].iter_mut().enumerate() {
-                            *s = super::dot(q, &k[at(p)..at(p) + hs]) * scale;
-                        }
-                        let max = super::max(&scores[..seen]);
-                        let mut total = 0f32;
-                        for s in &mut scores[..seen] {
-                            *s = super::exp(*s - max);
-                            total += *s;
-                        }
-                        let out = &mut out[tau * hs..(tau + 1) * hs];
-                        for (p, &s) in scores[..seen].iter().enumerate() {
-                            axpy(out, s / total, &v[at(p)..at(p) + hs]);
-                        }
-                    }
-                },
-            );
-            out
+            let rows = Rows {
+                qkv,
+                k,
+                v,
+                batch,
+                c,
+                past,
+            };
+            one_head(&rows, b, h, t, hs)
         })
         .collect();
     for (bh, out) in heads.iter().enumerate() {
@@ -554,6 +536,123 @@ pub fn cached_attention(
             y[(b * t + tau) * c + h * hs..][..hs].copy_from_slice(&out[tau * hs..][..hs]);
         }
     }
+}
+
+/// [`cached_attention`] of one new position for several groups of sequences, each
+/// with its own cache (continuous batching's step): `qkv` `[N, 3c]` holds the groups'
+/// rows one after another, `groups` each group's row count and cache; `y` is `[N, c]`.
+/// Every head of every row runs in one parallel loop, and computes what
+/// [`cached_attention`] computes for its group alone, bit for bit.
+///
+/// # Panics
+/// If the shapes disagree, or a cache holds another batch size or width.
+pub fn cached_attention_groups(
+    qkv: &[f32],
+    c: usize,
+    n_head: usize,
+    groups: &mut [(usize, &mut KvBuffer)],
+    y: &mut [f32],
+) {
+    assert!(n_head > 0 && c.is_multiple_of(n_head) && y.len() * 3 == qkv.len());
+    let n: usize = groups.iter().map(|(rows, _)| rows).sum();
+    assert_eq!(n * 3 * c, qkv.len(), "the groups' rows are not qkv's rows");
+    let mut first = 0;
+    for (batch, cache) in groups.iter_mut() {
+        if cache.is_empty() {
+            (cache.batch, cache.c) = (*batch, c);
+        }
+        assert_eq!(
+            (cache.batch, cache.c),
+            (*batch, c),
+            "the cache holds other sequences"
+        );
+        for row in qkv[first * 3 * c..(first + *batch) * 3 * c].chunks(3 * c) {
+            cache.k.extend_from_slice(&row[c..2 * c]);
+            cache.v.extend_from_slice(&row[2 * c..]);
+        }
+        first += *batch;
+    }
+    let hs = c / n_head;
+    // Each row's group: its rows (with the group's first row of qkv) and cache.
+    let mut views = Vec::with_capacity(groups.len());
+    let mut first = 0;
+    for (batch, cache) in groups.iter() {
+        let rows = Rows {
+            qkv: &qkv[first * 3 * c..(first + batch) * 3 * c],
+            k: &cache.k,
+            v: &cache.v,
+            batch: *batch,
+            c,
+            past: cache.len() - 1,
+        };
+        views.extend((0..*batch).map(|b| (first + b, b, rows)));
+        first += batch;
+    }
+    let heads: Vec<Vec<f32>> = (0..n * n_head)
+        .into_par_iter()
+        .map(|rh| {
+            let (row, h) = (rh / n_head, rh % n_head);
+            let (_, b, rows) = &views[row];
+            one_head(rows, *b, h, 1, hs)
+        })
+        .collect();
+    for (rh, out) in heads.iter().enumerate() {
+        let (row, h) = (rh / n_head, rh % n_head);
+        y[row * c + h * hs..][..hs].copy_from_slice(out);
+    }
+}
+
+/// What one head of a batch of sequences attends over: the new rows' `qkv` `[batch,
+/// t, 3c]`, and the cache's keys and values (`past` positions before the new ones,
+/// which are already appended).
+#[derive(Debug, Clone, Copy)]
+struct Rows<'a> {
+    qkv: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    batch: usize,
+    c: usize,
+    past: usize,
+}
+
+/// Head `h` of sequence `b`: for each of its `t` new positions, the scores of its query
+/// against every key up to its own position, softmaxed, times the values: `[t, hs]`.
+fn one_head(rows: &Rows, b: usize, h: usize, t: usize, hs: usize) -> Vec<f32> {
+    let Rows {
+        qkv,
+        k,
+        v,
+        batch,
+        c,
+        past,
+    } = *rows;
+    let scale = 1.0 / (hs as f32).sqrt();
+    let mut out = vec![0f32; t * hs];
+    let mut scores = vec![0f32; past + t];
+    simd(
+        #[inline(always)]
+        || {
+            for tau in 0..t {
+                let q = &qkv[(b * t + tau) * 3 * c + h * hs..][..hs];
+                let seen = past + tau + 1;
+                let at = |p: usize| (p * batch + b) * c + h * hs;
+                for (p, s) in scores[..seen].iter_mut().enumerate() {
+                    *s = super::dot(q, &k[at(p)..at(p) + hs]) * scale;
+                }
+                let max = super::max(&scores[..seen]);
+                let mut total = 0f32;
+                for s in &mut scores[..seen] {
+                    *s = super::exp(*s - max);
+                    total += *s;
+                }
+                let out = &mut out[tau * hs..(tau + 1) * hs];
+                for (p, &s) in scores[..seen].iter().enumerate() {
+                    axpy(out, s / total, &v[at(p)..at(p) + hs]);
+                }
+            }
+        },
+    );
+    out
 }
 
 #[cfg(test)]
@@ -768,5 +867,56 @@ mod tests {
         assert_eq!((grown.len(), whole.len()), (t, t));
         // The first position attends to itself alone: its values.
         assert_eq!(y_whole[..c], qkv[2 * c..3 * c]);
+    }
+
+    /// One pass over several groups' caches, at different positions, gives each row
+    /// what its group's own [`cached_attention`] gives, bit for bit, and grows each
+    /// cache by one position.
+    #[test]
+    fn grouped_attention_equals_each_group_alone() {
+        let (c, n_head) = (12, 3);
+        // (rows, positions cached before the step)
+        let groups = [(2, 4), (1, 1), (3, 6)];
+        let mut together: Vec<KvBuffer> = Vec::new();
+        let mut alone: Vec<KvBuffer> = Vec::new();
+        for (g, &(rows, past)) in groups.iter().enumerate() {
+            let prompt = values(rows * past * 3 * c, 10 + g as u64);
+            for caches in [&mut together, &mut alone] {
+                let mut cache = KvBuffer::default();
+                cached_attention(
+                    &prompt,
+                    rows,
+                    c,
+                    n_head,
+                    &mut cache,
+                    &mut vec![0f32; rows * past * c],
+                );
+                caches.push(cache);
+            }
+        }
+        let n: usize = groups.iter().map(|&(rows, _)| rows).sum();
+        let step = values(n * 3 * c, 99);
+        let mut y = vec![0f32; n * c];
+        let mut args: Vec<(usize, &mut KvBuffer)> = groups
+            .iter()
+            .map(|&(rows, _)| rows)
+            .zip(together.iter_mut())
+            .collect();
+        cached_attention_groups(&step, c, n_head, &mut args, &mut y);
+        let mut first = 0;
+        for (&(rows, past), cache) in groups.iter().zip(alone.iter_mut()) {
+            let mut expected = vec![0f32; rows * c];
+            let part = &step[first * 3 * c..(first + rows) * 3 * c];
+            cached_attention(part, rows, c, n_head, cache, &mut expected);
+            assert_eq!(y[first * c..(first + rows) * c], expected[..]);
+            assert_eq!(cache.len(), past + 1);
+            first += rows;
+        }
+        assert!(
+            together
+                .iter()
+                .zip(&alone)
+                .all(|(a, b)| a.k == b.k && a.v == b.v)
+        );
     }
 }

@@ -132,7 +132,9 @@ impl Job for ServeJob {
             "serving {} on http://{address} (playground: http://{address}/, API: http://{address}/v1)",
             self.limits.model
         );
-        engine::run(&model, &tokenizer, &mut work, self.limits.max_rows)?;
+        backend::on_pool_worker(|| {
+            engine::run(&model, &tokenizer, &mut work, self.limits.max_rows)
+        })??;
         match server.join() {
             Ok(result) => result,
             Err(_) => bail!("the HTTP server stopped unexpectedly"),
