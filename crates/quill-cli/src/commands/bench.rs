@@ -318,8 +318,11 @@ impl Job for SampleJob {
             (self.checkpoint.model::<B::InnerBackend>(&device)?).with_weights(self.weights)?;
         drop(self.checkpoint);
         let load_s = self.start.elapsed().as_secs_f64();
-        time_generation(&model, 8, self.seed, true)?;
-        let (_, seconds) = time_generation(&model, self.tokens, self.seed, true)?;
+        // Timed as quill sample runs it: on a pool worker.
+        let (_, seconds) = backend::on_pool_worker(|| {
+            time_generation(&model, 8, self.seed, true)?;
+            time_generation(&model, self.tokens, self.seed, true)
+        })??;
         let name = <B as Backend>::name(&device);
         Ok((
             name,
@@ -353,7 +356,10 @@ impl Job for BenchJob<'_> {
             let model_config = self.config.model_for(self.dataset.tokenizer.vocab_size());
             let seed = self.config.train.seed;
             let model = model_config.init::<B::InnerBackend>(seed, &device)?;
-            Some(bench_sampling(&model, args.sample_tokens, seed)?)
+            // Timed as quill sample runs it: on a pool worker.
+            let sampled =
+                backend::on_pool_worker(|| bench_sampling(&model, args.sample_tokens, seed))?;
+            Some(sampled?)
         } else {
             None
         };
