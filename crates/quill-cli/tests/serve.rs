@@ -583,17 +583,13 @@ fn a_full_queue_answers_503() {
 
 #[test]
 fn shutdown_finishes_the_requests_in_progress() {
-    let mut server = Server::start(&[]);
-    let mut stream = server.complete(json!({"prompt": "Speak", "max_tokens": 400, "stream": true, "seed": 4, "temperature": 0.7}));
+    let mut server = Server::start(&["--max-tokens-limit", "20000"]);
+    let request = json!({"prompt": "Speak", "max_tokens": 20000, "stream": true, "seed": 4});
+    let mut stream = server.complete(request);
     assert!(stream.piece().is_some());
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let pid = server.child.id() as libc::pid_t;
+    // SAFETY: signals the server process this test started and still holds.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let mut rest = Vec::new();
     while let Some(piece) = stream.piece() {
         rest.extend(piece);
@@ -603,6 +599,9 @@ fn shutdown_finishes_the_requests_in_progress() {
         rest.contains("\"finish_reason\":\"length\"") && rest.ends_with("data: [DONE]\n\n"),
         "{rest}"
     );
+    // Still streaming when the signal came: most of its text came after.
+    let pieces = rest.matches("\"finish_reason\":null").count();
+    assert!(pieces > 10_000, "{pieces} pieces after the signal");
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(TcpStream::connect(("127.0.0.1", server.port)).is_err());
