@@ -339,6 +339,11 @@ pub struct TrainArgs {
     /// and stop without training or writing anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Write no TensorBoard event file in the run directory (by default one records
+    /// the configuration, every step's loss, learning rate, gradient norm and speed,
+    /// and each evaluation's losses and sample).
+    #[arg(long)]
+    pub no_tensorboard: bool,
     #[command(flatten)]
     pub target: DeviceArgs,
     #[command(flatten)]

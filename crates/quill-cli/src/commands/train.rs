@@ -172,6 +172,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (true, Some(dir)) => Some(dir),
         (true, None) => Some(RunDir::open(&out)?),
     };
+    let run_dir = match args.no_tensorboard {
+        true => run_dir.map(RunDir::without_tensorboard),
+        false => run_dir,
+    };
     for note in run_dir.iter().flat_map(RunDir::recovered) {
         eprintln!("{}: {note}", out.display());
     }

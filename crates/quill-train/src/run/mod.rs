@@ -8,6 +8,7 @@ pub mod metrics;
 #[cfg(feature = "plot")]
 pub mod plot;
 pub mod run_dir;
+pub mod tensorboard;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -229,6 +230,9 @@ pub fn train<AB: AutodiffBackend>(
                 out.record_eval(&record, &plot_title(out, &settings, iter))?;
             }
             let sample = sample_now(&model, dataset, &settings, iter)?;
+            if let (Some(out), Some(text)) = (out.as_mut(), &sample) {
+                out.record_sample(iter, text)?;
+            }
             observer.on_eval(&record, sample.as_deref());
             let improved = state
                 .best_val_loss
@@ -322,6 +326,8 @@ fn start<AB: AutodiffBackend>(
     }
     if let Some(out) = run.out.as_mut() {
         out.start_fresh()?;
+        let text = toml::to_string(settings).map_err(|e| TrainError::Config(e.to_string()))?;
+        out.record_config(&text)?;
     }
     let model = match &run.init_from {
         Some(init) => {

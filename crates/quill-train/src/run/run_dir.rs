@@ -7,6 +7,7 @@
 //! | `metrics.jsonl` | one [`EvalRecord`] per evaluation, appended |
 //! | `steps.jsonl` | one [`StepReport`] per optimizer step, buffered, flushed at each evaluation |
 //! | `loss.svg`, `loss.png` | redrawn from the records at each evaluation ([`crate::run::plot`]) |
+//! | `events.out.tfevents.*.quill` | TensorBoard's event file ([`crate::run::tensorboard`]): the configuration at step 0, each step's `train/*` scalars, each evaluation's `eval/*` losses and sample; buffered like `steps.jsonl` (off with [`RunDir::without_tensorboard`]) |
 //! | `.lock` | held (an OS file lock) while a trainer uses the directory |
 //! | `.quill-run.json` | the [`RUN`] marker: this directory is quill's |
 //!
@@ -27,6 +28,7 @@ use crate::run::checkpoint::{CHECKPOINT, Checkpoint, best_dir, last_dir};
 use crate::run::metrics::{self, EvalRecord};
 #[cfg(feature = "plot")]
 use crate::run::plot::LossPlot;
+use crate::run::tensorboard::{self, EventFile};
 use crate::{StepReport, TrainError};
 
 /// An open run directory, locked for one trainer.
@@ -41,6 +43,10 @@ pub struct RunDir {
     /// This run's records so far (for the picture).
     evals: Vec<EvalRecord>,
     steps: Vec<StepReport>,
+    /// TensorBoard's event file, once the run has started; never with `tensorboard`
+    /// off.
+    events: Option<EventFile>,
+    tensorboard: bool,
 }
 
 /// The lock file's name.
@@ -113,7 +119,16 @@ impl RunDir {
             recovered,
             evals: Vec::new(),
             steps: Vec::new(),
+            events: None,
+            tensorboard: true,
         })
+    }
+
+    /// Writes no TensorBoard event file (`quill train --no-tensorboard`); one an
+    /// earlier run left is left as it is.
+    pub fn without_tensorboard(mut self) -> Self {
+        self.tensorboard = false;
+        self
     }
 
     /// The directory.
@@ -152,6 +167,11 @@ impl RunDir {
         self.steps_file = None;
         self.evals.clear();
         self.steps.clear();
+        self.events = None;
+        if self.tensorboard {
+            tensorboard::remove_event_files(&self.path)?;
+            self.events = Some(EventFile::create(&self.path)?);
+        }
         for path in [self.metrics_path(), self.steps_path()] {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -183,6 +203,17 @@ impl RunDir {
             .collect();
         metrics::rewrite(&self.metrics_path(), &evals)?;
         metrics::rewrite(&self.steps_path(), &steps)?;
+        // The event file keeps the same: the configuration, the steps up to `iter`,
+        // and the evaluations kept above.
+        self.events = None;
+        if self.tensorboard {
+            let iter = iter as u64;
+            let kept = tensorboard::keep_events(&self.path, |step, tags| {
+                let evaluation = tags.iter().any(|t| t.starts_with("eval/"));
+                step < iter || (step == iter && !(evaluation && evaluates_again))
+            })?;
+            self.events = Some(kept);
+        }
         (self.evals, self.steps) = (evals, steps);
         Ok((&self.evals, &self.steps))
     }
@@ -203,12 +234,49 @@ impl RunDir {
                 self.steps_file.insert(BufWriter::new(file))
             }
         };
-        writeln!(writer, "{}", metrics::to_json_line(step)).map_err(|e| TrainError::io(&path, e))
+        writeln!(writer, "{}", metrics::to_json_line(step))
+            .map_err(|e| TrainError::io(&path, e))?;
+        if let Some(events) = &mut self.events {
+            let mut values = vec![
+                ("train/loss", f64::from(step.loss)),
+                ("train/lr", step.lr),
+                ("train/grad_norm", step.grad_norm),
+                ("train/tokens_per_s", step.tokens_per_s),
+            ];
+            if let Some(scale) = step.loss_scale {
+                values.push(("train/loss_scale", scale));
+            }
+            events.scalars(step.iter, &values)?;
+        }
+        Ok(())
     }
 
-    /// Writes the buffered step records to `steps.jsonl`.
+    /// The run's effective configuration, as text at step 0 of the event file (a
+    /// fresh run's start).
+    pub fn record_config(&mut self, text: &str) -> Result<(), TrainError> {
+        match &mut self.events {
+            Some(events) => events.text(0, "config", &format!("```\n{text}\n```")),
+            None => Ok(()),
+        }
+    }
+
+    /// The text sampled at the evaluation of step `iter`, in the event file.
+    pub fn record_sample(&mut self, iter: usize, text: &str) -> Result<(), TrainError> {
+        match &mut self.events {
+            Some(events) => {
+                events.text(iter, "eval/sample", &format!("```\n{text}\n```"))?;
+                events.flush()
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the buffered step records to `steps.jsonl` and the event file.
     pub fn flush(&mut self) -> Result<(), TrainError> {
         let path = self.steps_path();
+        if let Some(events) = &mut self.events {
+            events.flush()?;
+        }
         match &mut self.steps_file {
             Some(writer) => writer.flush().map_err(|e| TrainError::io(&path, e)),
             None => Ok(()),
@@ -218,6 +286,13 @@ impl RunDir {
     /// Flushes the step records, appends `record` to `metrics.jsonl` and redraws the
     /// loss picture (`loss.svg`, `loss.png`; feature `plot`) under `title`.
     pub fn record_eval(&mut self, record: &EvalRecord, title: &str) -> Result<(), TrainError> {
+        if let Some(events) = &mut self.events {
+            let losses = [
+                ("eval/train_loss", f64::from(record.train_loss)),
+                ("eval/val_loss", f64::from(record.val_loss)),
+            ];
+            events.scalars(record.iter, &losses)?;
+        }
         self.flush()?;
         metrics::append(&self.metrics_path(), record)?;
         self.evals.push(record.clone());
@@ -249,6 +324,29 @@ impl RunDir {
 mod tests {
     use super::*;
 
+    fn step(iter: usize) -> StepReport {
+        StepReport {
+            iter,
+            loss: 1.0,
+            lr: 1e-3,
+            grad_norm: 0.5,
+            tokens_per_s: 100.0,
+            loss_scale: None,
+            skipped_steps: None,
+        }
+    }
+
+    fn eval(iter: usize) -> EvalRecord {
+        EvalRecord {
+            iter,
+            train_loss: 1.0,
+            val_loss: 1.1,
+            lr: 1e-3,
+            tokens_per_s: 1.0,
+            elapsed_s: 1.0,
+        }
+    }
+
     #[test]
     fn a_second_trainer_is_refused_until_the_first_is_gone() {
         let dir = tempfile::tempdir().unwrap();
@@ -264,27 +362,10 @@ mod tests {
     fn step_records_reach_the_file_at_each_evaluation() {
         let dir = tempfile::tempdir().unwrap();
         let mut run = RunDir::open(dir.path()).unwrap();
-        let step = |iter| StepReport {
-            iter,
-            loss: 1.0,
-            lr: 1e-3,
-            grad_norm: 0.5,
-            tokens_per_s: 100.0,
-            loss_scale: None,
-            skipped_steps: None,
-        };
         run.record_step(&step(1)).unwrap();
         run.record_step(&step(2)).unwrap();
         assert_eq!(fs::read_to_string(run.steps_path()).unwrap(), "");
-        let record = EvalRecord {
-            iter: 2,
-            train_loss: 1.0,
-            val_loss: 1.1,
-            lr: 1e-3,
-            tokens_per_s: 1.0,
-            elapsed_s: 1.0,
-        };
-        run.record_eval(&record, "test").unwrap();
+        run.record_eval(&eval(2), "test").unwrap();
         assert!(run.path().join("loss.svg").is_file());
         let steps: Vec<StepReport> = metrics::read_jsonl(&run.steps_path());
         assert_eq!(steps, [step(1), step(2)]);
@@ -298,5 +379,57 @@ mod tests {
             metrics::read_jsonl::<StepReport>(&run.steps_path()).len(),
             2
         );
+    }
+
+    /// The event file follows the records: the configuration, the steps and the
+    /// evaluations; on resume it keeps exactly what `metrics.jsonl` and `steps.jsonl`
+    /// keep; without TensorBoard nothing is written.
+    #[test]
+    fn the_event_file_follows_the_records_and_their_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut run = RunDir::open(dir.path()).unwrap();
+        run.start_fresh().unwrap();
+        run.record_config("n_layer = 4").unwrap();
+        run.record_eval(&eval(0), "t").unwrap();
+        run.record_sample(0, "ab").unwrap();
+        for i in 1..=4 {
+            run.record_step(&step(i)).unwrap();
+        }
+        run.record_eval(&eval(4), "t").unwrap();
+        run.record_step(&step(5)).unwrap();
+        run.flush().unwrap();
+        let events = || -> Vec<(u64, Vec<String>)> {
+            let files = tensorboard::event_files(dir.path());
+            assert_eq!(files.len(), 1);
+            tensorboard::read_records(&files[0])
+                .iter()
+                .map(|r| tensorboard::step_and_tags(r).unwrap())
+                .filter(|(_, tags)| !tags.is_empty())
+                .map(|(step, tags)| (step, vec![tags[0].clone()]))
+                .collect()
+        };
+        let tag = |step, t: &str| (step, vec![t.to_string()]);
+        let all = vec![
+            tag(0, "config"),
+            tag(0, "eval/train_loss"),
+            tag(0, "eval/sample"),
+            tag(1, "train/loss"),
+            tag(2, "train/loss"),
+            tag(3, "train/loss"),
+            tag(4, "train/loss"),
+            tag(4, "eval/train_loss"),
+            tag(5, "train/loss"),
+        ];
+        assert_eq!(events(), all);
+        run.resume_at(4, false).unwrap();
+        assert_eq!(events(), all[..8]);
+        run.resume_at(4, true).unwrap();
+        assert_eq!(events(), all[..7]);
+        drop(run);
+        let mut run = RunDir::open(dir.path()).unwrap().without_tensorboard();
+        run.start_fresh().unwrap();
+        run.record_step(&step(1)).unwrap();
+        run.flush().unwrap();
+        assert_eq!(events(), all[..7], "left as it was");
     }
 }
