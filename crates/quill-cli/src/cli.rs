@@ -34,6 +34,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Measure speed: training steps, evaluation and sampling (with and without the KV cache).
     Bench(BenchArgs),
+    /// Compare runs: a table of run directories (default: every one under runs/) with
+    /// their preset, size, steps, best val loss, speed, wall time and state.
+    Runs(RunsArgs),
+    /// Draw the val and smoothed train losses of several runs on one picture.
+    Plot(PlotArgs),
     /// List the backends compiled in and the devices each can see.
     Devices(DevicesArgs),
     /// Check that --device computes the same losses as the CPU backend: same initial
@@ -445,6 +450,31 @@ pub struct ServeArgs {
     pub weights: WeightsArgs,
     #[command(flatten)]
     pub target: DeviceArgs,
+}
+
+/// `quill runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Run directories [default: every directory in runs/]; others are skipped.
+    #[arg(value_name = "DIR")]
+    pub dirs: Vec<PathBuf>,
+    /// Show only the settings that differ between the runs.
+    #[arg(long)]
+    pub diff: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `quill plot`.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Run directories.
+    #[arg(value_name = "RUN", required = true)]
+    pub runs: Vec<PathBuf>,
+    /// The picture to write: .png or .svg.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// `quill eval`.

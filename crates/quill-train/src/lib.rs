@@ -63,8 +63,9 @@ pub use inference::{SampleRequest, StopText, sample_texts};
 pub use interop::{hf, nanogpt};
 pub use optim::{GradBuffer, LossScaler, MuonAdamW, StepOptions, muon, param_lengths};
 #[cfg(feature = "plot")]
-pub use run::plot::{LossPlot, smoothed};
+pub use run::plot::{LossPlot, RunsPlot, smoothed};
 pub use run::run_dir::{RUN, RunDir, check_run_dir, is_run_dir};
+pub use run::summary::{RunState, RunSummary, differing_settings, flat_settings, preset_of};
 pub use run::{
     Agreement, Observer, Outcome, Run, StepReport, checkpoint, human_count, metrics, train,
     weights_fingerprint,

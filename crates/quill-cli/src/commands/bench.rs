@@ -141,6 +141,11 @@ fn print_text(r: &Report) {
         );
     }
     println!(
+        "TensorBoard event:  {:.1} µs/step written ({:.3}% of a step)",
+        t.tensorboard_ms_per_iter * 1e3,
+        100.0 * t.tensorboard_ms_per_iter / t.ms_per_iter
+    );
+    println!(
         "model FLOPs:        {:.3} MFLOP/token, {:.4} TFLOP/s achieved",
         t.flops_per_token / 1e6,
         t.achieved_tflops

@@ -7,6 +7,7 @@ mod eval;
 mod hub;
 mod launch;
 mod parity;
+mod runs;
 mod sample;
 mod serve;
 mod train;
@@ -30,6 +31,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Runs(args) => runs::list(args),
+        Command::Plot(args) => runs::plot(args),
         Command::Bench(args) => bench::run(args),
         Command::Devices(args) => devices::run(args),
         Command::Parity(args) => parity::run(args),

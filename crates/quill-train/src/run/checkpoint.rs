@@ -216,15 +216,14 @@ impl Checkpoint {
         Ok(import(fresh, &weights)?)
     }
 
-    /// Reads and checks the checkpoint in `dir`.
-    pub fn load(dir: &Path) -> Result<Checkpoint, TrainError> {
+    /// The settings and progress of the checkpoint in `dir` (`config.json` and
+    /// `state.json`, checked as [`Checkpoint::load`] checks them), without reading its
+    /// weights: what `quill runs` shows.
+    pub fn read_settings(dir: &Path) -> Result<(RunConfig, TrainState), TrainError> {
         let bad = |reason: String| TrainError::Checkpoint {
             path: dir.to_path_buf(),
             reason,
         };
-        if !dir.is_dir() {
-            return Err(bad("no such directory".into()));
-        }
         let read = |name: &str| fs::read(dir.join(name)).map_err(|e| bad(format!("{name}: {e}")));
         let state: TrainState = parse_json(STATE_FILE, &read(STATE_FILE)?).map_err(&bad)?;
         if state.format != FORMAT {
@@ -243,6 +242,20 @@ impl Checkpoint {
             .train
             .validate()
             .map_err(|e| bad(format!("{CONFIG_FILE}: {e}")))?;
+        Ok((config, state))
+    }
+
+    /// Reads and checks the checkpoint in `dir`.
+    pub fn load(dir: &Path) -> Result<Checkpoint, TrainError> {
+        let bad = |reason: String| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        if !dir.is_dir() {
+            return Err(bad("no such directory".into()));
+        }
+        let read = |name: &str| fs::read(dir.join(name)).map_err(|e| bad(format!("{name}: {e}")));
+        let (config, state) = Self::read_settings(dir)?;
         let tokenizer = Tokenizer::read(dir).map_err(|e| bad(e.to_string()))?;
         if tokenizer.vocab_size() != config.model.vocab_size() {
             return Err(bad(format!(

@@ -8,6 +8,7 @@ pub mod metrics;
 #[cfg(feature = "plot")]
 pub mod plot;
 pub mod run_dir;
+pub mod summary;
 pub mod tensorboard;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,6 +6,9 @@
 //! - bottom panel: the learning rate against the same iterations;
 //! - a title naming the run, the model and the tokens seen.
 //!
+//! [`RunsPlot`] puts several runs on one picture (`quill plot`): their validation and
+//! smoothed training losses, one colour per run.
+//!
 //! Text is laid out with DejaVu Sans, bundled (the `dejavu` crate), so the PNG looks the
 //! same on every machine and nothing is read from the system.
 
@@ -45,29 +48,12 @@ pub struct LossPlot<'a> {
 impl LossPlot<'_> {
     /// The picture as an SVG document.
     pub fn svg(&self) -> Result<String, TrainError> {
-        let mut svg = String::new();
-        {
-            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-            self.draw(&root).map_err(plot_error)?;
-            root.present().map_err(plot_error)?;
-        }
-        Ok(svg)
+        svg_of(self)
     }
 
     /// The picture as a PNG file's bytes.
     pub fn png(&self) -> Result<Vec<u8>, TrainError> {
-        let (w, h) = SIZE;
-        let mut rgb = vec![0u8; (w * h * 3) as usize];
-        {
-            let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
-            self.draw(&root).map_err(plot_error)?;
-            root.present().map_err(plot_error)?;
-        }
-        let mut png = Vec::new();
-        image::codecs::png::PngEncoder::new(&mut png)
-            .write_image(&rgb, w, h, image::ColorType::Rgb8)
-            .map_err(plot_error)?;
-        Ok(png)
+        png_of(self)
     }
 
     /// The files [`LossPlot::write`] writes.
@@ -83,13 +69,11 @@ impl LossPlot<'_> {
         )?)
     }
 
-    fn draw<DB: DrawingBackend>(
+    fn draw_all<DB: DrawingBackend>(
         &self,
         root: &DrawingArea<DB, Shift>,
     ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-        register_font();
-        root.fill(&WHITE)?;
-        let root = root.margin(10, 4, 4, 10).titled(self.title, (FONT, 26))?;
+        let root = canvas(root, self.title)?;
         let (top, bottom) = root.split_vertically(SIZE.1 as f32 * 0.68);
         let last_iter = self
             .steps
@@ -144,13 +128,7 @@ impl LossPlot<'_> {
             .draw_series(points(|e| e.val_loss).map(|p| Circle::new(p, 4, VAL.filled())))?
             .label("val loss (evaluation)")
             .legend(|(x, y)| Circle::new((x + 10, y), 4, VAL.filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(200, 200, 200))
-            .label_font((FONT, 17))
-            .draw()
+        legend(&mut chart)
     }
 
     fn draw_learning_rate<DB: DrawingBackend>(
@@ -169,6 +147,162 @@ impl LossPlot<'_> {
         chart.draw_series(LineSeries::new(lr, LR.stroke_width(2)))?;
         Ok(())
     }
+}
+
+impl Picture for LossPlot<'_> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        self.draw_all(root)
+    }
+}
+
+/// Several runs on one picture (`quill plot`): each run's validation losses (points
+/// joined by a line) and its smoothed training loss (a fainter line), one colour per
+/// run, with a legend.
+#[derive(Debug, Clone, Copy)]
+pub struct RunsPlot<'a> {
+    /// The title line.
+    pub title: &'a str,
+    /// Each run: its name, step records and evaluation records.
+    pub runs: &'a [(String, Vec<StepReport>, Vec<EvalRecord>)],
+}
+
+/// The runs' colours, in order (matplotlib's tab10), repeated past ten runs.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+impl RunsPlot<'_> {
+    /// The picture as an SVG document.
+    pub fn svg(&self) -> Result<String, TrainError> {
+        svg_of(self)
+    }
+
+    /// The picture as a PNG file's bytes.
+    pub fn png(&self) -> Result<Vec<u8>, TrainError> {
+        png_of(self)
+    }
+}
+
+impl Picture for RunsPlot<'_> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        let root = canvas(root, self.title)?;
+        let curves: Vec<(Curve, Curve)> = self
+            .runs
+            .iter()
+            .map(|(_, steps, evals)| {
+                let train = smoothed(&bucket_means(steps, |s| s.loss as f64));
+                let val = evals
+                    .iter()
+                    .map(|e| (e.iter as f64, e.val_loss as f64))
+                    .filter(|p| p.1.is_finite())
+                    .collect();
+                (train, val)
+            })
+            .collect();
+        let last_iter = curves
+            .iter()
+            .flat_map(|(t, v)| t.iter().chain(v))
+            .map(|p| p.0)
+            .fold(1.0, f64::max);
+        let (lo, hi) = padded_range(
+            curves
+                .iter()
+                .flat_map(|(t, v)| t.iter().chain(v))
+                .map(|p| p.1),
+        );
+        let mut chart = panel(&root, last_iter, lo..hi, "loss", None)?;
+        for (i, ((name, _, _), (train, val))) in self.runs.iter().zip(&curves).enumerate() {
+            let colour = PALETTE[i % PALETTE.len()];
+            chart.draw_series(LineSeries::new(
+                train.iter().copied(),
+                colour.mix(0.45).stroke_width(1),
+            ))?;
+            chart.draw_series(LineSeries::new(val.iter().copied(), colour.stroke_width(2)))?;
+            chart
+                .draw_series(val.iter().map(|&p| Circle::new(p, 4, colour.filled())))?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(3))
+                });
+        }
+        legend(&mut chart)
+    }
+}
+
+/// `(iteration, value)` points.
+type Curve = Vec<(f64, f64)>;
+
+/// The white canvas with the title, the font registered.
+fn canvas<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+) -> Result<DrawingArea<DB, Shift>, DrawingAreaErrorKind<DB::ErrorType>> {
+    register_font();
+    root.fill(&WHITE)?;
+    root.margin(10, 4, 4, 10).titled(title, (FONT, 26))
+}
+
+/// The series' legend, top right.
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Panel<'a, DB>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .label_font((FONT, 17))
+        .draw()
+}
+
+/// A picture drawn on any plotters backend.
+trait Picture {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>;
+}
+
+/// `picture` as an SVG document.
+fn svg_of(picture: &impl Picture) -> Result<String, TrainError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        picture.draw(&root).map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(svg)
+}
+
+/// `picture` as a PNG file's bytes.
+fn png_of(picture: &impl Picture) -> Result<Vec<u8>, TrainError> {
+    let (w, h) = SIZE;
+    let mut rgb = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
+        picture.draw(&root).map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&rgb, w, h, image::ColorType::Rgb8)
+        .map_err(plot_error)?;
+    Ok(png)
 }
 
 /// A chart with iterations across and a value up.

@@ -43,6 +43,41 @@ pub struct TrainBench {
     pub mean_loss: f32,
     /// The shards each micro-batch ran as, in parallel ([`Trainer::shards`]).
     pub shards: usize,
+    /// Milliseconds a step's TensorBoard event takes to write (its four scalars, and a
+    /// flush every 250 steps, into a file in the system's temporary directory).
+    pub tensorboard_ms_per_iter: f64,
+}
+
+/// The time to record one step in a TensorBoard event file, in milliseconds: the mean
+/// over 5000 steps' events written as a run writes them.
+pub fn tensorboard_ms_per_step() -> Result<f64, TrainError> {
+    use crate::run::tensorboard::EventFile;
+    let dir = std::env::temp_dir().join(format!("quill-bench-events-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+    let result = (|| {
+        let mut events = EventFile::create(&dir)?;
+        let n = 5000;
+        let start = Instant::now();
+        for iter in 1..=n {
+            let x = iter as f64;
+            events.scalars(
+                iter,
+                &[
+                    ("train/loss", 4.0 / x),
+                    ("train/lr", 1e-3),
+                    ("train/grad_norm", 0.5 + 1.0 / x),
+                    ("train/tokens_per_s", 25_000.0 + x),
+                ],
+            )?;
+            if iter % 250 == 0 {
+                events.flush()?;
+            }
+        }
+        events.flush()?;
+        Ok(start.elapsed().as_secs_f64() * 1e3 / n as f64)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// nanoGPT's `estimate_mfu` numerator: FLOPs per token for a forward and backward pass.
@@ -139,6 +174,7 @@ pub fn bench_training<AB: AutodiffBackend>(
         eval_tokens_per_s: eval_tokens as f64 / start.elapsed().as_secs_f64(),
         mean_loss: (loss_sum / iters as f64) as f32,
         shards,
+        tensorboard_ms_per_iter: tensorboard_ms_per_step()?,
     })
 }
 

@@ -1,0 +1,229 @@
+//! `quill runs`: compare run directories; `quill plot`: their losses on one picture.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use quill_train::metrics::read_jsonl;
+use quill_train::{EvalRecord, RunSummary, RunsPlot, StepReport, differing_settings, human_count};
+use serde_json::{Value, json};
+
+use crate::cli::{PlotArgs, RunsArgs};
+
+/// Where `quill runs` looks without arguments.
+const RUNS: &str = "runs";
+
+pub fn list(args: RunsArgs) -> Result<()> {
+    let dirs = match args.dirs.is_empty() {
+        true => children(Path::new(RUNS))?,
+        false => args.dirs,
+    };
+    let mut runs: Vec<RunSummary> = Vec::new();
+    for dir in &dirs {
+        match RunSummary::read(dir) {
+            Some(run) => runs.push(run),
+            None => eprintln!("{}: not a run directory, skipped", dir.display()),
+        }
+    }
+    // Best validation loss first; runs without one last.
+    runs.sort_by(|a, b| {
+        let key = |r: &RunSummary| r.best_val_loss.map_or(f32::INFINITY, |(l, _)| l);
+        key(a).total_cmp(&key(b))
+    });
+    if args.json {
+        let mut value = serde_json::to_value(&runs)?;
+        if args.diff {
+            value = json!({"runs": value, "differing_settings": differing(&runs)});
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    if runs.is_empty() {
+        println!("no runs");
+        return Ok(());
+    }
+    match args.diff {
+        false => print_table(&runs),
+        true => print_diff(&runs),
+    }
+    Ok(())
+}
+
+/// The directories directly inside `dir`, sorted.
+fn children(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).with_context(|| {
+        format!(
+            "{}: no runs here (name run directories as arguments)",
+            dir.display()
+        )
+    })?;
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn print_table(runs: &[RunSummary]) {
+    let rows: Vec<[String; 9]> = runs
+        .iter()
+        .map(|r| {
+            [
+                r.path.display().to_string(),
+                r.preset.clone().unwrap_or_else(|| "-".into()),
+                r.params.map_or("-".into(), |p| human_count(p as f64)),
+                match r.max_iters {
+                    Some(m) => format!("{}/{m}", r.steps),
+                    None => r.steps.to_string(),
+                },
+                r.best_val_loss
+                    .map_or("-".into(), |(l, _)| format!("{l:.4}")),
+                r.best_val_loss.map_or("-".into(), |(_, i)| i.to_string()),
+                r.tokens_per_s.map_or("-".into(), |t| format!("{t:.0}")),
+                r.wall_s.map_or("-".into(), duration),
+                r.state.to_string(),
+            ]
+        })
+        .collect();
+    let header = [
+        "run", "preset", "params", "steps", "best val", "at step", "tokens/s", "wall", "state",
+    ]
+    .map(String::from);
+    print_rows(&header, &rows);
+}
+
+/// Columns padded to their widest cell, numbers right-aligned.
+fn print_rows<const N: usize>(header: &[String; N], rows: &[[String; N]]) {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .chain([header[c].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in std::iter::once(header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (cell, &w))| match c {
+                0 | 1 => format!("{cell:<w$}"),
+                _ if c + 1 == N => cell.clone(),
+                _ => format!("{cell:>w$}"),
+            })
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
+
+/// `84.2 s`, `12m 05s`, `3h 02m`.
+fn duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match s {
+        s if s < 60 => format!("{seconds:.1} s"),
+        s if s < 3600 => format!("{}m {:02}s", s / 60, s % 60),
+        s => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// The settings that differ between the runs, as JSON: `{setting: [value per run]}`.
+fn differing(runs: &[RunSummary]) -> Value {
+    let with: Vec<&RunSummary> = runs.iter().filter(|r| r.settings.is_some()).collect();
+    let configs: Vec<_> = with.iter().filter_map(|r| r.settings.as_ref()).collect();
+    let mut out = serde_json::Map::new();
+    for (name, values) in differing_settings(&configs) {
+        out.insert(
+            name,
+            Value::Array(
+                values
+                    .into_iter()
+                    .map(|v| v.unwrap_or(Value::Null))
+                    .collect(),
+            ),
+        );
+    }
+    Value::Object(out)
+}
+
+fn print_diff(runs: &[RunSummary]) {
+    let with: Vec<&RunSummary> = runs.iter().filter(|r| r.settings.is_some()).collect();
+    for r in runs.iter().filter(|r| r.settings.is_none()) {
+        eprintln!(
+            "{}: no checkpoint yet, so no settings to compare",
+            r.path.display()
+        );
+    }
+    let configs: Vec<_> = with.iter().filter_map(|r| r.settings.as_ref()).collect();
+    let differ = differing_settings(&configs);
+    if differ.is_empty() {
+        println!("the runs have the same settings");
+        return;
+    }
+    let show = |v: &Option<Value>| match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "-".into(),
+    };
+    // One column per run: setting, then each run's value.
+    let width = differ.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    let columns: Vec<usize> = with
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            differ
+                .iter()
+                .map(|(_, v)| show(&v[i]).len())
+                .chain([r.path.display().to_string().len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let header: Vec<String> = with
+        .iter()
+        .zip(&columns)
+        .map(|(r, &w)| format!("{:<w$}", r.path.display().to_string()))
+        .collect();
+    println!("{:<width$}  {}", "setting", header.join("  ").trim_end());
+    for (name, values) in &differ {
+        let cells: Vec<String> = values
+            .iter()
+            .zip(&columns)
+            .map(|(v, &w)| format!("{:<w$}", show(v)))
+            .collect();
+        println!("{name:<width$}  {}", cells.join("  ").trim_end());
+    }
+}
+
+pub fn plot(args: PlotArgs) -> Result<()> {
+    let mut runs = Vec::new();
+    for dir in &args.runs {
+        if RunSummary::read(dir).is_none() {
+            bail!("{}: not a run directory", dir.display());
+        }
+        let steps: Vec<StepReport> = read_jsonl(&dir.join("steps.jsonl"));
+        let evals: Vec<EvalRecord> = read_jsonl(&dir.join("metrics.jsonl"));
+        if steps.is_empty() && evals.is_empty() {
+            bail!("{}: the run has recorded nothing yet", dir.display());
+        }
+        runs.push((dir.display().to_string(), steps, evals));
+    }
+    let title = format!(
+        "{} runs · val loss (points) and smoothed train loss",
+        runs.len()
+    );
+    let picture = RunsPlot {
+        title: &title,
+        runs: &runs,
+    };
+    let bytes = match args.out.extension().and_then(|e| e.to_str()) {
+        Some("png") => picture.png()?,
+        Some("svg") => picture.svg()?.into_bytes(),
+        _ => bail!("--out {}: name a .png or .svg file", args.out.display()),
+    };
+    quill_data::atomic::write_file(&args.out, &bytes)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
