@@ -826,6 +826,9 @@ fn help_text_is_plain_english() {
         "import",
         "export",
         "launch",
+        "serve",
+        "runs",
+        "plot",
     ] {
         let args: Vec<&str> = command.split_whitespace().chain(["--help"]).collect();
         let help = stdout(&quill(&args, dir.path()));
