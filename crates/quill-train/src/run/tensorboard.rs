@@ -281,12 +281,17 @@ pub fn keep_events(
 ) -> Result<EventFile, TrainError> {
     let old = event_files(dir);
     let mut kept = Vec::new();
+    // A rewrite killed before it removed the old files left their events twice: each
+    // step's values are kept once.
+    let mut seen = std::collections::HashSet::new();
     for file in &old {
         for record in read_records(file) {
             match step_and_tags(&record) {
                 // The old files' version events: the new file has its own.
                 Some((_, tags)) if tags.is_empty() => {}
-                Some((step, tags)) if keep(step, &tags) => kept.push(record),
+                Some((step, tags)) if keep(step, &tags) && seen.insert((step, tags.clone())) => {
+                    kept.push(record)
+                }
                 _ => {}
             }
         }
@@ -356,6 +361,14 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         let kept = keep_events(dir.path(), |step, _| step <= 3).unwrap();
         assert_eq!(event_files(dir.path()), std::slice::from_ref(&kept.path));
+        assert_eq!(read_records(&kept.path).len(), 2);
+        // A rewrite killed before removing the old file: the events are kept once.
+        let copy = dir
+            .path()
+            .join("events.out.tfevents.0000000000.000000000.quill");
+        fs::copy(&kept.path, &copy).unwrap();
+        drop(kept);
+        let kept = keep_events(dir.path(), |_, _| true).unwrap();
         assert_eq!(read_records(&kept.path).len(), 2);
         // Files that are not quill's are left alone.
         fs::write(dir.path().join("events.out.tfevents.1.other"), b"x").unwrap();
