@@ -261,6 +261,10 @@ fn checkpoints_are_written_atomically() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into())
         .collect();
     names.sort();
+    // And TensorBoard's event file.
+    let events = names.iter().filter(|n| n.contains("tfevents")).count();
+    assert_eq!(events, 1, "{names:?}");
+    names.retain(|n| !n.contains("tfevents"));
     assert_eq!(
         names,
         [
