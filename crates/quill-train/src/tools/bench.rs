@@ -53,7 +53,8 @@ pub struct TrainBench {
 pub fn tensorboard_ms_per_step() -> Result<f64, TrainError> {
     use crate::run::tensorboard::EventFile;
     let dir = std::env::temp_dir().join(format!("quill-bench-events-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+    // Created here (an error if it exists), so the removal below takes only this.
+    std::fs::create_dir(&dir).map_err(|e| TrainError::io(&dir, e))?;
     let result = (|| {
         let mut events = EventFile::create(&dir)?;
         let n = 5000;
