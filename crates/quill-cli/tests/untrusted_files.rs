@@ -221,3 +221,32 @@ fn tensors_that_do_not_fit_the_model_are_refused() {
     );
     assert!(!d.join("hf").exists());
 }
+
+/// A FIFO or a link to `/dev/zero` in place of a run's files: `quill runs`, `quill plot`
+/// and `sample` neither hang nor read without end.
+#[cfg(unix)]
+#[test]
+fn fifos_and_devices_in_a_run_directory_are_never_read() {
+    let dir = setup();
+    let run = dir.path().join("run");
+    let fifo = |path: &Path| {
+        let _ = fs::remove_file(path);
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    };
+    fifo(&run.join(".lock"));
+    fifo(&run.join("metrics.jsonl"));
+    fs::remove_file(run.join("last/state.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", run.join("last/state.json")).unwrap();
+    let started = std::time::Instant::now();
+    let table = stdout(&quill(&["runs", "run"], dir.path()));
+    assert!(table.contains("run"), "{table}");
+    let _ = quill(&["plot", "run", "--out", "x.png"], dir.path());
+    let line = error_line(&quill(&["sample", "--checkpoint", "run/last"], dir.path()));
+    assert!(
+        line.contains("state.json: not a regular file (a device)"),
+        "{line}"
+    );
+    assert!(started.elapsed().as_secs() < 30);
+}

@@ -41,7 +41,8 @@ pub struct Marker {
 impl Marker {
     /// Whether `dir` carries this marker, with this tag.
     pub fn is_on(&self, dir: &Path) -> bool {
-        let Ok(bytes) = fs::read(dir.join(self.file)) else {
+        let Ok(bytes) = crate::files::read_regular(&dir.join(self.file), crate::files::JSON_LIMIT)
+        else {
             return false;
         };
         serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -58,7 +59,8 @@ impl Marker {
     /// Whether `dir` is a temporary directory [`replace_dir`] was filling for this
     /// marker, or a complete one (see the module table).
     fn is_temporary_of(&self, dir: &Path) -> bool {
-        fs::read(dir.join(PARTIAL)).is_ok_and(|tag| tag == self.format.as_bytes())
+        crate::files::read_regular(&dir.join(PARTIAL), crate::files::JSON_LIMIT)
+            .is_ok_and(|tag| tag == self.format.as_bytes())
             || self.is_on(dir)
     }
 }

@@ -75,11 +75,12 @@ impl Dataset {
             reason,
         };
         let meta_path = dir.join(META_FILE);
-        let text = std::fs::read_to_string(&meta_path).map_err(|e| {
-            bad(format!(
-                "{META_FILE}: {e} (make a dataset with `quill data prepare`)"
-            ))
-        })?;
+        let text =
+            crate::files::read_regular_text(&meta_path, crate::files::JSON_LIMIT).map_err(|e| {
+                bad(format!(
+                    "{META_FILE}: {e} (make a dataset with `quill data prepare`)"
+                ))
+            })?;
         let meta: DatasetMeta =
             serde_json::from_str(&text).map_err(|e| bad(format!("{META_FILE}: {e}")))?;
         if meta.format != META_FORMAT {

@@ -43,6 +43,7 @@ pub mod dataset;
 #[cfg(feature = "download")]
 pub mod download;
 pub mod error;
+pub mod files;
 #[cfg(feature = "subword")]
 pub mod hugging_face;
 pub mod prepare;

@@ -199,7 +199,8 @@ impl Tokenizer {
     pub fn read(dir: &Path) -> Result<Tokenizer, DataError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|e| DataError::io(path, e))
+            crate::files::read_regular_text(&path, crate::files::TOKENIZER_LIMIT)
+                .map_err(|e| DataError::io(path, e))
         };
         if dir.join(TOKENIZER_FILE).exists() {
             return read_subword(dir, read);

@@ -13,7 +13,6 @@
 //! - Weights may be float32, float16 or bfloat16; quill computes in float32.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
@@ -241,7 +240,8 @@ pub fn finetune_config() -> TrainConfig {
 /// before [`import`] builds it.
 pub fn read_config(dir: &Path, pad_vocab: usize) -> Result<GptConfig, TrainError> {
     let config_path = dir.join(HF_FILES[0]);
-    let bytes = fs::read(&config_path).map_err(|e| error(&config_path, e.to_string()))?;
+    let bytes = quill_data::files::read_regular(&config_path, quill_data::files::JSON_LIMIT)
+        .map_err(|e| error(&config_path, e.to_string()))?;
     let text = String::from_utf8(bytes).map_err(|e| error(&config_path, e.to_string()))?;
     let mut gpt = gpt_config(&config_path, &text)?;
     let vocab = Tokenizer::gpt2().vocab_size();
@@ -272,7 +272,8 @@ pub fn import<B: Backend>(
     let gpt = read_config(dir, pad_vocab)?;
     let tokenizer = Tokenizer::gpt2();
     let weights_path = dir.join(HF_FILES[1]);
-    let bytes = fs::read(&weights_path).map_err(|e| error(&weights_path, e.to_string()))?;
+    let bytes = quill_data::files::read_regular(&weights_path, u64::MAX)
+        .map_err(|e| error(&weights_path, e.to_string()))?;
     let mut weights = read_weights(&weights_path, &bytes)?;
     let rows = gpt.padded_vocab_size();
     for name in ["transformer.wte.weight", "lm_head.weight"] {

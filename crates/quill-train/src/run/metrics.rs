@@ -45,7 +45,7 @@ pub fn append(path: &Path, record: &impl Serialize) -> Result<(), TrainError> {
 /// Reads the records of the JSON-lines file at `path` (none if it does not exist);
 /// lines that do not parse (e.g. the last one of a killed writer) are skipped.
 pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Vec<T> {
-    fs::read_to_string(path)
+    quill_data::files::read_regular_text(path, quill_data::files::RECORD_LIMIT)
         .map(|text| {
             text.lines()
                 .filter_map(|l| serde_json::from_str(l).ok())

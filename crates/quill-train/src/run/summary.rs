@@ -3,7 +3,7 @@
 //! (`last/`'s `config.json` and `state.json`, `metrics.jsonl`, `steps.jsonl`) and from
 //! its lock, without loading any weights.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -119,7 +119,7 @@ impl RunSummary {
 
 /// Whether a trainer holds the run directory's lock now.
 fn locked(path: &Path) -> bool {
-    let Ok(file) = File::open(path.join(".lock")) else {
+    let Ok(file) = quill_data::files::open_regular(&path.join(".lock")) else {
         return false;
     };
     match file.try_lock_shared() {

@@ -180,7 +180,8 @@ pub fn event_files(dir: &Path) -> Vec<PathBuf> {
 /// The data of each whole record of the event file at `path`, up to the first torn or
 /// corrupt one (a writer killed mid-record).
 pub fn read_records(path: &Path) -> Vec<Vec<u8>> {
-    let bytes = fs::read(path).unwrap_or_default();
+    let bytes =
+        quill_data::files::read_regular(path, quill_data::files::RECORD_LIMIT).unwrap_or_default();
     let mut records = Vec::new();
     let mut at = 0;
     while let Some(head) = bytes.get(at..at + 12) {
