@@ -178,10 +178,11 @@ pub struct DeviceArgs {
     /// model together.
     #[arg(long, default_value = "auto")]
     pub device: DeviceList,
-    /// Float type: f32 everywhere; bf16 and f16 on CUDA; f16 on WGPU adapters with
-    /// 16-bit float shaders.
-    #[arg(long, value_enum, default_value_t = DType::F32)]
-    pub dtype: DType,
+    /// Float type: f32 everywhere; bf16 and f16 on CUDA and the CPU; f16 on WGPU
+    /// adapters with 16-bit float shaders [default: f32; a resumed run continues in the
+    /// float type it trained in]
+    #[arg(long, value_enum)]
+    pub dtype: Option<DType>,
 }
 
 /// `--weights`: how a loaded model's matrices are stored while it samples or evaluates.
@@ -210,6 +211,11 @@ impl std::str::FromStr for DeviceList {
 }
 
 impl DeviceArgs {
+    /// The float type `--dtype` asks for, f32 when it is not given.
+    pub fn dtype(&self) -> DType {
+        self.dtype.unwrap_or_default()
+    }
+
     /// The one device of a command that uses one.
     pub fn one(&self) -> anyhow::Result<DeviceChoice> {
         match self.device.0.as_slice() {

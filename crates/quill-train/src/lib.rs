@@ -70,7 +70,9 @@ pub use run::{
     Agreement, Observer, Outcome, Run, StepReport, checkpoint, human_count, metrics, train,
     weights_fingerprint,
 };
-pub use run::{checkpoint::Checkpoint, checkpoint::TrainState, metrics::EvalRecord};
+pub use run::{
+    checkpoint::Checkpoint, checkpoint::FloatType, checkpoint::TrainState, metrics::EvalRecord,
+};
 pub use schedule::learning_rate;
 pub use tools::memory::{Component, MemoryEstimate, human_bytes};
 pub use tools::{bench, parity};

@@ -63,7 +63,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     })?;
     ensure!(args.iters > 0, "--iters must be at least 1");
     ensure!(args.eval_iters > 0, "--eval-iters must be at least 1");
-    let target = backend::prepare(args.target.one()?, args.target.dtype)?;
+    let target = backend::prepare(args.target.one()?, args.target.dtype())?;
     let spec = Preset::named(&args.preset)?.tokenizer;
     let dataset = super::load_dataset(&args.source, None, spec, config.train.val_fraction)?;
     let dataset = dataset.dataset;
@@ -103,7 +103,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let report = Report {
         preset: args.preset.clone(),
         backend,
-        dtype: args.target.dtype.to_string(),
+        dtype: args.target.dtype().to_string(),
         batch_size: config.train.batch_size,
         block_size: config.block_size(),
         tokens_per_iter: config.tokens_per_iter(),
@@ -247,7 +247,7 @@ struct CheckpointReport {
 
 fn checkpoint(dir: &Path, args: &BenchArgs) -> Result<()> {
     ensure!(args.sample_tokens > 0, "--sample-tokens must be at least 1");
-    let target = backend::prepare(args.target.one()?, args.target.dtype)?;
+    let target = backend::prepare(args.target.one()?, args.target.dtype())?;
     let start = Instant::now();
     let checkpoint = Checkpoint::load(dir)?;
     target.check_memory(&MemoryEstimate::sampling(

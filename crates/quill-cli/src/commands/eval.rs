@@ -12,7 +12,7 @@ use crate::backend::{self, Job};
 use crate::cli::EvalArgs;
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let target = backend::prepare(args.target.one()?, args.target.dtype)?;
+    let target = backend::prepare(args.target.one()?, args.target.dtype())?;
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
     anyhow::ensure!(
         args.eval_iters != Some(0),

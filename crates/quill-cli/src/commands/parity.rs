@@ -55,7 +55,7 @@ pub fn run(args: ParityArgs) -> Result<()> {
     })?;
     // A device that is not compiled in, not present or failing to start fails here,
     // before the data is read and before the reference run.
-    let target = backend::prepare(args.target.one()?, args.target.dtype)?;
+    let target = backend::prepare(args.target.one()?, args.target.dtype())?;
     let spec = Preset::named(args.preset.as_deref().unwrap_or(DEFAULT_PRESET))?.tokenizer;
     let dataset = super::load_dataset(&args.source, None, spec, config.train.val_fraction)?;
     let dataset = dataset.dataset;
@@ -77,7 +77,7 @@ pub fn run(args: ParityArgs) -> Result<()> {
     );
     let report = Report {
         backend,
-        dtype: args.target.dtype.to_string(),
+        dtype: args.target.dtype().to_string(),
         steps: args.steps,
         parity,
         losses,

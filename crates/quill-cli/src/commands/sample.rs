@@ -11,7 +11,7 @@ use crate::backend::{self, Job};
 use crate::cli::SampleArgs;
 
 pub fn run(args: SampleArgs) -> Result<()> {
-    let target = backend::prepare(args.target.one()?, args.target.dtype)?;
+    let target = backend::prepare(args.target.one()?, args.target.dtype())?;
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (_, Some(file)) => {

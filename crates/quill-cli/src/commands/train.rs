@@ -10,9 +10,9 @@ use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use quill_data::Dataset;
 use quill_train::{
-    Agreement, Checkpoint, DEFAULT_PRESET, EvalRecord, MemoryEstimate, Observer, Outcome, Preset,
-    Run, RunConfig, RunDir, RunSecret, SampleRequest, Sources, StepReport, TrainError, World,
-    check_run_dir, human_bytes, is_run_dir, sample_texts, train,
+    Agreement, Checkpoint, DEFAULT_PRESET, EvalRecord, FloatType, MemoryEstimate, Observer,
+    Outcome, Preset, Run, RunConfig, RunDir, RunSecret, SampleRequest, Sources, StepReport,
+    TrainError, World, check_run_dir, human_bytes, is_run_dir, sample_texts, train,
 };
 
 use crate::backend::{self, Job};
@@ -84,7 +84,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "--device lists several devices and --world-size starts several processes: use one (quill launch hands a device list out, one per rank)"
         );
     }
-    let target = backend::prepare(devices[0], args.target.dtype)?;
     // A resumed run's directory is opened (locked, and cleaned of what killed writers
     // left, which may put a checkpoint back in place) before its checkpoint is read.
     let mut run_dir = match &args.resume {
@@ -92,6 +91,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         _ => None,
     };
     let resume = args.resume.as_deref().map(Checkpoint::load).transpose()?;
+    let dtype = run_dtype(args.target.dtype, args.resume.as_deref(), resume.as_ref())?;
+    let target = backend::prepare(devices[0], dtype)?;
     let init_from = args
         .init_from
         .as_deref()
@@ -192,7 +193,41 @@ pub fn run(args: TrainArgs) -> Result<()> {
         return target.run(job);
     }
     let timeout = Duration::from_secs(args.parallel.collective_timeout);
-    run_on_devices(target, &devices[1..], args.target.dtype, timeout, job)
+    run_on_devices(target, &devices[1..], dtype, timeout, job)
+}
+
+/// The float type a run trains in: a resumed run's own (an explicit `--dtype` must
+/// agree with it), else `--dtype`, else f32.
+fn run_dtype(
+    flag: Option<backend::DType>,
+    dir: Option<&Path>,
+    resume: Option<&Checkpoint>,
+) -> Result<backend::DType> {
+    let (Some(dir), Some(checkpoint)) = (dir, resume) else {
+        return Ok(flag.unwrap_or_default());
+    };
+    let Some(saved) = FloatType::of_state(&checkpoint.state) else {
+        let dtype = flag.unwrap_or_default();
+        if checkpoint.state.iter > 0 {
+            eprintln!(
+                "note: {} does not record the float type it trained in; continuing in {dtype} (--dtype chooses)",
+                dir.display()
+            );
+        }
+        return Ok(dtype);
+    };
+    let saved = match saved {
+        FloatType::F32 => backend::DType::F32,
+        FloatType::Bf16 => backend::DType::Bf16,
+        FloatType::F16 => backend::DType::F16,
+    };
+    match flag {
+        Some(asked) if asked != saved => bail!(
+            "--dtype {asked} differs from the {saved} that {} trained in: a resumed run continues in its own float type (leave --dtype out), or start a new run with --init-from",
+            dir.display()
+        ),
+        _ => Ok(saved),
+    }
 }
 
 /// Where a run resumed from `checkpoint` without `--out` writes: the run directory the

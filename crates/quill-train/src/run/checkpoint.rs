@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use quill_data::atomic::Marker;
+use quill_data::files::{JSON_LIMIT, read_regular};
 use quill_data::{Rng, Tokenizer};
 use quill_model::params::{NamedTensor, export, import};
 use quill_model::{GptConfig, LanguageModel, ModelConfig, WeightFormat};
@@ -61,6 +62,50 @@ pub struct TrainState {
     /// The loss scaler of f16 training.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<crate::optim::LossScaler>,
+    /// The float type the parameters trained in: a resumed run continues in it.
+    /// `None` in checkpoints that quill did not train (imports) and in older ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<FloatType>,
+}
+
+/// The float type of a run's parameters (and activations), as `--dtype` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FloatType {
+    /// 32-bit float.
+    F32,
+    /// bfloat16.
+    Bf16,
+    /// IEEE half.
+    F16,
+}
+
+impl FloatType {
+    /// The float type of Burn's `dtype`; `None` for one quill does not train in.
+    pub fn of(dtype: burn::tensor::DType) -> Option<Self> {
+        match dtype {
+            burn::tensor::DType::F32 => Some(FloatType::F32),
+            burn::tensor::DType::BF16 => Some(FloatType::Bf16),
+            burn::tensor::DType::F16 => Some(FloatType::F16),
+            _ => None,
+        }
+    }
+
+    /// The float type a checkpoint's run trained in: the one recorded, else f16 for a
+    /// checkpoint with a loss scaler (only f16 training has one); `None` when unknown.
+    pub fn of_state(state: &TrainState) -> Option<Self> {
+        state.dtype.or(state.loss_scaler.map(|_| FloatType::F16))
+    }
+}
+
+impl std::fmt::Display for FloatType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FloatType::F32 => "f32",
+            FloatType::Bf16 => "bf16",
+            FloatType::F16 => "f16",
+        })
+    }
 }
 
 impl TrainState {
@@ -74,6 +119,7 @@ impl TrainState {
             sampler_rng,
             elapsed_s: 0.0,
             loss_scaler: None,
+            dtype: None,
         }
     }
 }
@@ -224,7 +270,9 @@ impl Checkpoint {
             path: dir.to_path_buf(),
             reason,
         };
-        let read = |name: &str| fs::read(dir.join(name)).map_err(|e| bad(format!("{name}: {e}")));
+        let read = |name: &str| {
+            read_regular(&dir.join(name), JSON_LIMIT).map_err(|e| bad(format!("{name}: {e}")))
+        };
         let state: TrainState = parse_json(STATE_FILE, &read(STATE_FILE)?).map_err(&bad)?;
         if state.format != FORMAT {
             return Err(bad(format!(
@@ -254,7 +302,10 @@ impl Checkpoint {
         if !dir.is_dir() {
             return Err(bad("no such directory".into()));
         }
-        let read = |name: &str| fs::read(dir.join(name)).map_err(|e| bad(format!("{name}: {e}")));
+        // Weights are as large as the model: only a regular file is asked of them.
+        let read = |name: &str| {
+            read_regular(&dir.join(name), u64::MAX).map_err(|e| bad(format!("{name}: {e}")))
+        };
         let (config, state) = Self::read_settings(dir)?;
         let tokenizer = Tokenizer::read(dir).map_err(|e| bad(e.to_string()))?;
         if tokenizer.vocab_size() != config.model.vocab_size() {

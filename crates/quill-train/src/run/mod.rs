@@ -212,6 +212,7 @@ pub fn train<AB: AutodiffBackend>(
         state.sampler_rng = sampler.rng().clone();
         state.optimizer_steps = trainer.optimizer().steps();
         state.loss_scaler = trainer.loss_scaler().copied();
+        state.dtype = trainer.float_type();
         let last = iter >= t.max_iters;
         // A resumed run already evaluated at its first step, unless that is the end.
         let resumed_here = resume.is_some() && iter == start && !last;

@@ -136,6 +136,12 @@ impl<AB: AutodiffBackend> Trainer<AB> {
         }
     }
 
+    /// The float type of the model's parameters.
+    pub fn float_type(&self) -> Option<crate::run::checkpoint::FloatType> {
+        let model = self.model.as_ref()?;
+        crate::run::checkpoint::FloatType::of(crate::optim::param_dtype(model))
+    }
+
     /// The loss scaler of f16 training (`None` otherwise).
     pub fn loss_scaler(&self) -> Option<&LossScaler> {
         self.scaler.as_ref()

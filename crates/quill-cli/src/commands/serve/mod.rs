@@ -67,7 +67,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             args.host
         );
     }
-    let target = backend::prepare(args.target.one()?, args.target.dtype)?;
+    let target = backend::prepare(args.target.one()?, args.target.dtype())?;
     let checkpoint = Checkpoint::load(&args.checkpoint)?;
     target.check_memory(&MemoryEstimate::sampling(
         &checkpoint.config.model,
