@@ -102,3 +102,98 @@ fn a_nanogpt_checkpoint_samples_evaluates_and_resumes() {
     assert!(no_meta.contains("needs its meta.pkl"), "{no_meta}");
     assert!(!cwd.join("x").exists());
 }
+
+/// The files of `scripts/hostile_nanogpt.py`: each a one-line error within a second and
+/// little memory, never zeros, an abort or a checkpoint quill cannot load; nothing is
+/// written and no "sample:" hint is printed.
+#[test]
+fn hostile_and_broken_checkpoints_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let import = |from: &str, meta: &str| {
+        let out = quill(
+            &[
+                "import", "nanogpt", "--from", from, "--meta", meta, "--out", "x",
+            ],
+            dir.path(),
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("sample:"));
+        let line = error_line(&out);
+        assert!(!dir.path().join("x").exists(), "{line}");
+        line
+    };
+    let hostile = |name: &str| fixture(&format!("hostile/{name}"));
+    let meta = fixture("meta.pkl");
+    let cases = [
+        (
+            "short-storage.pt",
+            "storage 0 holds 2080 bytes; the tensor needs 4160",
+        ),
+        ("missing-storage.pt", "storage 0 cannot be read"),
+        (
+            "offset-past-end.pt",
+            "storage 0: elements 1056..2096 of a storage of 1040",
+        ),
+        (
+            "strided.pt",
+            "shape [65, 16] with stride [1, 65] is not a contiguous tensor",
+        ),
+        (
+            "shape-lie.pt",
+            "elements 0..1099511627776 of a storage of 1040",
+        ),
+        ("laughs.pt", "its memo copies more than 1048576 objects"),
+        (
+            "deep.pt",
+            "more than 8192 objects on the pickle machine's stack",
+        ),
+        (
+            "nan-lr.pt",
+            "its config: invalid configuration: lr must be a positive number",
+        ),
+        ("eval-interval-0.pt", "eval_interval must be at least 1"),
+        ("beta2-2.pt", "beta2 must be in [0, 1)"),
+        (
+            "warmup-negative.pt",
+            "config[\"warmup_iters\"] is Int(-5), not a whole number",
+        ),
+        (
+            "grad-accum-2-40.pt",
+            "batch_size and grad_accum must each be at most 65536",
+        ),
+        (
+            "iter-num-2-62.pt",
+            "iter_num is not a whole number from 0 to 1099511627776",
+        ),
+    ];
+    for (name, reason) in cases {
+        let line = import(&hostile(name), &meta);
+        assert!(line.contains(reason), "{name}: {line}");
+    }
+    for (name, reason) in [
+        (
+            "laughs-meta.pkl",
+            "its memo copies more than 1048576 objects",
+        ),
+        (
+            "deep-meta.pkl",
+            "more than 8192 objects on the pickle machine's stack",
+        ),
+    ] {
+        let line = import(&fixture("ckpt.pt"), &hostile(name));
+        assert!(line.contains(reason), "{name}: {line}");
+    }
+    // A FIFO or a link to a device in place of a file: refused, never read.
+    #[cfg(unix)]
+    {
+        let fifo = dir.path().join("fifo.pt");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let line = import(fifo.to_str().unwrap(), &meta);
+        assert!(line.contains("not a regular file (a FIFO)"), "{line}");
+        let zero = dir.path().join("zero.pkl");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let line = import(&fixture("ckpt.pt"), zero.to_str().unwrap());
+        assert!(line.contains("not a regular file (a device)"), "{line}");
+    }
+}

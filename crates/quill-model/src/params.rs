@@ -158,6 +158,40 @@ pub fn export<B: Backend>(model: &LanguageModel<B>) -> Vec<NamedTensor> {
     exporter.out
 }
 
+/// The PyTorch name and shape of every float parameter of `model` (the tied head
+/// included), without copying a value: what a file's tensors are checked against
+/// before they are read.
+pub fn shapes<B: Backend>(model: &LanguageModel<B>) -> BTreeMap<String, Vec<usize>> {
+    struct Shapes {
+        specs: ParamSpecs,
+        out: BTreeMap<String, Vec<usize>>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Shapes {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let spec = self
+                .specs
+                .get(&param.id)
+                .expect("the model declares every parameter");
+            let mut dims = param.shape().dims::<D>().to_vec();
+            if spec.transposed {
+                dims.reverse();
+            }
+            self.out.insert(spec.name.clone(), dims);
+        }
+    }
+    let mut shapes = Shapes {
+        specs: model.param_specs(),
+        out: BTreeMap::new(),
+    };
+    model.visit(&mut shapes);
+    if model.ties_weights()
+        && let Some(wte) = shapes.out.get(TIED_SOURCE).cloned()
+    {
+        shapes.out.insert(TIED_HEAD.to_string(), wte);
+    }
+    shapes.out
+}
+
 /// Replaces every parameter of `model` by the tensor of the same name. A missing
 /// tensor, a shape that differs, or a tensor the model has no place for is an error
 /// (the first one found).

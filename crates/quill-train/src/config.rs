@@ -628,6 +628,10 @@ impl TrainConfig {
                 "grad_clip must be a number ≥ 0 (0 disables clipping)",
             ),
             (
+                self.grad_accum <= MAX_GRAD_ACCUM && self.batch_size <= MAX_GRAD_ACCUM,
+                "batch_size and grad_accum must each be at most 65536",
+            ),
+            (
                 self.sample_tokens <= MAX_SAMPLE_TOKENS,
                 "sample_tokens must be at most 100000 (the sample printed at each evaluation)",
             ),
@@ -638,6 +642,10 @@ impl TrainConfig {
         }
     }
 }
+
+/// The largest `batch_size` and `grad_accum`: their product with a block size stays
+/// far from overflowing.
+const MAX_GRAD_ACCUM: usize = 1 << 16;
 
 #[cfg(test)]
 mod tests {

@@ -94,9 +94,8 @@ impl NanoGpt {
             true => path.join("ckpt.pt"),
             false => path.to_path_buf(),
         };
-        if !path.is_file() {
-            return Err(error(&path, "no such file"));
-        }
+        // A FIFO or a device is refused before the reader opens it.
+        quill_data::files::open_regular(&path).map_err(|e| error(&path, e.to_string()))?;
         let unreadable = |e: burn_store::pytorch::PytorchError| {
             error(
                 &path,
@@ -168,11 +167,20 @@ impl NanoGpt {
         model.validate().map_err(|e| error(&path, e.to_string()))?;
         let config =
             dict(top.get("config")).ok_or_else(|| error(&path, "config is not a dictionary"))?;
-        let (train, notes) = train_config(config);
+        let (train, notes) = train_config(config).map_err(|e| error(&path, e))?;
+        // The checks `quill train` makes of its settings: an import never writes a
+        // checkpoint that quill cannot load or resume.
+        train
+            .validate()
+            .map_err(|e| error(&path, format!("its config: {e}")))?;
         let iter_num = int(top.get("iter_num"))
-            .filter(|&i| i >= 0)
-            .ok_or_else(|| error(&path, "iter_num is not a whole number"))?
-            as usize;
+            .filter(|&i| (0..=MAX_ITERS as i64).contains(&i))
+            .ok_or_else(|| {
+                error(
+                    &path,
+                    format!("iter_num is not a whole number from 0 to {MAX_ITERS}"),
+                )
+            })? as usize;
         Ok(NanoGpt {
             model,
             train,
@@ -198,10 +206,62 @@ impl NanoGpt {
                 ),
             )
         })?;
+        let gpt = self.model.clone();
+        let config = ModelConfig::Gpt(gpt.clone());
+        let fresh = config.init::<B>(0, device)?;
+        // Every tensor's declared shape is checked against the model's before a byte
+        // of it is read: a file cannot make quill allocate what it only declares.
+        let expected = quill_model::params::shapes(&fresh);
+        let order = optimizer_order(&self.model, &expected);
+        let expected_shape = |key: &str| -> Option<Vec<usize>> {
+            if let Some(name) = key.strip_prefix("model.") {
+                let name = name.strip_prefix(COMPILED).unwrap_or(name);
+                if let Some(layer) = name.strip_suffix(".attn.bias") {
+                    let _ = layer; // the causal mask, a buffer: skipped unread
+                    return None;
+                }
+                return expected.get(name).cloned();
+            }
+            if let Some(rest) = key.strip_prefix("optimizer.state.") {
+                let (index, kind) = rest.split_once('.')?;
+                let name = order.get(index.parse::<usize>().ok()?)?;
+                return match kind {
+                    "exp_avg" | "exp_avg_sq" => expected.get(name).cloned(),
+                    "step" => Some(Vec::new()),
+                    _ => None,
+                };
+            }
+            (key == "best_val_loss").then(Vec::new)
+        };
         let mut weights = BTreeMap::new();
         let mut optimizer = HashMap::new();
         let mut best_val_loss = float(self.top.get("best_val_loss")).map(|v| v as f32);
         for (key, snapshot) in reader.tensors() {
+            let is_mask = key.ends_with(".attn.bias") && key.starts_with("model.");
+            match expected_shape(key) {
+                _ if is_mask => continue,
+                Some(shape) if shape == snapshot.shape.to_vec() => {}
+                // A scalar may be stored with shape [] or [1].
+                Some(shape) if shape.is_empty() && snapshot.shape.to_vec() == [1] => {}
+                Some(shape) => {
+                    return Err(error(
+                        path,
+                        format!(
+                            "tensor {key} has shape {:?}; the model of its model_args has {shape:?}",
+                            snapshot.shape.to_vec()
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(error(
+                        path,
+                        format!(
+                            "tensor {key} (shape {:?}) belongs to no parameter of the model of its model_args",
+                            snapshot.shape.to_vec()
+                        ),
+                    ));
+                }
+            }
             let values = || -> Result<(Vec<usize>, Vec<f32>), TrainError> {
                 let data = snapshot
                     .to_data()
@@ -215,9 +275,6 @@ impl NanoGpt {
             };
             if let Some(name) = key.strip_prefix("model.") {
                 let name = name.strip_prefix(COMPILED).unwrap_or(name);
-                if name.ends_with(".attn.bias") {
-                    continue; // the causal mask, a buffer
-                }
                 let (shape, values) = values()?;
                 let tensor = NamedTensor {
                     name: name.to_string(),
@@ -231,10 +288,8 @@ impl NanoGpt {
                 best_val_loss = values()?.1.first().copied();
             }
         }
-        let gpt = self.model.clone();
-        let config = ModelConfig::Gpt(gpt.clone());
-        let model = quill_model::params::import(config.init::<B>(0, device)?, &weights)
-            .map_err(|e| error(path, e.to_string()))?;
+        let model =
+            quill_model::params::import(fresh, &weights).map_err(|e| error(path, e.to_string()))?;
         let (moments, steps) = match optimizer.is_empty() {
             true => (Vec::new(), 0),
             false => self.moments(&weights, optimizer)?,
@@ -261,10 +316,16 @@ impl NanoGpt {
     ) -> Result<(Vec<NamedTensor>, u64), TrainError> {
         let path = &self.path;
         let bad = |reason: String| error(path, format!("optimizer: {reason}"));
-        let order = parameter_order(&self.model);
-        let (decay, other): (Vec<&String>, Vec<&String>) = order
+        let shapes: BTreeMap<String, Vec<usize>> = weights
             .iter()
-            .partition(|name| weights.get(*name).is_some_and(|t| t.shape.len() >= 2));
+            .map(|(name, t)| (name.clone(), t.shape.clone()))
+            .collect();
+        let order = optimizer_order(&self.model, &shapes);
+        let decay = order
+            .iter()
+            .filter(|name| shapes.get(*name).is_some_and(|s| s.len() >= 2))
+            .count();
+        let (decay, other) = order.split_at(decay);
         let groups = match self
             .top
             .get("optimizer")
@@ -289,8 +350,8 @@ impl NanoGpt {
         }
         let mut out = Vec::new();
         let mut steps = None;
-        for (index, name) in decay.iter().chain(&other).enumerate() {
-            let weight = &weights[*name];
+        for (index, name) in decay.iter().chain(other).enumerate() {
+            let weight = &weights[name.as_str()];
             for moment in ["exp_avg", "exp_avg_sq"] {
                 let (shape, values) = state
                     .remove(&format!("{index}.{moment}"))
@@ -329,6 +390,16 @@ impl NanoGpt {
     }
 }
 
+/// The parameters in the order of nanoGPT's optimizer state (`state.I` is the I-th):
+/// `configure_optimizers` lists the ≥2-D parameters, then the others, each in
+/// `named_parameters` order; `shapes` are the parameters' shapes by name.
+fn optimizer_order(gpt: &GptConfig, shapes: &BTreeMap<String, Vec<usize>>) -> Vec<String> {
+    let (decay, other): (Vec<String>, Vec<String>) = parameter_order(gpt)
+        .into_iter()
+        .partition(|name| shapes.get(name).is_some_and(|s| s.len() >= 2));
+    decay.into_iter().chain(other).collect()
+}
+
 /// nanoGPT's `named_parameters()` order for a model of `gpt`'s settings (the tied head
 /// is the embedding, listed once).
 fn parameter_order(gpt: &GptConfig) -> Vec<String> {
@@ -350,15 +421,37 @@ fn parameter_order(gpt: &GptConfig) -> Vec<String> {
 /// `train.py`'s `config` as quill's training settings, starting from the
 /// `shakespeare-char` preset (nanoGPT's `train_shakespeare_char.py`) for anything it
 /// lacks; and notes on what quill does differently.
-fn train_config(config: &HashMap<String, PickleValue>) -> (TrainConfig, Vec<String>) {
+fn train_config(
+    config: &HashMap<String, PickleValue>,
+) -> Result<(TrainConfig, Vec<String>), String> {
     let mut train = RunConfig::preset("shakespeare-char")
         .expect("a built-in preset")
         .train;
-    let usize_of = |key: &str| int(config.get(key)).filter(|&v| v >= 0).map(|v| v as usize);
-    let f64_of = |key: &str| float(config.get(key));
+    // A setting the file has must be of its kind: never dropped for the preset's.
+    let usize_of = |key: &str| -> Result<Option<usize>, String> {
+        match config.get(key) {
+            None => Ok(None),
+            Some(value) => int(Some(value))
+                .filter(|v| (0..=MAX_ITERS as i64).contains(v))
+                .map(|v| Some(v as usize))
+                .ok_or_else(|| {
+                    format!(
+                        "config[{key:?}] is {value:?}, not a whole number from 0 to {MAX_ITERS}"
+                    )
+                }),
+        }
+    };
+    let f64_of = |key: &str| -> Result<Option<f64>, String> {
+        match config.get(key) {
+            None => Ok(None),
+            Some(value) => float(Some(value))
+                .map(Some)
+                .ok_or_else(|| format!("config[{key:?}] is {value:?}, not a number")),
+        }
+    };
     macro_rules! take {
         ($field:ident, $key:literal, $get:ident) => {
-            if let Some(value) = $get($key) {
+            if let Some(value) = $get($key)? {
                 train.$field = value;
             }
         };
@@ -389,7 +482,7 @@ fn train_config(config: &HashMap<String, PickleValue>) -> (TrainConfig, Vec<Stri
         }
         _ => {
             train.schedule = Schedule::Cosine;
-            if let Some(end) = usize_of("lr_decay_iters")
+            if let Some(end) = usize_of("lr_decay_iters")?
                 && end != train.max_iters
             {
                 notes.push(format!(
@@ -399,29 +492,26 @@ fn train_config(config: &HashMap<String, PickleValue>) -> (TrainConfig, Vec<Stri
             }
         }
     }
-    (train, notes)
+    Ok((train, notes))
 }
 
+/// The most steps (and micro-batches a step) an imported run may count: far past any
+/// real run, and small enough that no product of them overflows.
+const MAX_ITERS: usize = 1 << 40;
+
 /// The largest `meta.pkl` read: a character vocabulary is a few kilobytes.
-const META_LIMIT: u64 = 16 << 20;
+const META_LIMIT: u64 = 1 << 20;
 
 /// A character vocabulary from `data/NAME/meta.pkl` (`prepare.py`'s `{'vocab_size',
 /// 'itos', 'stoi'}`, written by `pickle.dump`): `itos[0]`, `itos[1]`, … in id order.
-/// Read with `serde-pickle`, which builds plain values only and refuses any other
-/// Python object.
+/// Read with the same bounded pickle machine as the checkpoint, which builds plain
+/// values only and refuses any other Python object.
 fn read_meta(path: &Path) -> Result<Tokenizer, TrainError> {
-    use serde_pickle::{DeOptions, HashableValue, Value};
+    use burn_store::pytorch::pickle_reader::{Object, read_pickle};
     let bad = |reason: String| error(path, reason);
-    let size = std::fs::metadata(path)
-        .map_err(|e| bad(e.to_string()))?
-        .len();
-    if size > META_LIMIT {
-        return Err(bad(format!(
-            "{size} bytes; a meta.pkl of characters is far smaller"
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let meta = serde_pickle::value_from_slice(&bytes, DeOptions::new()).map_err(|e| {
+    let bytes =
+        quill_data::files::read_regular(path, META_LIMIT).map_err(|e| bad(e.to_string()))?;
+    let meta = read_pickle(&mut std::io::Cursor::new(bytes)).map_err(|e| {
         bad(format!(
             "not a meta.pkl quill can read ({e}); quill reads only plain values from a pickle"
         ))
@@ -432,16 +522,16 @@ fn read_meta(path: &Path) -> Result<Tokenizer, TrainError> {
                 .into(),
         )
     };
-    let Value::Dict(meta) = meta else {
+    let Object::Dict(meta) = meta else {
         return Err(no_itos());
     };
-    let Some(Value::Dict(itos)) = meta.get(&HashableValue::String("itos".into())) else {
+    let Some(Object::Dict(itos)) = meta.get("itos") else {
         return Err(no_itos());
     };
     let mut vocab = String::new();
     for id in 0..itos.len() {
-        match itos.get(&HashableValue::I64(id as i64)) {
-            Some(Value::String(s)) if s.chars().count() == 1 => vocab.push_str(s),
+        match itos.get(&id.to_string()) {
+            Some(Object::String(s)) if s.chars().count() == 1 => vocab.push_str(s),
             _ => return Err(bad(format!("itos has no single character for id {id}"))),
         }
     }
