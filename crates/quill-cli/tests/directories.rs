@@ -178,3 +178,84 @@ fn import_and_prepare_refuse_a_directory_that_merely_looks_like_theirs() {
     }
     assert!(dir.path().join("ds/train.bin").is_file());
 }
+
+/// A downloaded checkpoint named `last/` does not make its folder a run directory:
+/// resuming it without `--out` is refused and the folder's files stay as they were.
+#[test]
+fn a_downloaded_last_does_not_make_its_folder_a_run_directory() {
+    let dir = setup();
+    stdout(&quill(&train_args("2", &["--out", "run"]), dir.path()));
+    let downloads = dir.path().join("Downloads");
+    put(
+        &downloads,
+        &[
+            ("metrics.jsonl", "{\"mine\": 1}\n"),
+            ("steps.jsonl", "{\"mine\": 2}\n"),
+            ("loss.png", "my picture"),
+            ("events.out.tfevents.1.host", "my events"),
+        ],
+    );
+    fs::create_dir(downloads.join("last")).unwrap();
+    for entry in fs::read_dir(dir.path().join("run/last")).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(
+            &path,
+            downloads.join("last").join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    let before = snapshot(&downloads);
+    let err = error_line(&quill(
+        &train_args("4", &["--resume", "Downloads/last"]),
+        dir.path(),
+    ));
+    assert_eq!(
+        err,
+        "error: Downloads is not a quill run directory, so --resume Downloads/last does not write there; pass --out DIR to choose where this run writes"
+    );
+    assert_eq!(snapshot(&downloads), before);
+    let out = stdout(&quill(
+        &train_args("4", &["--resume", "Downloads/last", "--out", "resumed"]),
+        dir.path(),
+    ));
+    assert!(out.contains("done: 4 iterations"), "{out}");
+    assert_eq!(snapshot(&downloads), before);
+}
+
+/// A directory quill wrote that also holds a user's file is not replaced away:
+/// `import`, `export` and `data prepare` refuse while the file is there.
+#[test]
+fn a_users_file_inside_quills_directories_survives() {
+    let dir = setup();
+    stdout(&quill(&train_args("2", &["--out", "run"]), dir.path()));
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../quill-train/tests/fixtures/tiny-gpt2");
+    let import = ["import", "gpt2", "--from", fixture.to_str().unwrap()];
+    let export = ["export", "--format", "hf", "--checkpoint", "run/last"];
+    let prepare = ["data", "prepare", "--data", "corpus.txt"];
+    for (command, out, mine) in [
+        (&import[..], "ckpt", "src/main.rs"),
+        (&export[..], "hf", "app.py"),
+        (&prepare[..], "ds", "data.csv"),
+    ] {
+        let args = [command, &["--out", out]].concat();
+        stdout(&quill(&args, dir.path()));
+        put(&dir.path().join(out), &[(mine, "mine")]);
+        let before = snapshot(&dir.path().join(out));
+        let err = error_line(&quill(&args, dir.path()));
+        let first = mine.split('/').next().unwrap();
+        assert_eq!(
+            err,
+            format!(
+                "error: {out} holds files quill did not write ({first}); use an empty directory"
+            )
+        );
+        assert_eq!(snapshot(&dir.path().join(out)), before);
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}

@@ -158,7 +158,7 @@ fn hostile_and_broken_checkpoints_are_one_line_errors() {
         ),
         (
             "grad-accum-2-40.pt",
-            "batch_size and grad_accum must each be at most 65536",
+            "grad_accum must be at most 65536",
         ),
         (
             "iter-num-2-62.pt",

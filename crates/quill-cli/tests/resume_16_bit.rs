@@ -118,6 +118,27 @@ fn killed_16_bit_runs_resume_in_their_float_type_bit_for_bit() {
                 "{dtype}: {file} differs from the uninterrupted run's after {kills} kills"
             );
         }
+        // Kills during checkpoint swaps leave nothing behind once the run resumed.
+        let mut names: Vec<String> = fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.contains("tfevents"))
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                ".lock",
+                ".quill-run.json",
+                "best",
+                "last",
+                "loss.png",
+                "loss.svg",
+                "metrics.jsonl",
+                "steps.jsonl"
+            ],
+            "{dtype}"
+        );
         let state = fs::read_to_string(run.join("last/state.json")).unwrap();
         let state: serde_json::Value = serde_json::from_str(&state).unwrap();
         assert_eq!(state["dtype"], dtype);

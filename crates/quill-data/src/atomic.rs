@@ -36,6 +36,11 @@ pub struct Marker {
     pub file: &'static str,
     /// Its `format` tag.
     pub format: &'static str,
+    /// Files quill writes in some directories of this kind and not in others (the
+    /// tokenizer's files): replacing one such directory by another drops them. Any
+    /// other file the new directory lacks is a user's, and [`replace_dir`] refuses.
+    /// One `*` stands for any text (`train*.bin`).
+    pub alternates: &'static [&'static str],
 }
 
 impl Marker {
@@ -56,12 +61,17 @@ impl Marker {
             .expect("a JSON value serialises")
     }
 
+    /// Whether `dir` carries [`PARTIAL`] with this marker's tag: a directory quill was
+    /// filling, or removing (see [`remove_marked`]).
+    fn is_partial(&self, dir: &Path) -> bool {
+        crate::files::read_regular(&dir.join(PARTIAL), crate::files::JSON_LIMIT)
+            .is_ok_and(|tag| tag == self.format.as_bytes())
+    }
+
     /// Whether `dir` is a temporary directory [`replace_dir`] was filling for this
     /// marker, or a complete one (see the module table).
     fn is_temporary_of(&self, dir: &Path) -> bool {
-        crate::files::read_regular(&dir.join(PARTIAL), crate::files::JSON_LIMIT)
-            .is_ok_and(|tag| tag == self.format.as_bytes())
-            || self.is_on(dir)
+        self.is_partial(dir) || self.is_on(dir)
     }
 }
 
@@ -196,8 +206,14 @@ pub fn replace_dir<E: From<DataError>>(
             ))),
         });
     if let Err(e) = filled {
-        let _ = fs::remove_dir_all(&tmp);
+        let _ = remove_marked(&tmp, marker);
         return Err(e);
+    }
+    // A user's file inside quill's directory is never replaced away.
+    let foreign = foreign_names(dest, &tmp, marker);
+    if !foreign.is_empty() {
+        let _ = remove_marked(&tmp, marker);
+        return Err(E::from(not_ours(dest, foreign)));
     }
     let publish = || -> Result<(), DataError> {
         fs::remove_file(tmp.join(PARTIAL)).map_err(|e| DataError::io(&tmp, e))?;
@@ -208,8 +224,63 @@ pub fn replace_dir<E: From<DataError>>(
         sync_dir(dir)
     };
     publish()?;
-    let _ = fs::remove_dir_all(&old);
+    if old.exists() {
+        let _ = remove_marked(&old, marker);
+    }
     Ok(())
+}
+
+/// The names in `dest` (an existing directory) that `written` (its replacement) lacks
+/// and that `marker`'s kind of directory never holds: a user's files.
+fn foreign_names(dest: &Path, written: &Path, marker: &Marker) -> Vec<String> {
+    let names = |dir: &Path| -> Vec<String> {
+        fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let new = names(written);
+    names(dest)
+        .into_iter()
+        .filter(|n| !new.contains(n) && !marker.alternates.iter().any(|a| matches(a, n)))
+        .collect()
+}
+
+/// Whether `name` is `pattern`, whose one `*` (if any) stands for any text.
+fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            name.len() >= head.len() + tail.len() && name.starts_with(head) && name.ends_with(tail)
+        }
+    }
+}
+
+/// Removes the directory `dir` that quill wrote, recoverably: it is marked
+/// [`PARTIAL`] first and the mark goes last, so that a removal killed part way leaves a
+/// directory [`recover_dir`] still knows as quill's and finishes removing.
+fn remove_marked(dir: &Path, marker: &Marker) -> Result<(), DataError> {
+    if !marker.is_partial(dir) {
+        write_file(&dir.join(PARTIAL), marker.format.as_bytes())?;
+    }
+    let entries = fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
+    for entry in entries.filter_map(|e| e.ok()) {
+        if entry.file_name() == PARTIAL {
+            continue;
+        }
+        let path = entry.path();
+        let removed = match entry.file_type().is_ok_and(|t| t.is_dir()) {
+            true => fs::remove_dir_all(&path),
+            false => fs::remove_file(&path),
+        };
+        removed.map_err(|e| DataError::io(&path, e))?;
+    }
+    fs::remove_file(dir.join(PARTIAL)).map_err(|e| DataError::io(dir, e))?;
+    fs::remove_dir(dir).map_err(|e| DataError::io(dir, e))
 }
 
 /// Whether the process `pid` may still be running (and so still writing). This
@@ -266,10 +337,8 @@ pub fn recover_dir(dest: &Path, marker: &Marker) -> Result<Vec<String>, DataErro
             (None, None) => continue,
         };
         let path = entry.path();
-        let ours = match newer {
-            true => marker.is_temporary_of(&path),
-            false => marker.is_on(&path),
-        };
+        // A directory being removed carries PARTIAL too (see `remove_marked`).
+        let ours = marker.is_temporary_of(&path);
         if ours && !alive(pid) && path.is_dir() {
             leftovers.push((newer, path));
         }
@@ -278,10 +347,11 @@ pub fn recover_dir(dest: &Path, marker: &Marker) -> Result<Vec<String>, DataErro
     if !dest.exists() {
         // A writer was killed between its two renames (or before its only one): the
         // new directory, once complete, else the old one, goes back in place.
+        let complete = |path: &Path| marker.is_on(path) && !marker.is_partial(path);
         let source = leftovers
             .iter()
-            .position(|(newer, path)| *newer && marker.is_on(path))
-            .or_else(|| leftovers.iter().position(|(newer, _)| !newer));
+            .position(|(newer, path)| *newer && complete(path))
+            .or_else(|| (leftovers.iter()).position(|(newer, path)| !newer && complete(path)));
         if let Some(i) = source {
             let (_, source) = leftovers.swap_remove(i);
             fs::rename(&source, dest).map_err(|e| DataError::io(dest, e))?;
@@ -294,7 +364,7 @@ pub fn recover_dir(dest: &Path, marker: &Marker) -> Result<Vec<String>, DataErro
     }
     leftovers.sort();
     for (_, path) in leftovers {
-        fs::remove_dir_all(&path).map_err(|e| DataError::io(&path, e))?;
+        remove_marked(&path, marker)?;
         notes.push(format!(
             "removed {}, left by a writer that was killed",
             file_name(&path)
@@ -336,6 +406,7 @@ mod tests {
     const MARK: Marker = Marker {
         file: "state.json",
         format: "quill-test-v1",
+        alternates: &["vocab.json"],
     };
 
     /// Process ids that no process has: Linux's ids stay below 2^22.
@@ -417,6 +488,64 @@ mod tests {
             "years of work"
         );
         assert_eq!(names(dir.path()), ["last"]);
+    }
+
+    #[test]
+    fn a_users_file_inside_quills_directory_is_never_replaced_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("ckpt");
+        checkpoint(&dest, "first");
+        fs::write(dest.join("vocab.json"), "{}").unwrap();
+        fs::create_dir(dest.join("src")).unwrap();
+        fs::write(dest.join("src/main.rs"), "fn main() {}").unwrap();
+        let write = |text: &str| {
+            replace_dir(&dest, &MARK, |tmp| -> Result<(), DataError> {
+                checkpoint(tmp, text);
+                Ok(())
+            })
+        };
+        let err = write("second").unwrap_err().to_string();
+        assert!(
+            err.ends_with("ckpt holds files quill did not write (src); use an empty directory"),
+            "{err}"
+        );
+        assert_eq!(names(&dest), ["src", "state.json", "vocab.json"]);
+        assert_eq!(text_of(&dest), "first");
+        assert_eq!(names(dir.path()), ["ckpt"]);
+        // Without the user's file, the replacement drops what quill wrote (the
+        // tokenizer file of the other kind too).
+        fs::remove_dir_all(dest.join("src")).unwrap();
+        write("second").unwrap();
+        assert_eq!(names(&dest), ["state.json"]);
+        assert_eq!(text_of(&dest), "second");
+    }
+
+    #[test]
+    fn a_removal_killed_part_way_is_finished_by_the_next_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        checkpoint(&d.join("last"), "new");
+        // What remove_marked leaves when killed after the marker file went.
+        let old = d.join(format!(".last.old-{GONE}"));
+        fs::create_dir(&old).unwrap();
+        fs::write(old.join(PARTIAL), MARK.format).unwrap();
+        fs::write(old.join("model.safetensors"), "half").unwrap();
+        let notes = recover_dir(&d.join("last"), &MARK).unwrap();
+        assert_eq!(
+            notes,
+            [format!(
+                ".last.old-{GONE}, left by a writer that was killed"
+            )]
+            .map(|n| format!("removed {n}"))
+        );
+        assert_eq!(names(d), ["last"]);
+        // A half-removed old directory is never put back in place of a missing one.
+        fs::create_dir(&old).unwrap();
+        fs::write(old.join(PARTIAL), MARK.format).unwrap();
+        fs::write(old.join("state.json"), MARK.content()).unwrap();
+        fs::remove_dir_all(d.join("last")).unwrap();
+        recover_dir(&d.join("last"), &MARK).unwrap();
+        assert!(names(d).is_empty());
     }
 
     #[test]

@@ -38,6 +38,13 @@ pub const META_FILE: &str = "meta.json";
 pub const DATASET: Marker = Marker {
     file: META_FILE,
     format: META_FORMAT,
+    alternates: &[
+        crate::tokenizer::VOCAB_FILE,
+        crate::tokenizer::TOKENIZER_FILE,
+        crate::tokenizer::RANKS_FILE,
+        "train*.bin",
+        "val*.bin",
+    ],
 };
 /// The training tokens.
 pub const TRAIN_FILE: &str = "train.bin";

@@ -39,6 +39,7 @@ pub const GENERATION_CONFIG: &str = "generation_config.json";
 pub const EXPORT: Marker = Marker {
     file: ".quill-export.json",
     format: "quill-export-v1",
+    alternates: &[],
 };
 
 /// GPT-2's LayerNorm epsilon, the only one quill's LayerNorm has.

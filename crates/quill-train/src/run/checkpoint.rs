@@ -35,6 +35,11 @@ pub const FORMAT: &str = "quill-checkpoint-v1";
 pub const CHECKPOINT: Marker = Marker {
     file: STATE_FILE,
     format: FORMAT,
+    alternates: &[
+        quill_data::tokenizer::VOCAB_FILE,
+        quill_data::tokenizer::TOKENIZER_FILE,
+        quill_data::tokenizer::RANKS_FILE,
+    ],
 };
 
 const MODEL_FILE: &str = "model.safetensors";

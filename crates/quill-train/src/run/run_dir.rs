@@ -61,15 +61,14 @@ pub(crate) const PLOT_FILES: [&str; 2] = ["loss.svg", "loss.png"];
 pub const RUN: Marker = Marker {
     file: ".quill-run.json",
     format: "quill-run-v1",
+    alternates: &[],
 };
 
-/// Whether `path` is a run directory quill wrote: it carries the [`RUN`] marker, or
-/// (written before the marker existed) holds a checkpoint in `last/` or `best/`.
+/// Whether `path` is a run directory quill wrote: it carries the [`RUN`] marker. A
+/// checkpoint inside (a downloaded `last/`, say) does not make its folder a run
+/// directory: quill reads from it, and writes a resumed run elsewhere (`--out`).
 pub fn is_run_dir(path: &Path) -> bool {
     RUN.is_on(path)
-        || [last_dir(path), best_dir(path)]
-            .iter()
-            .any(|d| CHECKPOINT.is_on(d))
 }
 
 /// Checks that quill may train into `path`: it is absent, an empty directory, or a run
