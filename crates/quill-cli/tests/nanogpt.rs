@@ -156,10 +156,7 @@ fn hostile_and_broken_checkpoints_are_one_line_errors() {
             "warmup-negative.pt",
             "config[\"warmup_iters\"] is Int(-5), not a whole number",
         ),
-        (
-            "grad-accum-2-40.pt",
-            "grad_accum must be at most 65536",
-        ),
+        ("grad-accum-2-40.pt", "grad_accum must be at most 65536"),
         (
             "iter-num-2-62.pt",
             "iter_num is not a whole number from 0 to 1099511627776",

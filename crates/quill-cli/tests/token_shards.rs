@@ -124,3 +124,21 @@ fn shards_train_as_one_file_and_resume() {
     let mixed = error_line(&quill(&["train", "--data", "fw"], cwd));
     assert!(mixed.contains("one token width"), "{mixed}");
 }
+
+/// quill's own character shards named by a pattern are read with the dataset's
+/// tokenizer (its meta.json), not as GPT-2 tokens.
+#[test]
+fn a_pattern_over_quills_own_shards_uses_their_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let verse = "ROMEO:\nBut soft, what light through yonder window breaks?\n\n";
+    fs::write(cwd.join("corpus.txt"), verse.repeat(200)).unwrap();
+    #[rustfmt::skip]
+    stdout(&quill(&["data", "prepare", "--data", "corpus.txt", "--out", "chars", "--shard-tokens", "4000"], cwd));
+    #[rustfmt::skip]
+    let args = [&["train", "--dry-run", "--out", "run", "--data", "chars/train_*.bin",
+                  "--val-data", "chars/val_*.bin"][..], TINY_MODEL].concat();
+    let out = stdout(&quill(&args, cwd));
+    assert!(out.contains("vocab_size 28, run directory: run"), "{out}");
+    assert!(out.contains("tokenizer char"), "{out}");
+}

@@ -151,10 +151,22 @@ impl Dataset {
     /// hold; an id outside GPT-2's vocabulary is an error as its window is read.
     #[cfg(feature = "subword")]
     pub fn open_llmc_shards(paths: &ShardPaths) -> Result<Dataset, DataError> {
-        let tokenizer = Tokenizer::gpt2();
+        // Shards of a dataset quill prepared (`--shard-tokens`) are read with its own
+        // tokenizer and format, from its meta.json; others are llm.c's GPT-2 tokens.
+        let (tokenizer, format) = match prepared_home(paths) {
+            Some(dir) => {
+                let dataset = Dataset::open(&dir)?;
+                let format = dataset
+                    .meta
+                    .as_ref()
+                    .map_or(TokenFormat::LlmC, |m| m.token_format);
+                (dataset.tokenizer, format)
+            }
+            None => (Tokenizer::gpt2(), TokenFormat::LlmC),
+        };
         let vocab = tokenizer.vocab_size();
-        let train = ShardSet::open(&paths.train, TokenFormat::LlmC, vocab)?;
-        let val = ShardSet::open(&paths.val, TokenFormat::LlmC, vocab)?;
+        let train = ShardSet::open(&paths.train, format, vocab)?;
+        let val = ShardSet::open(&paths.val, format, vocab)?;
         if train.dtype() != val.dtype() {
             return Err(DataError::NoShards(format!(
                 "the training shards hold {:?} tokens and the validation shards {:?}",
@@ -188,6 +200,14 @@ impl Dataset {
             _ => Ok(()),
         }
     }
+}
+
+/// The prepared dataset directory every shard of `paths` lies in, if there is one.
+fn prepared_home(paths: &ShardPaths) -> Option<std::path::PathBuf> {
+    let dir = paths.train.first()?.parent()?;
+    let home = |p: &std::path::PathBuf| p.parent() == Some(dir);
+    (Dataset::is_prepared(dir) && paths.train.iter().chain(&paths.val).all(home))
+        .then(|| dir.to_path_buf())
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ fn load_dataset(
             dataset.check_tokenizer(tokenizer)?;
         }
         let description = format!(
-            "{} ({} train shards, {} tokens; {} val shards, {} tokens; tokenizer gpt2)",
+            "{} ({} train shards, {} tokens; {} val shards, {} tokens; tokenizer {})",
             source
                 .data
                 .as_ref()
@@ -102,6 +102,7 @@ fn load_dataset(
             dataset.split.train.len(),
             paths.val.len(),
             dataset.split.val.len(),
+            dataset.tokenizer.name(),
         );
         return Ok(Loaded {
             dataset,
