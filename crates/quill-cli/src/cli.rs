@@ -452,6 +452,15 @@ pub struct ServeArgs {
     /// Read the API key from this file (its first line).
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// The most connections open at once; more are closed as they arrive. A
+    /// connection that sends no complete request header within 10 seconds (idle, or
+    /// sending slowly) is closed.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// After Ctrl-C or SIGTERM, how long to finish the requests in progress before
+    /// stopping anyway (a second signal stops at once).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub drain_timeout: u64,
     #[command(flatten)]
     pub weights: WeightsArgs,
     #[command(flatten)]

@@ -36,6 +36,8 @@ struct Server {
     child: Child,
     port: u16,
     model: String,
+    /// What the server printed before it listened.
+    startup: String,
 }
 
 impl Server {
@@ -53,12 +55,14 @@ impl Server {
             .unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
+        let mut startup = String::new();
         let port = loop {
             line.clear();
             assert!(
                 stderr.read_line(&mut line).unwrap() > 0,
                 "the server stopped"
             );
+            startup.push_str(&line);
             if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
                 break rest
                     .split(|c: char| !c.is_ascii_digit())
@@ -74,6 +78,7 @@ impl Server {
             child,
             port,
             model: ck.display().to_string(),
+            startup,
         }
     }
 
@@ -440,7 +445,8 @@ fn bad_requests_get_openai_errors() {
         )
     };
     let invalid = |param: Value| (400, "invalid_request_error".to_string(), param);
-    let send_raw = |body: &[u8]| server.send("POST", "/v1/completions", &[], body);
+    let json_type = [("Content-Type", "application/json")];
+    let send_raw = |body: &[u8]| server.send("POST", "/v1/completions", &json_type, body);
     assert_eq!(error(send_raw(b"{\"model\": ")), invalid(Value::Null));
     assert_eq!(
         error(server.complete(json!({"prompt": "a", "max_tokens": "many"}))),
@@ -605,4 +611,242 @@ fn shutdown_finishes_the_requests_in_progress() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(TcpStream::connect(("127.0.0.1", server.port)).is_err());
+}
+
+/// Without an API key, what a web page could send is refused: another `Host` (DNS
+/// rebinding) and a body that is not JSON; the playground fills each placeholder once;
+/// response ids do not carry the seed.
+#[test]
+fn a_web_page_cannot_make_the_server_generate() {
+    let server = Server::start(&["--model-name", "x{{KEY}}"]);
+    let body = json!({"model": "x{{KEY}}", "prompt": "Speak", "max_tokens": 3, "seed": 7});
+    let bytes = body.to_string();
+    let raw = |host: &str, content_type: &str| {
+        let mut stream = server.connect();
+        let head = format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{bytes}",
+            bytes.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        Response::read_head(stream).json()
+    };
+    let port = server.port;
+    let (status, error) = raw(&format!("rebound.example:{port}"), "application/json");
+    assert_eq!(status, 403, "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rebound.example")
+    );
+    assert_eq!(raw(&format!("localhost:{port}"), "text/plain").0, 415);
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        "localhost".into(),
+    ] {
+        assert_eq!(
+            raw(&host, "application/json; charset=utf-8").0,
+            200,
+            "{host}"
+        );
+    }
+    // The page shows the name as given, and sends it back as the API knows it.
+    let (status, page) = {
+        let response = server.send("GET", "/", &[], b"");
+        (response.status, String::from_utf8(response.body()).unwrap())
+    };
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("x{{KEY}}") && !page.contains("xnone"),
+        "the name was filled again"
+    );
+    let (_, a) = server.post("/v1/completions", &body).json();
+    let (_, b) = server.post("/v1/completions", &body).json();
+    assert_eq!(a["choices"], b["choices"]);
+    assert_ne!(a["id"], b["id"], "the same seed gave the same id");
+}
+
+/// An API key on the command line is visible in `ps`: the server says so.
+#[test]
+fn a_key_on_the_command_line_is_warned_about() {
+    let server = Server::start(&["--api-key", "k3y"]);
+    assert!(
+        server
+            .startup
+            .contains("warning: --api-key on the command line is visible"),
+        "{}",
+        server.startup
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key");
+    std::fs::write(&file, "k3y\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = Server::start(&["--api-key-file", file.to_str().unwrap()]);
+    assert!(
+        server
+            .startup
+            .contains("may be read by other users (mode 644): chmod 600"),
+        "{}",
+        server.startup
+    );
+}
+
+/// Raises this process's open-file limit to its hard limit: the flood holds thousands
+/// of sockets.
+fn raise_file_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the one struct passed.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur as usize
+}
+
+/// The server's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Thousands of connections that send nothing or half a header, from a stranger who
+/// needs no key: a real client is still served while they are open, they are closed
+/// after the header timeout, and the memory stays bounded.
+#[test]
+fn a_flood_of_idle_and_slow_connections_leaves_the_server_serving() {
+    let files = raise_file_limit();
+    let server = Server::start(&["--max-connections", "4096"]);
+    let before = rss_kib(server.child.id());
+    let flood = 3000.min(files.saturating_sub(200));
+    let mut held = Vec::new();
+    for i in 0..flood {
+        let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        if i % 2 == 1 {
+            // Slowloris: a header that never ends.
+            stream
+                .write_all(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nX-a: ")
+                .unwrap();
+        }
+        held.push(stream);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss_kib(server.child.id());
+    let started = Instant::now();
+    let (status, body) = server
+        .complete(json!({"prompt": "Speak", "max_tokens": 20, "seed": 1}))
+        .json();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    eprintln!(
+        "{flood} idle or half-header connections: RSS {before} KiB before, {during} KiB with them; a completion took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        during < before + 200 * 1024,
+        "{during} KiB with the flood, {before} before"
+    );
+    // After the header timeout (10 s) every one of them was closed by the server.
+    std::thread::sleep(Duration::from_secs(12));
+    let mut closed = 0;
+    for stream in &mut held {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let mut byte = [0u8; 512];
+        // A closed connection reads its end (a 408 answer first, for a half header).
+        loop {
+            match stream.read(&mut byte) {
+                Ok(0) => {
+                    closed += 1;
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    assert_eq!(closed, flood);
+    let (status, _) = server
+        .complete(json!({"prompt": "Speak", "max_tokens": 5}))
+        .json();
+    assert_eq!(status, 200);
+}
+
+/// Past --max-connections a connection is closed at once; the ones within are served.
+#[test]
+fn connections_past_the_limit_are_closed() {
+    let server = Server::start(&["--max-connections", "4"]);
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = server.connect();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = extra.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(extra.read(&mut byte), Ok(0) | Err(_)),
+        "served past the limit"
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(server.send("GET", "/health", &[], b"").status, 200);
+}
+
+/// After SIGTERM, a connection that never sends its header and a stream nobody reads
+/// hold the server for --drain-timeout at most; a second SIGTERM stops it at once.
+#[test]
+fn shutdown_waits_for_stragglers_only_so_long() {
+    let mut server = Server::start(&["--drain-timeout", "2", "--max-tokens-limit", "1000000"]);
+    let _silent = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let mut half = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    half.write_all(b"GET /health HTTP/1.1\r\nHo").unwrap();
+    let request = json!({"prompt": "Speak", "max_tokens": 1000000, "stream": true});
+    let unread = server.complete(request);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = server.child.id() as libc::pid_t;
+    let started = Instant::now();
+    // SAFETY: signals the server process this test started and still holds.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    drop(unread);
+
+    let mut server = Server::start(&["--drain-timeout", "600", "--max-tokens-limit", "1000000"]);
+    let request = json!({"prompt": "Speak", "max_tokens": 1000000, "stream": true});
+    let _unread = server.complete(request);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = server.child.id() as libc::pid_t;
+    let started = Instant::now();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = server.child.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -226,6 +226,25 @@ fn config_file(path: Option<&std::path::Path>) -> Result<quill_train::RunOverrid
     Ok(quill_train::RunOverrides::from_toml(&text)?)
 }
 
+/// Warns when users other than the owner may read `file`, a secret given by `flag`.
+pub fn warn_if_others_can_read(file: &Path, flag: &str) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            eprintln!(
+                "warning: {flag} {} may be read by other users (mode {:o}): chmod 600 {0}",
+                file.display(),
+                meta.permissions().mode() & 0o777
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (file, flag);
+}
+
 /// Prints `report` as one line of JSON with `--json`, else as `text` writes it.
 fn print_report<T: Serialize>(json: bool, report: &T, text: impl FnOnce(&T)) -> Result<()> {
     if json {

@@ -50,8 +50,11 @@ pub const SECRET_VAR: &str = "QUILL_SECRET";
 /// The run's secret: from `--secret-file`, else from `QUILL_SECRET`.
 fn secret(args: &ParallelArgs) -> Result<Option<RunSecret>> {
     let text = match &args.secret_file {
-        Some(file) => std::fs::read_to_string(file)
-            .map_err(|e| anyhow!("--secret-file {}: {e}", file.display()))?,
+        Some(file) => {
+            super::warn_if_others_can_read(file, "--secret-file");
+            quill_data::files::read_regular_text(file, 4096)
+                .map_err(|e| anyhow!("--secret-file {}: {e}", file.display()))?
+        }
         None => match std::env::var(SECRET_VAR) {
             Ok(text) => text,
             Err(_) => return Ok(None),

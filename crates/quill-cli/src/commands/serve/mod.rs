@@ -2,9 +2,18 @@
 //!
 //! - [`api`]: the requests, responses and errors of the API;
 //! - [`engine`]: the decoding loop, continuous batching over the model's KV caches;
-//! - this module: the HTTP server (axum on tokio), its routes, the API key, the
-//!   playground page, and shutdown (Ctrl-C or SIGTERM: stop accepting, finish what was
-//!   accepted, exit 0).
+//! - this module: the HTTP server (axum's router on hyper and tokio), its routes, the
+//!   API key, the playground page, and shutdown (Ctrl-C or SIGTERM: stop accepting,
+//!   finish what was accepted within `--drain-timeout`, exit 0; a second signal exits
+//!   at once).
+//!
+//! What it defends against: a client that opens connections and sends nothing, or
+//! sends its header slowly, is closed after [`HEADER_TIMEOUT`]; at most
+//! `--max-connections` are open at once (more are closed as they arrive); a request
+//! takes its place in the bounded queue before its body is read; bodies are bounded;
+//! without an API key, only requests addressed to the loopback name (`Host`) with a
+//! JSON body are served, so a web page cannot make the server generate (DNS
+//! rebinding, a form's `text/plain` POST).
 //!
 //! The model runs on the command's own thread (the engine); the server on a tokio
 //! runtime of its own thread. Between them: a bounded queue of work, so that a full
@@ -42,6 +51,10 @@ use engine::{Event, Work};
 /// Request bodies larger than this are refused (413).
 const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// A connection that has not sent a whole request header this long after it opened
+/// (or after its last response) is closed.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The playground, served at `/`: one page, no external resources.
 const PLAYGROUND: &str = include_str!("playground.html");
 
@@ -49,10 +62,21 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.max_batch == 0 || args.max_queue == 0 || args.max_tokens_limit == 0 {
         bail!("--max-batch, --max-queue and --max-tokens-limit must be at least 1");
     }
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
     let api_key = match (&args.api_key, &args.api_key_file) {
-        (Some(key), _) => Some(key.clone()),
+        (Some(key), _) => {
+            if std::env::args_os().any(|a| a.to_string_lossy().starts_with("--api-key")) {
+                eprintln!(
+                    "warning: --api-key on the command line is visible to every user of this machine (ps); use --api-key-file FILE or QUILL_API_KEY"
+                );
+            }
+            Some(key.clone())
+        }
         (None, Some(file)) => {
-            let text = std::fs::read_to_string(file)
+            crate::commands::warn_if_others_can_read(file, "--api-key-file");
+            let text = quill_data::files::read_regular_text(file, 4096)
                 .with_context(|| format!("--api-key-file {}", file.display()))?;
             Some(text.lines().next().unwrap_or("").trim().to_string())
         }
@@ -84,6 +108,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .model_name
         .clone()
         .unwrap_or_else(|| args.checkpoint.display().to_string());
+    let connections = connection_limit(args.max_connections);
     target.run(ServeJob {
         checkpoint,
         weights: args.weights.weights,
@@ -95,7 +120,45 @@ pub fn run(args: ServeArgs) -> Result<()> {
             max_rows: args.max_batch,
         },
         max_queue: args.max_queue,
+        connections,
+        drain: std::time::Duration::from_secs(args.drain_timeout),
     })
+}
+
+/// The most connections the server keeps: `wanted`, within what the process may open
+/// (its soft file limit, raised to the hard one first, less a margin for the model's
+/// own files).
+fn connection_limit(wanted: usize) -> usize {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit read and write the one struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                if limit.rlim_cur < limit.rlim_max {
+                    let raised = libc::rlimit {
+                        rlim_cur: limit.rlim_max,
+                        rlim_max: limit.rlim_max,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                        limit = raised;
+                    }
+                }
+                let room = (limit.rlim_cur as usize).saturating_sub(64).max(1);
+                if room < wanted {
+                    eprintln!(
+                        "note: this process may open {} files: at most {room} connections (--max-connections {wanted})",
+                        limit.rlim_cur
+                    );
+                }
+                return wanted.min(room);
+            }
+        }
+    }
+    wanted
 }
 
 struct ServeJob {
@@ -105,6 +168,8 @@ struct ServeJob {
     api_key: Option<String>,
     limits: Limits,
     max_queue: usize,
+    connections: usize,
+    drain: std::time::Duration,
 }
 
 impl Job for ServeJob {
@@ -122,12 +187,17 @@ impl Job for ServeJob {
             places: Arc::new(Semaphore::new(self.max_queue)),
             block_size: model.block_size(),
             created: now(),
+            hosts: loopback_hosts(self.listener.local_addr()?),
         });
         let address = self.listener.local_addr()?;
         let listener = self.listener;
+        let limits = ServerLimits {
+            connections: self.connections,
+            drain: self.drain,
+        };
         let server = std::thread::Builder::new()
             .name("http".into())
-            .spawn(move || serve(app, listener))?;
+            .spawn(move || serve(app, listener, limits))?;
         eprintln!(
             "serving {} on http://{address} (playground: http://{address}/, API: http://{address}/v1)",
             self.limits.model
@@ -154,11 +224,44 @@ struct App {
     places: Arc<Semaphore>,
     block_size: usize,
     created: u64,
+    /// The host names a request's `Host` may carry when the server has no API key:
+    /// the loopback names and the bound address.
+    hosts: Vec<String>,
+}
+
+/// The host names (without port) of a server bound to `address`.
+fn loopback_hosts(address: SocketAddr) -> Vec<String> {
+    let bound = match address.ip() {
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "[::1]".into(),
+        bound,
+    ]
+}
+
+/// The host name of a `Host` header: without its port.
+fn host_name(host: &str) -> &str {
+    match host.rfind(':') {
+        // `[::1]:8000`, `localhost:8000`; a bare `[::1]` keeps its colons.
+        Some(colon) if !host[colon..].contains(']') => &host[..colon],
+        _ => host,
+    }
+}
+
+/// What bounds the HTTP server's connections and its shutdown.
+struct ServerLimits {
+    connections: usize,
+    drain: std::time::Duration,
 }
 
 /// Runs the HTTP server until Ctrl-C or SIGTERM, then until every accepted request has
-/// been answered. Dropping `app` afterwards closes the queue, which ends the engine.
-fn serve(app: Arc<App>, listener: std::net::TcpListener) -> Result<()> {
+/// been answered, `limits.drain` at most, or a second signal. Dropping `app`
+/// afterwards closes the queue, which ends the engine.
+fn serve(app: Arc<App>, listener: std::net::TcpListener, limits: ServerLimits) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -166,10 +269,64 @@ fn serve(app: Arc<App>, listener: std::net::TcpListener) -> Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let router = router(app);
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
-        eprintln!("quill serve: every request answered, stopping");
+        let open = Arc::new(Semaphore::new(limits.connections));
+        let (closing, closed) = tokio::sync::watch::channel(false);
+        let mut stop = std::pin::pin!(shutdown_signal());
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    // Out of file descriptors (or a connection reset while queued):
+                    // wait a moment rather than spin.
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                _ = &mut stop => break,
+            };
+            // Past the limit a connection is closed at once.
+            let Ok(place) = open.clone().try_acquire_owned() else {
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let mut closed = closed.clone();
+            tokio::spawn(async move {
+                let _place = place;
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT);
+                let connection = builder.serve_connection(io, service);
+                let mut connection = std::pin::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    _ = closed.wait_for(|closing| *closing) => {}
+                }
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            });
+        }
+        drop(listener);
+        let _ = closing.send(true);
+        let all = u32::try_from(limits.connections).unwrap_or(u32::MAX);
+        tokio::select! {
+            _ = open.acquire_many(all) => {
+                eprintln!("quill serve: every request answered, stopping");
+            }
+            _ = tokio::time::sleep(limits.drain) => {
+                let left = limits.connections - open.available_permits();
+                eprintln!(
+                    "quill serve: {left} connections still open after {} s (--drain-timeout); stopping",
+                    limits.drain.as_secs()
+                );
+            }
+            _ = shutdown_signal() => {
+                eprintln!("quill serve: a second signal: stopping now");
+                std::process::exit(130);
+            }
+        }
         Ok(())
     })
 }
@@ -201,6 +358,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .layer(middleware::from_fn_with_state(app.clone(), authorize));
+    let guard = middleware::from_fn_with_state(app.clone(), from_a_web_page);
     Router::new()
         .route("/", get(playground))
         .route(
@@ -215,7 +373,48 @@ fn router(app: Arc<App>) -> Router {
                 "unknown path: quill serve answers /v1/models, /v1/completions, /health and /",
             )
         })
+        .layer(guard)
         .with_state(app)
+}
+
+/// Without an API key, refuses what a web page in the user's browser could send: a
+/// request addressed to another name (DNS rebinding: `Host` is the attacker's domain)
+/// or a POST whose body is not JSON (a form or `fetch` without a preflight).
+async fn from_a_web_page(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if app.api_key.is_some() {
+        return next.run(request).await;
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let name = host_name(host);
+    if !app.hosts.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            format!(
+                "Host {host:?} is not this server's: without an API key, quill serve answers only requests to localhost, 127.0.0.1 or [::1]"
+            ),
+        )
+        .into_response();
+    }
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if request.method() == axum::http::Method::POST && !json {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "send the request body as JSON, with 'Content-Type: application/json'",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// With an API key, every request under /v1 must carry `Authorization: Bearer KEY`.
@@ -258,19 +457,42 @@ async fn playground(State(app): State<Arc<App>>) -> Html<String> {
             c => c.to_string(),
         })
         .collect();
-    Html(
-        PLAYGROUND
-            .replace("{{MODEL}}", &escaped)
-            .replace("{{MAX_TOKENS}}", &app.limits.max_tokens.to_string())
-            .replace(
-                "{{KEY}}",
-                if app.api_key.is_some() {
-                    "required"
-                } else {
-                    "none"
-                },
-            ),
-    )
+    let max_tokens = app.limits.max_tokens.to_string();
+    let key = match app.api_key.is_some() {
+        true => "required",
+        false => "none",
+    };
+    Html(fill(
+        PLAYGROUND,
+        &[
+            ("{{MODEL}}", &escaped),
+            ("{{MAX_TOKENS}}", &max_tokens),
+            ("{{KEY}}", key),
+        ],
+    ))
+}
+
+/// `template` with each placeholder replaced, in one pass over the template: a value
+/// that holds a placeholder's name is never filled in again.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(at) = rest.find("{{") {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        match values.iter().find(|(name, _)| rest.starts_with(name)) {
+            Some((name, value)) => {
+                out.push_str(value);
+                rest = &rest[name.len()..];
+            }
+            None => {
+                out.push_str("{{");
+                rest = &rest[2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 async fn models(State(app): State<Arc<App>>) -> axum::Json<Value> {
@@ -318,6 +540,9 @@ struct Accepted {
 }
 
 async fn start_completion(app: &App, body: Body) -> Result<Response, ApiError> {
+    // A place in the queue before the body is read and tokenised: a full server reads
+    // no more bodies.
+    let first = app.places.clone().try_acquire_owned().map_err(|_| busy())?;
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| {
@@ -335,17 +560,11 @@ async fn start_completion(app: &App, body: Body) -> Result<Response, ApiError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))?;
     let (sender, events) = mpsc::unbounded_channel();
-    let places = (0..prompts.len())
+    let more = (1..prompts.len())
         .map(|_| app.places.clone().try_acquire_owned())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "the server is busy: its queue is full; retry shortly",
-            )
-            .code("server_overloaded")
-        })?;
+        .map_err(|_| busy())?;
+    let places = std::iter::once(first).chain(more);
     let prompt_tokens = prompts.iter().map(Vec::len).sum();
     for ((i, prompt), place) in prompts.into_iter().enumerate().zip(places) {
         let work = Work {
@@ -364,10 +583,7 @@ async fn start_completion(app: &App, body: Body) -> Result<Response, ApiError> {
     }
     let created = now();
     let accepted = Accepted {
-        id: format!(
-            "cmpl-{:016x}",
-            request.options.seed ^ u64::from(rand_suffix())
-        ),
+        id: format!("cmpl-{:016x}", random_id()),
         request,
         events,
         prompt_tokens,
@@ -379,11 +595,23 @@ async fn start_completion(app: &App, body: Body) -> Result<Response, ApiError> {
     })
 }
 
-/// A little variety for response ids.
-fn rand_suffix() -> u32 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos())
+/// A response id independent of the request (its seed included): the standard
+/// library's randomly keyed hash of a counter.
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    RandomState::new().hash_one(n)
+}
+
+/// The answer of a server whose queue is full.
+fn busy() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "the server is busy: its queue is full; retry shortly",
+    )
+    .code("server_overloaded")
 }
 
 /// The prompt of choice `choice`, for `echo`.
