@@ -929,3 +929,80 @@ fn a_tensor_that_does_not_fit_stops_the_rank_that_receives_it() {
         drop(rank);
     }
 }
+
+/// A stranger without the secret holds thousands of idle connections to every port of
+/// a data-parallel run: the run finishes with the weights of the same run undisturbed,
+/// and the refusals take a few lines of the log, not thousands.
+#[test]
+fn a_flood_of_idle_connections_leaves_the_run_undisturbed() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the one struct passed.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    let dir = setup();
+    let args = |out: &str| {
+        train_args(
+            "4",
+            &["--max-iters", "400", "--eval-interval", "200", "--out", out],
+        )
+    };
+    let [ref0, ref1] = two_ranks(dir.path(), &args("one"), 29960);
+    stdout(&ref0);
+    stdout(&ref1);
+    let port = 29970;
+    // The ranks may open 1,024 files, as on many machines: more idle connections than
+    // that would exhaust them if each were kept.
+    let ranks = [0, 1].map(|rank| {
+        let mut args = args("two");
+        args.extend(["--world-size", "2", "--rank", &rank.to_string()].map(String::from));
+        args.extend(["--coordinator".into(), format!("127.0.0.1:{port}")]);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quill"));
+        command
+            .args(&args)
+            .current_dir(dir.path())
+            .env_remove("RUST_BACKTRACE")
+            .env("QUILL_SECRET", SECRET)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit, which is async-signal-safe, runs in the child.
+        unsafe {
+            command.pre_exec(|| {
+                let files = libc::rlimit {
+                    rlim_cur: 1024,
+                    rlim_max: 1024,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+                Ok(())
+            });
+        }
+        command.spawn().expect("quill starts")
+    });
+    for p in [port, port + 1, port + 2] {
+        wire::wait_for_port(p);
+    }
+    let flood = (limit.rlim_cur as usize).saturating_sub(500).min(3000);
+    let mut held = Vec::new();
+    for i in 0..flood {
+        let p = port + (i % 3) as u16;
+        if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", p)) {
+            held.push(stream);
+        }
+    }
+    let [out0, out1] = ranks.map(|r| r.wait_with_output().unwrap());
+    let stdout0 = stdout(&out0);
+    assert!(stdout0.contains("done: 400 iterations"), "{stdout0}");
+    stdout(&out1);
+    eprintln!("{} connections held during the run", held.len());
+    drop(held);
+    assert_eq!(weights(dir.path(), "one"), weights(dir.path(), "two"));
+    let stderr = String::from_utf8_lossy(&out0.stderr);
+    let warnings = stderr.matches("warning: refused").count();
+    assert!(warnings < 20, "{warnings} warning lines:\n{stderr}");
+}

@@ -850,3 +850,31 @@ fn shutdown_waits_for_stragglers_only_so_long() {
         started.elapsed()
     );
 }
+
+/// A stream nobody reads is not kept in memory: once its client has left 4,096 pieces
+/// unread (beyond what the sockets hold), the request is ended with an error event.
+#[test]
+fn a_stream_nobody_reads_is_ended() {
+    let server = Server::start(&["--max-tokens-limit", "1000000"]);
+    let request = json!({"prompt": "Speak", "max_tokens": 1000000, "stream": true});
+    let mut stream = server.complete(request);
+    std::thread::sleep(Duration::from_secs(10));
+    let rss = rss_kib(server.child.id());
+    let mut rest = Vec::new();
+    while let Some(piece) = stream.piece() {
+        rest.extend(piece);
+    }
+    let rest = String::from_utf8(rest).unwrap();
+    assert!(
+        rest.contains("pieces of its stream unread: the request was ended"),
+        "{}",
+        &rest[rest.len().saturating_sub(500)..]
+    );
+    assert!(!rest.contains("[DONE]"));
+    assert!(rss < 200 * 1024, "{rss} KiB");
+    // The server goes on serving.
+    let (status, _) = server
+        .complete(json!({"prompt": "Speak", "max_tokens": 5}))
+        .json();
+    assert_eq!(status, 200);
+}

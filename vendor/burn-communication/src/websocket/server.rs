@@ -56,13 +56,48 @@ impl ProtocolServer for WsServer {
 
         let listener = tokio::net::TcpListener::bind((host, self.port)).await?;
 
-        axum::serve(
-            listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await?;
+        // quill: connections are served here rather than by axum::serve, which has no
+        // header-read timeout and no bound: a connection that has not sent its upgrade
+        // request within guard::HEADER_TIMEOUT is closed, and at most
+        // guard::MAX_PENDING connections may be open and not yet upgraded (a stranger
+        // holding thousands of idle sockets exhausted the file descriptors).
+        let pending = std::sync::Arc::new(tokio::sync::Semaphore::new(guard::MAX_PENDING));
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        log::warn!(target: guard::REFUSED, "could not accept a connection: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let Ok(place) = pending.clone().try_acquire_owned() else {
+                log::warn!(
+                    target: guard::REFUSED,
+                    "refused a connection from {peer}: {} connections are waiting to prove the run's secret",
+                    guard::MAX_PENDING
+                );
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(
+                self.router.clone().layer(axum::Extension(ConnectInfo(peer))),
+            );
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(guard::HEADER_TIMEOUT);
+                // Resolves once the connection is upgraded (or closed): the place is
+                // then free for the next.
+                let _ = builder.serve_connection(io, service).with_upgrades().await;
+                drop(place);
+            });
+        }
 
         Ok(())
     }
@@ -86,7 +121,7 @@ impl ProtocolServer for WsServer {
         let method = get(
             move |ws: WebSocketUpgrade,
                   headers: HeaderMap,
-                  ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                  axum::Extension(ConnectInfo(peer)): axum::Extension<ConnectInfo<SocketAddr>>,
                   _: State<()>| async move {
                 let given = headers.get(guard::HEADER).map(|v| v.as_bytes());
                 if !guard::authorized(given) {

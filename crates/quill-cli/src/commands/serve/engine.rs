@@ -4,13 +4,17 @@
 //! It runs on its own thread, the model's; the HTTP side talks to it through the
 //! bounded queue (requests in) and one channel per request (events out). A request
 //! whose channel has closed — its client went away — leaves the batch before the next
-//! step.
+//! step, and so does one whose client has left [`MAX_UNREAD`] events unread (a stream
+//! nobody reads is ended, not kept in memory).
 
 use anyhow::Result;
 use burn::tensor::backend::Backend;
 use quill_data::Tokenizer;
 use quill_model::{Batcher, GroupId, LanguageModel, SamplingOptions};
 use quill_train::StopText;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::api::Finish;
@@ -25,9 +29,68 @@ pub struct Work {
     pub max_tokens: usize,
     pub stop: Vec<String>,
     pub options: SamplingOptions,
-    pub events: mpsc::UnboundedSender<Event>,
+    pub events: EventSender,
     /// The request's place in the queue, given back when the batch takes it.
     pub place: Option<OwnedSemaphorePermit>,
+}
+
+/// The most events a request's client may leave unread (pieces of text, about a token
+/// each): past that, its request fails and leaves the batch.
+pub const MAX_UNREAD: usize = 4096;
+
+/// A request's events, both ends, counting those sent and not yet read.
+pub fn events() -> (EventSender, EventReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let unread = Arc::new(AtomicUsize::new(0));
+    let sender = EventSender {
+        tx,
+        unread: unread.clone(),
+    };
+    (sender, EventReceiver { rx, unread })
+}
+
+/// The engine's end of a request's events.
+#[derive(Debug, Clone)]
+pub struct EventSender {
+    tx: mpsc::UnboundedSender<Event>,
+    unread: Arc<AtomicUsize>,
+}
+
+impl EventSender {
+    /// Sends `event` (nothing happens when the client has gone).
+    pub fn send(&self, event: Event) {
+        if self.tx.send(event).is_ok() {
+            self.unread.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the client went away.
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Whether the client has left more than [`MAX_UNREAD`] events unread.
+    fn lagging(&self) -> bool {
+        self.unread.load(Ordering::Relaxed) > MAX_UNREAD
+    }
+}
+
+/// The HTTP side's end of a request's events.
+#[derive(Debug)]
+pub struct EventReceiver {
+    rx: mpsc::UnboundedReceiver<Event>,
+    unread: Arc<AtomicUsize>,
+}
+
+impl EventReceiver {
+    /// The next event; `None` once the engine has dropped the request.
+    pub async fn recv(&mut self) -> Option<Event> {
+        let event = self.rx.recv().await;
+        if event.is_some() {
+            self.unread.fetch_sub(1, Ordering::Relaxed);
+        }
+        event
+    }
 }
 
 /// What the loop tells a request.
@@ -58,7 +121,7 @@ struct Active {
 impl Active {
     fn send(&self, event: Event) {
         // A closed channel is a client gone; the next step drops the group.
-        let _ = self.work.events.send(event);
+        self.work.events.send(event);
     }
 
     /// Takes one new token per row; returns whether every row is done.
@@ -132,7 +195,7 @@ pub fn run<B: Backend>(
             let id = match batcher.add(&vec![work.prompt.clone(); work.rows], &work.options) {
                 Ok(id) => id,
                 Err(e) => {
-                    let _ = work.events.send(Event::Failed(e.to_string()));
+                    work.events.send(Event::Failed(e.to_string()));
                     continue;
                 }
             };
@@ -145,7 +208,13 @@ pub fn run<B: Backend>(
             });
         }
         active.retain(|a| {
-            let gone = a.work.events.is_closed();
+            let lagging = a.work.events.lagging();
+            if lagging {
+                a.send(Event::Failed(format!(
+                    "the client left more than {MAX_UNREAD} pieces of its stream unread: the request was ended"
+                )));
+            }
+            let gone = lagging || a.work.events.is_closed();
             if gone {
                 batcher.remove(a.id);
             }

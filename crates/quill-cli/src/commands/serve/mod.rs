@@ -533,7 +533,7 @@ async fn completions(State(app): State<Arc<App>>, body: Body) -> Response {
 /// A request accepted into the queue: its events and what its response needs.
 struct Accepted {
     request: CompletionRequest,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: engine::EventReceiver,
     prompt_tokens: usize,
     id: String,
     created: u64,
@@ -559,7 +559,7 @@ async fn start_completion(app: &App, body: Body) -> Result<Response, ApiError> {
         .map(|p| app.tokenizer.encode(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))?;
-    let (sender, events) = mpsc::unbounded_channel();
+    let (sender, events) = engine::events();
     let more = (1..prompts.len())
         .map(|_| app.places.clone().try_acquire_owned())
         .collect::<Result<Vec<_>, _>>()
