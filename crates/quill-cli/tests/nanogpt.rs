@@ -183,9 +183,7 @@ fn hostile_and_broken_checkpoints_are_one_line_errors() {
     #[cfg(unix)]
     {
         let fifo = dir.path().join("fifo.pt");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        common::mkfifo(&fifo);
         let line = import(fifo.to_str().unwrap(), &meta);
         assert!(line.contains("not a regular file (a FIFO)"), "{line}");
         let zero = dir.path().join("zero.pkl");

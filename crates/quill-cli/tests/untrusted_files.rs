@@ -229,14 +229,8 @@ fn tensors_that_do_not_fit_the_model_are_refused() {
 fn fifos_and_devices_in_a_run_directory_are_never_read() {
     let dir = setup();
     let run = dir.path().join("run");
-    let fifo = |path: &Path| {
-        let _ = fs::remove_file(path);
-        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    };
-    fifo(&run.join(".lock"));
-    fifo(&run.join("metrics.jsonl"));
+    common::mkfifo(&run.join(".lock"));
+    common::mkfifo(&run.join("metrics.jsonl"));
     fs::remove_file(run.join("last/state.json")).unwrap();
     std::os::unix::fs::symlink("/dev/zero", run.join("last/state.json")).unwrap();
     let started = std::time::Instant::now();

@@ -75,3 +75,13 @@ pub fn step_losses(dir: &Path, run: &str) -> Vec<(u64, f64)> {
         })
         .collect()
 }
+
+/// Makes a FIFO at `path` (replacing a file there): what a careless or hostile user
+/// may leave where quill expects a file.
+#[cfg(unix)]
+pub fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
