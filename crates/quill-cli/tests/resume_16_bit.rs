@@ -11,7 +11,7 @@ mod common;
 
 use common::{TINY_MODEL, error_line, quill, stdout};
 
-const ITERS: &str = "40";
+const ITERS: &str = "60";
 
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -145,7 +145,7 @@ fn killed_16_bit_runs_resume_in_their_float_type_bit_for_bit() {
 
         // A --dtype that disagrees with the checkpoint's is an error naming both.
         let mut args = resume.to_vec();
-        args.extend_from_slice(&["--dtype", "f32", "--max-iters", "50"]);
+        args.extend_from_slice(&["--dtype", "f32", "--max-iters", "70"]);
         assert_eq!(
             error_line(&quill(&args, dir.path())),
             format!(

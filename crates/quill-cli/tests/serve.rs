@@ -757,12 +757,13 @@ fn a_flood_of_idle_and_slow_connections_leaves_the_server_serving() {
         during < before + 200 * 1024,
         "{during} KiB with the flood, {before} before"
     );
-    // After the header timeout (10 s) every one of them was closed by the server.
+    // After the header timeout (10 s) every one of them was closed by the server (one
+    // accepted late under load closes within the read timeout).
     std::thread::sleep(Duration::from_secs(12));
     let mut closed = 0;
     for stream in &mut held {
         stream
-            .set_read_timeout(Some(Duration::from_secs(1)))
+            .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let mut byte = [0u8; 512];
         // A closed connection reads its end (a 408 answer first, for a half header).
