@@ -21,8 +21,8 @@ pub const REFUSED: &str = "burn_communication::refused";
 /// quill: how long a connection may take to send its upgrade request.
 pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// quill: the most connections open and not yet upgraded (authenticated) at once; more
-/// are closed as they arrive.
+/// quill: the most connections open and not yet upgraded (authenticated) at once; a
+/// newer one closes the one waiting longest.
 pub const MAX_PENDING: usize = 256;
 
 /// The header that carries the secret.

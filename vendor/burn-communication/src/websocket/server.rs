@@ -60,8 +60,13 @@ impl ProtocolServer for WsServer {
         // header-read timeout and no bound: a connection that has not sent its upgrade
         // request within guard::HEADER_TIMEOUT is closed, and at most
         // guard::MAX_PENDING connections may be open and not yet upgraded (a stranger
-        // holding thousands of idle sockets exhausted the file descriptors).
-        let pending = std::sync::Arc::new(tokio::sync::Semaphore::new(guard::MAX_PENDING));
+        // holding thousands of idle sockets exhausted the file descriptors). Past that
+        // bound the connection waiting longest is closed: a rank upgrades within
+        // milliseconds of connecting, so a flood of idle ones cannot keep it out.
+        let pending: std::sync::Arc<
+            std::sync::Mutex<std::collections::VecDeque<(u64, std::sync::Arc<tokio::sync::Notify>)>>,
+        > = Default::default();
+        let mut next_id = 0u64;
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -75,27 +80,40 @@ impl ProtocolServer for WsServer {
                 },
                 _ = &mut shutdown => break,
             };
-            let Ok(place) = pending.clone().try_acquire_owned() else {
-                log::warn!(
-                    target: guard::REFUSED,
-                    "refused a connection from {peer}: {} connections are waiting to prove the run's secret",
-                    guard::MAX_PENDING
-                );
-                continue;
-            };
+            let (id, close) = (next_id, std::sync::Arc::new(tokio::sync::Notify::new()));
+            next_id += 1;
+            {
+                let mut waiting = pending.lock().unwrap_or_else(|e| e.into_inner());
+                if waiting.len() >= guard::MAX_PENDING
+                    && let Some((_, oldest)) = waiting.pop_front()
+                {
+                    oldest.notify_one();
+                    log::warn!(
+                        target: guard::REFUSED,
+                        "closed a connection that had not proved the run's secret: {} were waiting (the newest from {peer})",
+                        guard::MAX_PENDING
+                    );
+                }
+                waiting.push_back((id, close.clone()));
+            }
             let service = hyper_util::service::TowerToHyperService::new(
                 self.router.clone().layer(axum::Extension(ConnectInfo(peer))),
             );
+            let pending = pending.clone();
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let mut builder = hyper::server::conn::http1::Builder::new();
                 builder
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(guard::HEADER_TIMEOUT);
-                // Resolves once the connection is upgraded (or closed): the place is
-                // then free for the next.
-                let _ = builder.serve_connection(io, service).with_upgrades().await;
-                drop(place);
+                // Resolves once the connection is upgraded (or closed); closed early
+                // when newer connections push it out of the waiting ones.
+                tokio::select! {
+                    _ = builder.serve_connection(io, service).with_upgrades() => {}
+                    _ = close.notified() => {}
+                }
+                let mut waiting = pending.lock().unwrap_or_else(|e| e.into_inner());
+                waiting.retain(|(other, _)| *other != id);
             });
         }
 
