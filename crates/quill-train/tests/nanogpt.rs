@@ -149,9 +149,10 @@ fn foreign_files_are_one_line_errors() {
     assert!(bare.contains("not a nanoGPT checkpoint"), "{bare}");
     let no_meta = read(&fixture("ckpt.pt"), None);
     assert!(no_meta.contains("needs its meta.pkl (--meta"), "{no_meta}");
+    // A plain pickle (a meta.pkl) given as the checkpoint: read, and not nanoGPT's.
     let not_torch = read(&meta, None);
     assert!(
-        not_torch.contains("not a PyTorch checkpoint"),
+        not_torch.contains("not a nanoGPT checkpoint: it has no \"model\""),
         "{not_torch}"
     );
 
