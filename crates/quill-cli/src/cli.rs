@@ -275,6 +275,17 @@ pub enum DataCommand {
     /// Tokenize a corpus once, as a stream on all cores, into train.bin and val.bin
     /// (llm.c's token-shard layout) with the tokenizer and a meta.json.
     Prepare(PrepareArgs),
+    /// Put tiny Shakespeare in place (data/tinyshakespeare/input.txt): downloaded, or
+    /// copied from a file you have with --from; its sha256 is checked either way.
+    Get(GetArgs),
+}
+
+/// `quill data get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// A copy of tiny Shakespeare you already have (no network needed).
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
 }
 
 /// `quill data prepare`.
@@ -333,11 +344,16 @@ pub struct TrainArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub source: DataSource,
-    /// Run directory for checkpoints and metrics [default: runs/PRESET, or the resumed
-    /// checkpoint's run]
+    /// Run directory for checkpoints and metrics [default: runs/PRESET, or runs/PRESET-2,
+    /// -3, … when that holds a run; a resumed run continues in its own directory]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Continue from this checkpoint directory (e.g. runs/cpu/last), exactly where it stopped.
+    /// Replace the run that --out holds (its checkpoints, records and pictures); without
+    /// it, a directory holding another run is refused.
+    #[arg(long, requires = "out")]
+    pub overwrite: bool,
+    /// Continue from this checkpoint directory (e.g. runs/cpu/last, or the run
+    /// directory runs/cpu for its last/), exactly where it stopped.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     /// Start from the weights of this checkpoint (e.g. one made by 'quill import gpt2')
@@ -487,9 +503,10 @@ pub struct PlotArgs {
     /// Run directories.
     #[arg(value_name = "RUN", required = true)]
     pub runs: Vec<PathBuf>,
-    /// The picture to write: .png or .svg.
+    /// The picture to write: .png or .svg [default: plot.png, or plot-2.png, … when
+    /// that exists]
     #[arg(long, value_name = "FILE")]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
 }
 
 /// `quill eval`.

@@ -22,11 +22,7 @@ const TINY: &[&str] = &[
 ];
 
 fn setup() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let verse =
-        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n";
-    fs::write(dir.path().join("corpus.txt"), verse.repeat(50)).unwrap();
-    dir
+    common::verse_dir()
 }
 
 fn train(dir: &Path, extra: &[&str]) -> String {
@@ -716,7 +712,7 @@ fn dry_run_prints_the_estimate_and_writes_nothing() {
     );
     assert!(out.contains("the machine has "), "{out}");
     assert!(
-        out.ends_with("# dry run: nothing trained, nothing written\n"),
+        out.ends_with("# dry run: nothing trained, nothing written; the run would write to run\n"),
         "{out}"
     );
     assert!(!dir.path().join("run").exists());

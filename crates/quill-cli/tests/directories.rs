@@ -78,8 +78,8 @@ fn train_refuses_a_directory_of_a_users_files() {
     assert!(!dir.path().join("mine/photos").exists());
 }
 
-/// A checkpoint downloaded beside a user's files is resumed only into a run directory
-/// named with `--out`; its own directory is not taken for one.
+/// A checkpoint downloaded beside a user's files is resumed into a run directory of its
+/// own (under `runs/`, or named with `--out`); its own directory is not taken for one.
 #[test]
 fn resume_writes_only_into_a_quill_run_directory() {
     let dir = setup();
@@ -103,11 +103,13 @@ fn resume_writes_only_into_a_quill_run_directory() {
         let args = [&["--resume", "Downloads/shared-ckpt"][..], extra].concat();
         quill(&train_args("4", &args), dir.path())
     };
-    let err = error_line(&resume(&[]));
-    assert_eq!(
-        err,
-        "error: Downloads is not a quill run directory, so --resume Downloads/shared-ckpt does not write there; pass --out DIR to choose where this run writes"
+    // Without --out, a new run directory of its own under runs/.
+    let out = stdout(&resume(&[]));
+    assert!(
+        out.starts_with("# run directory: runs/shared-ckpt (Downloads/shared-ckpt is not in a run directory; --out chooses another)\n"),
+        "{out}"
     );
+    assert!(out.contains("done: 4 iterations"), "{out}");
     assert_eq!(snapshot(&downloads), before);
     // Nor into it when named with --out.
     let err = error_line(&resume(&["--out", "Downloads"]));
@@ -180,7 +182,8 @@ fn import_and_prepare_refuse_a_directory_that_merely_looks_like_theirs() {
 }
 
 /// A downloaded checkpoint named `last/` does not make its folder a run directory:
-/// resuming it without `--out` is refused and the folder's files stay as they were.
+/// resumed without `--out`, the run writes to a new directory under `runs/` and the
+/// folder's files stay as they were.
 #[test]
 fn a_downloaded_last_does_not_make_its_folder_a_run_directory() {
     let dir = setup();
@@ -205,14 +208,18 @@ fn a_downloaded_last_does_not_make_its_folder_a_run_directory() {
         .unwrap();
     }
     let before = snapshot(&downloads);
-    let err = error_line(&quill(
+    let out = stdout(&quill(
         &train_args("4", &["--resume", "Downloads/last"]),
         dir.path(),
     ));
-    assert_eq!(
-        err,
-        "error: Downloads is not a quill run directory, so --resume Downloads/last does not write there; pass --out DIR to choose where this run writes"
+    assert!(
+        out.starts_with(
+            "# run directory: runs/Downloads (Downloads/last is not in a run directory; --out chooses another)\n"
+        ),
+        "{out}"
     );
+    assert!(out.contains("done: 4 iterations"), "{out}");
+    assert!(dir.path().join("runs/Downloads/best").is_dir());
     assert_eq!(snapshot(&downloads), before);
     let out = stdout(&quill(
         &train_args("4", &["--resume", "Downloads/last", "--out", "resumed"]),

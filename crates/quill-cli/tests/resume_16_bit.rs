@@ -14,11 +14,7 @@ use common::{TINY_MODEL, error_line, quill, stdout};
 const ITERS: &str = "60";
 
 fn setup() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let verse =
-        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n";
-    fs::write(dir.path().join("corpus.txt"), verse.repeat(50)).unwrap();
-    dir
+    common::verse_dir()
 }
 
 /// `quill train` of the tiny model for `ITERS` steps into `out`, checkpointing every

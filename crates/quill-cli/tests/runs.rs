@@ -13,16 +13,7 @@ use common::{TINY_MODEL, error_line, quill, stdout};
 fn train(dir: &Path, out: &str, extra: &[&str]) -> String {
     let mut args = vec!["train", "--data", "corpus.txt", "--out", out];
     args.extend_from_slice(TINY_MODEL);
-    args.extend_from_slice(&[
-        "--eval-interval",
-        "3",
-        "--eval-iters",
-        "1",
-        "--final-eval-iters",
-        "1",
-        "--sample-chars",
-        "8",
-    ]);
+    args.extend_from_slice(common::TINY_SCHEDULE);
     args.extend_from_slice(extra);
     stdout(&quill(&args, dir))
 }

@@ -89,6 +89,31 @@ impl Corpus {
     }
 }
 
+impl KnownCorpus {
+    /// Puts the copy `from` (a regular file the user has) in place at `dest`, after
+    /// checking its size and sha256: what lets a machine without network train on the
+    /// known corpus. Returns whether it was written (`false`: `dest` already held it).
+    pub fn place_from(&self, from: &Path, dest: &Path) -> Result<bool, DataError> {
+        if dest.exists() && Corpus::read_verified(self, dest).is_ok() {
+            return Ok(false);
+        }
+        let file = crate::files::open_regular(from).map_err(|e| DataError::io(from, e))?;
+        let len = file.metadata().map_err(|e| DataError::io(from, e))?.len();
+        if len != self.len {
+            return Err(DataError::Checksum {
+                path: from.to_path_buf(),
+                expected: format!("{} ({} bytes)", self.sha256, self.len),
+                actual: format!("a file of {len} bytes"),
+            });
+        }
+        let bytes =
+            crate::files::read_regular(from, self.len).map_err(|e| DataError::io(from, e))?;
+        check_sha256(from, &bytes, self.sha256)?;
+        write_file(dest, &bytes)?;
+        Ok(true)
+    }
+}
+
 /// Tiny Shakespeare at its place under the directory `root` (a checkout:
 /// `root/data/tinyshakespeare/input.txt`), put there first when it is missing — copied
 /// from `root/../shared/data/tinyshakespeare.txt` where that exists, else downloaded

@@ -64,7 +64,9 @@ pub use interop::{hf, nanogpt};
 pub use optim::{GradBuffer, LossScaler, MuonAdamW, StepOptions, muon, param_lengths};
 #[cfg(feature = "plot")]
 pub use run::plot::{LossPlot, RunsPlot, smoothed};
-pub use run::run_dir::{RUN, RunDir, check_run_dir, is_run_dir};
+pub use run::run_dir::{
+    RUN, RunDir, Which, check_run_dir, checkpoint_of_run, fresh_run_dir, holds_run, is_run_dir,
+};
 pub use run::summary::{RunState, RunSummary, differing_settings, flat_settings, preset_of};
 pub use run::{
     Agreement, Observer, Outcome, Run, StepReport, checkpoint, human_count, metrics, train,

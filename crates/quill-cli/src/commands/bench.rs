@@ -249,6 +249,7 @@ fn checkpoint(dir: &Path, args: &BenchArgs) -> Result<()> {
     ensure!(args.sample_tokens > 0, "--sample-tokens must be at least 1");
     let target = backend::prepare(args.target.one()?, args.target.dtype())?;
     let start = Instant::now();
+    let dir = &super::checkpoint_dir(dir, quill_train::Which::Best, "--checkpoint")?;
     let checkpoint = Checkpoint::load(dir)?;
     target.check_memory(&MemoryEstimate::sampling(
         &checkpoint.config.model,

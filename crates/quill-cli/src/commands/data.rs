@@ -7,15 +7,36 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use quill_data::prepare::{Phase, PrepareOptions, prepare};
 use quill_data::token_file::TokenFormat;
-use quill_data::{Dataset, TokenizerSpec};
+use quill_data::{Corpus, Dataset, TINY_SHAKESPEARE, TokenizerSpec};
 
-use crate::cli::{DataArgs, DataCommand, DataSource, PrepareArgs, TokenFileFormat};
+use crate::cli::{DataArgs, DataCommand, DataSource, GetArgs, PrepareArgs, TokenFileFormat};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
+/// `quill data get`: tiny Shakespeare in its place, from `--from` or downloaded.
+fn get(args: GetArgs) -> Result<()> {
+    let known = &TINY_SHAKESPEARE;
+    let dest = std::path::Path::new(known.default_path);
+    let written = match &args.from {
+        Some(from) => known.place_from(from, dest)?,
+        None if Corpus::read_verified(known, dest).is_ok() => false,
+        None => {
+            super::load_corpus(&DataSource::default())?;
+            true
+        }
+    };
+    match written {
+        true => println!("{} is in place: {}", known.name, dest.display()),
+        false => println!("{} was in place already: {}", known.name, dest.display()),
+    }
+    Ok(())
+}
+
 pub fn run(args: DataArgs) -> Result<()> {
-    if let Some(DataCommand::Prepare(args)) = args.command {
-        return run_prepare(args);
+    match args.command {
+        Some(DataCommand::Prepare(args)) => return run_prepare(args),
+        Some(DataCommand::Get(args)) => return get(args),
+        None => {}
     }
     let source = DataSource {
         data: args.path.or(args.source.data),

@@ -13,7 +13,8 @@ use crate::cli::EvalArgs;
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let target = backend::prepare(args.target.one()?, args.target.dtype())?;
-    let checkpoint = Checkpoint::load(&args.checkpoint)?;
+    let dir = super::checkpoint_dir(&args.checkpoint, quill_train::Which::Best, "--checkpoint")?;
+    let checkpoint = Checkpoint::load(&dir)?;
     anyhow::ensure!(
         args.eval_iters != Some(0),
         "--eval-iters must be at least 1"

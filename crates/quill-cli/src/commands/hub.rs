@@ -198,7 +198,8 @@ fn download(model: &str) -> Result<PathBuf> {
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
-    let checkpoint = Checkpoint::load(&args.checkpoint)?;
+    let dir = super::checkpoint_dir(&args.checkpoint, quill_train::Which::Best, "--checkpoint")?;
+    let checkpoint = Checkpoint::load(&dir)?;
     hf::export(&checkpoint, &args.out)?;
     if let ModelConfig::Gpt(gpt) = &checkpoint.config.model
         && gpt.activation == quill_model::Activation::Gelu

@@ -69,6 +69,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
             .env("LOCAL_RANK", local.to_string())
             .env("MASTER_ADDR", &host)
             .env("MASTER_PORT", port.to_string())
+            .env(super::train::LAUNCHED_VAR, "1")
             .envs(secret.as_ref().map(|s| (SECRET_VAR, s)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -148,10 +149,14 @@ fn rank_command(
     Ok(out)
 }
 
+/// The exit status of a rank that Ctrl-C stopped cleanly.
+const INTERRUPTED: i32 = 130;
+
 /// Waits for every rank; passes Ctrl-C on; when a rank fails, stops the others and
 /// names it.
 fn supervise(mut ranks: Vec<(usize, Child)>) -> Result<()> {
     let mut running: Vec<bool> = vec![true; ranks.len()];
+    let mut interrupted = false;
     loop {
         for _ in 0..INTERRUPTS.swap(0, Ordering::SeqCst) {
             for (i, (_, child)) in ranks.iter_mut().enumerate() {
@@ -169,7 +174,10 @@ fn supervise(mut ranks: Vec<(usize, Child)>) -> Result<()> {
                 continue;
             };
             running[i] = false;
-            if !status.success() {
+            // 130: the rank stopped at Ctrl-C, its work saved.
+            if status.code() == Some(INTERRUPTED) {
+                interrupted = true;
+            } else if !status.success() {
                 failed.push((*rank, status));
             }
         }
@@ -181,7 +189,10 @@ fn supervise(mut ranks: Vec<(usize, Child)>) -> Result<()> {
             bail!("rank {rank} {}; stopped the other ranks", describe(status));
         }
         if running.iter().all(|r| !r) {
-            return Ok(());
+            return match interrupted {
+                true => Err(super::Interrupted.into()),
+                false => Ok(()),
+            };
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -19,6 +19,7 @@ use quill_data::prepare::{PrepareOptions, prepare};
 use quill_data::shards;
 use quill_data::token_file::TokenFormat;
 use quill_data::{Corpus, Dataset, TINY_SHAKESPEARE, Tokenizer, TokenizerSpec};
+use quill_train::{Which, checkpoint_of_run, is_run_dir};
 use serde::Serialize;
 
 use crate::cli::{Cli, Command, DataSource};
@@ -42,6 +43,57 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// A command that Ctrl-C stopped after it finished cleanly (a checkpoint saved, the
+/// requests in flight answered): the process exits with status 130, as a shell expects
+/// of an interrupted program, and prints nothing more.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// The checkpoint directory a command reads for `dir` given to `flag`: `dir` itself,
+/// or, for a run directory, its `best/` ([`Which::Best`]; `last/` when it has no
+/// `best/`) or `last/` ([`Which::Last`]), with a note saying which. A Hugging Face
+/// model directory is an error that says how to import it.
+pub fn checkpoint_dir(dir: &Path, which: Which, flag: &str) -> Result<PathBuf> {
+    if let Some(checkpoint) = checkpoint_of_run(dir, which) {
+        let name = checkpoint.file_name().unwrap_or_default().to_string_lossy();
+        eprintln!(
+            "note: {} is a run directory; {flag} reads its {name}/ checkpoint {}",
+            dir.display(),
+            checkpoint.display()
+        );
+        return Ok(checkpoint);
+    }
+    if is_run_dir(dir) && !dir.join("state.json").exists() {
+        anyhow::bail!(
+            "{} is a run directory with no {} checkpoint yet: a run saves one at its first evaluation",
+            dir.display(),
+            match which {
+                Which::Best => "best/ or last/",
+                Which::Last => "last/",
+            }
+        );
+    }
+    let hugging_face = ["model.safetensors", "pytorch_model.bin"]
+        .iter()
+        .any(|f| dir.join(f).is_file());
+    if hugging_face && dir.join("config.json").is_file() && !dir.join("state.json").exists() {
+        anyhow::bail!(
+            "{} is a Hugging Face model directory, not a quill checkpoint: import it first: quill import gpt2 --from {} --out ckpt/NAME",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(dir.to_path_buf())
+}
+
 /// The corpus `--data` names, or tiny Shakespeare (downloaded, with a progress bar on
 /// stderr, and verified if missing).
 fn load_corpus(source: &DataSource) -> Result<Corpus> {
@@ -60,7 +112,14 @@ fn load_corpus(source: &DataSource) -> Result<Corpus> {
         bar.set_position(read);
     });
     bar.finish_and_clear();
-    Ok(corpus?)
+    corpus.map_err(|e| match e {
+        quill_data::DataError::Download { reason, .. } => anyhow::anyhow!(
+            "{} is not at {path} and could not be downloaded ({reason}): with a copy of it, `quill data get --from FILE` puts it there; or train on your own text with `--data FILE`",
+            known.name,
+            path = path.display()
+        ),
+        e => e.into(),
+    })
 }
 
 /// Where the data of a run lives, for the configuration header.
@@ -110,8 +169,15 @@ fn load_dataset(
             corpus: None,
         });
     }
+    // `--data data/shakespeare-gpt2`, the default named as the docs name it, is made
+    // as the default is when it is missing.
+    let names_default = |path: &Path| {
+        path == Path::new(SHAKESPEARE_GPT2) && spec == TokenizerSpec::Gpt2 && !path.exists()
+    };
     let prepared = match (&source.data, spec) {
         (Some(path), _) if Dataset::is_token_dir(path) => Some(path.clone()),
+        (Some(path), _) if names_default(path) && source.read_only => None,
+        (Some(path), _) if names_default(path) => Some(prepare_default_gpt2()?),
         (Some(_), _) | (None, TokenizerSpec::Char) => None,
         (None, TokenizerSpec::Gpt2)
             if source.read_only && !Dataset::is_prepared(Path::new(SHAKESPEARE_GPT2)) =>
@@ -141,7 +207,10 @@ fn load_dataset(
             corpus: None,
         });
     }
-    let corpus = load_corpus(source)?;
+    let corpus = match &source.data {
+        Some(path) if names_default(path) => load_corpus(&DataSource::default())?,
+        _ => load_corpus(source)?,
+    };
     let dataset = match (tokenizer, spec) {
         (Some(tokenizer), _) => {
             Dataset::with_tokenizer(&corpus.text, tokenizer.clone(), val_fraction)?

@@ -218,12 +218,22 @@ pub fn plot(args: PlotArgs) -> Result<()> {
         title: &title,
         runs: &runs,
     };
-    let bytes = match args.out.extension().and_then(|e| e.to_str()) {
+    let out = args.out.unwrap_or_else(free_plot_name);
+    let bytes = match out.extension().and_then(|e| e.to_str()) {
         Some("png") => picture.png()?,
         Some("svg") => picture.svg()?.into_bytes(),
-        _ => bail!("--out {}: name a .png or .svg file", args.out.display()),
+        _ => bail!("--out {}: name a .png or .svg file", out.display()),
     };
-    quill_data::atomic::write_file(&args.out, &bytes)?;
-    eprintln!("wrote {}", args.out.display());
+    quill_data::atomic::write_file(&out, &bytes)?;
+    eprintln!("wrote {}", out.display());
     Ok(())
+}
+
+/// `plot.png`, or the first of `plot-2.png`, `plot-3.png`, … that does not exist: the
+/// default never replaces a file.
+fn free_plot_name() -> PathBuf {
+    std::iter::once(PathBuf::from("plot.png"))
+        .chain((2..).map(|n| PathBuf::from(format!("plot-{n}.png"))))
+        .find(|p| p.symlink_metadata().is_err())
+        .expect("some numbered name is free")
 }

@@ -12,7 +12,8 @@ use crate::cli::SampleArgs;
 
 pub fn run(args: SampleArgs) -> Result<()> {
     let target = backend::prepare(args.target.one()?, args.target.dtype())?;
-    let checkpoint = Checkpoint::load(&args.checkpoint)?;
+    let dir = super::checkpoint_dir(&args.checkpoint, quill_train::Which::Best, "--checkpoint")?;
+    let checkpoint = Checkpoint::load(&dir)?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (_, Some(file)) => {
             std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?

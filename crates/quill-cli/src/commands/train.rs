@@ -11,8 +11,9 @@ use burn::tensor::backend::AutodiffBackend;
 use quill_data::Dataset;
 use quill_train::{
     Agreement, Checkpoint, DEFAULT_PRESET, EvalRecord, FloatType, MemoryEstimate, Observer,
-    Outcome, Preset, Run, RunConfig, RunDir, RunSecret, SampleRequest, Sources, StepReport,
-    TrainError, World, check_run_dir, human_bytes, is_run_dir, sample_texts, train,
+    Outcome, Preset, Run, RunConfig, RunDir, RunSecret, RunSummary, SampleRequest, Sources,
+    StepReport, TrainError, Which, World, check_run_dir, fresh_run_dir, holds_run, human_bytes,
+    is_run_dir, sample_texts, train,
 };
 
 use crate::backend::{self, Job};
@@ -44,6 +45,9 @@ pub fn world(args: &ParallelArgs) -> Result<Option<World>> {
     }))
 }
 
+/// Set by `quill launch` in each rank's environment: it prefixes the rank's lines.
+pub const LAUNCHED_VAR: &str = "QUILL_LAUNCHED";
+
 /// The environment variable that carries the run's secret to its ranks.
 pub const SECRET_VAR: &str = "QUILL_SECRET";
 
@@ -66,19 +70,55 @@ fn secret(args: &ParallelArgs) -> Result<Option<RunSecret>> {
 pub fn run(args: TrainArgs) -> Result<()> {
     let preset = args.preset.as_deref().unwrap_or(DEFAULT_PRESET);
     let world = world(&args.parallel)?;
+    // Why the run directory is not the obvious one, for the first line of output.
+    let mut note: Option<String> = None;
     // Rank 0 of a data-parallel run (or the only process) writes and reports.
     let writer = world.as_ref().is_none_or(|w| w.rank == 0);
-    let out = match (&args.out, &args.resume, &args.init_from) {
-        (Some(out), _, _) => out.clone(),
-        // Only the writer needs (and checks) a run directory.
-        (None, Some(checkpoint), _) if writer => resumed_run_dir(checkpoint)?,
-        (None, Some(_), _) => PathBuf::new(),
-        (None, None, Some(_)) if args.preset.is_none() => PathBuf::from("runs/finetune"),
-        (None, None, _) => PathBuf::from("runs").join(preset),
+    // A run directory given for a checkpoint means its last/ (resume) or best/ (init).
+    let resume_dir = (args.resume.as_deref())
+        .map(|dir| super::checkpoint_dir(dir, Which::Last, "--resume"))
+        .transpose()?;
+    let init_dir = (args.init_from.as_deref())
+        .map(|dir| super::checkpoint_dir(dir, Which::Best, "--init-from"))
+        .transpose()?;
+    // Only the writer needs (and checks) a run directory.
+    let out = match (&args.out, &resume_dir) {
+        (Some(out), _) if writer => {
+            check_named_out(
+                out,
+                resume_dir.as_deref(),
+                init_dir.as_deref(),
+                args.overwrite,
+            )?;
+            out.clone()
+        }
+        (Some(out), _) => out.clone(),
+        (None, Some(checkpoint)) if writer => {
+            let (out, why) = resumed_run_dir(checkpoint);
+            note = why;
+            out
+        }
+        (None, _) if !writer => PathBuf::new(),
+        (None, Some(_)) => unreachable!("handled above"),
+        (None, None) => {
+            let base = match (&args.init_from, &args.preset) {
+                (Some(_), None) => PathBuf::from("runs/finetune"),
+                _ => PathBuf::from("runs").join(preset),
+            };
+            let out = fresh_run_dir(&base);
+            if out != base {
+                note = Some(format!("{} holds an earlier run", base.display()));
+            }
+            out
+        }
     };
     // Never among a user's files: the run directory is empty, new, or quill's.
     if writer {
         check_run_dir(&out)?;
+        match &note {
+            Some(why) => println!("# run directory: {} ({why})", out.display()),
+            None => println!("# run directory: {}", out.display()),
+        }
     }
     // Every check that needs no data comes first: the device, the settings, the memory.
     let devices = args.target.device.0.clone();
@@ -89,18 +129,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     // A resumed run's directory is opened (locked, and cleaned of what killed writers
     // left, which may put a checkpoint back in place) before its checkpoint is read.
-    let mut run_dir = match &args.resume {
+    let mut run_dir = match &resume_dir {
         Some(_) if writer && !args.dry_run && out.is_dir() => Some(RunDir::open(&out)?),
         _ => None,
     };
-    let resume = args.resume.as_deref().map(Checkpoint::load).transpose()?;
-    let dtype = run_dtype(args.target.dtype, args.resume.as_deref(), resume.as_ref())?;
+    let resume = resume_dir.as_deref().map(Checkpoint::load).transpose()?;
+    let dtype = run_dtype(args.target.dtype, resume_dir.as_deref(), resume.as_ref())?;
     let target = backend::prepare(devices[0], dtype)?;
-    let init_from = args
-        .init_from
-        .as_deref()
-        .map(Checkpoint::load)
-        .transpose()?;
+    let init_from = init_dir.as_deref().map(Checkpoint::load).transpose()?;
     let file = super::config_file(args.config.as_deref())?;
     let config = RunConfig::resolve(&Sources {
         preset: args.preset.as_deref(),
@@ -143,7 +179,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if writer {
         println!(
             "# effective configuration ({})",
-            match (&args.resume, &args.init_from) {
+            match (&resume_dir, &init_dir) {
                 (Some(dir), _) => format!("resumed from {}", dir.display()),
                 (None, Some(dir)) => format!("finetuning {}", dir.display()),
                 (None, None) => format!("preset {preset}"),
@@ -151,10 +187,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
         print!("{}", config.flat().to_toml()?);
         println!(
-            "# data: {}, vocab_size {}, run directory: {}",
+            "# data: {}, vocab_size {}",
             loaded.description,
             dataset.tokenizer.vocab_size(),
-            out.display()
         );
         println!(
             "# memory: {estimate}{}",
@@ -164,7 +199,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             )
         );
         if args.dry_run {
-            println!("# dry run: nothing trained, nothing written");
+            println!(
+                "# dry run: nothing trained, nothing written; the run would write to {}",
+                out.display()
+            );
         }
     }
     if args.dry_run {
@@ -180,6 +218,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
         true => run_dir.map(RunDir::without_tensorboard),
         false => run_dir,
     };
+    // --overwrite: the earlier run goes now, before this one writes anything.
+    let mut run_dir = run_dir;
+    if let Some(dir) = run_dir
+        .as_mut()
+        .filter(|_| args.overwrite && holds_run(&out))
+    {
+        let continues = resume_dir
+            .as_deref()
+            .is_some_and(|c| same_dir(parent(c), &out));
+        if !continues {
+            eprintln!("{}: replacing the run it held (--overwrite)", out.display());
+            dir.clear()?;
+        }
+    }
     for note in run_dir.iter().flat_map(RunDir::recovered) {
         eprintln!("{}: {note}", out.display());
     }
@@ -193,10 +245,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         world,
     };
     if devices.len() == 1 {
-        return target.run(job);
+        target.run(job)?;
+    } else {
+        let timeout = Duration::from_secs(args.parallel.collective_timeout);
+        run_on_devices(target, &devices[1..], dtype, timeout, job)?;
     }
-    let timeout = Duration::from_secs(args.parallel.collective_timeout);
-    run_on_devices(target, &devices[1..], dtype, timeout, job)
+    // Stopped by Ctrl-C, with its checkpoint saved: exit status 130.
+    match STOP.load(Ordering::SeqCst) {
+        true => Err(super::Interrupted.into()),
+        false => Ok(()),
+    }
 }
 
 /// The float type a run trains in: a resumed run's own (an explicit `--dtype` must
@@ -233,22 +291,84 @@ fn run_dtype(
     }
 }
 
-/// Where a run resumed from `checkpoint` without `--out` writes: the run directory the
-/// checkpoint is in (`runs/x` for `runs/x/last`), only when that is a run directory
-/// quill wrote.
-fn resumed_run_dir(checkpoint: &Path) -> Result<PathBuf> {
-    let parent = match checkpoint.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if !is_run_dir(parent) {
+/// Checks the `--out` a user named for this run: a directory holding another run is
+/// replaced only with `--overwrite`, and never while this run reads a checkpoint in it.
+fn check_named_out(
+    out: &Path,
+    resume: Option<&Path>,
+    init_from: Option<&Path>,
+    overwrite: bool,
+) -> Result<()> {
+    if !holds_run(out) || resume.is_some_and(|c| same_dir(parent(c), out)) {
+        return Ok(());
+    }
+    if !overwrite {
+        let what = RunSummary::read(out).map_or_else(String::new, |run| {
+            let best = (run.best_val_loss)
+                .map_or_else(String::new, |(loss, _)| format!(", best val {loss:.4}"));
+            format!(" ({} steps{best})", run.steps)
+        });
         bail!(
-            "{} is not a quill run directory, so --resume {} does not write there; pass --out DIR to choose where this run writes",
-            parent.display(),
-            checkpoint.display()
+            "{} holds another run{what}: --resume {} continues it, --overwrite replaces it, or name another --out (without --out a new run gets a directory of its own)",
+            out.display(),
+            out.join("last").display()
         );
     }
-    Ok(parent.to_path_buf())
+    for (flag, checkpoint) in [("--resume", resume), ("--init-from", init_from)] {
+        if let Some(checkpoint) = checkpoint.filter(|c| inside(c, out)) {
+            bail!(
+                "--overwrite would delete {} that {flag} reads: name another --out",
+                checkpoint.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The directory a checkpoint is in (`.` for a bare name).
+fn parent(checkpoint: &Path) -> &Path {
+    match checkpoint.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Whether two paths name the same existing directory.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Whether `path` is `dir` or inside it.
+fn inside(path: &Path, dir: &Path) -> bool {
+    match (path.canonicalize(), dir.canonicalize()) {
+        (Ok(path), Ok(dir)) => path.starts_with(dir),
+        _ => false,
+    }
+}
+
+/// Where a run resumed from `checkpoint` without `--out` writes: the run directory the
+/// checkpoint is in (`runs/x` for `runs/x/last`); for a checkpoint outside one (an
+/// import, a download), a new directory under `runs/` named after it
+/// ([`fresh_run_dir`]), with the reason.
+fn resumed_run_dir(checkpoint: &Path) -> (PathBuf, Option<String>) {
+    let parent = parent(checkpoint);
+    if is_run_dir(parent) {
+        return (parent.to_path_buf(), None);
+    }
+    let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let name = match named(checkpoint).as_deref() {
+        Some("last" | "best") | None => named(parent),
+        Some(name) => Some(name.to_string()),
+    };
+    let out = fresh_run_dir(&Path::new("runs").join(name.unwrap_or_else(|| "resumed".into())));
+    let why = format!(
+        "{} is not in a run directory; --out chooses another",
+        checkpoint.display()
+    );
+    (out, Some(why))
 }
 
 /// Data parallelism in one process: one worker thread per device, each a rank of an
@@ -368,6 +488,12 @@ impl Job for TrainJob {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let rank = self.world.as_ref().map_or(0, |w| w.rank);
+        // Under `quill launch`, which prefixes each rank's lines, a rank does not name
+        // itself again.
+        let prefix = match std::env::var_os(LAUNCHED_VAR) {
+            Some(_) => String::new(),
+            None => format!("rank {rank}: "),
+        };
         let size = self.world.as_ref().map_or(1, |w| w.size);
         // Rank 0 (the one with the run directory) shows progress and the sample.
         let places = self.out.as_ref().map(|out| (out.last(), out.best()));
@@ -393,7 +519,7 @@ impl Job for TrainJob {
                 Outcome::Interrupted(iter) => iter,
             };
             let weights = weights.map_or_else(String::new, |w| format!("; {w}"));
-            println!("rank {rank}: stopped after {iter} iterations{weights}");
+            println!("{prefix}stopped after {iter} iterations{weights}");
             return Ok(());
         };
         if let Some(weights) = weights {

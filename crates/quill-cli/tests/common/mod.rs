@@ -27,6 +27,29 @@ pub const TINY_MODEL: &[&str] = &[
     "4",
 ];
 
+/// A temporary directory holding `corpus.txt`: 4,100 characters of verse in 30
+/// distinct characters, enough for the tiny model.
+pub fn verse_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let verse =
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n";
+    std::fs::write(dir.path().join("corpus.txt"), verse.repeat(50)).unwrap();
+    dir
+}
+
+/// The tiny model's schedule: an evaluation every 3 steps of one batch per split, and
+/// an 8-character sample.
+pub const TINY_SCHEDULE: &[&str] = &[
+    "--eval-interval",
+    "3",
+    "--eval-iters",
+    "1",
+    "--final-eval-iters",
+    "1",
+    "--sample-chars",
+    "8",
+];
+
 /// `quill ARGS` in `cwd`.
 pub fn quill(args: &[&str], cwd: &Path) -> Output {
     quill_with_env(args, cwd, &[])

@@ -255,6 +255,7 @@ pub fn train<AB: AutodiffBackend>(
         if stop_agreed || (stop_wanted && shard.ranks == 1) {
             if let Some(out) = out.as_mut() {
                 out.flush()?;
+                out.draw(&plot_title(out, &settings, iter))?;
                 out.save_checkpoint(&capture(&settings, dataset, &trainer, &state)?, false)?;
             }
             return Ok(Outcome::Interrupted(iter));

@@ -71,6 +71,72 @@ pub fn is_run_dir(path: &Path) -> bool {
     RUN.is_on(path)
 }
 
+/// Whether `path` holds a run: a run directory ([`is_run_dir`]) with a checkpoint or
+/// records in it. A new run is written there only when asked to replace it.
+pub fn holds_run(path: &Path) -> bool {
+    is_run_dir(path)
+        && [
+            last_dir(path),
+            best_dir(path),
+            path.join(METRICS_FILE),
+            path.join(STEPS_FILE),
+        ]
+        .iter()
+        .any(|p| p.symlink_metadata().is_ok())
+}
+
+/// Whether a new run may take `path` without replacing anything: it is absent, an
+/// empty directory, or a run directory that holds no run yet and no trainer uses.
+fn is_free(path: &Path) -> bool {
+    match fs::read_dir(path) {
+        Ok(mut entries) => {
+            entries.next().is_none()
+                || (is_run_dir(path) && !holds_run(path) && !super::summary::locked(path))
+        }
+        Err(_) => path.symlink_metadata().is_err(),
+    }
+}
+
+/// Where a new run writes when no directory is named: `base` (`runs/cpu`) when that
+/// is free — absent, empty, or a run directory with nothing in it yet — else the first
+/// free one of `base-2`, `base-3`, …; an earlier run is never replaced.
+pub fn fresh_run_dir(base: &Path) -> PathBuf {
+    if is_free(base) {
+        return base.to_path_buf();
+    }
+    let name = base
+        .file_name()
+        .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
+    (2..)
+        .map(|n| base.with_file_name(format!("{name}-{n}")))
+        .find(|candidate| is_free(candidate))
+        .expect("some numbered directory is free")
+}
+
+/// The checkpoint of the run directory `path` a command should read when it was given
+/// the run rather than one of its checkpoints: `best/` (or `last/` when there is no
+/// `best/`) for [`Which::Best`], `last/` for [`Which::Last`]. `None` when `path` is
+/// not a run directory, or is a checkpoint itself.
+pub fn checkpoint_of_run(path: &Path, which: Which) -> Option<PathBuf> {
+    if !is_run_dir(path) || path.join("state.json").exists() {
+        return None;
+    }
+    let order: &[PathBuf] = match which {
+        Which::Best => &[best_dir(path), last_dir(path)],
+        Which::Last => &[last_dir(path)],
+    };
+    order.iter().find(|dir| dir.is_dir()).cloned()
+}
+
+/// Which checkpoint of a run a command wants ([`checkpoint_of_run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// The lowest validation loss: to sample, serve, evaluate or export.
+    Best,
+    /// The latest: to resume.
+    Last,
+}
+
 /// Checks that quill may train into `path`: it is absent, an empty directory, or a run
 /// directory quill wrote ([`is_run_dir`]). Otherwise an error that names what is there.
 pub fn check_run_dir(path: &Path) -> Result<(), TrainError> {
@@ -159,6 +225,27 @@ impl RunDir {
     /// `steps.jsonl`.
     pub fn steps_path(&self) -> PathBuf {
         self.path.join(STEPS_FILE)
+    }
+
+    /// Removes an earlier run's checkpoints, records and pictures from this directory
+    /// (`--overwrite`): only what quill wrote, each checkpoint checked by its marker.
+    pub fn clear(&mut self) -> Result<(), TrainError> {
+        for dir in [self.last(), self.best()] {
+            if CHECKPOINT.is_on(&dir) {
+                fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+            }
+        }
+        let files = [METRICS_FILE, STEPS_FILE].iter().chain(&PLOT_FILES);
+        for path in files.map(|f| self.path.join(f)) {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(TrainError::io(&path, e));
+                }
+                _ => {}
+            }
+        }
+        tensorboard::remove_event_files(&self.path)?;
+        self.start_fresh()
     }
 
     /// A new run: forgets the records of an earlier run in this directory.
@@ -295,6 +382,12 @@ impl RunDir {
         self.flush()?;
         metrics::append(&self.metrics_path(), record)?;
         self.evals.push(record.clone());
+        self.draw(title)
+    }
+
+    /// Redraws the loss picture (`loss.svg`, `loss.png`; feature `plot`) from the
+    /// records so far, under `title`: at each evaluation, and when a run stops early.
+    pub fn draw(&self, title: &str) -> Result<(), TrainError> {
         #[cfg(feature = "plot")]
         return LossPlot {
             title,

@@ -118,7 +118,7 @@ impl RunSummary {
 }
 
 /// Whether a trainer holds the run directory's lock now.
-fn locked(path: &Path) -> bool {
+pub(crate) fn locked(path: &Path) -> bool {
     let Ok(file) = quill_data::files::open_regular(&path.join(".lock")) else {
         return false;
     };

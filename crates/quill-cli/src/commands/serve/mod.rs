@@ -92,7 +92,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         );
     }
     let target = backend::prepare(args.target.one()?, args.target.dtype())?;
-    let checkpoint = Checkpoint::load(&args.checkpoint)?;
+    let dir = crate::commands::checkpoint_dir(
+        &args.checkpoint,
+        quill_train::Which::Best,
+        "--checkpoint",
+    )?;
+    let checkpoint = Checkpoint::load(&dir)?;
     target.check_memory(&MemoryEstimate::sampling(
         &checkpoint.config.model,
         args.max_batch,

@@ -1,0 +1,337 @@
+//! What a new user meets first: runs that never replace each other, Ctrl-C, a run
+//! directory given where a checkpoint is wanted, and command lines clap rejects.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{TINY_MODEL, error_line, quill, stdout};
+
+/// The tiny model's schedule on `corpus.txt`.
+fn tiny() -> Vec<&'static str> {
+    [&["--data", "corpus.txt"][..], common::TINY_SCHEDULE].concat()
+}
+
+fn setup() -> tempfile::TempDir {
+    common::verse_dir()
+}
+
+/// `quill train` of the tiny model for 3 steps; a resumed run keeps its model, and
+/// `extra` may name its own `--max-iters`.
+fn train(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["train"];
+    if !extra.contains(&"--resume") {
+        args.extend_from_slice(TINY_MODEL);
+    }
+    args.extend(tiny());
+    if !extra.contains(&"--max-iters") {
+        args.extend_from_slice(&["--max-iters", "3"]);
+    }
+    args.extend_from_slice(extra);
+    quill(&args, dir)
+}
+
+fn best_val(dir: &Path) -> String {
+    fs::read_to_string(dir.join("metrics.jsonl")).unwrap()
+}
+
+#[test]
+fn a_new_run_never_replaces_an_earlier_one() {
+    let dir = setup();
+    let first = train(dir.path(), &[]);
+    assert!(first.status.success(), "{}", error_line(&first));
+    assert!(
+        stdout(&first).starts_with("# run directory: runs/cpu\n"),
+        "{}",
+        stdout(&first)
+    );
+    let records = best_val(&dir.path().join("runs/cpu"));
+
+    // The same command again: a directory of its own, said in the first line.
+    let dry = stdout(&train(dir.path(), &["--dry-run"]));
+    assert!(
+        dry.starts_with("# run directory: runs/cpu-2 (runs/cpu holds an earlier run)\n"),
+        "{dry}"
+    );
+    assert!(dry.contains("the run would write to runs/cpu-2"), "{dry}");
+    assert!(!dir.path().join("runs/cpu-2").exists());
+    for expected in ["runs/cpu-2", "runs/cpu-3"] {
+        let out = train(dir.path(), &["--lr", "3e-4"]);
+        assert!(out.status.success(), "{}", error_line(&out));
+        assert!(
+            stdout(&out).starts_with(&format!("# run directory: {expected} (runs/cpu holds")),
+            "{}",
+            stdout(&out)
+        );
+        assert!(dir.path().join(expected).join("best").is_dir());
+    }
+    assert_eq!(best_val(&dir.path().join("runs/cpu")), records);
+
+    // A directory named with --out that holds a run: refused, saying the ways on.
+    let refused = train(dir.path(), &["--out", "runs/cpu"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        error_line(&refused).starts_with("error: runs/cpu holds another run (3 steps, best val "),
+        "{}",
+        error_line(&refused)
+    );
+    assert!(
+        error_line(&refused).ends_with(
+            "): --resume runs/cpu/last continues it, --overwrite replaces it, or name another --out (without --out a new run gets a directory of its own)"
+        ),
+        "{}",
+        error_line(&refused)
+    );
+    assert_eq!(best_val(&dir.path().join("runs/cpu")), records);
+
+    // --overwrite replaces it: the earlier records are gone, this run's are there.
+    let replaced = train(
+        dir.path(),
+        &["--out", "runs/cpu", "--overwrite", "--seed", "9"],
+    );
+    assert!(replaced.status.success(), "{}", error_line(&replaced));
+    assert_ne!(best_val(&dir.path().join("runs/cpu")), records);
+    assert_eq!(best_val(&dir.path().join("runs/cpu")).lines().count(), 2);
+
+    // --overwrite never deletes the checkpoint the run starts from.
+    let init = train(
+        dir.path(),
+        &[
+            "--out",
+            "runs/cpu",
+            "--overwrite",
+            "--init-from",
+            "runs/cpu",
+        ],
+    );
+    assert_eq!(
+        error_line(&init),
+        "error: --overwrite would delete runs/cpu/best that --init-from reads: name another --out"
+    );
+
+    // `quill runs` lists all four.
+    let table = stdout(&quill(&["runs"], dir.path()));
+    for run in ["runs/cpu ", "runs/cpu-2", "runs/cpu-3"] {
+        assert!(table.contains(run), "{table}");
+    }
+}
+
+#[test]
+fn a_run_directory_stands_for_its_checkpoint() {
+    let dir = setup();
+    let out = train(dir.path(), &["--out", "run"]);
+    assert!(out.status.success(), "{}", error_line(&out));
+
+    let sample = quill(
+        &[
+            "sample",
+            "--checkpoint",
+            "run",
+            "--max-new-tokens",
+            "5",
+            "--seed",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert!(sample.status.success(), "{}", error_line(&sample));
+    assert!(
+        String::from_utf8_lossy(&sample.stderr).contains(
+            "note: run is a run directory; --checkpoint reads its best/ checkpoint run/best"
+        ),
+        "{}",
+        String::from_utf8_lossy(&sample.stderr)
+    );
+    let same = quill(
+        &[
+            "sample",
+            "--checkpoint",
+            "run/best",
+            "--max-new-tokens",
+            "5",
+            "--seed",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert_eq!(stdout(&sample), stdout(&same));
+
+    // --resume RUN continues its last/, in the same directory.
+    let resumed = train(dir.path(), &["--resume", "run", "--max-iters", "6"]);
+    assert!(resumed.status.success(), "{}", error_line(&resumed));
+    assert!(
+        String::from_utf8_lossy(&resumed.stderr)
+            .contains("note: run is a run directory; --resume reads its last/ checkpoint run/last"),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(stdout(&resumed).starts_with("# run directory: run\n"));
+    assert!(stdout(&resumed).contains("done: 6 iterations"));
+
+    // `quill plot` without --out: plot.png, then plot-2.png; nothing replaced.
+    for name in ["plot.png", "plot-2.png"] {
+        let out = quill(&["plot", "run"], dir.path());
+        assert!(out.status.success(), "{}", error_line(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!("wrote {name}\n")
+        );
+        assert!(dir.path().join(name).is_file());
+    }
+
+    // A Hugging Face directory: import it first.
+    let hf = dir.path().join("hf");
+    fs::create_dir(&hf).unwrap();
+    fs::write(hf.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+    fs::write(hf.join("model.safetensors"), b"").unwrap();
+    let refused = quill(&["sample", "--checkpoint", "hf"], dir.path());
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(
+        error_line(&refused),
+        "error: hf is a Hugging Face model directory, not a quill checkpoint: import it first: quill import gpt2 --from hf --out ckpt/NAME"
+    );
+}
+
+#[test]
+fn missing_arguments_are_named_with_the_usage_line() {
+    let dir = setup();
+    for (command, missing, usage) in [
+        (
+            vec!["sample"],
+            "--checkpoint <DIR>",
+            "quill sample --checkpoint <DIR>",
+        ),
+        (
+            vec!["serve"],
+            "--checkpoint <DIR>",
+            "quill serve --checkpoint <DIR>",
+        ),
+        (
+            vec!["eval"],
+            "--checkpoint <DIR>",
+            "quill eval --checkpoint <DIR>",
+        ),
+        (vec!["plot"], "<RUN>...", "quill plot <RUN>..."),
+    ] {
+        let out = quill(&command, dir.path());
+        assert_eq!(out.status.code(), Some(2));
+        let line = error_line(&out);
+        assert!(
+            line.starts_with(&format!(
+                "error: the following required arguments were not provided: {missing}"
+            )) && line.contains(&format!("usage: {usage}"))
+                && line.ends_with("; see --help)"),
+            "{command:?}: {line}"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    }
+}
+
+/// Ctrl-C saves a checkpoint, redraws the loss picture with the steps taken, and exits
+/// with 130.
+#[test]
+fn ctrl_c_saves_redraws_and_exits_130() {
+    let dir = setup();
+    let mut args = vec!["train", "--out", "run"];
+    args.extend_from_slice(TINY_MODEL);
+    args.extend_from_slice(&[
+        "--data",
+        "corpus.txt",
+        "--eval-interval",
+        "100000",
+        "--eval-iters",
+        "1",
+        "--max-iters",
+        "1000000",
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quill"))
+        .args(&args)
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until some steps are recorded past the first evaluation's picture.
+    let steps = dir.path().join("run/loss.svg");
+    let start = Instant::now();
+    while !steps.exists() && start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = fs::read_to_string(&steps).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on our own child's pid, with a valid signal number.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path().join("run/last/state.json")).unwrap())
+            .unwrap();
+    let iter = state["iter"].as_u64().unwrap();
+    assert!(iter > 0, "{state}");
+    let after = fs::read_to_string(&steps).unwrap();
+    assert_ne!(before, after, "loss.svg was not redrawn");
+    // The title counts the tokens the run saw: 4 rows × 16 tokens a step.
+    let seen = iter * 64;
+    let shown = if seen >= 1000 {
+        format!("{:.1} k tokens seen", seen as f64 / 1000.0)
+    } else {
+        format!("{seen} tokens seen")
+    };
+    assert!(after.contains(&shown), "{shown} not in the title");
+}
+
+/// Offline, the first command says both ways out; `quill data get --from FILE` puts a
+/// copy in place (checked), after which the same command trains.
+#[test]
+fn offline_the_corpus_is_placed_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let offline = [
+        ("ALL_PROXY", "http://127.0.0.1:9"),
+        ("HTTPS_PROXY", "http://127.0.0.1:9"),
+        ("https_proxy", "http://127.0.0.1:9"),
+    ];
+    let mut args = vec!["train", "--max-iters", "1", "--eval-iters", "1"];
+    args.extend_from_slice(&["--final-eval-iters", "1", "--sample-chars", "5"]);
+    let out = common::quill_with_env(&args, dir.path(), &offline);
+    assert_eq!(out.status.code(), Some(1));
+    let line = error_line(&out);
+    assert!(
+        line.starts_with(
+            "error: tiny Shakespeare is not at data/tinyshakespeare/input.txt and could not be downloaded ("
+        ) && line.ends_with(
+            "): with a copy of it, `quill data get --from FILE` puts it there; or train on your own text with `--data FILE`"
+        ),
+        "{line}"
+    );
+    assert!(!dir.path().join("data/tinyshakespeare/input.txt").exists());
+
+    // A file that is not tiny Shakespeare is refused, and nothing lands.
+    fs::write(dir.path().join("other.txt"), "to be or not to be\n").unwrap();
+    let wrong = quill(&["data", "get", "--from", "other.txt"], dir.path());
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        error_line(&wrong).starts_with("error: checksum mismatch for other.txt"),
+        "{}",
+        error_line(&wrong)
+    );
+    assert!(!dir.path().join("data/tinyshakespeare").exists());
+
+    let copy = common::tiny_shakespeare();
+    let copy = copy.to_str().unwrap();
+    let placed = quill(&["data", "get", "--from", copy], dir.path());
+    assert!(placed.status.success(), "{}", error_line(&placed));
+    assert_eq!(
+        stdout(&placed),
+        "tiny Shakespeare is in place: data/tinyshakespeare/input.txt\n"
+    );
+    assert_eq!(
+        fs::read(dir.path().join("data/tinyshakespeare/input.txt")).unwrap(),
+        fs::read(copy).unwrap()
+    );
+    let shown = common::quill_with_env(&["data"], dir.path(), &offline);
+    assert!(shown.status.success(), "{}", error_line(&shown));
+    assert!(stdout(&shown).starts_with("length of dataset in characters: 1115394\n"));
+}
