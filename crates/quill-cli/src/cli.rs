@@ -178,9 +178,9 @@ pub struct DeviceArgs {
     /// model together.
     #[arg(long, default_value = "auto")]
     pub device: DeviceList,
-    /// Float type: f32 everywhere; bf16 and f16 on CUDA and the CPU; f16 on WGPU
-    /// adapters with 16-bit float shaders [default: f32; a resumed run continues in the
-    /// float type it trained in]
+    /// Float type of the computation: f32 (every backend), bf16 (CUDA, CPU), f16 (CUDA,
+    /// CPU, and WGPU adapters with 16-bit float shaders) [default: f32, or for
+    /// train --resume the float type the run trained in]
     #[arg(long, value_enum)]
     pub dtype: Option<DType>,
 }
@@ -397,7 +397,7 @@ pub struct SampleArgs {
     /// Text to continue [default: start from a newline].
     #[arg(long, conflicts_with = "prompt_file")]
     pub prompt: Option<String>,
-    /// Read the prompt from this file.
+    /// Read the prompt from this file ('-': standard input).
     #[arg(long, value_name = "FILE")]
     pub prompt_file: Option<PathBuf>,
     /// Tokens to generate per sample.
@@ -444,7 +444,8 @@ pub struct ServeArgs {
     /// Port to listen on; 0 picks a free one (printed at start).
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// The name clients use for the model [default: the checkpoint directory as given].
+    /// The name clients use for the model; the checkpoint's path is accepted too
+    /// [default: the run's name, cpu for runs/cpu/best]
     #[arg(long)]
     pub model_name: Option<String>,
     /// Sequences decoded together at most (a request asking for n completions counts n).

@@ -112,10 +112,12 @@ fn a_new_run_never_replaces_an_earlier_one() {
         "error: --overwrite would delete runs/cpu/best that --init-from reads: name another --out"
     );
 
-    // `quill runs` lists all four.
-    let table = stdout(&quill(&["runs"], dir.path()));
-    for run in ["runs/cpu ", "runs/cpu-2", "runs/cpu-3"] {
-        assert!(table.contains(run), "{table}");
+    // `quill runs` lists them all, and so does `quill runs runs` (a directory of runs).
+    for args in [&["runs"][..], &["runs", "runs"]] {
+        let table = stdout(&quill(args, dir.path()));
+        for run in ["runs/cpu ", "runs/cpu-2", "runs/cpu-3"] {
+            assert!(table.contains(run), "{args:?}: {table}");
+        }
     }
 }
 
@@ -158,6 +160,29 @@ fn a_run_directory_stands_for_its_checkpoint() {
         dir.path(),
     );
     assert_eq!(stdout(&sample), stdout(&same));
+
+    // `--prompt-file -` reads the prompt from standard input.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quill"))
+        .args(["sample", "--checkpoint", "run/best", "--prompt-file", "-"])
+        .args(["--max-new-tokens", "5", "--seed", "1"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"Speak").unwrap();
+    let piped = child.wait_with_output().unwrap();
+    let short = ["--max-new-tokens", "5", "--seed", "1"];
+    let typed = quill(
+        &[
+            &["sample", "--checkpoint", "run/best", "--prompt", "Speak"][..],
+            &short,
+        ]
+        .concat(),
+        dir.path(),
+    );
+    assert_eq!(stdout(&piped), stdout(&typed));
 
     // --resume RUN continues its last/, in the same directory.
     let resumed = train(dir.path(), &["--resume", "run", "--max-iters", "6"]);

@@ -487,6 +487,22 @@ fn bad_requests_get_openai_errors() {
         (status, body["error"]["code"].as_str()),
         (404, Some("model_not_found"))
     );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("this server serves 'run'"),
+        "{body}"
+    );
+    // The run's name (the default --model-name) and the checkpoint's path both name it.
+    for model in ["run", server.model.as_str()] {
+        let body = json!({"model": model, "prompt": "a", "max_tokens": 1});
+        assert_eq!(
+            server.post("/v1/completions", &body).json().0,
+            200,
+            "{model}"
+        );
+    }
     let (status, body) = server
         .post("/v1/chat/completions", &json!({"model": server.model}))
         .json();

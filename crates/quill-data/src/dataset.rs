@@ -120,7 +120,7 @@ impl Dataset {
             let set = ShardSet::open(&paths, meta.token_format, meta.vocab_size)?;
             if set.len() as u64 != expected || set.dtype() != meta.dtype {
                 return Err(bad(format!(
-                    "its {} shards hold {} {:?} tokens, {META_FILE} says {expected} {:?}",
+                    "its {} shards hold {} {} tokens, {META_FILE} says {expected} {}",
                     names[0],
                     set.len(),
                     set.dtype(),

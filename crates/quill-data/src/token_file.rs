@@ -47,6 +47,24 @@ pub enum TokenDtype {
     Uint32,
 }
 
+impl std::fmt::Display for TokenFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenFormat::LlmC => "llm.c shards (1 KiB header)",
+            TokenFormat::NanoGpt => "nanoGPT's raw tokens",
+        })
+    }
+}
+
+impl std::fmt::Display for TokenDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenDtype::Uint16 => "uint16",
+            TokenDtype::Uint32 => "uint32",
+        })
+    }
+}
+
 impl TokenDtype {
     /// The narrowest type that holds ids below `vocab_size`.
     pub fn for_vocab(vocab_size: usize) -> TokenDtype {

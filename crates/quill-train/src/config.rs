@@ -211,6 +211,21 @@ impl RunOverrides {
                 keys.join(", ")
             )));
         }
+        // A value of the wrong kind is an error that names its key.
+        for (key, value) in &table {
+            let one = toml::Table::from_iter([(key.clone(), value.clone())]);
+            let checked = match ModelOverrides::KEYS.contains(&key.as_str()) {
+                true => toml::Value::Table(one)
+                    .try_into::<ModelOverrides>()
+                    .map(drop),
+                false => toml::Value::Table(one)
+                    .try_into::<TrainOverrides>()
+                    .map(drop),
+            };
+            checked.map_err(|e| {
+                TrainError::Config(format!("config file: {key} = {value}: {}", e.message()))
+            })?;
+        }
         let (model, train): (toml::Table, toml::Table) = table
             .into_iter()
             .partition(|(key, _)| ModelOverrides::KEYS.contains(&key.as_str()));
@@ -814,8 +829,15 @@ mod tests {
             err.ends_with("sample_tokens, master_weights, emulate_bf16"),
             "{err}"
         );
-        assert!(RunOverrides::from_toml("max_iters = \"ten\"").is_err());
-        assert!(RunOverrides::from_toml("n_layer = \"ten\"").is_err());
+        let message = |text: &str| RunOverrides::from_toml(text).unwrap_err().to_string();
+        assert_eq!(
+            message("lr = 1e-3\nmax_iters = \"ten\""),
+            "invalid configuration: config file: max_iters = \"ten\": invalid type: string \"ten\", expected usize"
+        );
+        assert_eq!(
+            message("n_layer = 2.5"),
+            "invalid configuration: config file: n_layer = 2.5: invalid type: floating point `2.5`, expected usize"
+        );
         let mut config = RunConfig::preset("cpu").unwrap();
         config.model.apply(&ModelOverrides {
             n_head: Some(3),

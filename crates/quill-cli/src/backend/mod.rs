@@ -171,7 +171,7 @@ impl Target {
 )))]
 fn not_compiled(name: &str) -> anyhow::Error {
     anyhow::anyhow!(
-        "the {name} backend is not compiled in; rebuild with `cargo build --release --features {name}`"
+        "the {name} backend is not compiled in; install a quill that has it: `cargo install --path crates/quill-cli --features {name}` (from a checkout)"
     )
 }
 

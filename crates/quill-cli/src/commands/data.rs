@@ -52,8 +52,11 @@ pub fn run(args: DataArgs) -> Result<()> {
         return super::print_report(args.json, meta, |meta| {
             println!("dataset: {}", dir.display());
             println!(
-                "source: {} ({} files, {} bytes, sha256 {})",
-                meta.source, meta.files, meta.bytes, meta.sha256
+                "source: {} ({}, {} bytes, sha256 {})",
+                meta.source,
+                super::count(meta.files as u64, "file"),
+                meta.bytes,
+                meta.sha256
             );
             println!(
                 "tokenizer: {} (vocab_size {})",
@@ -64,7 +67,7 @@ pub fn run(args: DataArgs) -> Result<()> {
                 meta.train_tokens, meta.val_tokens
             );
             println!(
-                "token files: {:?} {:?}, {:.2} bytes of text per token",
+                "token files: {}, {}, {:.2} bytes of text per token",
                 meta.token_format,
                 meta.dtype,
                 meta.bytes as f64 / (meta.train_tokens + meta.val_tokens) as f64
@@ -165,14 +168,14 @@ fn run_prepare(args: PrepareArgs) -> Result<()> {
     let report = serde_json::json!({ "dataset": meta, "seconds": timings });
     super::print_report(args.json, &report, |_| {
         println!(
-            "{}: {} train + {} val tokens ({} tokenizer, vocab_size {}) from {} bytes in {} files, {:.1} s ({:.1} MB/s)",
+            "{}: {} train + {} val tokens ({} tokenizer, vocab_size {}) from {} bytes in {}, {:.1} s ({:.1} MB/s)",
             options.out.display(),
             meta.train_tokens,
             meta.val_tokens,
             meta.tokenizer,
             meta.vocab_size,
             meta.bytes,
-            meta.files,
+            super::count(meta.files as u64, "file"),
             seconds,
             meta.bytes as f64 / 1e6 / seconds
         );

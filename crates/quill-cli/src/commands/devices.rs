@@ -31,7 +31,7 @@ pub fn run(args: DevicesArgs) -> Result<()> {
         .collect();
     if !missing.is_empty() {
         println!(
-            "not compiled in: {} (rebuild with `cargo build --release --features {}`)",
+            "not compiled in: {} (install a quill that has them: `cargo install --path crates/quill-cli --features {}` from a checkout)",
             missing.join(", "),
             missing.join(",")
         );

@@ -57,6 +57,14 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// `1 file`, `3 files`: a count with its noun, in English.
+pub fn count(n: u64, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
 /// The checkpoint directory a command reads for `dir` given to `flag`: `dir` itself,
 /// or, for a run directory, its `best/` ([`Which::Best`]; `last/` when it has no
 /// `best/`) or `last/` ([`Which::Last`]), with a note saying which. A Hugging Face
@@ -151,15 +159,15 @@ fn load_dataset(
             dataset.check_tokenizer(tokenizer)?;
         }
         let description = format!(
-            "{} ({} train shards, {} tokens; {} val shards, {} tokens; tokenizer {})",
+            "{} ({}, {} tokens; {}, {} tokens; tokenizer {})",
             source
                 .data
                 .as_ref()
                 .expect("shards come from --data")
                 .display(),
-            paths.train.len(),
+            count(paths.train.len() as u64, "train shard"),
             dataset.split.train.len(),
-            paths.val.len(),
+            count(paths.val.len() as u64, "val shard"),
             dataset.split.val.len(),
             dataset.tokenizer.name(),
         );

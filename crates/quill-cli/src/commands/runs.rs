@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use quill_train::metrics::read_jsonl;
-use quill_train::{EvalRecord, RunSummary, RunsPlot, StepReport, differing_settings, human_count};
+use quill_train::{
+    EvalRecord, RunSummary, RunsPlot, StepReport, differing_settings, human_count, is_run_dir,
+};
 use serde_json::{Value, json};
 
 use crate::cli::{PlotArgs, RunsArgs};
@@ -21,6 +23,10 @@ pub fn list(args: RunsArgs) -> Result<()> {
     for dir in &dirs {
         match RunSummary::read(dir) {
             Some(run) => runs.push(run),
+            // A directory of runs (`runs/`) stands for the runs inside it.
+            None if dir.is_dir() && children(dir)?.iter().any(|d| is_run_dir(d)) => {
+                runs.extend(children(dir)?.iter().filter_map(|d| RunSummary::read(d)));
+            }
             None => eprintln!("{}: not a run directory, skipped", dir.display()),
         }
     }

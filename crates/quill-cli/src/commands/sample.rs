@@ -15,6 +15,12 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let dir = super::checkpoint_dir(&args.checkpoint, quill_train::Which::Best, "--checkpoint")?;
     let checkpoint = Checkpoint::load(&dir)?;
     let prompt = match (&args.prompt, &args.prompt_file) {
+        (_, Some(file)) if file.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("--prompt-file -: standard input is not UTF-8 text")?;
+            text
+        }
         (_, Some(file)) => {
             std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?
         }

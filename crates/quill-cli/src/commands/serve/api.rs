@@ -92,6 +92,8 @@ pub struct CompletionRequest {
 pub struct Limits {
     /// The served model's name.
     pub model: String,
+    /// Other names a request may use for it (the checkpoint's path).
+    pub aliases: Vec<String>,
     /// `max_tokens` at most.
     pub max_tokens: usize,
     /// Sequences in one request at most (prompts × n): the batch.
@@ -114,7 +116,7 @@ pub fn completion_request(body: &[u8], limits: &Limits) -> Result<CompletionRequ
     let model = f
         .string("model")?
         .ok_or_else(|| ApiError::invalid(Some("model"), "you must provide a model parameter"))?;
-    if model != limits.model {
+    if model != limits.model && !limits.aliases.contains(&model) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -410,6 +412,7 @@ mod tests {
 
     fn limits() -> Limits {
         Limits {
+            aliases: Vec::new(),
             model: "m".into(),
             max_tokens: 100,
             max_rows: 4,

@@ -109,10 +109,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let listener = std::net::TcpListener::bind(address)
         .with_context(|| format!("could not listen on {address}"))?;
     listener.set_nonblocking(true)?;
-    let model = args
-        .model_name
-        .clone()
-        .unwrap_or_else(|| args.checkpoint.display().to_string());
+    // The run's name by default (`cpu` for runs/cpu/best); the checkpoint's path, as
+    // given and as read, is accepted too.
+    let model = args.model_name.clone().unwrap_or_else(|| run_name(&dir));
+    let aliases = [
+        args.checkpoint.display().to_string(),
+        dir.display().to_string(),
+    ]
+    .into_iter()
+    .filter(|a| *a != model)
+    .collect();
     let connections = connection_limit(args.max_connections);
     target.run(ServeJob {
         checkpoint,
@@ -121,6 +127,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         api_key,
         limits: Limits {
             model,
+            aliases,
             max_tokens: args.max_tokens_limit,
             max_rows: args.max_batch,
         },
@@ -128,6 +135,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
         connections,
         drain: std::time::Duration::from_secs(args.drain_timeout),
     })
+}
+
+/// A short name for the model in `dir`: its run's (`cpu` for `runs/cpu/best`), or the
+/// checkpoint directory's own (`gpt2` for `ckpt/gpt2`).
+fn run_name(dir: &std::path::Path) -> String {
+    let name = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let own = name(dir);
+    match own.as_deref() {
+        Some("best" | "last") => dir.parent().and_then(name).or(own),
+        _ => own,
+    }
+    .unwrap_or_else(|| "quill".into())
 }
 
 /// The most connections the server keeps: `wanted`, within what the process may open
