@@ -362,10 +362,15 @@ pub struct TrainArgs {
     /// --dropout and a smaller --block-size may change the model.
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     pub init_from: Option<PathBuf>,
-    /// Check every setting, print the effective configuration and the memory estimate,
-    /// and stop without training or writing anything.
+    /// Check every setting, print the effective configuration, the memory estimate, the
+    /// run directory and the time (three steps of a throwaway model of the same shapes
+    /// measure it), and stop without writing anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// When stdout is not a terminal (a pipe, a log file), print a step line (loss, lr,
+    /// ms, tokens/s, GFLOP/s) every this many steps; 0 prints none.
+    #[arg(long, default_value_t = 10, value_name = "STEPS")]
+    pub log_interval: usize,
     /// Write no TensorBoard event file in the run directory (by default one records
     /// the configuration, every step's loss, learning rate, gradient norm and speed,
     /// and each evaluation's losses and sample).

@@ -712,7 +712,7 @@ fn dry_run_prints_the_estimate_and_writes_nothing() {
     );
     assert!(out.contains("the machine has "), "{out}");
     assert!(
-        out.ends_with("# dry run: nothing trained, nothing written; the run would write to run\n"),
+        out.ends_with("# dry run: nothing written; the run would write to run\n"),
         "{out}"
     );
     assert!(!dir.path().join("run").exists());

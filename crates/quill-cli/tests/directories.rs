@@ -219,7 +219,7 @@ fn a_downloaded_last_does_not_make_its_folder_a_run_directory() {
         "{out}"
     );
     assert!(out.contains("done: 4 iterations"), "{out}");
-    assert!(dir.path().join("runs/Downloads/best").is_dir());
+    assert!(dir.path().join("runs/Downloads/last").is_dir());
     assert_eq!(snapshot(&downloads), before);
     let out = stdout(&quill(
         &train_args("4", &["--resume", "Downloads/last", "--out", "resumed"]),

@@ -284,6 +284,9 @@ fn run_page(name: &str) -> (Vec<String>, Vec<String>) {
             continue;
         }
         let words = shrink(words);
+        // `quill launch` listens on its default port: one at a time.
+        static LAUNCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = (words[1] == "launch").then(|| LAUNCH.lock().unwrap_or_else(|e| e.into_inner()));
         let out = Command::new(env!("CARGO_BIN_EXE_quill"))
             .args(&words[1..])
             .current_dir(dir.path())

@@ -360,3 +360,56 @@ fn offline_the_corpus_is_placed_from_a_file() {
     assert!(shown.status.success(), "{}", error_line(&shown));
     assert!(stdout(&shown).starts_with("length of dataset in characters: 1115394\n"));
 }
+
+/// Piped output (not a terminal) gets nanoGPT's step line every --log-interval steps;
+/// every run and --dry-run say how long the run takes; the last line's times say what
+/// they count.
+#[test]
+fn piped_runs_print_steps_and_every_run_its_time() {
+    let dir = setup();
+    let out = train(
+        dir.path(),
+        &["--out", "run", "--max-iters", "12", "--log-interval", "4"],
+    );
+    assert!(out.status.success(), "{}", error_line(&out));
+    let text = stdout(&out);
+    let steps: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("step ") && l.contains(": loss "))
+        .collect();
+    assert_eq!(steps.len(), 3, "{text}");
+    for (line, n) in steps.iter().zip([4, 8, 12]) {
+        assert!(line.starts_with(&format!("step {n}: loss ")), "{line}");
+        assert!(
+            line.contains(" ms, ") && line.ends_with(" GFLOP/s"),
+            "{line}"
+        );
+    }
+    let time = text
+        .lines()
+        .find(|l| l.starts_with("# time: about "))
+        .unwrap();
+    // Measured after steps 1–3, over steps 4 and 5: 7 steps left of 12.
+    assert!(
+        time.ends_with(" for the 7 steps left (evaluations extra)"),
+        "{time}"
+    );
+    assert!(
+        text.contains("evaluated in ")
+            && text.contains("s in all (loading, the last evaluation and sampling included)"),
+        "{text}"
+    );
+
+    let quiet = train(dir.path(), &["--max-iters", "12", "--log-interval", "0"]);
+    assert!(!stdout(&quiet).contains(": loss "), "{}", stdout(&quiet));
+
+    let dry = stdout(&train(dir.path(), &["--dry-run", "--max-iters", "40"]));
+    let time = dry
+        .lines()
+        .find(|l| l.starts_with("# time: about "))
+        .unwrap();
+    assert!(
+        time.ends_with(" for the 40 steps left (evaluations extra)"),
+        "{dry}"
+    );
+}

@@ -28,12 +28,35 @@ pub fn estimate_loss<B: Backend>(
     eval_iters: usize,
     seed: u64,
 ) -> Result<f32, TrainError> {
+    estimate_loss_with(
+        model,
+        data,
+        batch_size,
+        shard,
+        eval_iters,
+        seed,
+        &mut |_| {},
+    )
+}
+
+/// [`estimate_loss`], calling `on_batch(batches_done)` after each batch (a progress
+/// bar's hook).
+pub fn estimate_loss_with<B: Backend>(
+    model: &LanguageModel<B>,
+    data: &(impl TokenSource + ?Sized),
+    batch_size: usize,
+    shard: Shard,
+    eval_iters: usize,
+    seed: u64,
+    on_batch: &mut dyn FnMut(usize),
+) -> Result<f32, TrainError> {
     let mut sampler = BatchSampler::new(batch_size, model.block_size(), seed)?.with_shard(shard);
     let device = model.device();
     let mut total = 0.0f64;
-    for _ in 0..eval_iters {
+    for done in 1..=eval_iters {
         let (x, y) = sampler.sample::<B>(data, &device)?;
         total += quill_model::ops::scalar(model.loss(x, y)?);
+        on_batch(done);
     }
     Ok((total / eval_iters as f64) as f32)
 }
@@ -47,10 +70,46 @@ pub fn evaluate<B: Backend>(
     eval_iters: usize,
     seed: u64,
 ) -> Result<Losses, TrainError> {
-    let loss =
-        |data: &quill_data::Tokens| estimate_loss(model, data, batch_size, shard, eval_iters, seed);
-    Ok(Losses {
-        train: loss(&split.train)?,
-        val: loss(&split.val)?,
-    })
+    evaluate_with(
+        model,
+        split,
+        batch_size,
+        shard,
+        eval_iters,
+        seed,
+        &mut |_, _| {},
+    )
+}
+
+/// [`evaluate`], calling `progress(batches_done, batches_in_all)` after each batch of
+/// either split (`2 × eval_iters` in all).
+pub fn evaluate_with<B: Backend>(
+    model: &LanguageModel<B>,
+    split: &Split,
+    batch_size: usize,
+    shard: Shard,
+    eval_iters: usize,
+    seed: u64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Losses, TrainError> {
+    let all = 2 * eval_iters;
+    let train = estimate_loss_with(
+        model,
+        &split.train,
+        batch_size,
+        shard,
+        eval_iters,
+        seed,
+        &mut |d| progress(d, all),
+    )?;
+    let val = estimate_loss_with(
+        model,
+        &split.val,
+        batch_size,
+        shard,
+        eval_iters,
+        seed,
+        &mut |d| progress(eval_iters + d, all),
+    )?;
+    Ok(Losses { train, val })
 }

@@ -58,7 +58,7 @@ pub use dist::{
     stop_in_process_workers,
 };
 pub use error::TrainError;
-pub use evaluate::{Losses, estimate_loss, evaluate};
+pub use evaluate::{Losses, estimate_loss, estimate_loss_with, evaluate, evaluate_with};
 pub use inference::{SampleRequest, StopText, sample_texts};
 pub use interop::{hf, nanogpt};
 pub use optim::{GradBuffer, LossScaler, MuonAdamW, StepOptions, muon, param_lengths};

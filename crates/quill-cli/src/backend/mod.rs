@@ -397,6 +397,20 @@ impl Prepared {
             && self.dtype == other.dtype
     }
 
+    /// Whether it computes on the CPU (Flex, NdArray, or WGPU's CPU adapter).
+    pub fn on_cpu(&self) -> bool {
+        match &self.target {
+            #[cfg(feature = "flex")]
+            Target::Flex => true,
+            #[cfg(feature = "ndarray")]
+            Target::NdArray => true,
+            #[cfg(feature = "wgpu")]
+            Target::Wgpu(device) => *device == burn_wgpu::WgpuDevice::Cpu,
+            #[cfg(feature = "cuda")]
+            Target::Cuda(_) => false,
+        }
+    }
+
     /// Where it runs, e.g. `cpu (flex backend)`.
     pub fn name(&self) -> String {
         self.target.to_string()

@@ -5,7 +5,8 @@ use burn::tensor::backend::AutodiffBackend;
 use quill_data::{Dataset, Shard};
 use quill_model::WeightFormat;
 use quill_train::{
-    Checkpoint, Losses, MemoryEstimate, RunConfig, RunOverrides, Sources, TrainOverrides, evaluate,
+    Checkpoint, Losses, MemoryEstimate, RunConfig, RunOverrides, Sources, TrainOverrides,
+    evaluate_with,
 };
 
 use crate::backend::{self, Job};
@@ -75,13 +76,17 @@ impl Job for EvalJob {
         let model =
             (self.checkpoint.model::<B::InnerBackend>(&device)?).with_weights(self.weights)?;
         let (split, batch) = (&self.dataset.split, self.batch_size);
-        Ok(evaluate(
+        let bar = crate::progress::batches_bar(2 * self.eval_iters);
+        let losses = evaluate_with(
             &model,
             split,
             batch,
             Shard::WHOLE,
             self.eval_iters,
             self.seed,
-        )?)
+            &mut |done, _| bar.set_position(done as u64),
+        );
+        bar.finish_and_clear();
+        Ok(losses?)
     }
 }

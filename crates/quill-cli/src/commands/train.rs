@@ -10,10 +10,10 @@ use anyhow::{Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use quill_data::Dataset;
 use quill_train::{
-    Agreement, Checkpoint, DEFAULT_PRESET, EvalRecord, FloatType, MemoryEstimate, Observer,
+    Agreement, Batch, Checkpoint, DEFAULT_PRESET, EvalRecord, FloatType, MemoryEstimate, Observer,
     Outcome, Preset, Run, RunConfig, RunDir, RunSecret, RunSummary, SampleRequest, Sources,
-    StepReport, TrainError, Which, World, check_run_dir, fresh_run_dir, holds_run, human_bytes,
-    is_run_dir, sample_texts, train,
+    StepReport, TrainError, Trainer, Which, World, check_run_dir, fresh_run_dir, holds_run,
+    human_bytes, is_run_dir, sample_texts, train,
 };
 
 use crate::backend::{self, Job};
@@ -198,14 +198,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 |(bytes, place)| format!("; {place} has {}", human_bytes(bytes))
             )
         );
-        if args.dry_run {
+    }
+    if args.dry_run {
+        if writer {
+            // A few steps of a throwaway model of the same shapes, on the same device.
+            let probe = StepTimer {
+                config: config.clone(),
+                dataset: &dataset,
+            };
+            let per_step = target.run(probe)?;
+            let left = config
+                .train
+                .max_iters
+                .saturating_sub(resume.as_ref().map_or(0, |c| c.state.iter));
+            crate::progress::print_time_estimate(per_step, left, target.on_cpu());
             println!(
-                "# dry run: nothing trained, nothing written; the run would write to {}",
+                "# dry run: nothing written; the run would write to {}",
                 out.display()
             );
         }
-    }
-    if args.dry_run {
         return Ok(());
     }
     // Rank 0 (or the only process) records; the other ranks write nothing.
@@ -243,6 +254,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         resume,
         init_from,
         world,
+        log_interval: args.log_interval,
+        on_cpu: target.on_cpu(),
     };
     if devices.len() == 1 {
         target.run(job)?;
@@ -402,6 +415,8 @@ fn run_on_devices(
             resume: job.resume.clone(),
             init_from: job.init_from.clone(),
             world: Some(World::in_process(size, rank, timeout)),
+            log_interval: job.log_interval,
+            on_cpu: job.on_cpu,
         })
         .collect();
     jobs[0].out = job.out;
@@ -446,6 +461,34 @@ fn install_stop_handler() {
     });
 }
 
+/// Times training steps of `config`'s model, freshly initialised, on `dataset`: one
+/// step of warm-up, then the mean of two. Nothing is kept.
+struct StepTimer<'a> {
+    config: RunConfig,
+    dataset: &'a Dataset,
+}
+
+impl Job for StepTimer<'_> {
+    type Output = f64;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<f64> {
+        let (config, split) = (&self.config, &self.dataset.split);
+        let model = config.model_for(self.dataset.tokenizer.vocab_size());
+        let mut trainer = Trainer::new(model.init::<B>(config.train.seed, &device)?, &config.train);
+        let mut sampler = config.batch_sampler()?;
+        let mut step = || -> Result<()> {
+            let batch =
+                Batch::sample(&mut sampler, &split.train, config.train.grad_accum, &device)?;
+            trainer.step(&batch)?;
+            Ok(())
+        };
+        step()?;
+        let start = std::time::Instant::now();
+        step()?;
+        step()?;
+        Ok(start.elapsed().as_secs_f64() / 2.0)
+    }
+}
+
 struct TrainJob {
     config: RunConfig,
     dataset: Arc<Dataset>,
@@ -454,6 +497,10 @@ struct TrainJob {
     resume: Option<Checkpoint>,
     init_from: Option<Checkpoint>,
     world: Option<World>,
+    /// Step lines every this many steps when stdout is not a terminal.
+    log_interval: usize,
+    /// Whether it trains on the CPU (for the time estimate's suggestion).
+    on_cpu: bool,
 }
 
 /// Passes progress on to the progress bar (rank 0), and keeps the weights' fingerprint
@@ -474,6 +521,11 @@ impl Observer for RankObserver<'_> {
             p.on_step(step);
         }
     }
+    fn on_eval_batch(&mut self, done: usize, total: usize) {
+        if let Some(p) = self.progress.as_mut() {
+            p.on_eval_batch(done, total);
+        }
+    }
     fn on_eval(&mut self, record: &EvalRecord, sample: Option<&str>) {
         if let Some(p) = self.progress.as_mut() {
             p.on_eval(record, sample);
@@ -487,6 +539,7 @@ impl Observer for RankObserver<'_> {
 impl Job for TrainJob {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let started = std::time::Instant::now();
         let rank = self.world.as_ref().map_or(0, |w| w.rank);
         // Under `quill launch`, which prefixes each rank's lines, a rank does not name
         // itself again.
@@ -497,7 +550,11 @@ impl Job for TrainJob {
         let size = self.world.as_ref().map_or(1, |w| w.size);
         // Rank 0 (the one with the run directory) shows progress and the sample.
         let places = self.out.as_ref().map(|out| (out.last(), out.best()));
-        let mut progress = places.is_some().then(Progress::new);
+        let model = self.config.model_for(self.dataset.tokenizer.vocab_size());
+        let flops = quill_train::bench::flops_per_token(&model, model.num_params() as usize);
+        let tokens_per_step = self.config.tokens_per_iter() * size;
+        let mut progress = (places.is_some())
+            .then(|| Progress::new(self.log_interval, flops, tokens_per_step, self.on_cpu));
         let mut observer = RankObserver {
             progress: progress.as_mut(),
             agreed: None,
@@ -535,8 +592,12 @@ impl Job for TrainJob {
             }
             Outcome::Finished(record) => {
                 println!(
-                    "done: {} iterations, train loss {:.4}, val loss {:.4}, {:.1} s",
-                    record.iter, record.train_loss, record.val_loss, record.elapsed_s
+                    "done: {} iterations, train loss {:.4}, val loss {:.4}; {:.1} s of the run's clock to the last evaluation, {:.1} s in all (loading, the last evaluation and sampling included)",
+                    record.iter,
+                    record.train_loss,
+                    record.val_loss,
+                    record.elapsed_s,
+                    started.elapsed().as_secs_f64()
                 );
                 // A run resumed into another directory whose validation loss never beat
                 // the checkpoint's has written no best/ there.

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "distributed")]
 use crate::dist::{Collective, World};
-use crate::evaluate::{Losses, evaluate};
+use crate::evaluate::{Losses, evaluate_with};
 use crate::inference::{SampleRequest, sample_texts};
 use crate::schedule::learning_rate;
 use crate::trainer::strategy::{SingleProcess, Strategy, fingerprint, fingerprint_more};
@@ -61,6 +61,8 @@ pub trait Observer {
     fn on_start(&mut self, _start: usize, _max_iters: usize) {}
     /// After each optimizer step.
     fn on_step(&mut self, _step: &StepReport) {}
+    /// During an evaluation, after each batch: `done` of `total` (both splits).
+    fn on_eval_batch(&mut self, _done: usize, _total: usize) {}
     /// After each evaluation, with a short sample when `sample_tokens` > 0.
     fn on_eval(&mut self, _record: &EvalRecord, _sample: Option<&str>) {}
     /// In a data-parallel run, after each evaluation found the weights equal on every
@@ -217,9 +219,10 @@ pub fn train<AB: AutodiffBackend>(
         // A resumed run already evaluated at its first step, unless that is the end.
         let resumed_here = resume.is_some() && iter == start && !last;
         if (last || iter % t.eval_interval == 0) && !resumed_here {
+            // Training time only: the evaluation's own is not counted.
+            let seconds = since_eval.0.elapsed().as_secs_f64().max(1e-9);
             let model = trainer.model().valid();
             let losses = measure(&model, &trainer, dataset, &settings, last, observer)?;
-            let seconds = since_eval.0.elapsed().as_secs_f64().max(1e-9);
             let record = EvalRecord {
                 iter,
                 train_loss: losses.train,
@@ -363,13 +366,14 @@ fn measure<AB: AutodiffBackend>(
         t.eval_iters
     };
     let seed = eval_seed(t.seed, iter);
-    let losses = evaluate(
+    let losses = evaluate_with(
         model,
         &dataset.split,
         t.batch_size,
         strategy.shard(),
         eval_iters,
         seed,
+        &mut |done, total| observer.on_eval_batch(done, total),
     )?;
     if strategy.ranks() > 1 {
         let weights = weights_fingerprint(model);
