@@ -10,11 +10,6 @@ mod common;
 
 use common::{TINY_MODEL, error_line, quill, stdout};
 
-/// The tiny model's schedule on `corpus.txt`.
-fn tiny() -> Vec<&'static str> {
-    [&["--data", "corpus.txt"][..], common::TINY_SCHEDULE].concat()
-}
-
 fn setup() -> tempfile::TempDir {
     common::verse_dir()
 }
@@ -26,7 +21,10 @@ fn train(dir: &Path, extra: &[&str]) -> std::process::Output {
     if !extra.contains(&"--resume") {
         args.extend_from_slice(TINY_MODEL);
     }
-    args.extend(tiny());
+    if !extra.contains(&"--data") {
+        args.extend_from_slice(&["--data", "corpus.txt"]);
+    }
+    args.extend_from_slice(common::TINY_SCHEDULE);
     if !extra.contains(&"--max-iters") {
         args.extend_from_slice(&["--max-iters", "3"]);
     }
@@ -206,6 +204,44 @@ fn a_run_directory_stands_for_its_checkpoint() {
         );
         assert!(dir.path().join(name).is_file());
     }
+
+    // The export of a short-context model: a note, max_length, and a model card that
+    // says what it trained on.
+    let export = quill(
+        &[
+            "export",
+            "--format",
+            "hf",
+            "--checkpoint",
+            "run",
+            "--out",
+            "hf-out",
+        ],
+        dir.path(),
+    );
+    assert!(export.status.success(), "{}", error_line(&export));
+    assert!(
+        String::from_utf8_lossy(&export.stderr).contains(
+            "note: the model's context is 16 tokens: transformers stops with an IndexError past them"
+        ),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let generation: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(dir.path().join("hf-out/generation_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(generation["max_length"], 16);
+    let card = fs::read_to_string(dir.path().join("hf-out/README.md")).unwrap();
+    assert!(
+        card.contains("| trained on | `corpus.txt`, char tokenizer |"),
+        "{card}"
+    );
+    assert!(
+        card.contains("| context | 16 tokens (`n_positions`) |"),
+        "{card}"
+    );
+    assert!(card.contains("max_length=16"), "{card}");
 
     // A Hugging Face directory: import it first.
     let hf = dir.path().join("hf");
@@ -412,4 +448,36 @@ fn piped_runs_print_steps_and_every_run_its_time() {
         time.ends_with(" for the 40 steps left (evaluations extra)"),
         "{dry}"
     );
+}
+
+/// `quill runs` says what each run trained on, and `--diff` names different data.
+#[test]
+fn runs_show_and_compare_their_data() {
+    let dir = setup();
+    let verse = fs::read_to_string(dir.path().join("corpus.txt")).unwrap();
+    fs::write(dir.path().join("other.txt"), verse.to_uppercase()).unwrap();
+    for data in ["corpus.txt", "other.txt"] {
+        let out = train(dir.path(), &["--data", data]);
+        assert!(out.status.success(), "{}", error_line(&out));
+    }
+    let table = stdout(&quill(&["runs"], dir.path()));
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header[..4],
+        ["run", "preset", "data", "tokenizer"],
+        "{table}"
+    );
+    let diff = stdout(&quill(
+        &["runs", "--diff", "runs/cpu", "runs/cpu-2"],
+        dir.path(),
+    ));
+    let rows: Vec<Vec<&str>> = diff
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    // Columns in the table's order (best val first).
+    let data = rows.iter().find(|r| r[0] == "data").expect(&diff);
+    let mut named = data[1..].to_vec();
+    named.sort();
+    assert_eq!(named, ["corpus.txt", "other.txt"], "{diff}");
 }

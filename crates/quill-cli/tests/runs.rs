@@ -138,6 +138,10 @@ fn runs_shows_finished_killed_and_running_runs_and_skips_the_rest() {
             .find(|l| l.starts_with(&format!("runs/{name} ")))
             .unwrap();
         assert!(line.ends_with(state), "{line}");
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        if name != "running" {
+            assert_eq!(cells[2..4], ["corpus.txt", "char"], "{line}");
+        }
     }
     let diff = stdout(&quill(
         &["runs", "--diff", "runs/finished", "runs/faster"],

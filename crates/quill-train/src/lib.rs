@@ -73,7 +73,8 @@ pub use run::{
     weights_fingerprint,
 };
 pub use run::{
-    checkpoint::Checkpoint, checkpoint::FloatType, checkpoint::TrainState, metrics::EvalRecord,
+    checkpoint::Checkpoint, checkpoint::DataRecord, checkpoint::FloatType, checkpoint::TrainState,
+    metrics::EvalRecord,
 };
 pub use schedule::learning_rate;
 pub use tools::memory::{Component, MemoryEstimate, human_bytes};

@@ -214,6 +214,7 @@ fn export_reloads_with_the_same_weights_and_logits() {
         files,
         [
             ".quill-export.json",
+            "README.md",
             "config.json",
             "generation_config.json",
             "model.safetensors",

@@ -208,8 +208,16 @@ pub fn export(args: ExportArgs) -> Result<()> {
             "note: the model uses the exact GELU (activation_function \"gelu\"): transformers honours it; llama.cpp computes GPT-2's tanh GELU for every GPT-2, a ~1e-3 difference in its logits"
         );
     }
+    if let ModelConfig::Gpt(gpt) = &checkpoint.config.model
+        && gpt.block_size < hf::SHORT_CONTEXT
+    {
+        eprintln!(
+            "note: the model's context is {} tokens: transformers stops with an IndexError past them, prompt included; generation_config.json sets max_length {0}, so pass max_length (or max_new_tokens plus the prompt's tokens) ≤ {0}",
+            gpt.block_size
+        );
+    }
     println!(
-        "wrote {}: load it with transformers.AutoModelForCausalLM.from_pretrained(\"{0}\") and AutoTokenizer.from_pretrained(\"{0}\")",
+        "wrote {}: load it with transformers.AutoModelForCausalLM.from_pretrained(\"{0}\") and AutoTokenizer.from_pretrained(\"{0}\"); README.md is its model card",
         args.out.display(),
     );
     Ok(())

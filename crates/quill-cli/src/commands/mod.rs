@@ -135,6 +135,8 @@ struct Loaded {
     dataset: Dataset,
     /// The path and what it holds.
     description: String,
+    /// The path, as named (what a checkpoint records).
+    source: String,
     /// The text, when the data was read into memory.
     corpus: Option<Corpus>,
 }
@@ -174,6 +176,7 @@ fn load_dataset(
         return Ok(Loaded {
             dataset,
             description,
+            source: pattern_source(source),
             corpus: None,
         });
     }
@@ -212,6 +215,7 @@ fn load_dataset(
         return Ok(Loaded {
             dataset,
             description,
+            source: dir.display().to_string(),
             corpus: None,
         });
     }
@@ -240,8 +244,21 @@ fn load_dataset(
     Ok(Loaded {
         dataset,
         description,
+        source: corpus.source.display().to_string(),
         corpus: Some(corpus),
     })
+}
+
+/// `--data PATTERN` (with `--val-data PATTERN`), as named.
+fn pattern_source(source: &DataSource) -> String {
+    let data = source
+        .data
+        .as_ref()
+        .map_or_else(String::new, |d| d.display().to_string());
+    match &source.val_data {
+        Some(val) => format!("{data} (val {val})"),
+        None => data,
+    }
 }
 
 /// The train and val shards `--data` (and `--val-data`) name, when they name llm.c

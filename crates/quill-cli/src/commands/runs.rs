@@ -72,12 +72,14 @@ fn children(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn print_table(runs: &[RunSummary]) {
-    let rows: Vec<[String; 9]> = runs
+    let rows: Vec<[String; 11]> = runs
         .iter()
         .map(|r| {
             [
                 r.path.display().to_string(),
                 r.preset.clone().unwrap_or_else(|| "-".into()),
+                r.data.as_ref().map_or("-".into(), |d| d.source.clone()),
+                r.data.as_ref().map_or("-".into(), |d| d.tokenizer.clone()),
                 r.params.map_or("-".into(), |p| human_count(p as f64)),
                 match r.max_iters {
                     Some(m) => format!("{}/{m}", r.steps),
@@ -93,7 +95,17 @@ fn print_table(runs: &[RunSummary]) {
         })
         .collect();
     let header = [
-        "run", "preset", "params", "steps", "best val", "at step", "tokens/s", "wall", "state",
+        "run",
+        "preset",
+        "data",
+        "tokenizer",
+        "params",
+        "steps",
+        "best val",
+        "at step",
+        "tokens/s",
+        "wall",
+        "state",
     ]
     .map(String::from);
     print_rows(&header, &rows);
@@ -116,7 +128,7 @@ fn print_rows<const N: usize>(header: &[String; N], rows: &[[String; N]]) {
             .zip(&widths)
             .enumerate()
             .map(|(c, (cell, &w))| match c {
-                0 | 1 => format!("{cell:<w$}"),
+                0..=3 => format!("{cell:<w$}"),
                 _ if c + 1 == N => cell.clone(),
                 _ => format!("{cell:>w$}"),
             })
@@ -163,7 +175,22 @@ fn print_diff(runs: &[RunSummary]) {
         );
     }
     let configs: Vec<_> = with.iter().filter_map(|r| r.settings.as_ref()).collect();
-    let differ = differing_settings(&configs);
+    let mut differ = differing_settings(&configs);
+    // What they trained on, beside the settings.
+    let data = |pick: fn(&quill_train::DataRecord) -> &String| -> Vec<Option<Value>> {
+        let values = with
+            .iter()
+            .map(|r| r.data.as_ref().map(|d| Value::String(pick(d).clone())));
+        values.collect()
+    };
+    for (name, values) in [
+        ("data", data(|d| &d.source)),
+        ("tokenizer", data(|d| &d.tokenizer)),
+    ] {
+        if values.iter().any(|v| *v != values[0]) {
+            differ.insert(0, (name.to_string(), values));
+        }
+    }
     if differ.is_empty() {
         println!("the runs have the same settings");
         return;

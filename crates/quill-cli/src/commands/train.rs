@@ -256,6 +256,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         world,
         log_interval: args.log_interval,
         on_cpu: target.on_cpu(),
+        data_source: loaded.source.clone(),
     };
     if devices.len() == 1 {
         target.run(job)?;
@@ -415,6 +416,7 @@ fn run_on_devices(
             resume: job.resume.clone(),
             init_from: job.init_from.clone(),
             world: Some(World::in_process(size, rank, timeout)),
+            data_source: job.data_source.clone(),
             log_interval: job.log_interval,
             on_cpu: job.on_cpu,
         })
@@ -497,6 +499,8 @@ struct TrainJob {
     resume: Option<Checkpoint>,
     init_from: Option<Checkpoint>,
     world: Option<World>,
+    /// Where the data came from, as named.
+    data_source: String,
     /// Step lines every this many steps when stdout is not a terminal.
     log_interval: usize,
     /// Whether it trains on the CPU (for the time estimate's suggestion).
@@ -564,6 +568,7 @@ impl Job for TrainJob {
             .with_resume(self.resume)
             .with_init_from(self.init_from)
             .with_stop(&STOP)
+            .with_data(self.data_source)
             .with_world(self.world);
         let outcome = train::<B>(run, &device, &mut observer);
         let weights = agreed(&observer, size);

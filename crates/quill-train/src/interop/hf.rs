@@ -335,23 +335,96 @@ pub(crate) fn block_layers(n_layer: usize) -> Vec<String> {
 }
 
 /// `generation_config.json`: `quill sample`'s defaults (sampling at temperature 0.8, no
-/// top-k, which transformers would otherwise set to 50) and the end-of-text token of a
-/// BPE vocabulary.
-fn generation_config(end_of_text: Option<u32>) -> Value {
+/// top-k, which transformers would otherwise set to 50), the end-of-text token of a
+/// BPE vocabulary, and `max_length` = the context: transformers' GPT-2 cannot go past
+/// `n_positions` tokens (it fails with an `IndexError`), prompt included.
+fn generation_config(end_of_text: Option<u32>, context: usize) -> Value {
     json!({
         "do_sample": true,
         "temperature": 0.8,
         "top_k": 0,
+        "max_length": context,
         "bos_token_id": end_of_text,
         "eos_token_id": end_of_text,
     })
+}
+
+/// The model card's name.
+pub const MODEL_CARD: &str = "README.md";
+
+/// A context shorter than this gets a note at export: generating past it fails in
+/// transformers.
+pub const SHORT_CONTEXT: usize = 256;
+
+/// The model card (`README.md`): what the model is, what it trained on and how far,
+/// and how to load it — with the context limit transformers enforces.
+pub fn model_card(checkpoint: &Checkpoint, gpt: &quill_model::GptConfig) -> String {
+    let params = checkpoint.config.model.num_params();
+    let state = &checkpoint.state;
+    let data = match &state.data {
+        Some(d) => format!("`{}`, {} tokenizer", d.source, d.tokenizer),
+        None => format!(
+            "not recorded in the checkpoint ({} tokenizer)",
+            checkpoint.tokenizer.name()
+        ),
+    };
+    let best = state.best_val_loss.map_or_else(
+        || "no validation loss recorded".to_string(),
+        |loss| format!("best validation loss {loss:.4} (nats per token)"),
+    );
+    let t = &checkpoint.config.train;
+    format!(
+        r#"---
+library_name: transformers
+tags:
+- quill
+- gpt2
+---
+# A GPT trained with quill
+
+A GPT-2-architecture model trained with quill (a Rust GPT trainer) and exported in
+Hugging Face's GPT-2 format, with its tokenizer.
+
+| | |
+|---|---|
+| model | {n_layer} layers, {n_head} heads, {n_embd} wide, {params} parameters, vocabulary {vocab} |
+| context | {context} tokens (`n_positions`) |
+| trained on | {data} |
+| training | {iter} steps of {batch} × {grad_accum} rows of {context} tokens, learning rate {lr:e}; {best} |
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained("PATH")
+model = AutoModelForCausalLM.from_pretrained("PATH")
+ids = tokenizer("ROMEO:", return_tensors="pt").input_ids
+out = model.generate(ids, max_length={context})
+print(tokenizer.decode(out[0]))
+```
+
+The model attends to at most {context} tokens, prompt included: transformers stops
+with an `IndexError` past them, so give `max_length` ≤ {context} (the default in
+`generation_config.json`), or `max_new_tokens` ≤ {context} − the prompt's tokens.
+`quill sample` slides its window instead and generates any length.
+"#,
+        n_layer = gpt.n_layer,
+        n_head = gpt.n_head,
+        n_embd = gpt.n_embd,
+        vocab = gpt.vocab_size,
+        context = gpt.block_size,
+        iter = state.iter,
+        batch = t.batch_size,
+        grad_accum = t.grad_accum,
+        lr = t.lr,
+    )
 }
 
 /// Writes `checkpoint` (a GPT that [`unlike_gpt2`] finds nothing in) to `out` as a
 /// Hugging Face model directory that `AutoModelForCausalLM` and `AutoTokenizer` load:
 /// `config.json` and `model.safetensors` (float32, `[in, out]` Linear weights, zero
 /// biases for a `bias = false` model, no tied head, padding rows dropped),
-/// `generation_config.json`, the tokenizer's files
+/// `generation_config.json`, the [`model_card`], the tokenizer's files
 /// ([`quill_data::hugging_face::FILES`]) and the [`EXPORT`] marker. `out` is written
 /// atomically; an existing directory is replaced only if it is empty or holds an
 /// earlier export (it carries the marker).
@@ -465,7 +538,11 @@ pub fn export(checkpoint: &Checkpoint, out: &Path) -> Result<(), TrainError> {
         quill_data::atomic::write_file(&tmp.join(HF_FILES[0]), &json_bytes(&config))?;
         quill_data::atomic::write_file(
             &tmp.join(GENERATION_CONFIG),
-            &json_bytes(&generation_config(special)),
+            &json_bytes(&generation_config(special, gpt.block_size)),
+        )?;
+        quill_data::atomic::write_file(
+            &tmp.join(MODEL_CARD),
+            model_card(checkpoint, gpt).as_bytes(),
         )?;
         for (name, bytes) in &tokenizer_files {
             quill_data::atomic::write_file(&tmp.join(name), bytes)?;

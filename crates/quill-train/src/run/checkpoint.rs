@@ -71,6 +71,18 @@ pub struct TrainState {
     /// `None` in checkpoints that quill did not train (imports) and in older ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<FloatType>,
+    /// What the run trained on, when its trainer was told ([`crate::Run::with_data`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataRecord>,
+}
+
+/// The data a run trained on: where it came from and its tokenizer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataRecord {
+    /// The corpus or dataset as the user named it (`data/tinyshakespeare/input.txt`).
+    pub source: String,
+    /// The tokenizer's name (`char`, `gpt2`, `bpe:4096`).
+    pub tokenizer: String,
 }
 
 /// The float type of a run's parameters (and activations), as `--dtype` names it.
@@ -125,6 +137,7 @@ impl TrainState {
             elapsed_s: 0.0,
             loss_scaler: None,
             dtype: None,
+            data: None,
         }
     }
 }

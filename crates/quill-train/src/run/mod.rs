@@ -106,6 +106,8 @@ pub struct Run<'a> {
     resume: Option<Checkpoint>,
     init_from: Option<Checkpoint>,
     stop: Option<&'a AtomicBool>,
+    /// Where the data came from, as the user named it.
+    data_source: Option<String>,
     #[cfg(feature = "distributed")]
     world: Option<World>,
 }
@@ -120,9 +122,18 @@ impl<'a> Run<'a> {
             resume: None,
             init_from: None,
             stop: None,
+            data_source: None,
             #[cfg(feature = "distributed")]
             world: None,
         }
+    }
+
+    /// Records in each checkpoint where the data came from (`source`, as the user named
+    /// it) and its tokenizer ([`crate::DataRecord`]): what `quill runs` and a model
+    /// card show.
+    pub fn with_data(mut self, source: impl Into<String>) -> Self {
+        self.data_source = Some(source.into());
+        self
     }
 
     /// Records and checkpoints into `out`, opened (and locked) with [`RunDir::open`];
@@ -192,6 +203,12 @@ pub fn train<AB: AutodiffBackend>(
     }
     let (trainer, mut state) = start::<AB>(&mut run, &settings, &mut sampler, device)?;
     let mut trainer = trainer.with_strategy(strategy);
+    if let Some(source) = run.data_source.take() {
+        state.data = Some(crate::DataRecord {
+            source,
+            tokenizer: dataset.tokenizer.name(),
+        });
+    }
     let Run {
         dataset,
         mut out,

@@ -60,6 +60,8 @@ pub struct RunSummary {
     pub state: RunState,
     /// The effective settings (`last/config.json`).
     pub settings: Option<RunConfig>,
+    /// What it trained on (`last/state.json`), when its checkpoints record it.
+    pub data: Option<crate::DataRecord>,
 }
 
 impl RunSummary {
@@ -112,6 +114,9 @@ impl RunSummary {
             tokens_per_s: speeds.get(speeds.len() / 2).copied(),
             wall_s,
             state,
+            data: checkpoint
+                .as_ref()
+                .and_then(|(_, state)| state.data.clone()),
             settings,
         })
     }
