@@ -483,6 +483,10 @@ pub struct ServeArgs {
     /// stopping anyway (a second signal stops at once).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub drain_timeout: u64,
+    /// No request log (by default one line per request on stderr: client, method,
+    /// path, status, tokens in and out, milliseconds).
+    #[arg(long)]
+    pub quiet: bool,
     #[command(flatten)]
     pub weights: WeightsArgs,
     #[command(flatten)]

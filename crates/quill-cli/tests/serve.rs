@@ -38,6 +38,8 @@ struct Server {
     model: String,
     /// What the server printed before it listened.
     startup: String,
+    /// What it printed after (the request log).
+    log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl Server {
@@ -72,13 +74,21 @@ impl Server {
                     .unwrap();
             }
         };
-        // Keep draining stderr so the server never blocks on it.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        // Keep draining stderr so the server never blocks on it; the log is kept.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut buffer) {
+                kept.lock().unwrap().extend_from_slice(&buffer[..n]);
+            }
+        });
         Server {
             child,
             port,
             model: ck.display().to_string(),
             startup,
+            log,
         }
     }
 
@@ -894,4 +904,68 @@ fn a_stream_nobody_reads_is_ended() {
         .complete(json!({"prompt": "Speak", "max_tokens": 5}))
         .json();
     assert_eq!(status, 200);
+}
+
+/// `/tokenize` and `/detokenize` as llama-server has them, and one log line a request
+/// (off with `--quiet`).
+#[test]
+fn tokens_both_ways_and_a_line_per_request() {
+    let server = Server::start(&[]);
+    let (status, body) = server
+        .post(
+            "/tokenize",
+            &json!({"content": "Speak", "with_pieces": true}),
+        )
+        .json();
+    assert_eq!(status, 200, "{body}");
+    let pieces: Vec<&str> = body["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["piece"].as_str().unwrap())
+        .collect();
+    assert_eq!(pieces, ["S", "p", "e", "a", "k"]);
+    let ids: Vec<Value> = body["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].clone())
+        .collect();
+    let (status, plain) = server
+        .post("/tokenize", &json!({"content": "Speak"}))
+        .json();
+    assert_eq!((status, &plain["tokens"]), (200, &json!(ids)));
+    let (status, text) = server.post("/detokenize", &json!({"tokens": ids})).json();
+    assert_eq!((status, text["content"].as_str()), (200, Some("Speak")));
+    let (status, bad) = server
+        .post("/detokenize", &json!({"tokens": [99999]}))
+        .json();
+    assert_eq!(status, 400, "{bad}");
+    let (status, bad) = server.post("/tokenize", &json!({"content": "Ω"})).json();
+    assert_eq!(status, 400, "{bad}");
+
+    let (status, _) = server
+        .complete(json!({"prompt": "All:", "max_tokens": 3}))
+        .json();
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = String::from_utf8_lossy(&server.log.lock().unwrap()).into_owned();
+    let line = log
+        .lines()
+        .find(|l| l.contains(" POST /v1/completions 200 "))
+        .expect(&log);
+    assert!(line.starts_with("127.0.0.1:"), "{line}");
+    assert!(
+        line.contains(" in 4 out 3 tokens ") && line.ends_with(" ms"),
+        "{line}"
+    );
+    assert!(log.contains(" POST /detokenize 400 "), "{log}");
+
+    let quiet = Server::start(&["--quiet"]);
+    let (status, _) = quiet
+        .complete(json!({"prompt": "All:", "max_tokens": 3}))
+        .json();
+    assert_eq!(status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(quiet.log.lock().unwrap().is_empty());
 }

@@ -21,6 +21,8 @@
 
 mod api;
 mod engine;
+mod log;
+mod tokens;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -134,6 +136,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_queue: args.max_queue,
         connections,
         drain: std::time::Duration::from_secs(args.drain_timeout),
+        quiet: args.quiet,
     })
 }
 
@@ -194,6 +197,7 @@ struct ServeJob {
     max_queue: usize,
     connections: usize,
     drain: std::time::Duration,
+    quiet: bool,
 }
 
 impl Job for ServeJob {
@@ -212,6 +216,7 @@ impl Job for ServeJob {
             block_size: model.block_size(),
             created: now(),
             hosts: loopback_hosts(self.listener.local_addr()?),
+            quiet: self.quiet,
         });
         let address = self.listener.local_addr()?;
         let listener = self.listener;
@@ -251,6 +256,8 @@ struct App {
     /// The host names a request's `Host` may carry when the server has no API key:
     /// the loopback names and the bound address.
     hosts: Vec<String>,
+    /// No request log (`--quiet`).
+    quiet: bool,
 }
 
 /// The host names (without port) of a server bound to `address`.
@@ -297,9 +304,9 @@ fn serve(app: Arc<App>, listener: std::net::TcpListener, limits: ServerLimits) -
         let (closing, closed) = tokio::sync::watch::channel(false);
         let mut stop = std::pin::pin!(shutdown_signal());
         loop {
-            let stream = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok(accepted) => accepted,
                     // Out of file descriptors (or a connection reset while queued):
                     // wait a moment rather than spin.
                     Err(_) => {
@@ -313,7 +320,8 @@ fn serve(app: Arc<App>, listener: std::net::TcpListener, limits: ServerLimits) -
             let Ok(place) = open.clone().try_acquire_owned() else {
                 continue;
             };
-            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let router = router.clone().layer(axum::Extension(log::Client(peer)));
+            let service = hyper_util::service::TowerToHyperService::new(router);
             let mut closed = closed.clone();
             tokio::spawn(async move {
                 let _place = place;
@@ -381,6 +389,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/tokenize", post(tokens::tokenize))
+        .route("/detokenize", post(tokens::detokenize))
         .layer(middleware::from_fn_with_state(app.clone(), authorize));
     let guard = middleware::from_fn_with_state(app.clone(), from_a_web_page);
     Router::new()
@@ -394,10 +404,11 @@ fn router(app: Arc<App>) -> Router {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
-                "unknown path: quill serve answers /v1/models, /v1/completions, /health and /",
+                "unknown path: quill serve answers /v1/models, /v1/completions, /tokenize, /detokenize, /health and /",
             )
         })
         .layer(guard)
+        .layer(middleware::from_fn_with_state(app.clone(), log::log_request))
         .with_state(app)
 }
 
@@ -613,10 +624,24 @@ async fn start_completion(app: &App, body: Body) -> Result<Response, ApiError> {
         prompt_tokens,
         created,
     };
-    Ok(match accepted.request.stream {
-        true => stream(accepted, app.limits.model.clone()).into_response(),
-        false => whole(accepted, &app.limits.model).await?.into_response(),
-    })
+    let prompt = accepted.prompt_tokens;
+    let (mut response, completion) = match accepted.request.stream {
+        true => (
+            stream(accepted, app.limits.model.clone()).into_response(),
+            None,
+        ),
+        false => {
+            let body = whole(accepted, &app.limits.model).await?;
+            let out = body["usage"]["completion_tokens"]
+                .as_u64()
+                .map(|n| n as usize);
+            (body.into_response(), out)
+        }
+    };
+    response
+        .extensions_mut()
+        .insert(log::Tokens { prompt, completion });
+    Ok(response)
 }
 
 /// A response id independent of the request (its seed included): the standard
