@@ -517,6 +517,24 @@ pub struct PlotArgs {
     /// that exists]
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// The x axis: optimizer steps, training tokens, or seconds of training (the steps'
+    /// own time, evaluations left out: a time-to-target comparison).
+    #[arg(long, value_enum, default_value_t = PlotAxis::Step)]
+    pub x: PlotAxis,
+    /// A logarithmic loss axis.
+    #[arg(long)]
+    pub log_y: bool,
+}
+
+/// `quill plot --x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlotAxis {
+    /// Optimizer steps.
+    Step,
+    /// Training tokens seen.
+    Tokens,
+    /// Seconds of training.
+    Time,
 }
 
 /// `quill eval`.

@@ -205,6 +205,23 @@ fn a_run_directory_stands_for_its_checkpoint() {
         assert!(dir.path().join(name).is_file());
     }
 
+    // By training time (the time-to-target axis) or tokens, on a log scale.
+    for (axis, label) in [
+        ("time", "training time (s), evaluations left out"),
+        ("tokens", "training tokens"),
+    ] {
+        let out = quill(
+            &["plot", "run", "--x", axis, "--log-y", "--out", "t.svg"],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{}", error_line(&out));
+        let svg = fs::read_to_string(dir.path().join("t.svg")).unwrap();
+        assert!(
+            svg.contains(label) && svg.contains("loss (log scale)"),
+            "{axis}"
+        );
+    }
+
     // The export of a short-context model: a note, max_length, and a model card that
     // says what it trained on.
     let export = quill(

@@ -63,7 +63,7 @@ pub use inference::{SampleRequest, StopText, sample_texts};
 pub use interop::{hf, nanogpt};
 pub use optim::{GradBuffer, LossScaler, MuonAdamW, StepOptions, muon, param_lengths};
 #[cfg(feature = "plot")]
-pub use run::plot::{LossPlot, RunsPlot, smoothed};
+pub use run::plot::{LossPlot, PlotRun, PlotX, RunsPlot, smoothed};
 pub use run::run_dir::{
     RUN, RunDir, Which, check_run_dir, checkpoint_of_run, fresh_run_dir, holds_run, is_run_dir,
 };

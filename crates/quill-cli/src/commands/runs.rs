@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use quill_train::metrics::read_jsonl;
 use quill_train::{
-    EvalRecord, RunSummary, RunsPlot, StepReport, differing_settings, human_count, is_run_dir,
+    EvalRecord, PlotRun, PlotX, RunSummary, RunsPlot, StepReport, differing_settings, human_count,
+    is_run_dir,
 };
 use serde_json::{Value, json};
 
-use crate::cli::{PlotArgs, RunsArgs};
+use crate::cli::{PlotArgs, PlotAxis, RunsArgs};
 
 /// Where `quill runs` looks without arguments.
 const RUNS: &str = "runs";
@@ -233,15 +234,27 @@ fn print_diff(runs: &[RunSummary]) {
 pub fn plot(args: PlotArgs) -> Result<()> {
     let mut runs = Vec::new();
     for dir in &args.runs {
-        if RunSummary::read(dir).is_none() {
+        let Some(summary) = RunSummary::read(dir) else {
             bail!("{}: not a run directory", dir.display());
-        }
+        };
         let steps: Vec<StepReport> = read_jsonl(&dir.join("steps.jsonl"));
         let evals: Vec<EvalRecord> = read_jsonl(&dir.join("metrics.jsonl"));
         if steps.is_empty() && evals.is_empty() {
             bail!("{}: the run has recorded nothing yet", dir.display());
         }
-        runs.push((dir.display().to_string(), steps, evals));
+        let tokens_per_step = summary.settings.as_ref().map(|c| c.tokens_per_iter());
+        if tokens_per_step.is_none() && args.x != PlotAxis::Step {
+            bail!(
+                "{}: no checkpoint yet, so its tokens a step are unknown: plot it with --x step",
+                dir.display()
+            );
+        }
+        runs.push(PlotRun {
+            name: dir.display().to_string(),
+            steps,
+            evals,
+            tokens_per_step: tokens_per_step.unwrap_or(0),
+        });
     }
     let title = format!(
         "{} runs · val loss (points) and smoothed train loss",
@@ -250,6 +263,12 @@ pub fn plot(args: PlotArgs) -> Result<()> {
     let picture = RunsPlot {
         title: &title,
         runs: &runs,
+        x: match args.x {
+            PlotAxis::Step => PlotX::Step,
+            PlotAxis::Tokens => PlotX::Tokens,
+            PlotAxis::Time => PlotX::Time,
+        },
+        log_y: args.log_y,
     };
     let out = args.out.unwrap_or_else(free_plot_name);
     let bytes = match out.extension().and_then(|e| e.to_str()) {

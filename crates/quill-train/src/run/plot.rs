@@ -94,17 +94,13 @@ impl LossPlot<'_> {
     ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         let raw = bucket_means(self.steps, |s| s.loss as f64);
         let smooth = smoothed(&raw);
-        let losses = raw
-            .iter()
-            .map(|p| p.1)
-            .chain(
-                self.evals
-                    .iter()
-                    .flat_map(|e| [e.train_loss, e.val_loss].map(f64::from)),
-            )
-            .filter(|l| l.is_finite());
-        let (lo, hi) = padded_range(losses);
-        let mut chart = panel(area, last_iter, lo..hi, "loss", None)?;
+        let losses = raw.iter().copied().chain(
+            self.evals
+                .iter()
+                .flat_map(|e| [e.train_loss, e.val_loss].map(|l| (e.iter as f64, f64::from(l)))),
+        );
+        let (lo, hi) = readable_range(losses, last_iter);
+        let mut chart = panel(area, last_iter, lo..hi, "iteration", "loss", None)?;
         chart.draw_series(LineSeries::new(
             raw.iter().copied(),
             TRAIN.mix(0.25).stroke_width(1),
@@ -143,7 +139,14 @@ impl LossPlot<'_> {
             0.0 => "0".to_string(),
             y => format!("{y:.0e}"),
         };
-        let mut chart = panel(area, last_iter, 0.0..top, "learning rate", Some(&exponent))?;
+        let mut chart = panel(
+            area,
+            last_iter,
+            0.0..top,
+            "iteration",
+            "learning rate",
+            Some(&exponent),
+        )?;
         chart.draw_series(LineSeries::new(lr, LR.stroke_width(2)))?;
         Ok(())
     }
@@ -165,8 +168,67 @@ impl Picture for LossPlot<'_> {
 pub struct RunsPlot<'a> {
     /// The title line.
     pub title: &'a str,
-    /// Each run: its name, step records and evaluation records.
-    pub runs: &'a [(String, Vec<StepReport>, Vec<EvalRecord>)],
+    /// The runs.
+    pub runs: &'a [PlotRun],
+    /// What the x axis counts.
+    pub x: PlotX,
+    /// A logarithmic loss axis.
+    pub log_y: bool,
+}
+
+/// One run of a [`RunsPlot`].
+#[derive(Debug, Clone)]
+pub struct PlotRun {
+    /// Its name in the legend.
+    pub name: String,
+    /// Its step records.
+    pub steps: Vec<StepReport>,
+    /// Its evaluation records.
+    pub evals: Vec<EvalRecord>,
+    /// Tokens a step trains on (for [`PlotX::Tokens`] and [`PlotX::Time`]).
+    pub tokens_per_step: usize,
+}
+
+/// The x axis of a [`RunsPlot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlotX {
+    /// Optimizer steps.
+    #[default]
+    Step,
+    /// Training tokens seen.
+    Tokens,
+    /// Seconds of training, the steps' own time (evaluations left out): what a
+    /// time-to-target comparison draws.
+    Time,
+}
+
+impl PlotRun {
+    /// Where step `iter` lies on `x`: the step, its tokens, or the training seconds up
+    /// to it (summed from the steps' speeds).
+    fn x_of(&self, x: PlotX) -> impl Fn(f64) -> f64 + '_ {
+        let seconds: Vec<(f64, f64)> = match x {
+            PlotX::Time => self
+                .steps
+                .iter()
+                .scan(0.0, |total, s| {
+                    *total += self.tokens_per_step as f64 / s.tokens_per_s.max(1e-9);
+                    Some((s.iter as f64, *total))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        move |iter| match x {
+            PlotX::Step => iter,
+            PlotX::Tokens => iter * self.tokens_per_step as f64,
+            PlotX::Time => {
+                let at = seconds.partition_point(|p| p.0 <= iter);
+                match at {
+                    0 => 0.0,
+                    n => seconds[n - 1].1,
+                }
+            }
+        }
+    }
 }
 
 /// The runs' colours, in order (matplotlib's tab10), repeated past ten runs.
@@ -201,32 +263,45 @@ impl Picture for RunsPlot<'_> {
         root: &DrawingArea<DB, Shift>,
     ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         let root = canvas(root, self.title)?;
+        let y = |v: f64| if self.log_y { v.log10() } else { v };
         let curves: Vec<(Curve, Curve)> = self
             .runs
             .iter()
-            .map(|(_, steps, evals)| {
-                let train = smoothed(&bucket_means(steps, |s| s.loss as f64));
-                let val = evals
-                    .iter()
-                    .map(|e| (e.iter as f64, e.val_loss as f64))
+            .map(|run| {
+                let x = run.x_of(self.x);
+                let train = smoothed(&bucket_means(&run.steps, |s| s.loss as f64))
+                    .into_iter()
+                    .map(|(i, l)| (x(i), y(l)))
+                    .collect();
+                let val = (run.evals.iter())
+                    .map(|e| (x(e.iter as f64), y(e.val_loss as f64)))
                     .filter(|p| p.1.is_finite())
                     .collect();
                 (train, val)
             })
             .collect();
-        let last_iter = curves
+        let last_x = curves
             .iter()
             .flat_map(|(t, v)| t.iter().chain(v))
             .map(|p| p.0)
             .fold(1.0, f64::max);
-        let (lo, hi) = padded_range(
-            curves
-                .iter()
-                .flat_map(|(t, v)| t.iter().chain(v))
-                .map(|p| p.1),
+        let (lo, hi) = readable_range(
+            curves.iter().flat_map(|(t, v)| t.iter().chain(v)).copied(),
+            last_x,
         );
-        let mut chart = panel(&root, last_iter, lo..hi, "loss", None)?;
-        for (i, ((name, _, _), (train, val))) in self.runs.iter().zip(&curves).enumerate() {
+        let x_desc = match self.x {
+            PlotX::Step => "iteration",
+            PlotX::Tokens => "training tokens",
+            PlotX::Time => "training time (s), evaluations left out",
+        };
+        let unlog = |v: &f64| format!("{:.2}", 10f64.powf(*v));
+        let y_format: Option<&dyn Fn(&f64) -> String> = self.log_y.then_some(&unlog);
+        let y_desc = match self.log_y {
+            true => "loss (log scale)",
+            false => "loss",
+        };
+        let mut chart = panel(&root, last_x, lo..hi, x_desc, y_desc, y_format)?;
+        for (i, (run, (train, val))) in self.runs.iter().zip(&curves).enumerate() {
             let colour = PALETTE[i % PALETTE.len()];
             chart.draw_series(LineSeries::new(
                 train.iter().copied(),
@@ -235,7 +310,7 @@ impl Picture for RunsPlot<'_> {
             chart.draw_series(LineSeries::new(val.iter().copied(), colour.stroke_width(2)))?;
             chart
                 .draw_series(val.iter().map(|&p| Circle::new(p, 4, colour.filled())))?
-                .label(name.as_str())
+                .label(run.name.as_str())
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(3))
                 });
@@ -315,6 +390,7 @@ fn panel<'a, DB: DrawingBackend>(
     area: &'a DrawingArea<DB, Shift>,
     last_iter: f64,
     y: std::ops::Range<f64>,
+    x_desc: &str,
     y_desc: &str,
     y_format: Option<&dyn Fn(&f64) -> String>,
 ) -> Result<Panel<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
@@ -326,7 +402,7 @@ fn panel<'a, DB: DrawingBackend>(
     let mut mesh = chart.configure_mesh();
     mesh.light_line_style(TRANSPARENT)
         .bold_line_style(RGBColor(225, 225, 225))
-        .x_desc("iteration")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .x_label_formatter(&|x| format!("{x:.0}"))
         .label_style((FONT, 17))
@@ -390,6 +466,18 @@ pub fn smoothed(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
 }
 
 /// The range of `values` with 5% of room on each side (or a unit range when empty).
+/// The y range that keeps the last 80 % of a run readable: the range of the points past
+/// the first fifth of the x axis (the first steps' high losses go off the top), padded;
+/// all points when none lie there.
+fn readable_range(points: impl Iterator<Item = (f64, f64)>, last_x: f64) -> (f64, f64) {
+    let points: Vec<(f64, f64)> = points.filter(|p| p.1.is_finite()).collect();
+    let later = || points.iter().filter(|p| p.0 >= 0.2 * last_x).map(|p| p.1);
+    match later().next() {
+        Some(_) => padded_range(later()),
+        None => padded_range(points.iter().map(|p| p.1)),
+    }
+}
+
 fn padded_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
         (lo.min(v), hi.max(v))
@@ -459,13 +547,49 @@ mod tests {
             assert!(texts.contains(&text), "{text} missing from {texts:?}");
         }
         // Round tick values on both axes, not fractions of the data's range.
-        for tick in [
-            "2.0", "2.5", "3.0", "3.5", "4.0", "0", "50", "100", "5e-4", "1e-3",
-        ] {
+        for tick in ["2.0", "2.4", "3.0", "3.6", "0", "50", "100", "5e-4", "1e-3"] {
             assert!(texts.contains(&tick), "tick {tick} missing from {texts:?}");
         }
+        // The loss axis is for the last 80 %: the first steps' 4.0 is off the top.
+        assert!(!texts.contains(&"4.0"), "{texts:?}");
         // one circle per evaluation and split, plus the two in the legend
         assert_eq!(svg.matches("<circle").count(), 2 * 3 + 2);
+    }
+
+    #[test]
+    fn the_loss_axis_shows_the_last_four_fifths() {
+        let line = (0..=100).map(|x| (x as f64, 4.0 - 2.0 * x as f64 / 100.0));
+        let (lo, hi) = readable_range(line, 100.0);
+        // From 2.0 to 3.6 (the loss at a fifth of the run), padded by 5 %.
+        assert!(
+            (lo - 1.92).abs() < 1e-9 && (hi - 3.68).abs() < 1e-9,
+            "{lo} {hi}"
+        );
+        // Nothing past the first fifth: every point counts.
+        assert_eq!(
+            readable_range([(0.0, 4.0), (1.0, 3.0)].into_iter(), 100.0),
+            (2.95, 4.05)
+        );
+    }
+
+    #[test]
+    fn runs_are_placed_by_steps_tokens_or_training_time() {
+        let run = PlotRun {
+            name: "a".into(),
+            // 1000 tokens a step at 500 then 250 tokens/s: 2 s, then 4 s.
+            steps: [(1, 500.0), (2, 250.0)]
+                .map(|(iter, tokens_per_s)| StepReport {
+                    tokens_per_s,
+                    ..steps(2)[iter - 1]
+                })
+                .to_vec(),
+            evals: Vec::new(),
+            tokens_per_step: 1000,
+        };
+        let at = |x: PlotX| [0.0, 1.0, 2.0].map(run.x_of(x));
+        assert_eq!(at(PlotX::Step), [0.0, 1.0, 2.0]);
+        assert_eq!(at(PlotX::Tokens), [0.0, 1000.0, 2000.0]);
+        assert_eq!(at(PlotX::Time), [0.0, 2.0, 6.0]);
     }
 
     #[test]
