@@ -169,7 +169,7 @@ fn custom_loop() -> Result<()> {
 /// `quill-model` without `fused-cpu` has no Flex, gemm or rayon, and no tokenizer
 /// libraries (it uses `quill-data` without `subword`); `quill-data` without `download`
 /// has no HTTP client; the training core has no plotting library, async runtime or
-/// collective engine.
+/// collective engine. Each of them also compiles that way.
 fn slim_builds() -> Result<()> {
     let checks = [
         (
@@ -203,6 +203,8 @@ fn slim_builds() -> Result<()> {
         if !found.is_empty() {
             bail!("{package} --no-default-features depends on {found:?}");
         }
+        // And it builds so: code the default features gate must stay behind them.
+        cargo(&["check", "--release", "-p", package, "--no-default-features"])?;
     }
     Ok(())
 }

@@ -203,6 +203,7 @@ impl Dataset {
 }
 
 /// The prepared dataset directory every shard of `paths` lies in, if there is one.
+#[cfg(feature = "subword")]
 fn prepared_home(paths: &ShardPaths) -> Option<std::path::PathBuf> {
     let dir = paths.train.first()?.parent()?;
     let home = |p: &std::path::PathBuf| p.parent() == Some(dir);
