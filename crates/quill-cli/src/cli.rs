@@ -417,6 +417,21 @@ pub struct SampleArgs {
     /// Sample only from the most likely tokens totalling this probability.
     #[arg(long)]
     pub top_p: Option<f64>,
+    /// Sample only from tokens at least this fraction as likely as the most likely one.
+    #[arg(long)]
+    pub min_p: Option<f64>,
+    /// Divide the positive logits (multiply the negative ones) of every token already in
+    /// the text, prompt included, by this; 1 is off, 1.1–1.3 discourages repeating.
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f64,
+    /// Subtract this, times the times it was generated, from each token's logit
+    /// (OpenAI's, −2 to 2); 0 is off.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub frequency_penalty: f64,
+    /// Subtract this from the logit of each token generated at least once (OpenAI's,
+    /// −2 to 2); 0 is off.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub presence_penalty: f64,
     /// Number of samples, generated as one batch.
     #[arg(long, default_value_t = 1)]
     pub num_samples: usize,
@@ -430,6 +445,9 @@ pub struct SampleArgs {
     /// cache (same text, slower).
     #[arg(long)]
     pub no_kv_cache: bool,
+    /// Print on stderr where the time went: loading, the prompt, decoding.
+    #[arg(long, short)]
+    pub verbose: bool,
     #[command(flatten)]
     pub weights: WeightsArgs,
     #[command(flatten)]

@@ -1,5 +1,6 @@
 //! What a new user meets first: runs that never replace each other, Ctrl-C, a run
-//! directory given where a checkpoint is wanted, and command lines clap rejects.
+//! directory given where a checkpoint is wanted, command lines clap rejects, and
+//! greedy text kept out of its loops.
 
 use std::fs;
 use std::path::Path;
@@ -497,4 +498,99 @@ fn runs_show_and_compare_their_data() {
     let mut named = data[1..].to_vec();
     named.sort();
     assert_eq!(named, ["corpus.txt", "other.txt"], "{diff}");
+}
+
+/// The sample of `run` from "a", greedy unless `extra` names a temperature:
+/// (stdout, stderr).
+fn greedy(dir: &Path, extra: &[&str]) -> (String, String) {
+    let mut args = vec![
+        "sample",
+        "--checkpoint",
+        "run",
+        "--prompt",
+        "a",
+        "--max-new-tokens",
+        "60",
+    ];
+    if !extra.contains(&"--temperature") {
+        args.extend_from_slice(&["--temperature", "0"]);
+    }
+    args.extend_from_slice(extra);
+    let out = quill(&args, dir);
+    assert!(out.status.success(), "{}", error_line(&out));
+    (
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn penalties_take_greedy_text_out_of_its_loop_and_verbose_says_where_time_went() {
+    let dir = setup();
+    let out = train(dir.path(), &["--out", "run", "--max-iters", "20"]);
+    assert!(out.status.success(), "{}", error_line(&out));
+    let (plain, _) = greedy(dir.path(), &[]);
+    // Greedy text of a small model loops: few distinct characters in its 60.
+    let distinct = |text: &str| {
+        let mut chars: Vec<char> = text.chars().collect();
+        chars.sort();
+        chars.dedup();
+        chars.len()
+    };
+    for flags in [
+        &["--repetition-penalty", "1.5"][..],
+        &["--frequency-penalty", "1.0"][..],
+        &["--presence-penalty", "2", "--frequency-penalty", "-0.5"][..],
+    ] {
+        let (penalised, _) = greedy(dir.path(), flags);
+        assert!(
+            distinct(&penalised) > distinct(&plain),
+            "{flags:?}: {penalised:?} against {plain:?}"
+        );
+        // Deterministic: the same flags give the same text.
+        assert_eq!(greedy(dir.path(), flags).0, penalised);
+    }
+    // min-p 1 keeps only the most likely token: greedy text at any temperature.
+    let (kept, _) = greedy(dir.path(), &["--min-p", "1", "--temperature", "1.5"]);
+    assert_eq!(kept, plain);
+
+    let (text, timings) = greedy(dir.path(), &["--verbose"]);
+    assert_eq!(text, plain, "--verbose changes only stderr");
+    let lines: Vec<&str> = timings.lines().filter(|l| l.starts_with("# ")).collect();
+    let heads: Vec<&str> = lines.iter().map(|l| l.split(':').next().unwrap()).collect();
+    assert_eq!(
+        heads,
+        ["# load", "# prompt", "# decoding", "# total"],
+        "{timings}"
+    );
+    assert!(lines[1].starts_with("# prompt: 1 token in "), "{timings}");
+    assert!(
+        lines[2].starts_with("# decoding: 59 tokens in "),
+        "{timings}"
+    );
+    assert!(lines[2].ends_with(" tokens/s)"), "{timings}");
+
+    for (flag, value, says) in [
+        (
+            "--frequency-penalty",
+            "3",
+            "frequency_penalty must be between -2 and 2",
+        ),
+        (
+            "--presence-penalty",
+            "-2.5",
+            "presence_penalty must be between -2 and 2",
+        ),
+        (
+            "--repetition-penalty",
+            "0",
+            "repetition_penalty must be a finite number > 0",
+        ),
+        ("--min-p", "1.5", "min_p must be in [0, 1]"),
+    ] {
+        let out = quill(&["sample", "--checkpoint", "run", flag, value], dir.path());
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}");
+        let line = error_line(&out);
+        assert!(line.contains(says), "{flag} {value}: {line}");
+    }
 }

@@ -330,6 +330,34 @@ fn completions_equal_quill_sample() {
         assert_eq!((texts, finishes), (expected, vec!["length".to_string()]));
         assert_eq!(usage.unwrap()["completion_tokens"], 40);
     }
+    // Penalties and min_p: quill sample's flags of the same names, greedy and sampled.
+    let flags = [
+        "--repetition-penalty",
+        "1.5",
+        "--frequency-penalty",
+        "0.7",
+        "--presence-penalty",
+        "-0.2",
+        "--min-p",
+        "0.05",
+    ];
+    for (temperature, seed) in [("0", "1"), ("0.8", "7")] {
+        let expected = sample("Speak", 40, temperature, seed, &flags);
+        assert_ne!(expected, sample("Speak", 40, temperature, seed, &[]));
+        let (status, whole) = server
+            .complete(
+                json!({"prompt": "Speak", "max_tokens": 40, "seed": seed.parse::<u64>().unwrap(),
+                "temperature": temperature.parse::<f64>().unwrap(), "repetition_penalty": 1.5,
+                "frequency_penalty": 0.7, "presence_penalty": -0.2, "min_p": 0.05}),
+            )
+            .json();
+        assert_eq!(status, 200, "{whole}");
+        assert_eq!(
+            texts(&whole),
+            expected,
+            "penalised, temperature {temperature}"
+        );
+    }
     // n completions: quill sample's --num-samples, one generator for the group.
     let expected = sample("All:", 30, "0.9", "5", &["--num-samples", "3"]);
     let (_, whole) = server

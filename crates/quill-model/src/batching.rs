@@ -22,7 +22,7 @@ use quill_data::Rng;
 use quill_data::batch::ids_to_tensor;
 
 use crate::kv_cache::KvCache;
-use crate::sampling::{sample_token, window_start};
+use crate::sampling::{TokenHistory, sample_next, window_start};
 use crate::{LanguageModel, ModelError, SamplingOptions};
 
 /// Names a group inside its [`Batcher`].
@@ -38,6 +38,8 @@ struct Group<B: Backend> {
     cache: KvCache<B>,
     rng: Rng,
     options: SamplingOptions,
+    /// Each row's tokens as the penalties see them (kept only when there are some).
+    histories: Vec<TokenHistory>,
 }
 
 impl<B: Backend> Group<B> {
@@ -109,6 +111,10 @@ impl<'m, B: Backend> Batcher<'m, B> {
             start: len.saturating_sub(self.model.block_size()),
             cache: KvCache::new(),
             rng: Rng::new(options.seed),
+            histories: match options.penalties.active() {
+                true => prompts.iter().map(|p| TokenHistory::new(p)).collect(),
+                false => vec![TokenHistory::default(); prompts.len()],
+            },
             options: options.clone(),
         });
         Ok(id)
@@ -177,13 +183,18 @@ impl<'m, B: Backend> Batcher<'m, B> {
                 let logits = logits.expect("every group was computed");
                 let next: Vec<u32> = logits
                     .chunks(logits.len() / group.rows.len())
-                    .map(|l| sample_token(l, &group.options, &mut group.rng))
+                    .zip(&group.histories)
+                    .map(|(l, h)| sample_next(l, h, &group.options, &mut group.rng))
                     .collect();
-                group
-                    .rows
-                    .iter_mut()
-                    .zip(&next)
-                    .for_each(|(r, &n)| r.push(n));
+                let penalised = group.options.penalties.active();
+                for ((row, history), &n) in
+                    group.rows.iter_mut().zip(&mut group.histories).zip(&next)
+                {
+                    row.push(n);
+                    if penalised {
+                        history.push(n);
+                    }
+                }
                 (group.id, next)
             })
             .collect())

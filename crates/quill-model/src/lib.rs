@@ -59,5 +59,7 @@ pub use gpt::Gpt;
 pub use kv_cache::KvCache;
 pub use layers::{Linear, Normalization};
 pub use model::{LanguageModel, cross_entropy};
-pub use sampling::{SamplingOptions, sample_token, window_start};
+pub use sampling::{
+    Penalties, SamplingOptions, TokenHistory, sample_next, sample_token, window_start,
+};
 pub use weights::WeightFormat;

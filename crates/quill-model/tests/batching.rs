@@ -11,7 +11,7 @@ use burn_flex::Flex;
 use burn_ndarray::NdArray;
 use quill_data::batch::ids_to_tensor;
 use quill_model::{
-    Batcher, GptConfig, KvCache, LanguageModel, ModelError, SamplingOptions, generate,
+    Batcher, GptConfig, KvCache, LanguageModel, ModelError, Penalties, SamplingOptions, generate,
 };
 
 const BLOCK: usize = 8;
@@ -42,7 +42,7 @@ fn plans() -> Vec<Plan> {
         top_k,
         top_p,
         seed,
-        kv_cache: true,
+        ..Default::default()
     };
     vec![
         Plan {
@@ -78,6 +78,21 @@ fn plans() -> Vec<Plan> {
             },
             joins: 1,
             steps: 10,
+        },
+        Plan {
+            // Penalised rows keep histories of their own.
+            prompts: vec![vec![3, 1, 3], vec![5, 5, 5]],
+            options: SamplingOptions {
+                min_p: Some(0.1),
+                penalties: Penalties {
+                    repetition: 1.4,
+                    frequency: 0.3,
+                    presence: 0.2,
+                },
+                ..sampled(9, None, None)
+            },
+            joins: 3,
+            steps: 16,
         },
     ]
 }
@@ -195,4 +210,115 @@ fn a_full_cache_or_miscounted_rows_are_errors() {
     );
     let mut empty = KvCache::new();
     assert!(model.forward_groups(one(), &mut [(2, &mut empty)]).is_err());
+}
+
+/// The next token by the penalties' definitions, computed here from the whole
+/// window's logits: transformers' repetition penalty over the prompt and the generated
+/// tokens, then OpenAI's frequency and presence penalties over the generated ones,
+/// then the argmax.
+fn greedy_by_definition<B: Backend>(
+    model: &LanguageModel<B>,
+    row: &[u32],
+    prompt_len: usize,
+    penalties: Penalties,
+) -> u32 {
+    let idx = ids_to_tensor(row, [1, row.len()], &Default::default());
+    let logits = model.forward_cached(idx, None).unwrap();
+    let all = logits.into_data().to_vec::<f32>().unwrap();
+    let mut last: Vec<f64> = all[all.len() - VOCAB..].iter().map(|&l| l as f64).collect();
+    for (token, logit) in last.iter_mut().enumerate() {
+        let token = token as u32;
+        if row.contains(&token) {
+            *logit = if *logit > 0.0 {
+                *logit / penalties.repetition
+            } else {
+                *logit * penalties.repetition
+            };
+        }
+        let generated = row[prompt_len..].iter().filter(|&&t| t == token).count();
+        *logit -= generated as f64 * penalties.frequency;
+        if generated > 0 {
+            *logit -= penalties.presence;
+        }
+    }
+    let mut best = 0;
+    for (i, &l) in last.iter().enumerate() {
+        if l > last[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[test]
+fn penalties_follow_their_definitions() {
+    let model = model::<Flex>(false);
+    let prompt = vec![1, 2];
+    let plain = generate(
+        &model,
+        std::slice::from_ref(&prompt),
+        6,
+        &SamplingOptions::greedy(),
+        |_| true,
+    )
+    .unwrap()
+    .remove(0);
+    // Each penalty, and whether it changes this model's greedy text.
+    for (penalties, changes) in [
+        (
+            Penalties {
+                repetition: 6.0,
+                ..Default::default()
+            },
+            true,
+        ),
+        (
+            Penalties {
+                repetition: 0.7,
+                ..Default::default()
+            },
+            false,
+        ),
+        (
+            Penalties {
+                frequency: 1.5,
+                ..Default::default()
+            },
+            true,
+        ),
+        (
+            Penalties {
+                presence: 2.0,
+                ..Default::default()
+            },
+            false,
+        ),
+        (
+            Penalties {
+                repetition: 1.3,
+                frequency: 0.5,
+                presence: -0.4,
+            },
+            false,
+        ),
+    ] {
+        let options = SamplingOptions {
+            penalties,
+            ..SamplingOptions::greedy()
+        };
+        let got = generate(&model, std::slice::from_ref(&prompt), 6, &options, |_| true)
+            .unwrap()
+            .remove(0);
+        let mut expected = prompt.clone();
+        while expected.len() < got.len() {
+            expected.push(greedy_by_definition(
+                &model,
+                &expected,
+                prompt.len(),
+                penalties,
+            ));
+        }
+        assert_eq!(got, expected, "{penalties:?}");
+        assert_eq!(got != plain, changes, "{penalties:?}: {got:?} vs {plain:?}");
+    }
 }

@@ -1,6 +1,8 @@
 //! Text in, text out: prompts, stop sequences and streaming on top of
 //! [`quill_model::generate`].
 
+use std::time::{Duration, Instant};
+
 use burn::tensor::backend::Backend;
 use quill_data::{StreamDecoder, Tokenizer};
 use quill_model::{LanguageModel, SamplingOptions, generate};
@@ -17,7 +19,7 @@ pub struct SampleRequest {
     pub max_new_tokens: usize,
     /// Samples, generated as one batch.
     pub num_samples: usize,
-    /// Temperature, top-k, top-p, seed.
+    /// Penalties, temperature, top-k, top-p, min-p, seed.
     pub options: SamplingOptions,
     /// Stop a sample once its continuation contains this text (which is kept).
     pub stop: Option<String>,
@@ -48,8 +50,40 @@ pub fn sample_texts<B: Backend>(
     model: &LanguageModel<B>,
     tokenizer: &Tokenizer,
     request: &SampleRequest,
-    mut on_token: impl FnMut(usize, &str),
+    on_token: impl FnMut(usize, &str),
 ) -> Result<Vec<String>, TrainError> {
+    Ok(sample(model, tokenizer, request, on_token)?.texts)
+}
+
+/// What [`sample`] gives: the continuations and the time they took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Samples {
+    /// The continuations, as [`sample_texts`] returns them.
+    pub texts: Vec<String>,
+    /// Where the time went.
+    pub timings: SampleTimings,
+}
+
+/// The two phases of generation, as llama.cpp reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SampleTimings {
+    /// Prompt tokens over all samples (the prompt's pass reads each once).
+    pub prompt_tokens: usize,
+    /// The prompt's pass, which also gives every sample its first new token.
+    pub prompt: Duration,
+    /// Tokens generated after the first, over all samples.
+    pub decoded_tokens: usize,
+    /// The steps that generated them.
+    pub decoding: Duration,
+}
+
+/// [`sample_texts`], also timing the prompt's pass and the decoding steps.
+pub fn sample<B: Backend>(
+    model: &LanguageModel<B>,
+    tokenizer: &Tokenizer,
+    request: &SampleRequest,
+    mut on_token: impl FnMut(usize, &str),
+) -> Result<Samples, TrainError> {
     if request.num_samples == 0 {
         return Err(TrainError::Config("num_samples must be at least 1".into()));
     }
@@ -60,12 +94,24 @@ pub fn sample_texts<B: Backend>(
     let mut texts = vec![String::new(); request.num_samples];
     let mut done = vec![false; request.num_samples];
     let mut decoders = vec![StreamDecoder::default(); request.num_samples];
+    let mut timings = SampleTimings {
+        prompt_tokens: prompt.len() * request.num_samples,
+        ..Default::default()
+    };
+    let (start, mut prompt_done) = (Instant::now(), false);
     generate(
         model,
         &vec![prompt; request.num_samples],
         request.max_new_tokens,
         &request.options,
         |next| {
+            match prompt_done {
+                false => (timings.prompt, prompt_done) = (start.elapsed(), true),
+                true => {
+                    timings.decoding = start.elapsed() - timings.prompt;
+                    timings.decoded_tokens += next.len();
+                }
+            }
             for (row, &id) in next.iter().enumerate() {
                 if done[row] {
                     continue;
@@ -93,7 +139,7 @@ pub fn sample_texts<B: Backend>(
             on_token(row, &rest);
         }
     }
-    Ok(texts)
+    Ok(Samples { texts, timings })
 }
 
 /// The text of one generated sequence as an OpenAI-style completion returns it: whole

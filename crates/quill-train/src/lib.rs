@@ -59,7 +59,7 @@ pub use dist::{
 };
 pub use error::TrainError;
 pub use evaluate::{Losses, estimate_loss, estimate_loss_with, evaluate, evaluate_with};
-pub use inference::{SampleRequest, StopText, sample_texts};
+pub use inference::{SampleRequest, SampleTimings, Samples, StopText, sample, sample_texts};
 pub use interop::{hf, nanogpt};
 pub use optim::{GradBuffer, LossScaler, MuonAdamW, StepOptions, muon, param_lengths};
 #[cfg(feature = "plot")]

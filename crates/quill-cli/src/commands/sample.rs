@@ -4,13 +4,16 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
-use quill_model::{SamplingOptions, WeightFormat};
-use quill_train::{Checkpoint, MemoryEstimate, SampleRequest, sample_texts};
+use std::time::{Duration, Instant};
+
+use quill_model::{Penalties, SamplingOptions, WeightFormat};
+use quill_train::{Checkpoint, MemoryEstimate, SampleRequest, SampleTimings};
 
 use crate::backend::{self, Job};
 use crate::cli::SampleArgs;
 
 pub fn run(args: SampleArgs) -> Result<()> {
+    let started = Instant::now();
     let target = backend::prepare(args.target.one()?, args.target.dtype())?;
     let dir = super::checkpoint_dir(&args.checkpoint, quill_train::Which::Best, "--checkpoint")?;
     let checkpoint = Checkpoint::load(&dir)?;
@@ -35,6 +38,12 @@ pub fn run(args: SampleArgs) -> Result<()> {
             temperature: args.temperature,
             top_k: args.top_k,
             top_p: args.top_p,
+            min_p: args.min_p,
+            penalties: Penalties {
+                repetition: args.repetition_penalty,
+                frequency: args.frequency_penalty,
+                presence: args.presence_penalty,
+            },
             seed: args.seed,
             kv_cache: !args.no_kv_cache,
         },
@@ -55,6 +64,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         checkpoint,
         request,
         weights: args.weights.weights,
+        verbose: args.verbose.then_some(started),
     })
 }
 
@@ -62,6 +72,8 @@ struct SampleJob {
     checkpoint: Checkpoint,
     request: SampleRequest,
     weights: WeightFormat,
+    /// With `--verbose`: when the command started.
+    verbose: Option<Instant>,
 }
 
 impl Job for SampleJob {
@@ -69,6 +81,7 @@ impl Job for SampleJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let model =
             (self.checkpoint.model::<B::InnerBackend>(&device)?).with_weights(self.weights)?;
+        let loaded = self.verbose.map(|started| started.elapsed());
         let (checkpoint, request) = (&self.checkpoint, &self.request);
         crate::backend::on_pool_worker(|| -> Result<()> {
             let mut stdout = std::io::stdout().lock();
@@ -77,20 +90,50 @@ impl Job for SampleJob {
                 write!(stdout, "{}", request.prompt)?;
                 stdout.flush()?;
             }
-            let texts = sample_texts(&model, &checkpoint.tokenizer, request, |_, piece| {
-                if streaming {
-                    // A closed stdout (e.g. `| head`) just ends the stream.
-                    let _ = write!(stdout, "{piece}").and_then(|_| stdout.flush());
-                }
-            })?;
+            let samples =
+                quill_train::sample(&model, &checkpoint.tokenizer, request, |_, piece| {
+                    if streaming {
+                        // A closed stdout (e.g. `| head`) just ends the stream.
+                        let _ = write!(stdout, "{piece}").and_then(|_| stdout.flush());
+                    }
+                })?;
             if streaming {
                 writeln!(stdout)?;
             } else {
-                for text in texts {
+                for text in &samples.texts {
                     writeln!(stdout, "{}{text}\n---------------", request.prompt)?;
                 }
+            }
+            if let (Some(loaded), Some(started)) = (loaded, self.verbose) {
+                eprint!("{}", timings(loaded, &samples.timings, started.elapsed()));
             }
             Ok(())
         })?
     }
+}
+
+/// `--verbose`'s lines, as llama.cpp prints its own: the load (reading the checkpoint
+/// and building the model), the prompt's pass (which gives each sample its first
+/// token), the decoding steps after it, and the whole command.
+fn timings(load: Duration, t: &SampleTimings, total: Duration) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let rate = |tokens: usize, d: Duration| match d.is_zero() {
+        true => String::new(),
+        false => format!(
+            " ({:.2} ms a token, {:.1} tokens/s)",
+            ms(d) / tokens.max(1) as f64,
+            tokens as f64 / d.as_secs_f64()
+        ),
+    };
+    format!(
+        "# load: {:.1} ms\n# prompt: {} in {:.1} ms{}\n# decoding: {} in {:.1} ms{}\n# total: {:.1} ms\n",
+        ms(load),
+        super::count(t.prompt_tokens as u64, "token"),
+        ms(t.prompt),
+        rate(t.prompt_tokens, t.prompt),
+        super::count(t.decoded_tokens as u64, "token"),
+        ms(t.decoding),
+        rate(t.decoded_tokens, t.decoding),
+        ms(total),
+    )
 }

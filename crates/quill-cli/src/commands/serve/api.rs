@@ -4,7 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use quill_model::SamplingOptions;
+use quill_model::{Penalties, SamplingOptions};
 use serde_json::{Map, Value, json};
 
 /// An error answer: `{"error": {"message", "type", "param", "code"}}`, as OpenAI's API
@@ -241,10 +241,32 @@ pub fn completion_request(body: &[u8], limits: &Limits) -> Result<CompletionRequ
         Some(seed) => seed,
         None => random_seed(),
     };
-    for (name, neutral) in [("presence_penalty", 0.0), ("frequency_penalty", 0.0)] {
-        if f.number(name)?.is_some_and(|v| v != neutral) {
-            return Err(unsupported(name));
-        }
+    let min_p = f.number("min_p")?;
+    let penalties = Penalties {
+        repetition: f.number("repetition_penalty")?.unwrap_or(1.0),
+        frequency: f.number("frequency_penalty")?.unwrap_or(0.0),
+        presence: f.number("presence_penalty")?.unwrap_or(0.0),
+    };
+    let probe = SamplingOptions {
+        min_p,
+        penalties,
+        ..Default::default()
+    };
+    if let Err(err) = probe.validate() {
+        let message = match err {
+            quill_model::ModelError::Sampling(message) => message,
+            other => other.to_string(),
+        };
+        // The message begins with the field's name.
+        let param = [
+            "min_p",
+            "repetition_penalty",
+            "frequency_penalty",
+            "presence_penalty",
+        ]
+        .into_iter()
+        .find(|name| message.starts_with(name));
+        return Err(ApiError::invalid(param, message));
     }
     if f.integer("best_of")?.is_some_and(|b| b != n) {
         return Err(unsupported("best_of"));
@@ -273,6 +295,8 @@ pub fn completion_request(body: &[u8], limits: &Limits) -> Result<CompletionRequ
             temperature,
             top_k: top_k.map(|k| k as usize),
             top_p,
+            min_p,
+            penalties,
             seed,
             kv_cache: true,
         },
@@ -428,7 +452,9 @@ mod tests {
         let r = read(
             r#"{"model": "m", "prompt": ["a", "b"], "max_tokens": 5, "n": 2, "stop": ["x", "y"],
                 "stream": true, "stream_options": {"include_usage": true}, "echo": true,
-                "temperature": 0.5, "top_p": 0.9, "top_k": 3, "seed": 7, "user": "ignored"}"#,
+                "temperature": 0.5, "top_p": 0.9, "top_k": 3, "seed": 7, "user": "ignored",
+                "min_p": 0.05, "repetition_penalty": 1.2, "frequency_penalty": -0.5,
+                "presence_penalty": 1.5}"#,
         )
         .unwrap();
         assert_eq!(
@@ -445,6 +471,12 @@ mod tests {
                     temperature: 0.5,
                     top_k: Some(3),
                     top_p: Some(0.9),
+                    min_p: Some(0.05),
+                    penalties: Penalties {
+                        repetition: 1.2,
+                        frequency: -0.5,
+                        presence: 1.5,
+                    },
                     seed: 7,
                     kv_cache: true,
                 },
@@ -507,8 +539,20 @@ mod tests {
                 Some("logprobs"),
             ),
             (
-                r#"{"model": "m", "prompt": "a", "presence_penalty": 1}"#,
+                r#"{"model": "m", "prompt": "a", "presence_penalty": 2.5}"#,
                 Some("presence_penalty"),
+            ),
+            (
+                r#"{"model": "m", "prompt": "a", "frequency_penalty": -3}"#,
+                Some("frequency_penalty"),
+            ),
+            (
+                r#"{"model": "m", "prompt": "a", "repetition_penalty": 0}"#,
+                Some("repetition_penalty"),
+            ),
+            (
+                r#"{"model": "m", "prompt": "a", "min_p": 1.5}"#,
+                Some("min_p"),
             ),
             (r#"{"model": "m", "prompt": "a""#, None),
             (r#"[1, 2]"#, None),
