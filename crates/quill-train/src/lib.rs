@@ -65,9 +65,12 @@ pub use optim::{GradBuffer, LossScaler, MuonAdamW, StepOptions, muon, param_leng
 #[cfg(feature = "plot")]
 pub use run::plot::{LossPlot, PlotRun, PlotX, RunsPlot, smoothed};
 pub use run::run_dir::{
-    RUN, RunDir, Which, check_run_dir, checkpoint_of_run, fresh_run_dir, holds_run, is_run_dir,
+    RUN, RunCheckpoint, RunDir, Which, check_run_dir, checkpoint_of_run, fresh_run_dir, holds_run,
+    is_run_dir,
 };
-pub use run::summary::{RunState, RunSummary, differing_settings, flat_settings, preset_of};
+pub use run::summary::{
+    RunRecords, RunState, RunSummary, differing_settings, flat_settings, preset_of,
+};
 pub use run::{
     Agreement, Observer, Outcome, Run, StepReport, checkpoint, human_count, metrics, train,
     weights_fingerprint,

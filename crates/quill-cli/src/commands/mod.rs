@@ -19,7 +19,7 @@ use quill_data::prepare::{PrepareOptions, prepare};
 use quill_data::shards;
 use quill_data::token_file::TokenFormat;
 use quill_data::{Corpus, Dataset, TINY_SHAKESPEARE, Tokenizer, TokenizerSpec};
-use quill_train::{Which, checkpoint_of_run, is_run_dir};
+use quill_train::{RunCheckpoint, Which, checkpoint_of_run};
 use serde::Serialize;
 
 use crate::cli::{Cli, Command, DataSource};
@@ -70,24 +70,25 @@ pub fn count(n: u64, noun: &str) -> String {
 /// `best/`) or `last/` ([`Which::Last`]), with a note saying which. A Hugging Face
 /// model directory is an error that says how to import it.
 pub fn checkpoint_dir(dir: &Path, which: Which, flag: &str) -> Result<PathBuf> {
-    if let Some(checkpoint) = checkpoint_of_run(dir, which) {
-        let name = checkpoint.file_name().unwrap_or_default().to_string_lossy();
-        eprintln!(
-            "note: {} is a run directory; {flag} reads its {name}/ checkpoint {}",
-            dir.display(),
-            checkpoint.display()
-        );
-        return Ok(checkpoint);
-    }
-    if is_run_dir(dir) && !dir.join("state.json").exists() {
-        anyhow::bail!(
+    match checkpoint_of_run(dir, which) {
+        RunCheckpoint::At(checkpoint) => {
+            let name = checkpoint.file_name().unwrap_or_default().to_string_lossy();
+            eprintln!(
+                "note: {} is a run directory; {flag} reads its {name}/ checkpoint {}",
+                dir.display(),
+                checkpoint.display()
+            );
+            return Ok(checkpoint);
+        }
+        RunCheckpoint::NoneYet => anyhow::bail!(
             "{} is a run directory with no {} checkpoint yet: a run saves one at its first evaluation",
             dir.display(),
             match which {
                 Which::Best => "best/ or last/",
                 Which::Last => "last/",
             }
-        );
+        ),
+        RunCheckpoint::NotARun => {}
     }
     let hugging_face = ["model.safetensors", "pytorch_model.bin"]
         .iter()

@@ -3,10 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use quill_train::metrics::read_jsonl;
 use quill_train::{
-    EvalRecord, PlotRun, PlotX, RunSummary, RunsPlot, StepReport, differing_settings, human_count,
-    is_run_dir,
+    PlotRun, PlotX, RunRecords, RunSummary, RunsPlot, differing_settings, human_count, is_run_dir,
 };
 use serde_json::{Value, json};
 
@@ -22,13 +20,18 @@ pub fn list(args: RunsArgs) -> Result<()> {
     };
     let mut runs: Vec<RunSummary> = Vec::new();
     for dir in &dirs {
-        match RunSummary::read(dir) {
-            Some(run) => runs.push(run),
-            // A directory of runs (`runs/`) stands for the runs inside it.
-            None if dir.is_dir() && children(dir)?.iter().any(|d| is_run_dir(d)) => {
-                runs.extend(children(dir)?.iter().filter_map(|d| RunSummary::read(d)));
-            }
-            None => eprintln!("{}: not a run directory, skipped", dir.display()),
+        if let Some(run) = RunSummary::read(dir) {
+            runs.push(run);
+            continue;
+        }
+        // A directory of runs (`runs/`) stands for the runs inside it.
+        let inside = match dir.is_dir() {
+            true => children(dir)?,
+            false => Vec::new(),
+        };
+        match inside.iter().any(|d| is_run_dir(d)) {
+            true => runs.extend(inside.iter().filter_map(|d| RunSummary::read(d))),
+            false => eprintln!("{}: not a run directory, skipped", dir.display()),
         }
     }
     // Best validation loss first; runs without one last.
@@ -234,11 +237,9 @@ fn print_diff(runs: &[RunSummary]) {
 pub fn plot(args: PlotArgs) -> Result<()> {
     let mut runs = Vec::new();
     for dir in &args.runs {
-        let Some(summary) = RunSummary::read(dir) else {
+        let Some((summary, RunRecords { steps, evals })) = RunSummary::read_with(dir) else {
             bail!("{}: not a run directory", dir.display());
         };
-        let steps: Vec<StepReport> = read_jsonl(&dir.join("steps.jsonl"));
-        let evals: Vec<EvalRecord> = read_jsonl(&dir.join("metrics.jsonl"));
         if steps.is_empty() && evals.is_empty() {
             bail!("{}: the run has recorded nothing yet", dir.display());
         }

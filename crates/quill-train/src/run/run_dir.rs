@@ -115,17 +115,30 @@ pub fn fresh_run_dir(base: &Path) -> PathBuf {
 
 /// The checkpoint of the run directory `path` a command should read when it was given
 /// the run rather than one of its checkpoints: `best/` (or `last/` when there is no
-/// `best/`) for [`Which::Best`], `last/` for [`Which::Last`]. `None` when `path` is
-/// not a run directory, or is a checkpoint itself.
-pub fn checkpoint_of_run(path: &Path, which: Which) -> Option<PathBuf> {
+/// `best/`) for [`Which::Best`], `last/` for [`Which::Last`].
+pub fn checkpoint_of_run(path: &Path, which: Which) -> RunCheckpoint {
     if !is_run_dir(path) || path.join("state.json").exists() {
-        return None;
+        return RunCheckpoint::NotARun;
     }
     let order: &[PathBuf] = match which {
         Which::Best => &[best_dir(path), last_dir(path)],
         Which::Last => &[last_dir(path)],
     };
-    order.iter().find(|dir| dir.is_dir()).cloned()
+    match order.iter().find(|dir| dir.is_dir()) {
+        Some(dir) => RunCheckpoint::At(dir.clone()),
+        None => RunCheckpoint::NoneYet,
+    }
+}
+
+/// What [`checkpoint_of_run`] finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunCheckpoint {
+    /// The path is not a run directory (or is a checkpoint itself).
+    NotARun,
+    /// A run directory that has saved no such checkpoint yet.
+    NoneYet,
+    /// The checkpoint to read.
+    At(PathBuf),
 }
 
 /// Which checkpoint of a run a command wants ([`checkpoint_of_run`]).

@@ -64,18 +64,47 @@ pub struct RunSummary {
     pub data: Option<crate::DataRecord>,
 }
 
+/// The records a run directory holds: a line per step and one per evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct RunRecords {
+    /// `steps.jsonl`.
+    pub steps: Vec<StepReport>,
+    /// `metrics.jsonl`.
+    pub evals: Vec<EvalRecord>,
+}
+
+impl RunRecords {
+    /// Reads the records of the run directory `path` (none where a file is missing,
+    /// and a line that is not a record is skipped).
+    pub fn read(path: &Path) -> RunRecords {
+        RunRecords {
+            steps: metrics::read_jsonl(&path.join("steps.jsonl")),
+            evals: metrics::read_jsonl(&path.join("metrics.jsonl")),
+        }
+    }
+}
+
 impl RunSummary {
     /// Summarises the run directory `path`; `None` for anything that is not one
     /// ([`is_run_dir`]).
     pub fn read(path: &Path) -> Option<RunSummary> {
+        Self::read_with(path).map(|(summary, _)| summary)
+    }
+
+    /// [`RunSummary::read`], also giving the records it was made from.
+    pub fn read_with(path: &Path) -> Option<(RunSummary, RunRecords)> {
         if !path.is_dir() || !is_run_dir(path) {
             return None;
         }
+        let records = RunRecords::read(path);
+        Some((Self::of(path, &records), records))
+    }
+
+    fn of(path: &Path, records: &RunRecords) -> RunSummary {
+        let RunRecords { steps, evals } = records;
         let checkpoint = [last_dir(path), best_dir(path)]
             .iter()
             .find_map(|dir| Checkpoint::read_settings(dir).ok());
-        let evals: Vec<EvalRecord> = metrics::read_jsonl(&path.join("metrics.jsonl"));
-        let steps: Vec<StepReport> = metrics::read_jsonl(&path.join("steps.jsonl"));
         let settings = checkpoint.as_ref().map(|(config, _)| config.clone());
         let max_iters = settings.as_ref().map(|c| c.train.max_iters);
         let done = steps
@@ -104,7 +133,7 @@ impl RunSummary {
         } else {
             RunState::Stopped
         };
-        Some(RunSummary {
+        RunSummary {
             path: path.to_path_buf(),
             preset: settings.as_ref().map(preset_of),
             params: settings.as_ref().map(|c| c.model.num_params() as u64),
@@ -118,7 +147,7 @@ impl RunSummary {
                 .as_ref()
                 .and_then(|(_, state)| state.data.clone()),
             settings,
-        })
+        }
     }
 }
 
