@@ -594,3 +594,90 @@ fn penalties_take_greedy_text_out_of_its_loop_and_verbose_says_where_time_went()
         assert!(line.contains(says), "{flag} {value}: {line}");
     }
 }
+
+/// Ctrl-C during an evaluation (a big model's first one takes minutes on a CPU) stops
+/// at once; the checkpoint says the evaluation is owed, and the resumed run does it
+/// first, training exactly as a run never stopped.
+#[test]
+fn ctrl_c_during_an_evaluation_stops_it_and_resume_does_it_first() {
+    let dir = setup();
+    let schedule = ["--data", "corpus.txt", "--eval-interval", "4"];
+    let mut args = vec!["train", "--out", "stopped"];
+    args.extend_from_slice(TINY_MODEL);
+    args.extend_from_slice(&schedule);
+    // An evaluation that would take hours.
+    args.extend_from_slice(&["--eval-iters", "100000000", "--max-iters", "8"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quill"))
+        .args(&args)
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let asked = Instant::now();
+    // SAFETY: kill(2) on our own child's pid, with a valid signal number.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        asked.elapsed()
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(dir.path().join("stopped/last/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (state["iter"].as_u64(), state["eval_pending"].as_bool()),
+        (Some(0), Some(true))
+    );
+    let metrics = dir.path().join("stopped/metrics.jsonl");
+    assert!(!metrics.exists(), "no evaluation recorded");
+
+    let resumed = quill(
+        &[
+            "train",
+            "--resume",
+            "stopped",
+            "--eval-iters",
+            "1",
+            "--final-eval-iters",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert!(resumed.status.success(), "{}", error_line(&resumed));
+    let mut args = vec!["train", "--out", "whole"];
+    args.extend_from_slice(TINY_MODEL);
+    args.extend_from_slice(&schedule);
+    args.extend_from_slice(&[
+        "--eval-iters",
+        "1",
+        "--final-eval-iters",
+        "1",
+        "--max-iters",
+        "8",
+    ]);
+    let whole = quill(&args, dir.path());
+    assert!(whole.status.success(), "{}", error_line(&whole));
+    let evals = |run: &str| -> Vec<(u64, f64)> {
+        best_val(&dir.path().join(run))
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["iter"].as_u64().unwrap(), v["val_loss"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    assert_eq!(
+        evals("stopped").iter().map(|e| e.0).collect::<Vec<_>>(),
+        [0, 4, 8]
+    );
+    assert_eq!(evals("stopped"), evals("whole"));
+    assert_eq!(
+        common::step_losses(dir.path(), "stopped"),
+        common::step_losses(dir.path(), "whole")
+    );
+}

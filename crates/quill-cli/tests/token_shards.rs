@@ -87,6 +87,26 @@ fn shards_train_as_one_file_and_resume() {
     let mut resumed = step_losses(cwd, "runs/half");
     resumed.extend(step_losses(cwd, "runs/rest"));
     assert_eq!(resumed, expected);
+    // Without --data, the resumed run trains on the shards the checkpoint recorded.
+    let again = quill(
+        &[
+            "train",
+            "--resume",
+            "runs/half/last",
+            "--max-iters",
+            "10",
+            "--out",
+            "runs/again",
+        ],
+        cwd,
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains(
+        "note: the run continues on the data it trained on, fw/fineweb_train_*.bin (val fw/fineweb_val_*.bin)"
+    ));
+    assert_eq!(
+        step_losses(cwd, "runs/again"),
+        step_losses(cwd, "runs/rest")
+    );
 
     // `quill data` describes a shard set.
     let shown = stdout(&quill(&["data", "fw"], cwd));

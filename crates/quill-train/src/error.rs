@@ -102,6 +102,9 @@ pub enum TrainError {
         /// The loss value.
         loss: f32,
     },
+    /// Work stopped when asked to (an evaluation abandoned by Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl TrainError {

@@ -1,6 +1,8 @@
 //! Train and val loss of a model, without dropout or autodiff graph: what the trainer
 //! reports at each evaluation and what `quill eval` prints.
 
+use std::ops::ControlFlow;
+
 use burn::tensor::backend::Backend;
 use quill_data::{BatchSampler, Shard, Split, TokenSource};
 use quill_model::LanguageModel;
@@ -35,12 +37,12 @@ pub fn estimate_loss<B: Backend>(
         shard,
         eval_iters,
         seed,
-        &mut |_| {},
+        &mut |_| ControlFlow::Continue(()),
     )
 }
 
 /// [`estimate_loss`], calling `on_batch(batches_done)` after each batch (a progress
-/// bar's hook).
+/// bar's hook); when it breaks, the estimate stops with [`TrainError::Interrupted`].
 pub fn estimate_loss_with<B: Backend>(
     model: &LanguageModel<B>,
     data: &(impl TokenSource + ?Sized),
@@ -48,7 +50,7 @@ pub fn estimate_loss_with<B: Backend>(
     shard: Shard,
     eval_iters: usize,
     seed: u64,
-    on_batch: &mut dyn FnMut(usize),
+    on_batch: &mut dyn FnMut(usize) -> ControlFlow<()>,
 ) -> Result<f32, TrainError> {
     let mut sampler = BatchSampler::new(batch_size, model.block_size(), seed)?.with_shard(shard);
     let device = model.device();
@@ -56,7 +58,9 @@ pub fn estimate_loss_with<B: Backend>(
     for done in 1..=eval_iters {
         let (x, y) = sampler.sample::<B>(data, &device)?;
         total += quill_model::ops::scalar(model.loss(x, y)?);
-        on_batch(done);
+        if on_batch(done).is_break() {
+            return Err(TrainError::Interrupted);
+        }
     }
     Ok((total / eval_iters as f64) as f32)
 }
@@ -77,12 +81,13 @@ pub fn evaluate<B: Backend>(
         shard,
         eval_iters,
         seed,
-        &mut |_, _| {},
+        &mut |_, _| ControlFlow::Continue(()),
     )
 }
 
 /// [`evaluate`], calling `progress(batches_done, batches_in_all)` after each batch of
-/// either split (`2 × eval_iters` in all).
+/// either split (`2 × eval_iters` in all); when it breaks, the evaluation stops with
+/// [`TrainError::Interrupted`].
 pub fn evaluate_with<B: Backend>(
     model: &LanguageModel<B>,
     split: &Split,
@@ -90,7 +95,7 @@ pub fn evaluate_with<B: Backend>(
     shard: Shard,
     eval_iters: usize,
     seed: u64,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
 ) -> Result<Losses, TrainError> {
     let all = 2 * eval_iters;
     let train = estimate_loss_with(

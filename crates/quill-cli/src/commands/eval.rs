@@ -84,7 +84,10 @@ impl Job for EvalJob {
             Shard::WHOLE,
             self.eval_iters,
             self.seed,
-            &mut |done, _| bar.set_position(done as u64),
+            &mut |done, _| {
+                bar.set_position(done as u64);
+                std::ops::ControlFlow::Continue(())
+            },
         );
         bar.finish_and_clear();
         Ok(losses?)

@@ -162,7 +162,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // Only the writer may prepare a dataset; another rank that cannot see it stops.
     let source = DataSource {
         read_only: args.dry_run || !writer,
-        ..args.source
+        ..resumed_source(args.source, resume.as_ref())
     };
     let loaded = super::load_dataset(&source, tokenizer, spec, config.train.val_fraction)?;
     let dataset = loaded.dataset;
@@ -360,6 +360,36 @@ fn inside(path: &Path, dir: &Path) -> bool {
     match (path.canonicalize(), dir.canonicalize()) {
         (Ok(path), Ok(dir)) => path.starts_with(dir),
         _ => false,
+    }
+}
+
+/// The data of a run: `source` as given, or, when it names none, the data a resumed
+/// checkpoint recorded (saying so); the default corpus stays the default.
+fn resumed_source(source: DataSource, resume: Option<&Checkpoint>) -> DataSource {
+    let record = resume.and_then(|c| c.state.data.as_ref());
+    let (None, Some(record)) = (&source.data, record) else {
+        return source;
+    };
+    if record.source == quill_data::TINY_SHAKESPEARE.default_path {
+        return source;
+    }
+    // llm.c shards are recorded as `PATTERN (val PATTERN)`.
+    let (data, val_data) = match record
+        .source
+        .strip_suffix(')')
+        .and_then(|s| s.split_once(" (val "))
+    {
+        Some((data, val)) => (data, Some(val.to_string())),
+        None => (record.source.as_str(), None),
+    };
+    eprintln!(
+        "note: the run continues on the data it trained on, {} (--data names other data)",
+        record.source
+    );
+    DataSource {
+        data: Some(data.into()),
+        val_data,
+        ..source
     }
 }
 

@@ -74,6 +74,10 @@ pub struct TrainState {
     /// What the run trained on, when its trainer was told ([`crate::Run::with_data`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataRecord>,
+    /// The evaluation at `iter` was interrupted before it ended: a resumed run starts
+    /// with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eval_pending: bool,
 }
 
 /// The data a run trained on: where it came from and its tokenizer.
@@ -138,6 +142,7 @@ impl TrainState {
             loss_scaler: None,
             dtype: None,
             data: None,
+            eval_pending: false,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod run_dir;
 pub mod summary;
 pub mod tensorboard;
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -156,7 +157,9 @@ impl<'a> Run<'a> {
         self
     }
 
-    /// Saves a checkpoint and stops at the next step once `stop` is set (e.g. by Ctrl-C).
+    /// Saves a checkpoint and stops at the next step once `stop` is set (e.g. by Ctrl-C);
+    /// one process alone also abandons an evaluation in progress, which a resumed run
+    /// then does first.
     pub fn with_stop(mut self, stop: &'a AtomicBool) -> Self {
         self.stop = Some(stop);
         self
@@ -222,6 +225,10 @@ pub fn train<AB: AutodiffBackend>(
     let mut stop_agreed = false;
     let mut since_eval = (Instant::now(), 0usize);
     let mut lr = learning_rate(t, start);
+    // A run stopped during an evaluation does it again first.
+    let eval_pending = std::mem::take(&mut state.eval_pending);
+    // One process alone may abandon an evaluation; ranks stop together after a step.
+    let stop_eval = stop.filter(|_| shard.ranks == 1);
     observer.on_start(start, t.max_iters);
 
     loop {
@@ -234,12 +241,23 @@ pub fn train<AB: AutodiffBackend>(
         state.dtype = trainer.float_type();
         let last = iter >= t.max_iters;
         // A resumed run already evaluated at its first step, unless that is the end.
-        let resumed_here = resume.is_some() && iter == start && !last;
+        let resumed_here = resume.is_some() && iter == start && !last && !eval_pending;
         if (last || iter % t.eval_interval == 0) && !resumed_here {
             // Training time only: the evaluation's own is not counted.
             let seconds = since_eval.0.elapsed().as_secs_f64().max(1e-9);
             let model = trainer.model().valid();
-            let losses = measure(&model, &trainer, dataset, &settings, last, observer)?;
+            let losses = match measure(
+                &model, &trainer, dataset, &settings, last, stop_eval, observer,
+            ) {
+                Err(TrainError::Interrupted) => {
+                    state.eval_pending = true;
+                    if let Some(out) = out.as_mut() {
+                        save_stopped(out, &settings, dataset, &trainer, &state)?;
+                    }
+                    return Ok(Outcome::Interrupted(iter));
+                }
+                losses => losses?,
+            };
             let record = EvalRecord {
                 iter,
                 train_loss: losses.train,
@@ -274,9 +292,7 @@ pub fn train<AB: AutodiffBackend>(
         // Ranks stop together, after the step in which one of them asked to.
         if stop_agreed || (stop_wanted && shard.ranks == 1) {
             if let Some(out) = out.as_mut() {
-                out.flush()?;
-                out.draw(&plot_title(out, &settings, iter))?;
-                out.save_checkpoint(&capture(&settings, dataset, &trainer, &state)?, false)?;
+                save_stopped(out, &settings, dataset, &trainer, &state)?;
             }
             return Ok(Outcome::Interrupted(iter));
         }
@@ -302,6 +318,20 @@ pub fn train<AB: AutodiffBackend>(
         }
         observer.on_step(&report);
     }
+}
+
+/// What a run stopped early leaves: its records flushed, its picture redrawn and a
+/// checkpoint in `last/`.
+fn save_stopped<AB: AutodiffBackend>(
+    out: &mut RunDir,
+    settings: &RunConfig,
+    dataset: &Dataset,
+    trainer: &Trainer<AB>,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    out.flush()?;
+    out.draw(&plot_title(out, settings, trainer.iter()))?;
+    out.save_checkpoint(&capture(settings, dataset, trainer, state)?, false)
 }
 
 /// Joins the data-parallel world the run names, checking that every rank has the same
@@ -374,6 +404,7 @@ fn measure<AB: AutodiffBackend>(
     dataset: &Dataset,
     settings: &RunConfig,
     last: bool,
+    stop: Option<&AtomicBool>,
     observer: &mut dyn Observer,
 ) -> Result<Losses, TrainError> {
     let (t, iter, strategy) = (&settings.train, trainer.iter(), trainer.strategy());
@@ -390,7 +421,13 @@ fn measure<AB: AutodiffBackend>(
         strategy.shard(),
         eval_iters,
         seed,
-        &mut |done, total| observer.on_eval_batch(done, total),
+        &mut |done, total| {
+            observer.on_eval_batch(done, total);
+            match stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                true => ControlFlow::Break(()),
+                false => ControlFlow::Continue(()),
+            }
+        },
     )?;
     if strategy.ranks() > 1 {
         let weights = weights_fingerprint(model);
