@@ -16,6 +16,12 @@ const TIMED_STEPS: usize = 2;
 /// A run on the CPU longer than this gets a suggestion.
 const LONG_ON_CPU_S: f64 = 3600.0;
 
+/// An evaluation longer than this says so when it starts, with the run's time.
+const LONG_EVAL_S: f64 = 30.0;
+
+/// A training step reads its rows forward and backward: about three forward passes.
+const STEP_PER_FORWARD: f64 = 3.0;
+
 /// Iteration, smoothed train loss, last val loss, learning rate, tokens/s and ETA; a bar
 /// of batches while an evaluation runs. When stdout is not a terminal (a pipe, a log
 /// file) the bar is not drawn there, so a step line is printed every `log_interval`
@@ -26,8 +32,12 @@ pub struct Progress {
     last_val: Option<f32>,
     /// Steps since the start or the last evaluation (the estimate's warm-up).
     since: usize,
-    /// The evaluation in progress: when it started.
+    /// The evaluation in progress: when it started, and when its first batch ended.
     evaluating: Option<Instant>,
+    first_batch: Option<Instant>,
+    /// Evaluation batches of a step's rows (`grad_accum`): an evaluation batch has
+    /// a micro-step's rows.
+    batches_per_step: usize,
     /// Step lines every this many steps, when stdout is not a terminal (0: none).
     log_interval: usize,
     /// FLOPs of a token's forward and backward pass (nanoGPT's MFU numerator).
@@ -47,6 +57,7 @@ impl Progress {
         log_interval: usize,
         flops_per_token: f64,
         tokens_per_step: usize,
+        batches_per_step: usize,
         on_cpu: bool,
     ) -> Self {
         let bar = ProgressBar::new(0).with_style(
@@ -59,6 +70,8 @@ impl Progress {
             last_val: None,
             since: 0,
             evaluating: None,
+            first_batch: None,
+            batches_per_step,
             log_interval,
             flops_per_token,
             tokens_per_step,
@@ -126,6 +139,31 @@ impl Observer for Progress {
         self.bar.set_message(format!(
             "evaluating: batch {done}/{total}, {left:.0} s left"
         ));
+        // A long evaluation before any step was timed (a big model's first one on a
+        // CPU): say so, with the run's time estimated from the second batch's speed.
+        match done {
+            1 => self.first_batch = Some(Instant::now()),
+            2 if !self.timing.2 => {
+                let batch_s = self
+                    .first_batch
+                    .map_or(spent, |t| t.elapsed().as_secs_f64());
+                let whole = batch_s * total as f64;
+                if whole > LONG_EVAL_S {
+                    self.timing.2 = true;
+                    let per_step = STEP_PER_FORWARD * batch_s * self.batches_per_step as f64;
+                    let steps = self.bar.length().unwrap_or(0) - self.bar.position();
+                    let on_cpu = self.on_cpu;
+                    self.bar.suspend(|| {
+                        println!(
+                            "# evaluating {total} batches: about {} (Ctrl-C stops it and saves the run)",
+                            duration(whole)
+                        );
+                        print_time_estimate(per_step, steps as usize, on_cpu);
+                    });
+                }
+            }
+            _ => {}
+        }
     }
 
     fn on_eval(&mut self, record: &EvalRecord, sample: Option<&str>) {

@@ -610,7 +610,7 @@ fn ctrl_c_during_an_evaluation_stops_it_and_resume_does_it_first() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_quill"))
         .args(&args)
         .current_dir(dir.path())
-        .stdout(Stdio::null())
+        .stdout(fs::File::create(dir.path().join("out.txt")).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -632,6 +632,13 @@ fn ctrl_c_during_an_evaluation_stops_it_and_resume_does_it_first() {
     assert_eq!(
         (state["iter"].as_u64(), state["eval_pending"].as_bool()),
         (Some(0), Some(true))
+    );
+    // Before any step, the long evaluation said what it would take, and the run.
+    let out = fs::read_to_string(dir.path().join("out.txt")).unwrap();
+    assert!(
+        out.contains("# evaluating 200000000 batches: about ")
+            && out.contains(" h (Ctrl-C stops it and saves the run)\n# time: about "),
+        "{out}"
     );
     let metrics = dir.path().join("stopped/metrics.jsonl");
     assert!(!metrics.exists(), "no evaluation recorded");
@@ -680,4 +687,39 @@ fn ctrl_c_during_an_evaluation_stops_it_and_resume_does_it_first() {
         common::step_losses(dir.path(), "stopped"),
         common::step_losses(dir.path(), "whole")
     );
+    // Resuming a finished run says what it does and how to train further.
+    let again = quill(&["train", "--resume", "whole"], dir.path());
+    assert!(again.status.success(), "{}", error_line(&again));
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        said.contains("note: whole/last has taken all 8 steps of its run (max_iters): it is evaluated again; --max-iters N (more than 8) trains it further"),
+        "{said}"
+    );
+}
+
+/// nanoGPT's names of the settings quill names shorter work as flags and file keys.
+#[test]
+fn nanogpt_setting_names_are_understood() {
+    let dir = setup();
+    fs::write(dir.path().join("my.toml"), "learning_rate = 2e-3\n").unwrap();
+    for args in [
+        &[
+            "--learning-rate",
+            "2e-3",
+            "--gradient-accumulation-steps",
+            "3",
+        ][..],
+        &["--config", "my.toml", "--grad-accum", "3"][..],
+    ] {
+        let mut all = vec!["train", "--dry-run", "--data", "corpus.txt"];
+        all.extend_from_slice(TINY_MODEL);
+        all.extend_from_slice(args);
+        let out = quill(&all, dir.path());
+        assert!(out.status.success(), "{args:?}: {}", error_line(&out));
+        let text = stdout(&out);
+        assert!(
+            text.contains("\nlr = 0.002\n") && text.contains("\ngrad_accum = 3\n"),
+            "{text}"
+        );
+    }
 }

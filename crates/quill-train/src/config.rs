@@ -42,7 +42,8 @@ pub enum OptimizerKind {
 
 /// Declares [`TrainConfig`], its all-optional twin [`TrainOverrides`] (what a TOML file
 /// or the command line may change), and [`TrainConfig::apply`], from one field list.
-/// `#[formerly "key", "flag"]` keeps a renamed setting's old file key and flag working.
+/// `#[formerly "key", "flag"]` keeps another name of a setting working as a file key and
+/// a flag: a renamed setting's old name, or nanoGPT's where quill's is shorter.
 macro_rules! train_config {
     ($(
         $(#[doc = $doc:literal])* $(#[serde $serde:tt])? $(#[formerly $old:literal, $old_flag:literal])?
@@ -80,7 +81,7 @@ macro_rules! train_config {
         impl TrainOverrides {
             /// The keys a `--config` file may give the training.
             pub const KEYS: &[&str] = &[$( stringify!($field), )*];
-            /// Former names of renamed keys, which still read.
+            /// Other names of keys (former ones, nanoGPT's), which read as the key.
             pub const FORMER_KEYS: &[&str] = &[$( $($old,)? )*];
 
             /// Takes every field that `later` sets (a command line over a file).
@@ -95,6 +96,7 @@ train_config! {
     /// Sequences per micro-batch.
     batch_size: usize,
     /// Micro-batches per optimizer step.
+    #[formerly "gradient_accumulation_steps", "gradient-accumulation-steps"]
     grad_accum: usize,
     /// Optimizer steps.
     max_iters: usize,
@@ -105,6 +107,7 @@ train_config! {
     /// Batches per split in the evaluation after the last step.
     final_eval_iters: usize,
     /// Peak learning rate.
+    #[formerly "learning_rate", "learning-rate"]
     lr: f64,
     /// Final learning rate of the cosine schedule.
     min_lr: f64,
@@ -812,6 +815,14 @@ mod tests {
         map.insert("sample_chars".into(), 9.into());
         let train: TrainConfig = serde_json::from_value(json).unwrap();
         assert_eq!(train.sample_tokens, 9);
+        // nanoGPT's names of settings quill names shorter.
+        let nanogpt =
+            RunOverrides::from_toml("learning_rate = 2e-3\ngradient_accumulation_steps = 4")
+                .unwrap();
+        assert_eq!(
+            (nanogpt.train.lr, nanogpt.train.grad_accum),
+            (Some(2e-3), Some(4))
+        );
     }
 
     #[test]

@@ -157,6 +157,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         target.dtype_bytes(),
     ))?;
 
+    if let (Some(checkpoint), Some(dir)) = (&resume, &resume_dir)
+        && checkpoint.state.iter >= config.train.max_iters
+    {
+        eprintln!(
+            "note: {} has taken all {} steps of its run (max_iters): it is evaluated again; --max-iters N (more than {}) trains it further",
+            dir.display(),
+            checkpoint.state.iter,
+            checkpoint.state.iter
+        );
+    }
     let tokenizer = resume.as_ref().or(init_from.as_ref()).map(|c| &c.tokenizer);
     let spec = Preset::named(preset)?.tokenizer;
     // Only the writer may prepare a dataset; another rank that cannot see it stops.
@@ -587,8 +597,16 @@ impl Job for TrainJob {
         let model = self.config.model_for(self.dataset.tokenizer.vocab_size());
         let flops = quill_train::bench::flops_per_token(&model, model.num_params() as usize);
         let tokens_per_step = self.config.tokens_per_iter() * size;
-        let mut progress = (places.is_some())
-            .then(|| Progress::new(self.log_interval, flops, tokens_per_step, self.on_cpu));
+        let mut progress = (places.is_some()).then(|| {
+            let accum = self.config.train.grad_accum;
+            Progress::new(
+                self.log_interval,
+                flops,
+                tokens_per_step,
+                accum,
+                self.on_cpu,
+            )
+        });
         let mut observer = RankObserver {
             progress: progress.as_mut(),
             agreed: None,
