@@ -381,6 +381,9 @@ fn launch_starts_the_ranks_and_names_one_that_dies() {
     ));
     assert!(out.contains("[rank 0] done: 6 iterations"), "{out}");
     assert!(out.contains("[rank 1] stopped after 6 iterations"), "{out}");
+    // Each line names its rank once.
+    assert!(out.contains("\n[rank 0] weights fingerprint "), "{out}");
+    assert!(!out.contains("] rank "), "{out}");
     let sample = quill(
         &["sample", "--checkpoint", "l/best", "--max-new-tokens", "20"],
         dir.path(),
@@ -447,6 +450,9 @@ fn ctrl_c_under_launch_stops_every_rank_after_the_same_step_then_they_resume() {
     };
     let iter = stopped("[rank 0] stopped after ");
     assert_eq!(stopped("[rank 1] stopped after "), iter, "{text}");
+    // The ranks' connections close without a panic.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!said.contains("panicked"), "{said}");
     assert!(
         text.contains("resume with: quill train --resume c/last"),
         "{text}"

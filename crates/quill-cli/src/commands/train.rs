@@ -633,7 +633,7 @@ impl Job for TrainJob {
             return Ok(());
         };
         if let Some(weights) = weights {
-            println!("rank 0: {weights}");
+            println!("{prefix}{weights}");
         }
         match outcome? {
             Outcome::Interrupted(iter) => {

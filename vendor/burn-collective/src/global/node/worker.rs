@@ -238,10 +238,11 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
         }
 
         log::info!("Worker closing connection");
-        stream_response
-            .close()
-            .await
-            .expect("Can close the websocket stream.");
+        // quill: the peer may have closed the stream first (it ended, or stopped on
+        // Ctrl-C); that is how a connection ends, not a reason to panic.
+        if let Err(err) = stream_response.close().await {
+            log::debug!("The response stream was closed already: {err:?}");
+        }
     }
 
     async fn request_sender(
@@ -282,10 +283,10 @@ impl<C: ProtocolClient> GlobalClientWorker<C> {
         }
 
         log::info!("Worker closing connection");
-        stream_request
-            .close()
-            .await
-            .expect("Can send the close message on the websocket.");
+        // quill: as for the response stream, a peer may have closed it first.
+        if let Err(err) = stream_request.close().await {
+            log::debug!("The request stream was closed already: {err:?}");
+        }
     }
 
     pub(crate) async fn request(&self, req: RemoteRequest) -> RemoteResponse {
