@@ -116,12 +116,11 @@ impl KnownCorpus {
 
 /// Tiny Shakespeare at its place under the directory `root` (a checkout:
 /// `root/data/tinyshakespeare/input.txt`), put there first when it is missing — copied
-/// from `root/../shared/data/tinyshakespeare.txt` where that exists, else downloaded
-/// (feature `download`) —
-/// and verified either way, every write atomic. What the tests that train on the real
-/// corpus call; without the corpus and without network the error says how to put it in
-/// place.
-pub fn tiny_shakespeare(root: &Path) -> Result<PathBuf, DataError> {
+/// from `copy` when one is given (a local copy: what a machine without network holds),
+/// else downloaded (feature `download`) — and verified either way, every write atomic.
+/// What the tests that train on the real corpus call; without the corpus and without
+/// network the error says how to put it in place.
+pub fn tiny_shakespeare(root: &Path, copy: Option<&Path>) -> Result<PathBuf, DataError> {
     // One thread of the process puts it in place; the others then find it there.
     static PLACING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _placing = PLACING
@@ -130,17 +129,22 @@ pub fn tiny_shakespeare(root: &Path) -> Result<PathBuf, DataError> {
     let known = &TINY_SHAKESPEARE;
     let path = root.join(known.default_path);
     if !path.exists() {
-        let shared = root.join("../shared/data/tinyshakespeare.txt");
-        let placed = match std::fs::File::open(&shared) {
-            Ok(file) => write_verified(file, &path, known.sha256),
+        let placed = match copy {
+            Some(copy) => std::fs::File::open(copy)
+                .map_err(|e| DataError::io(copy, e))
+                .and_then(|file| write_verified(file, &path, known.sha256))
+                .map(drop)
+                .map_err(|e| e.to_string()),
             #[cfg(feature = "download")]
-            Err(_) => crate::download::fetch(known, &path, |_, _| {}),
+            None => crate::download::fetch(known, &path, |_, _| {})
+                .map(drop)
+                .map_err(|e| e.to_string()),
             #[cfg(not(feature = "download"))]
-            Err(e) => Err(DataError::io(&shared, e)),
+            None => Err("no copy was given, and this build cannot download".to_string()),
         };
-        placed.map_err(|e| DataError::CorpusMissing {
+        placed.map_err(|reason| DataError::CorpusMissing {
             path: path.clone(),
-            reason: e.to_string(),
+            reason,
         })?;
     }
     Corpus::read_verified(known, &path)?;

@@ -1,7 +1,8 @@
 //! The real corpus: its vocabulary and split sizes must be exactly the "Let's build GPT" notebook's.
 //!
 //! The corpus is put in place at `data/tinyshakespeare/input.txt` as `quill` does when
-//! it is missing ([`quill_data::corpus::tiny_shakespeare`]). Its absence fails the test,
+//! it is missing ([`quill_data::corpus::tiny_shakespeare`]; from `$QUILL_CORPUS`, a
+//! local copy, when set). Its absence fails the test,
 //! with one line saying how to put it in place: it is never skipped.
 
 use std::path::PathBuf;
@@ -10,7 +11,9 @@ use quill_data::{CharTokenizer, Corpus, Split, TINY_SHAKESPEARE};
 
 fn corpus_path() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    quill_data::corpus::tiny_shakespeare(&root).unwrap_or_else(|e| panic!("{e}"))
+    let copy = std::env::var_os("QUILL_CORPUS").map(PathBuf::from);
+    quill_data::corpus::tiny_shakespeare(&root, copy.as_deref())
+        .unwrap_or_else(|e| panic!("{e} (or set QUILL_CORPUS to a copy of it)"))
 }
 
 #[test]

@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Tiny Shakespeare, put in place in the checkout as `quill` does when it is missing
-/// (copied from `../shared/data` or downloaded, verified, written atomically); offline
-/// without it, the test fails with one line saying how to put it there.
+/// (copied from `$QUILL_CORPUS` when set, else downloaded; verified, written
+/// atomically); offline without it, the test fails with one line saying how to put it
+/// there.
 pub fn tiny_shakespeare() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    quill_data::corpus::tiny_shakespeare(&root).unwrap_or_else(|e| panic!("{e}"))
+    let copy = std::env::var_os("QUILL_CORPUS").map(PathBuf::from);
+    quill_data::corpus::tiny_shakespeare(&root, copy.as_deref())
+        .unwrap_or_else(|e| panic!("{e} (or set QUILL_CORPUS to a copy of it)"))
 }
 
 /// A 1-layer, 2-head, 16-wide GPT on blocks of 16, batches of 4: fast on any CPU.
@@ -46,7 +49,7 @@ pub const TINY_SCHEDULE: &[&str] = &[
     "1",
     "--final-eval-iters",
     "1",
-    "--sample-chars",
+    "--sample-tokens",
     "8",
 ];
 
