@@ -34,6 +34,8 @@
 //! assert_eq!(out[0].len(), 3 + 5);
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod batching;
 pub mod bigram;
 pub mod config;

@@ -35,6 +35,8 @@
 //! println!("{outcome:?}");
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod config;
 #[cfg(feature = "distributed")]
 mod dist;
