@@ -13,7 +13,7 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 unset RUST_BACKTRACE
 tiny=(--n-layer 1 --n-head 2 --n-embd 16 --block-size 16 --batch-size 4 --eval-interval 5
-  --eval-iters 1 --final-eval-iters 1 --sample-chars 0 --data "$corpus")
+  --eval-iters 1 --final-eval-iters 1 --sample-tokens 0 --data "$corpus")
 passed=0
 failed=0
 

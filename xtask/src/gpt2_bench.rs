@@ -279,7 +279,7 @@ fn finetune_memory(dir: &Path, ck: &str) -> Result<()> {
         "1",
         "--final-eval-iters",
         "1",
-        "--sample-chars",
+        "--sample-tokens",
         "0",
     ];
     let (_, ft_rss, ft_s) = crate::timed(QUILL, &args, dir)?;

@@ -101,7 +101,7 @@ fn flags(preset: &str, iters: usize) -> Vec<String> {
         "1",
         "--final-eval-iters",
         "1",
-        "--sample-chars",
+        "--sample-tokens",
         "0",
         "--device",
         "flex",

@@ -58,7 +58,7 @@ pub fn run(args: &[&str]) -> Result<()> {
                 "100",
                 "--eval-interval",
                 "100",
-                "--sample-chars",
+                "--sample-tokens",
                 "0",
             ],
             Path::new("."),

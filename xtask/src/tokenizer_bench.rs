@@ -119,7 +119,7 @@ pub fn run(args: &[&str]) -> Result<()> {
                 "5",
                 "--final-eval-iters",
                 "5",
-                "--sample-chars",
+                "--sample-tokens",
                 "0",
             ];
             if let Some(data) = data {

@@ -17,7 +17,7 @@ const TINY: &[&str] = &[
     "1",
     "--final-eval-iters",
     "2",
-    "--sample-chars",
+    "--sample-tokens",
     "20",
 ];
 

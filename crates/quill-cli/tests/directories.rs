@@ -48,7 +48,7 @@ fn train_args<'a>(iters: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["train", "--data", "corpus.txt", "--max-iters", iters];
     args.extend_from_slice(TINY_MODEL);
     args.extend_from_slice(&["--eval-iters", "1", "--final-eval-iters", "1"]);
-    args.extend_from_slice(&["--sample-chars", "0"]);
+    args.extend_from_slice(&["--sample-tokens", "0"]);
     args.extend_from_slice(extra);
     args
 }

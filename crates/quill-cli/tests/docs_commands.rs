@@ -210,7 +210,7 @@ fn shrink(mut words: Vec<String>) -> Vec<String> {
     );
     add(&mut words, "--eval-iters", "1");
     add(&mut words, "--final-eval-iters", "1");
-    add(&mut words, "--sample-chars", "10");
+    add(&mut words, "--sample-tokens", "10");
     add(&mut words, "--warmup-iters", "0");
     add(&mut words, "--cooldown-iters", "1");
     words

@@ -147,7 +147,7 @@ fn import_sample_finetune_export_reimport() {
         "2",
         "--lr",
         "3e-3",
-        "--sample-chars",
+        "--sample-tokens",
         "0",
     ];
     let out = stdout(&quill(&finetune, cwd));
@@ -299,7 +299,7 @@ fn finetuning_errors_are_one_line() {
         "1",
         "--final-eval-iters",
         "1",
-        "--sample-chars",
+        "--sample-tokens",
         "0",
     ];
     stdout(&quill(&[&rotary[..], TINY_MODEL].concat(), cwd));

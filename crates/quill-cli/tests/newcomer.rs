@@ -373,7 +373,7 @@ fn offline_the_corpus_is_placed_from_a_file() {
         ("https_proxy", "http://127.0.0.1:9"),
     ];
     let mut args = vec!["train", "--max-iters", "1", "--eval-iters", "1"];
-    args.extend_from_slice(&["--final-eval-iters", "1", "--sample-chars", "5"]);
+    args.extend_from_slice(&["--final-eval-iters", "1", "--sample-tokens", "5"]);
     let out = common::quill_with_env(&args, dir.path(), &offline);
     assert_eq!(out.status.code(), Some(1));
     let line = error_line(&out);
@@ -722,4 +722,20 @@ fn nanogpt_setting_names_are_understood() {
             "{text}"
         );
     }
+    // The former name of --sample-tokens still works.
+    let mut all = vec![
+        "train",
+        "--dry-run",
+        "--data",
+        "corpus.txt",
+        "--sample-chars",
+        "7",
+    ];
+    all.extend_from_slice(TINY_MODEL);
+    let out = quill(&all, dir.path());
+    assert!(
+        stdout(&out).contains("\nsample_tokens = 7\n"),
+        "{}",
+        error_line(&out)
+    );
 }

@@ -28,7 +28,7 @@ fn train_args(batch: &str, extra: &[&str]) -> Vec<String> {
     let model = TINY_MODEL.split(|a| *a == "--batch-size").next().unwrap();
     args.extend_from_slice(model);
     args.extend_from_slice(&["--batch-size", batch, "--eval-iters", "2"]);
-    args.extend_from_slice(&["--final-eval-iters", "4", "--sample-chars", "0"]);
+    args.extend_from_slice(&["--final-eval-iters", "4", "--sample-tokens", "0"]);
     args.extend_from_slice(extra);
     args.into_iter().map(String::from).collect()
 }
@@ -58,7 +58,7 @@ fn resume_args(from: &str, max_iters: &str) -> Vec<String> {
             "data/tiny.txt",
             "--device",
             "flex",
-            "--sample-chars",
+            "--sample-tokens",
             "0",
         ])
         .map(String::from)

@@ -39,7 +39,7 @@ fn fresh_args<'a>(out: &'a str, dtype: &'a str) -> Vec<&'a str> {
         "1",
         "--final-eval-iters",
         "1",
-        "--sample-chars",
+        "--sample-tokens",
         "5",
     ]);
     args

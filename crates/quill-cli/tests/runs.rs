@@ -43,7 +43,7 @@ fn runs_shows_finished_killed_and_running_runs_and_skips_the_rest() {
         "3",
         "--eval-iters",
         "1",
-        "--sample-chars",
+        "--sample-tokens",
         "0",
     ]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_quill"))

@@ -23,7 +23,7 @@ fn checkpoint() -> &'static Path {
         std::fs::write(dir.path().join("corpus.txt"), verse.repeat(50)).unwrap();
         let mut args = vec!["train", "--data", "corpus.txt", "--out", "run"];
         args.extend_from_slice(TINY_MODEL);
-        args.extend_from_slice(&["--max-iters", "30", "--eval-interval", "30", "--eval-iters", "1", "--final-eval-iters", "1", "--sample-chars", "0"]);
+        args.extend_from_slice(&["--max-iters", "30", "--eval-interval", "30", "--eval-iters", "1", "--final-eval-iters", "1", "--sample-tokens", "0"]);
         stdout(&quill(&args, dir.path()));
         let ck = dir.path().join("run/best");
         (dir, ck)

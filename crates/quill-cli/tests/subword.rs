@@ -27,7 +27,7 @@ const TINY: &[&str] = &[
     "2",
     "--final-eval-iters",
     "2",
-    "--sample-chars",
+    "--sample-tokens",
     "10",
     "--warmup-iters",
     "5",
@@ -230,7 +230,7 @@ fn a_run_on_token_files_resumes_exactly() {
         let mut all = vec!["train", "--data", "data/g", "--device", "flex"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--eval-interval", "4", "--eval-iters", "1"]);
-        all.extend_from_slice(&["--final-eval-iters", "1", "--sample-chars", "0"]);
+        all.extend_from_slice(&["--final-eval-iters", "1", "--sample-tokens", "0"]);
         stdout(&quill(&all, dir.path()))
     };
     let mut straight = vec!["--out", "straight", "--max-iters", "8"];
@@ -264,7 +264,7 @@ fn the_shakespeare_gpt2_preset_prepares_its_data_once() {
         "--eval-iters",
         "1",
     ]);
-    args.extend_from_slice(&["--final-eval-iters", "1", "--sample-chars", "0"]);
+    args.extend_from_slice(&["--final-eval-iters", "1", "--sample-tokens", "0"]);
 
     let dry = stdout(&quill(&[&args[..], &["--dry-run"]].concat(), dir.path()));
     assert!(dry.contains("tokenizer gpt2), vocab_size 50257"), "{dry}");

@@ -17,7 +17,7 @@ fn setup() -> tempfile::TempDir {
     let mut args = vec!["train", "--data", "corpus.txt", "--out", "run"];
     args.extend_from_slice(TINY_MODEL);
     args.extend_from_slice(&["--max-iters", "2", "--eval-iters", "1"]);
-    args.extend_from_slice(&["--final-eval-iters", "1", "--sample-chars", "0"]);
+    args.extend_from_slice(&["--final-eval-iters", "1", "--sample-tokens", "0"]);
     stdout(&quill(&args, dir.path()));
     dir
 }

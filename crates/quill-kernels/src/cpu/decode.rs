@@ -208,8 +208,9 @@ fn hf(h: f16) -> f32 {
     f32::from_bits(value.to_bits() | ((h & 0x8000) << 16))
 }
 
-/// Values per block of the 8-bit format the kernels read without widening first.
-const Q8_BLOCK: usize = 32;
+/// The 8-bit block the kernels widen inside their loop (the block of quill's `q8`
+/// weights); blocks of other sizes are widened a [`CHUNK`] at a time first.
+const IN_LOOP_Q8_BLOCK: usize = 32;
 
 /// [`product`]'s pass over the input features `rows` of an [`Orientation::InOut`]
 /// weight: `out[r, :] += x[r, i]·W[i, :]`, four rows of `W` at a time (a quarter of
@@ -220,7 +221,7 @@ const Q8_BLOCK: usize = 32;
 fn in_out(out: &mut [f32], x: View, w: Packed, n: usize, rows: Range<usize>) {
     let k = x.cols;
     let xr = |r: usize| &x.data[r * x.rs..r * x.rs + k];
-    let q8_in_loop = |block: usize| block == Q8_BLOCK && n.is_multiple_of(Q8_BLOCK);
+    let q8_in_loop = |block: usize| block == IN_LOOP_Q8_BLOCK && n.is_multiple_of(IN_LOOP_Q8_BLOCK);
     let mut buf = [0f32; 4 * CHUNK];
     let mut i = rows.start;
     while i < rows.end {
@@ -273,24 +274,26 @@ fn in_out(out: &mut [f32], x: View, w: Packed, n: usize, rows: Range<usize>) {
                 block,
             } if q8_in_loop(block) => {
                 let wr = |q: usize| &values[(i + q) * n..(i + q + 1) * n];
-                let sr = |q: usize| &scales[(i + q) * n / Q8_BLOCK..(i + q + 1) * n / Q8_BLOCK];
+                let sr = |q: usize| {
+                    &scales[(i + q) * n / IN_LOOP_Q8_BLOCK..(i + q + 1) * n / IN_LOOP_Q8_BLOCK]
+                };
                 let (wa, wb, wc, wd) = (wr(0), wr(1), wr(2), wr(3));
                 let (sa, sb, sc, sd) = (sr(0), sr(1), sr(2), sr(3));
                 for (r, out) in out.chunks_mut(n).enumerate() {
                     let [a, b, c, d] = [0, 1, 2, 3].map(|q| xr(r)[i + q]);
-                    for (blk, out) in out.chunks_exact_mut(Q8_BLOCK).enumerate() {
+                    for (blk, out) in out.chunks_exact_mut(IN_LOOP_Q8_BLOCK).enumerate() {
                         if blk % 2 == 0 {
                             for w in [wa, wb, wc, wd] {
-                                prefetch(w.as_ptr().wrapping_add(blk * Q8_BLOCK + AHEAD));
+                                prefetch(w.as_ptr().wrapping_add(blk * IN_LOOP_Q8_BLOCK + AHEAD));
                             }
                         }
                         let (ca, cb, cc, cd) = (a * sa[blk], b * sb[blk], c * sc[blk], d * sd[blk]);
-                        let at = |w: &[i8]| -> [f32; Q8_BLOCK] {
-                            let w = &w[blk * Q8_BLOCK..(blk + 1) * Q8_BLOCK];
+                        let at = |w: &[i8]| -> [f32; IN_LOOP_Q8_BLOCK] {
+                            let w = &w[blk * IN_LOOP_Q8_BLOCK..(blk + 1) * IN_LOOP_Q8_BLOCK];
                             std::array::from_fn(|l| w[l] as f32)
                         };
                         let (qa, qb, qc, qd) = (at(wa), at(wb), at(wc), at(wd));
-                        for l in 0..Q8_BLOCK {
+                        for l in 0..IN_LOOP_Q8_BLOCK {
                             out[l] += ca * qa[l] + cb * qb[l] + cc * qc[l] + cd * qd[l];
                         }
                     }
@@ -338,10 +341,10 @@ fn out_in(out: &mut [f32], x: View, w: Packed, _n: usize, cols: Range<usize>) {
                     values,
                     scales,
                     block,
-                } if block == Q8_BLOCK && k.is_multiple_of(Q8_BLOCK) => dot_q8(
+                } if block == IN_LOOP_Q8_BLOCK && k.is_multiple_of(IN_LOOP_Q8_BLOCK) => dot_q8(
                     xr(r),
                     &values[j * k..(j + 1) * k],
-                    &scales[j * k / Q8_BLOCK..(j + 1) * k / Q8_BLOCK],
+                    &scales[j * k / IN_LOOP_Q8_BLOCK..(j + 1) * k / IN_LOOP_Q8_BLOCK],
                 ),
                 _ => {
                     if r == 0 {
@@ -372,19 +375,21 @@ fn dot_with<T: Copy>(a: &[f32], b: &[T], wide: impl Fn(T) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// `a·b` for 8-bit values `q` in blocks of [`Q8_BLOCK`] with their `scales`: each
+/// `a·b` for 8-bit values `q` in blocks of [`IN_LOOP_Q8_BLOCK`] with their `scales`: each
 /// block's 32 products summed lane by lane, scaled, and added to 32 partial sums.
 #[inline(always)]
 fn dot_q8(a: &[f32], q: &[i8], scales: &[f32]) -> f32 {
-    let mut acc = [0f32; Q8_BLOCK];
-    for (blk, ((a, q), &s)) in (a.chunks_exact(Q8_BLOCK).zip(q.chunks_exact(Q8_BLOCK)))
-        .zip(scales)
-        .enumerate()
+    let mut acc = [0f32; IN_LOOP_Q8_BLOCK];
+    for (blk, ((a, q), &s)) in (a
+        .chunks_exact(IN_LOOP_Q8_BLOCK)
+        .zip(q.chunks_exact(IN_LOOP_Q8_BLOCK)))
+    .zip(scales)
+    .enumerate()
     {
         if blk % 2 == 0 {
             prefetch(q.as_ptr().wrapping_add(AHEAD));
         }
-        for l in 0..Q8_BLOCK {
+        for l in 0..IN_LOOP_Q8_BLOCK {
             acc[l] += a[l] * q[l] as f32 * s;
         }
     }
