@@ -39,7 +39,7 @@
 
 mod config;
 #[cfg(feature = "distributed")]
-mod dist;
+mod distributed;
 mod error;
 mod evaluate;
 mod inference;
@@ -55,7 +55,7 @@ pub use config::{
     Sources, TrainConfig, TrainOverrides,
 };
 #[cfg(feature = "distributed")]
-pub use dist::{
+pub use distributed::{
     Collective, DEFAULT_COORDINATOR, RunSecret, World, coordinator_from_env, parse_coordinator,
     stop_in_process_workers,
 };

@@ -22,7 +22,7 @@ use quill_model::{LanguageModel, ModelConfig};
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "distributed")]
-use crate::dist::{Collective, World};
+use crate::distributed::{Collective, World};
 use crate::evaluate::{Losses, evaluate_with};
 use crate::inference::{SampleRequest, sample_texts};
 use crate::schedule::learning_rate;
