@@ -36,4 +36,14 @@ pub enum ModelError {
     /// A tensor the model has no place for.
     #[error("unexpected tensor {0}")]
     UnexpectedTensor(String),
+    /// Text the tokenizer cannot take, or ids it cannot give text for (the tokenizer's
+    /// own message).
+    #[error("{0}")]
+    Tokens(String),
+}
+
+impl From<quill_data::DataError> for ModelError {
+    fn from(err: quill_data::DataError) -> Self {
+        ModelError::Tokens(err.to_string())
+    }
 }

@@ -12,10 +12,12 @@
 //! - [`kv_cache`]: the [`KvCache`] generation uses.
 //! - [`bigram`]: the [`Bigram`] model of Karpathy's "Let's build GPT" lecture.
 //! - [`model`]: [`LanguageModel`], either of the two behind one type, with its loss.
-//! - [`sampling`]: temperature, top-k and top-p sampling from logits.
+//! - [`sampling`]: penalties, temperature, top-k, top-p and min-p sampling from logits.
 //! - [`batching`]: the [`Batcher`] of continuous batching (generations that join and
 //!   leave between steps, decoded together), and [`generate`] (with or without the KV
 //!   cache, same tokens either way).
+//! - [`inference`]: text in, text out over them: prompts, stop strings ([`StopText`])
+//!   and streaming ([`sample_texts`]).
 //! - [`params`]: parameters by their PyTorch (nanoGPT) names and decay groups, as the
 //!   model declares them, for checkpoints and the optimizer.
 //! - [`error`]: the one error type, [`ModelError`].
@@ -41,6 +43,7 @@ pub mod bigram;
 pub mod config;
 pub mod error;
 pub mod gpt;
+pub mod inference;
 mod init;
 pub mod kv_cache;
 pub mod layers;
@@ -58,6 +61,7 @@ pub use config::{
 };
 pub use error::ModelError;
 pub use gpt::Gpt;
+pub use inference::{SampleRequest, SampleTimings, Samples, StopText, sample, sample_texts};
 pub use kv_cache::KvCache;
 pub use layers::{Linear, Normalization};
 pub use model::{LanguageModel, cross_entropy};

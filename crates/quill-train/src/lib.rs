@@ -13,7 +13,6 @@
 //! - **Measuring** ([`evaluate()`]): train and val [`Losses`].
 //! - **A run** ([`train()`]): the loop that composes them with the run directory
 //!   ([`RunDir`]): evaluations, samples, records, [`Checkpoint`]s.
-//! - **Sampling** ([`sample_texts`]): prompts, stop sequences and streaming.
 //! - **Data parallelism** (feature `distributed`): `World` and `Collective`, over Burn's
 //!   collective engine.
 //! - **Hugging Face** ([`hf`]): GPT-2 checkpoints to and from quill's.
@@ -42,7 +41,6 @@ mod config;
 mod distributed;
 mod error;
 mod evaluate;
-mod inference;
 mod interop;
 mod optim;
 mod run;
@@ -61,7 +59,6 @@ pub use distributed::{
 };
 pub use error::TrainError;
 pub use evaluate::{Losses, estimate_loss, estimate_loss_with, evaluate, evaluate_with};
-pub use inference::{SampleRequest, SampleTimings, Samples, StopText, sample, sample_texts};
 pub use interop::{hf, nanogpt};
 pub use optim::{GradBuffer, LossScaler, MuonAdamW, StepOptions, muon, param_lengths};
 #[cfg(feature = "plot")]

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Int, Tensor, TensorData};
 use burn_flex::Flex;
-use quill_model::SamplingOptions;
+use quill_model::{SampleRequest, SamplingOptions, sample_texts};
+use quill_train::Checkpoint;
 use quill_train::nanogpt::NanoGpt;
-use quill_train::{Checkpoint, SampleRequest, sample_texts};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {

@@ -71,9 +71,9 @@ fn a_character_checkpoint_from_before_subword_tokens_samples() {
     let (checkpoint, _) = fixture();
     assert_eq!(checkpoint.tokenizer.name(), "char");
     let model = checkpoint.model::<NdArray>(&Default::default()).unwrap();
-    let request = quill_train::SampleRequest::from_newline(40, 3);
+    let request = quill_model::SampleRequest::from_newline(40, 3);
     let sample =
-        |request| quill_train::sample_texts(&model, &checkpoint.tokenizer, request, |_, _| {});
+        |request| quill_model::sample_texts(&model, &checkpoint.tokenizer, request, |_, _| {});
     let text = sample(&request).unwrap();
     assert_eq!(text, sample(&request).unwrap());
     assert_eq!(text[0].chars().count(), 40);

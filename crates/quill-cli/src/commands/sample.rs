@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use std::time::{Duration, Instant};
 
-use quill_model::{Penalties, SamplingOptions, WeightFormat};
-use quill_train::{Checkpoint, MemoryEstimate, SampleRequest, SampleTimings};
+use quill_model::{Penalties, SampleRequest, SampleTimings, SamplingOptions, WeightFormat};
+use quill_train::{Checkpoint, MemoryEstimate};
 
 use crate::backend::{self, Job};
 use crate::cli::SampleArgs;
@@ -91,7 +91,7 @@ impl Job for SampleJob {
                 stdout.flush()?;
             }
             let samples =
-                quill_train::sample(&model, &checkpoint.tokenizer, request, |_, piece| {
+                quill_model::sample(&model, &checkpoint.tokenizer, request, |_, piece| {
                     if streaming {
                         // A closed stdout (e.g. `| head`) just ends the stream.
                         let _ = write!(stdout, "{piece}").and_then(|_| stdout.flush());

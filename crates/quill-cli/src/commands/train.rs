@@ -11,9 +11,9 @@ use burn::tensor::backend::AutodiffBackend;
 use quill_data::Dataset;
 use quill_train::{
     Agreement, Batch, Checkpoint, DEFAULT_PRESET, EvalRecord, FloatType, MemoryEstimate, Observer,
-    Outcome, Preset, Run, RunConfig, RunDir, RunSecret, RunSummary, SampleRequest, Sources,
-    StepReport, TrainError, Trainer, Which, World, check_run_dir, fresh_run_dir, holds_run,
-    human_bytes, is_run_dir, sample_texts, train,
+    Outcome, Preset, Run, RunConfig, RunDir, RunSecret, RunSummary, Sources, StepReport,
+    TrainError, Trainer, Which, World, check_run_dir, fresh_run_dir, holds_run, human_bytes,
+    is_run_dir, train,
 };
 
 use crate::backend::{self, Job};
@@ -662,8 +662,9 @@ impl Job for TrainJob {
                     Some(_) => FINAL_SAMPLE_CHARS,
                     None => FINAL_SAMPLE_SUBWORDS,
                 };
-                let request = SampleRequest::from_newline(tokens, seed);
-                let text = sample_texts(&model, &checkpoint.tokenizer, &request, |_, _| {})?;
+                let request = quill_model::SampleRequest::from_newline(tokens, seed);
+                let text =
+                    quill_model::sample_texts(&model, &checkpoint.tokenizer, &request, |_, _| {})?;
                 println!("--- a sample from {} ---\n{}", dir.display(), text[0]);
             }
         }

@@ -24,13 +24,13 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "distributed")]
 use crate::distributed::{Collective, World};
 use crate::evaluate::{Losses, evaluate_with};
-use crate::inference::{SampleRequest, sample_texts};
 use crate::schedule::learning_rate;
 use crate::trainer::strategy::{SingleProcess, Strategy, fingerprint, fingerprint_more};
 use crate::trainer::{Batch, Trainer};
 use crate::{RunConfig, TrainError};
 use checkpoint::{Checkpoint, TrainState};
 use metrics::EvalRecord;
+use quill_model::{SampleRequest, sample_texts};
 use run_dir::RunDir;
 
 /// One optimizer step, as reported to an [`Observer`] and recorded, one line each, in

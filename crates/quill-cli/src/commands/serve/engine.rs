@@ -10,8 +10,7 @@
 use anyhow::Result;
 use burn::tensor::backend::Backend;
 use quill_data::Tokenizer;
-use quill_model::{Batcher, GroupId, LanguageModel, SamplingOptions};
-use quill_train::StopText;
+use quill_model::{Batcher, GroupId, LanguageModel, SamplingOptions, StopText};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

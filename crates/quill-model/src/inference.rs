@@ -1,13 +1,12 @@
 //! Text in, text out: prompts, stop sequences and streaming on top of
-//! [`quill_model::generate`].
+//! [`crate::generate`], for `quill sample`, `quill serve` and the samples a training run
+//! shows.
 
 use std::time::{Duration, Instant};
 
+use crate::{LanguageModel, ModelError, SamplingOptions, generate};
 use burn::tensor::backend::Backend;
 use quill_data::{StreamDecoder, Tokenizer};
-use quill_model::{LanguageModel, SamplingOptions, generate};
-
-use crate::TrainError;
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,7 +50,7 @@ pub fn sample_texts<B: Backend>(
     tokenizer: &Tokenizer,
     request: &SampleRequest,
     on_token: impl FnMut(usize, &str),
-) -> Result<Vec<String>, TrainError> {
+) -> Result<Vec<String>, ModelError> {
     Ok(sample(model, tokenizer, request, on_token)?.texts)
 }
 
@@ -83,9 +82,11 @@ pub fn sample<B: Backend>(
     tokenizer: &Tokenizer,
     request: &SampleRequest,
     mut on_token: impl FnMut(usize, &str),
-) -> Result<Samples, TrainError> {
+) -> Result<Samples, ModelError> {
     if request.num_samples == 0 {
-        return Err(TrainError::Config("num_samples must be at least 1".into()));
+        return Err(ModelError::Sampling(
+            "num_samples must be at least 1".into(),
+        ));
     }
     let prompt = match tokenizer.encode(&request.prompt)? {
         ids if ids.is_empty() => vec![tokenizer.start_token()],
@@ -167,7 +168,7 @@ impl StopText {
 
     /// Adds token `id`; returns the text that can be shown now (often empty: an
     /// incomplete character, a possible start of a stop string, or a stop reached).
-    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, TrainError> {
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, ModelError> {
         if self.stopped {
             return Ok(String::new());
         }
@@ -225,8 +226,8 @@ impl StopText {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{BigramConfig, ModelConfig};
     use burn_flex::Flex;
-    use quill_model::{BigramConfig, ModelConfig};
 
     fn setup() -> (LanguageModel<Flex>, Tokenizer) {
         let tokenizer = quill_data::CharTokenizer::from_text("\nabc ")
