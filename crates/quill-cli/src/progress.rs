@@ -151,7 +151,8 @@ impl Observer for Progress {
                 if whole > LONG_EVAL_S {
                     self.timing.2 = true;
                     let per_step = STEP_PER_FORWARD * batch_s * self.batches_per_step as f64;
-                    let steps = self.bar.length().unwrap_or(0) - self.bar.position();
+                    let steps =
+                        (self.bar.length().unwrap_or(0)).saturating_sub(self.bar.position());
                     let on_cpu = self.on_cpu;
                     self.bar.suspend(|| {
                         println!(
