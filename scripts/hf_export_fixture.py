@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """transformers runs quill's Hugging Face export: the expectations of
-crates/quill-cli/tests/hf_export.rs.
+crates/quill-cli/tests/it/hf_export.rs.
 
     python3 -m venv /tmp/hf && /tmp/hf/bin/pip install torch==2.15.0 \
         transformers==4.57.1 tokenizers==0.22.2 safetensors==0.8.0 numpy==2.4.6

@@ -142,9 +142,10 @@ fn ci() -> Result<()> {
         ]
         .concat(),
     )?;
-    // The tests include backend parity on WGPU (Mesa's lavapipe in CI).
+    // The tests include backend parity on WGPU (Mesa's lavapipe in CI). They build the
+    // examples too; two of them are run below from that build.
     cargo(&["test", "--release", "--workspace", "--features", WGPU])?;
-    custom_loop()?;
+    examples()?;
     cargo_with_env(
         &["doc", "--release", "--workspace", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
@@ -152,24 +153,35 @@ fn ci() -> Result<()> {
     slim_builds()
 }
 
-/// Runs the public-step example built from the training core alone (no plotting, no
-/// async runtime, no collective), as a library user who only steps a model builds it.
-fn custom_loop() -> Result<()> {
-    cargo(&[
-        "run",
-        "--release",
-        "-p",
-        "quill-train",
-        "--no-default-features",
-        "--example",
-        "custom_loop",
-    ])
+/// Runs two examples as `cargo test` built them: the public-step training loop (which
+/// `slim_builds` also compiles from the training core alone: no plotting, no async
+/// runtime, no collective) and the lecture's matmul-gradient check, which must print
+/// `True` for both of its checks.
+fn examples() -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let examples = target.join("release/examples");
+    let run = |name: &str| -> Result<String> {
+        println!("$ target/release/examples/{name}");
+        let out = stdout_of(&mut Command::new(examples.join(name)))?;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        print!("{text}");
+        Ok(text)
+    };
+    run("custom_loop")?;
+    let checks = run("matmul_grad")?;
+    let verdicts: Vec<&str> = checks.lines().filter(|l| l.contains(": ")).collect();
+    if verdicts.len() != 2 || !verdicts.iter().all(|l| l.ends_with(": True")) {
+        bail!("matmul_grad: expected two checks ending `: True`, got:\n{checks}");
+    }
+    Ok(())
 }
 
 /// `quill-model` without `fused-cpu` has no Flex, gemm or rayon, and no tokenizer
 /// libraries (it uses `quill-data` without `subword`); `quill-data` without `download`
 /// has no HTTP client; the training core has no plotting library, async runtime or
-/// collective engine. Each of them also compiles that way.
+/// collective engine. Each of them also compiles that way, examples included.
 fn slim_builds() -> Result<()> {
     let checks = [
         (
@@ -204,7 +216,14 @@ fn slim_builds() -> Result<()> {
             bail!("{package} --no-default-features depends on {found:?}");
         }
         // And it builds so: code the default features gate must stay behind them.
-        cargo(&["check", "--release", "-p", package, "--no-default-features"])?;
+        cargo(&[
+            "check",
+            "--release",
+            "-p",
+            package,
+            "--no-default-features",
+            "--examples",
+        ])?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //!
 //! Both split text with GPT-2's pre-tokenizing pattern and encode each piece with
 //! GitHub's `bpe` crate, which produces tiktoken's ids (checked against tiktoken's
-//! `gpt2` encoding in `tests/gpt2_vectors.rs`). Training uses Hugging Face's BPE trainer.
+//! `gpt2` encoding in `tests/it/gpt2_vectors.rs`). Training uses Hugging Face's BPE trainer.
 //! The last id of every vocabulary is `<|endoftext|>`, as in GPT-2.
 
 use std::collections::HashSet;

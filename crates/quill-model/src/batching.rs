@@ -15,7 +15,7 @@
 //!
 //! A group's tokens do not depend on the other groups in the batch: it samples from
 //! its own generator, and its logits are those of the group alone (bit for bit on the
-//! CPU kernels; see `tests/batching.rs`). [`generate`] is a batcher of one group.
+//! CPU kernels; see `tests/it/batching.rs`). [`generate`] is a batcher of one group.
 
 use burn::tensor::backend::Backend;
 use quill_data::Rng;

@@ -3,6 +3,7 @@
 //! In a test binary of its own: NdArray<f32> and NdArray<f64> share one device, and a
 //! process that created f32 tensors first can make the f64 backend's new tensors f32.
 
+#[path = "it/common.rs"]
 mod common;
 
 use burn::module::{AutodiffModule, Module, ModuleMapper, Param};

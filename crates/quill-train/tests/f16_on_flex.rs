@@ -14,6 +14,7 @@ use burn_flex::{Flex, FlexDevice};
 use quill_train::metrics::read_jsonl;
 use quill_train::{Checkpoint, LossScaler, Outcome, StepReport};
 
+#[path = "it/common.rs"]
 mod common;
 
 use common::{Record, config, interrupted_then_resumed_with, run_to, tweak};

@@ -1,7 +1,7 @@
 //! Subword tokens end to end: `quill data prepare` → `quill train` → `quill sample` /
 //! `eval` for each tokenizer, and one-line errors for broken datasets.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

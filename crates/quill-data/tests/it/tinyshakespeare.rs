@@ -84,7 +84,7 @@ fn gpt2_shards_are_nanogpts_data_shakespeare() {
         val_bin_sha256: String,
     }
     let expected: Fixture =
-        serde_json::from_str(include_str!("fixtures/gpt2-vectors.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/gpt2-vectors.json")).unwrap();
     let expected = expected.shakespeare;
     let dir = tempfile::tempdir().unwrap();
     let mut options = PrepareOptions {

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 
-mod common;
+use crate::common;
 
 use common::{TINY_MODEL, error_line, quill, stdout};
 use safetensors::SafeTensors;

@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-mod common;
+use crate::common;
 
 #[cfg(feature = "wgpu")]
 use common::quill_with_env;

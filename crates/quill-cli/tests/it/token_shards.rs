@@ -3,7 +3,7 @@
 //! directory holding both) train with exactly the losses of the same tokens in one
 //! file, and resume.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-mod common;
+use crate::common;
 use common::{TINY_MODEL, error_line, quill, stdout};
 
 /// A tiny model trained for a few steps, once for every test here.

@@ -3,7 +3,7 @@
 //! over HTTP) → `quill sample` → `quill train --init-from` → `quill export --format hf`
 //! → `quill import` again, and one-line errors.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};

@@ -16,7 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod common;
+use crate::common;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -137,7 +137,7 @@ fn skip_reason(words: &[String]) -> Option<&'static str> {
         return Some("needs a GPU");
     }
     if has("serve") {
-        return Some("serves until stopped (tests/serve.rs runs the server)");
+        return Some("serves until stopped (tests/it/serve.rs runs the server)");
     }
     if has("import") && has("gpt2") && !has("--from") {
         return Some("downloads from the Hugging Face Hub (here: imported from a fixture)");

@@ -3,7 +3,7 @@
 //! and resumes; what is not a nanoGPT checkpoint is a one-line error, and `--out` is
 //! only ever an empty or quill-owned directory.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

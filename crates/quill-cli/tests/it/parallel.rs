@@ -3,7 +3,7 @@
 //! cleanly (one line each) when a rank dies, differs, cannot reach the coordinator or
 //! cannot see the data.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! tokens [`generate`] gives each of them alone, inside and beyond the block; and a
 //! grouped step's logits equal each group's own pass bit for bit.
 
-mod common;
+use crate::common;
 
 use burn::tensor::backend::Backend;
 use burn_flex::Flex;

@@ -4,9 +4,7 @@
 //! the export's `tokenizer.json` gives quill's ids on the validation text (the ids
 //! `AutoTokenizer` gave, by their hash), and `quill sample --temperature 0` gives the
 //! 100 tokens transformers' greedy `generate` gave, on logits within 1e-4 of its own.
-#![cfg(feature = "flex")]
-
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

@@ -18,7 +18,7 @@ struct Vector {
 }
 
 fn fixture() -> Fixture {
-    serde_json::from_str(include_str!("fixtures/gpt2-vectors.json")).unwrap()
+    serde_json::from_str(include_str!("../fixtures/gpt2-vectors.json")).unwrap()
 }
 
 #[test]

@@ -9,7 +9,7 @@ use quill_model::ModelOverrides;
 use quill_model::params::export;
 use quill_train::{Batch, RunConfig, TrainError, Trainer};
 
-mod common;
+use crate::common;
 
 use common::AB;
 

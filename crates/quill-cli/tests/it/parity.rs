@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-mod common;
+use crate::common;
 
 /// `quill parity --device DEVICE --json [EXTRA…]`, which must succeed.
 fn parity(device: &str, extra: &[&str]) -> serde_json::Value {

@@ -1,6 +1,6 @@
 //! Behaviour of the bigram model and the GPT on the CPU backend.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -5,7 +5,7 @@
 //! positions, LayerNorm, GELU) and the fast one (rotary positions, which the cache must
 //! continue at the right offset, RMSNorm, ReLU²).
 
-mod common;
+use crate::common;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};

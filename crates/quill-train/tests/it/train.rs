@@ -15,7 +15,7 @@ use quill_train::{
     TrainError, human_count,
 };
 
-mod common;
+use crate::common;
 
 use common::{Record, config, expected_vocab, gpt, interrupted_then_resumed_with, run_to, tweak};
 
