@@ -44,6 +44,28 @@ pub struct ParamSpec {
     pub hidden: bool,
 }
 
+/// The values of a `[r, c]` matrix laid out `[c, r]`: a Linear weight between PyTorch's
+/// `[out, in]` and quill's `[in, out]`.
+pub fn transposed(shape: &[usize], values: &[f32]) -> Vec<f32> {
+    let (r, c) = (shape[0], shape[1]);
+    let mut out = vec![0.0; values.len()];
+    for i in 0..r {
+        for j in 0..c {
+            out[j * r + i] = values[i * c + j];
+        }
+    }
+    out
+}
+
+/// A saved parameter's values (PyTorch layout) in quill's layout, flat: a Linear
+/// weight `[out, in]` becomes `[in, out]`.
+pub fn quill_layout(spec: &ParamSpec, saved: &NamedTensor) -> Vec<f32> {
+    match (spec.transposed, saved.shape.len()) {
+        (true, 2) => transposed(&saved.shape, &saved.values),
+        _ => saved.values.clone(),
+    }
+}
+
 /// Every parameter of a model, by id, as the model declares them.
 #[derive(Debug, Clone, Default)]
 pub struct ParamSpecs {

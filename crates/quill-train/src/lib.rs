@@ -8,7 +8,7 @@
 //!   and the training's [`TrainConfig`], from a [`Preset`], a checkpoint, a `--config`
 //!   file and flags, in that order ([`RunConfig::resolve`]).
 //! - **The step** ([`Trainer`]): forward, backward, gradients averaged over
-//!   micro-batches, shards of rows and the ranks of a [`Strategy`], then [`MuonAdamW`]
+//!   micro-batches, shards of rows and the ranks of a [`Strategy`], then [`Optimizer`]
 //!   at the [`learning_rate`] of the step.
 //! - **Measuring** ([`evaluate()`]): train and val [`Losses`].
 //! - **A run** ([`train()`]): the loop that composes them with the run directory
@@ -60,7 +60,10 @@ pub use distributed::{
 pub use error::TrainError;
 pub use evaluate::{Losses, estimate_loss, estimate_loss_with, evaluate, evaluate_with};
 pub use interop::{hf, nanogpt};
-pub use optim::{GradBuffer, LossScaler, MuonAdamW, StepOptions, muon, param_lengths};
+pub use optim::{
+    AdamW, GradBuffer, LossScaler, Member, Muon, Optimizer, Precision, StepContext, StepOptions,
+    UpdateRule, adamw, muon, param_lengths,
+};
 #[cfg(feature = "plot")]
 pub use run::plot::{LossPlot, PlotRun, PlotX, RunsPlot, smoothed};
 pub use run::run_dir::{

@@ -5,10 +5,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use quill_data::{BatchSampler, TokenizerSpec};
-use quill_model::{Activation, BigramConfig, GptConfig, ModelConfig, ModelOverrides, Position};
+use quill_data::BatchSampler;
+use quill_model::{ModelConfig, ModelOverrides};
 
 use crate::{Checkpoint, TrainError};
+
+mod presets;
+
+pub use presets::{DEFAULT_PRESET, PRESETS, Preset};
 
 /// The longest sample printed at each evaluation (`sample_tokens`).
 const MAX_SAMPLE_TOKENS: usize = 100_000;
@@ -40,20 +44,41 @@ pub enum OptimizerKind {
     Muon,
 }
 
-/// Declares [`TrainConfig`], its all-optional twin [`TrainOverrides`] (what a TOML file
-/// or the command line may change), and [`TrainConfig::apply`], from one field list.
+/// Declares [`TrainConfig`] with its defaults, its all-optional twin [`TrainOverrides`]
+/// (what a TOML file or the command line may change), and [`TrainConfig::apply`], from
+/// one field list in the grammar of the model's settings (`quill_model::GptConfig`):
+/// `field: type = default; "help"`.
 /// `#[formerly "key", "flag"]` keeps another name of a setting working as a file key and
 /// a flag: a renamed setting's old name, or nanoGPT's where quill's is shorter.
 macro_rules! train_config {
     ($(
-        $(#[doc = $doc:literal])* $(#[serde $serde:tt])? $(#[formerly $old:literal, $old_flag:literal])?
-        $field:ident : $ty:ty
+        $(#[doc = $doc:literal])* $(#[formerly $old:literal, $old_flag:literal])?
+        $field:ident : $ty:ty = $default:expr ; $help:literal
     ),* $(,)?) => {
         /// The training settings of a run (the model's are its [`ModelConfig`]). Saved in
-        /// each checkpoint's `config.json`, beside the model.
+        /// each checkpoint's `config.json`, beside the model. Every setting has a
+        /// default, nanoGPT's `train.py` value where it has one (GPT-2 124M on
+        /// OpenWebText), so a program and a preset name only what they change:
+        ///
+        /// ```
+        /// use quill_train::TrainConfig;
+        ///
+        /// let config = TrainConfig { batch_size: 64, max_iters: 5000, ..Default::default() };
+        /// assert_eq!((config.lr, config.grad_accum, config.beta2), (6e-4, 40, 0.95));
+        /// config.validate().unwrap();
+        /// ```
+        ///
+        /// A setting missing from a `config.json` takes its default too.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default)]
         pub struct TrainConfig {
-            $( $(#[doc = $doc])* $(#[serde $serde])? $(#[serde(alias = $old)])? pub $field: $ty, )*
+            $( $(#[doc = $doc])* $(#[serde(alias = $old)])? pub $field: $ty, )*
+        }
+
+        impl Default for TrainConfig {
+            fn default() -> Self {
+                TrainConfig { $( $field: $default, )* }
+            }
         }
 
         /// Changes to a [`TrainConfig`]: the keys of a `--config` TOML file and the
@@ -63,7 +88,7 @@ macro_rules! train_config {
         #[cfg_attr(feature = "clap", derive(clap::Args))]
         pub struct TrainOverrides {
             $(
-                $(#[doc = $doc])*
+                #[doc = $help]
                 #[cfg_attr(feature = "clap", arg(long $(, alias = $old_flag)?))]
                 #[serde(skip_serializing_if = "Option::is_none")]
                 $(#[serde(alias = $old)])?
@@ -94,82 +119,65 @@ macro_rules! train_config {
 
 train_config! {
     /// Sequences per micro-batch.
-    batch_size: usize,
-    /// Micro-batches per optimizer step.
+    batch_size: usize = 12; "Sequences per micro-batch.",
+    /// Micro-batches per optimizer step (nanoGPT: 5 × 8, for 8 GPUs).
     #[formerly "gradient_accumulation_steps", "gradient-accumulation-steps"]
-    grad_accum: usize,
+    grad_accum: usize = 40; "Micro-batches per optimizer step.",
     /// Optimizer steps.
-    max_iters: usize,
+    max_iters: usize = 600_000; "Optimizer steps.",
     /// Evaluate (and checkpoint) every this many steps.
-    eval_interval: usize,
+    eval_interval: usize = 2000; "Evaluate (and checkpoint) every this many steps.",
     /// Batches per split in each periodic evaluation.
-    eval_iters: usize,
+    eval_iters: usize = 200; "Batches per split in each periodic evaluation.",
     /// Batches per split in the evaluation after the last step.
-    final_eval_iters: usize,
+    final_eval_iters: usize = 200; "Batches per split in the evaluation after the last step.",
     /// Peak learning rate.
     #[formerly "learning_rate", "learning-rate"]
-    lr: f64,
-    /// Final learning rate of the cosine schedule.
-    min_lr: f64,
+    lr: f64 = 6e-4; "Peak learning rate.",
+    /// Final learning rate of the cosine and wsd schedules.
+    min_lr: f64 = 6e-5; "Final learning rate of the cosine and wsd schedules.",
     /// Learning-rate schedule.
-    schedule: Schedule,
+    schedule: Schedule = Schedule::Cosine; "Learning-rate schedule.",
     /// Linear warmup steps (cosine and wsd schedules).
-    warmup_iters: usize,
+    warmup_iters: usize = 2000; "Linear warmup steps (cosine and wsd schedules).",
     /// Final steps of linear decay to min_lr (wsd schedule).
-    #[serde(default)]
-    cooldown_iters: usize,
+    cooldown_iters: usize = 0; "Final steps of linear decay to min_lr (wsd schedule).",
     /// The hidden matrices' optimizer: adamw or muon.
-    #[serde(default)]
-    optimizer: OptimizerKind,
-    /// Muon's peak learning rate (the schedule scales it as it scales lr).
-    #[serde(default = "default_muon_lr")]
-    muon_lr: f64,
+    optimizer: OptimizerKind = OptimizerKind::Adamw; "The hidden matrices' optimizer: adamw or muon.",
+    /// Muon's peak learning rate (the schedule scales it as it scales lr): 0.02, the
+    /// best of 0.02, 0.05 (modded-nanogpt's) and 0.1 on the cpu model (BENCHMARKS.md).
+    muon_lr: f64 = 0.02; "Muon's peak learning rate (the schedule scales it as it scales lr).",
     /// Muon's momentum (Nesterov).
-    #[serde(default = "default_muon_momentum")]
-    muon_momentum: f64,
+    muon_momentum: f64 = 0.95; "Muon's momentum (Nesterov).",
     /// AdamW decoupled weight decay (on ≥2-D weights only).
-    weight_decay: f64,
+    weight_decay: f64 = 0.1; "AdamW decoupled weight decay (on ≥2-D weights only).",
     /// AdamW β1.
-    beta1: f64,
+    beta1: f64 = 0.9; "AdamW β1.",
     /// AdamW β2.
-    beta2: f64,
-    /// AdamW ε.
-    eps: f64,
+    beta2: f64 = 0.95; "AdamW β2.",
+    /// AdamW ε (PyTorch's default; nanoGPT does not set it).
+    eps: f64 = 1e-8; "AdamW ε.",
     /// Clip the global gradient norm to this (0 disables).
-    grad_clip: f64,
+    grad_clip: f64 = 1.0; "Clip the global gradient norm to this (0 disables).",
     /// Seed of weights, batches, dropout and samples.
-    seed: u64,
-    /// Fraction of the corpus held out for validation (taken from its end).
-    val_fraction: f64,
-    /// Tokens sampled and shown at each evaluation (0 disables).
+    seed: u64 = 1337; "Seed of weights, batches, dropout and samples.",
+    /// Fraction of the corpus held out for validation (taken from its end; nanoGPT's
+    /// character and Shakespeare data hold out 10 %).
+    val_fraction: f64 = 0.1; "Fraction of the corpus held out for validation (taken from its end).",
+    /// Tokens sampled and shown at each evaluation (0 disables; nanoGPT's `train.py`
+    /// samples nothing, its `sample.py` afterwards).
     #[formerly "sample_chars", "sample-chars"]
-    sample_tokens: usize,
+    sample_tokens: usize = 200; "Tokens sampled and shown at each evaluation (0 disables).",
     /// In 16-bit training (bf16, f16, or emulate_bf16), keep an f32 master copy of
     /// every parameter that the optimizer updates and the model holds the rounding of
     /// (false: the 16-bit parameters alone, which lose updates smaller than their last
-    /// bit).
-    #[serde(default = "default_master_weights")]
-    master_weights: bool,
+    /// bit). On in configurations written before the setting existed.
+    master_weights: bool = true;
+        "In 16-bit training, keep an f32 master copy of every parameter the optimizer updates.",
     /// Round every parameter to bf16 after each update while computing in f32: what
     /// bf16 parameter storage does to the weights, measurable on the CPU (f32 only).
-    #[serde(default)]
-    emulate_bf16: bool,
-}
-
-/// `master_weights` of configurations written before master weights existed: on.
-pub(crate) fn default_master_weights() -> bool {
-    true
-}
-
-/// `muon_lr` of configurations written before Muon existed: 0.02, the best of 0.02,
-/// 0.05 (modded-nanogpt's) and 0.1 on the cpu model (BENCHMARKS.md).
-pub(crate) fn default_muon_lr() -> f64 {
-    0.02
-}
-
-/// `muon_momentum` of configurations written before Muon existed: 0.95.
-pub(crate) fn default_muon_momentum() -> f64 {
-    0.95
+    emulate_bf16: bool = false;
+        "Round every parameter to bf16 after each update while computing in f32 (f32 only).",
 }
 
 /// Every setting of a run: the model and the training. A checkpoint's `config.json`
@@ -243,245 +251,6 @@ impl RunOverrides {
         self.model.apply(&later.model);
         self.train.apply(&later.train);
     }
-}
-
-/// A built-in starting point for a run: its settings and its tokenizer.
-#[derive(Debug, Clone, Copy)]
-pub struct Preset {
-    /// The name `--preset` takes.
-    pub name: &'static str,
-    /// One line for `--help`.
-    pub description: &'static str,
-    /// The tokenizer the preset trains with (on tiny Shakespeare by default).
-    pub tokenizer: TokenizerSpec,
-    settings: fn() -> RunConfig,
-}
-
-impl Preset {
-    /// The preset's settings.
-    pub fn config(&self) -> RunConfig {
-        (self.settings)()
-    }
-
-    /// The preset called `name`, or an error listing the presets.
-    pub fn named(name: &str) -> Result<&'static Preset, TrainError> {
-        PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
-            let names: Vec<_> = PRESETS.iter().map(|p| p.name).collect();
-            TrainError::Config(format!(
-                "unknown preset {name:?}; the presets are {}",
-                names.join(", ")
-            ))
-        })
-    }
-}
-
-/// The built-in presets, in the order `--help` lists them.
-pub const PRESETS: [Preset; 7] = [
-    Preset {
-        name: "bigram",
-        description: "the lecture's bigram model (32-wide embeddings, 8 characters of context)",
-        tokenizer: TokenizerSpec::Char,
-        settings: bigram,
-    },
-    Preset {
-        name: "lecture",
-        description: "the lecture's final GPT: 6 layers × 384, PyTorch's AdamW defaults, constant lr",
-        tokenizer: TokenizerSpec::Char,
-        settings: lecture,
-    },
-    Preset {
-        name: "shakespeare-char",
-        description: "nanoGPT's config/train_shakespeare_char.py: 6 layers × 384, 256 characters",
-        tokenizer: TokenizerSpec::Char,
-        settings: shakespeare_char,
-    },
-    Preset {
-        name: "cpu",
-        description: "a 0.8 M-parameter GPT that trains on a laptop CPU in minutes (the default)",
-        tokenizer: TokenizerSpec::Char,
-        settings: cpu,
-    },
-    Preset {
-        name: "shakespeare-gpt2",
-        description: "the cpu model on GPT-2 tokens of tiny Shakespeare (nanoGPT's data/shakespeare)",
-        tokenizer: TokenizerSpec::Gpt2,
-        settings: shakespeare_gpt2,
-    },
-    Preset {
-        name: "cpu-fast",
-        description: "the fast recipe (Muon, rotary, ReLU², wsd) on a 3-layer cpu model",
-        tokenizer: TokenizerSpec::Char,
-        settings: cpu_fast,
-    },
-    Preset {
-        name: "shakespeare-char-fast",
-        description: "the fast recipe on the shakespeare-char model",
-        tokenizer: TokenizerSpec::Char,
-        settings: shakespeare_char_fast,
-    },
-];
-
-/// A GPT of `n_layer` blocks of width `n_embd` in `n_head` heads, over `block_size`
-/// tokens, without biases, with the presets' dropout.
-fn gpt(n_layer: usize, n_head: usize, n_embd: usize, block_size: usize) -> GptConfig {
-    GptConfig {
-        n_layer,
-        n_head,
-        n_embd,
-        block_size,
-        bias: false,
-        ..Default::default()
-    }
-}
-
-fn shakespeare_char() -> RunConfig {
-    RunConfig {
-        model: ModelConfig::Gpt(GptConfig {
-            dropout: 0.2,
-            ..gpt(6, 6, 384, 256)
-        }),
-        train: TrainConfig {
-            batch_size: 64,
-            grad_accum: 1,
-            max_iters: 5000,
-            eval_interval: 250,
-            eval_iters: 200,
-            final_eval_iters: 200,
-            lr: 1e-3,
-            min_lr: 1e-4,
-            schedule: Schedule::Cosine,
-            warmup_iters: 100,
-            cooldown_iters: 0,
-            optimizer: OptimizerKind::Adamw,
-            muon_lr: default_muon_lr(),
-            muon_momentum: default_muon_momentum(),
-            weight_decay: 0.1,
-            beta1: 0.9,
-            beta2: 0.99,
-            eps: 1e-8,
-            grad_clip: 1.0,
-            seed: 1337,
-            val_fraction: 0.1,
-            sample_tokens: 200,
-            master_weights: default_master_weights(),
-            emulate_bf16: false,
-        },
-    }
-}
-
-/// The lecture's PyTorch defaults: AdamW(lr) with β2 0.999, weight decay 0.01, no clipping.
-fn lecture() -> RunConfig {
-    let base = shakespeare_char();
-    let ModelConfig::Gpt(model) = base.model else {
-        unreachable!("shakespeare-char is a GPT")
-    };
-    RunConfig {
-        model: ModelConfig::Gpt(GptConfig {
-            tie_weights: false,
-            bias: true,
-            ..model
-        }),
-        train: TrainConfig {
-            eval_interval: 500,
-            lr: 3e-4,
-            min_lr: 3e-4,
-            schedule: Schedule::Constant,
-            warmup_iters: 0,
-            weight_decay: 0.01,
-            beta2: 0.999,
-            grad_clip: 0.0,
-            ..base.train
-        },
-    }
-}
-
-fn bigram() -> RunConfig {
-    RunConfig {
-        model: ModelConfig::Bigram(BigramConfig {
-            vocab_size: 65,
-            block_size: 8,
-            n_embd: 32,
-        }),
-        train: TrainConfig {
-            batch_size: 32,
-            max_iters: 10_000,
-            lr: 1e-3,
-            min_lr: 1e-3,
-            ..lecture().train
-        },
-    }
-}
-
-fn cpu() -> RunConfig {
-    RunConfig {
-        model: ModelConfig::Gpt(gpt(4, 4, 128, 64)),
-        train: TrainConfig {
-            batch_size: 12,
-            max_iters: 2000,
-            eval_interval: 250,
-            eval_iters: 20,
-            ..shakespeare_char().train
-        },
-    }
-}
-
-/// The cpu model on GPT-2 tokens of tiny Shakespeare (nanoGPT's data/shakespeare):
-/// 302k training tokens overfit within a few hundred steps of this model, hence dropout
-/// and a short run.
-fn shakespeare_gpt2() -> RunConfig {
-    let mut config = cpu();
-    config.model.apply(&ModelOverrides {
-        dropout: Some(0.1),
-        ..Default::default()
-    });
-    config.train = TrainConfig {
-        max_iters: 500,
-        eval_interval: 100,
-        warmup_iters: 50,
-        sample_tokens: 100,
-        ..config.train
-    };
-    config
-}
-
-/// One layer fewer than cpu: it reached val 1.95 in the same steps, each 25% cheaper
-/// (BENCHMARKS.md).
-fn cpu_fast() -> RunConfig {
-    let mut config = fast_recipe(cpu(), 450, 30);
-    config.model.apply(&ModelOverrides {
-        n_layer: Some(3),
-        ..Default::default()
-    });
-    config.train.eval_interval = 100;
-    config
-}
-
-/// The fast recipe at the shakespeare-char model's size; its step count is cpu-fast's
-/// scaled, not measured (BENCHMARKS.md).
-fn shakespeare_char_fast() -> RunConfig {
-    fast_recipe(shakespeare_char(), 2500, 100)
-}
-
-/// The fast recipe on `base`'s model: the modded-nanogpt choices that shortened the
-/// time to val ≤ 1.95 on the cpu model, each alone over 3 seeds (BENCHMARKS.md): Muon,
-/// rotary positions, ReLU², and a warmup–stable–decay schedule of `max_iters` steps
-/// with a short warmup and the last 40% decaying. (RMSNorm and zero-initialised
-/// projections did not win there and stay off.)
-fn fast_recipe(mut base: RunConfig, max_iters: usize, warmup_iters: usize) -> RunConfig {
-    base.model.apply(&ModelOverrides {
-        position: Some(Position::Rotary),
-        activation: Some(Activation::Relu2),
-        ..Default::default()
-    });
-    base.train = TrainConfig {
-        optimizer: OptimizerKind::Muon,
-        schedule: Schedule::Wsd,
-        max_iters,
-        warmup_iters,
-        cooldown_iters: max_iters * 2 / 5,
-        ..base.train
-    };
-    base
 }
 
 /// Where a run's settings come from, in the order they apply: a checkpoint to resume
@@ -575,9 +344,6 @@ impl RunConfig {
     }
 }
 
-/// The preset a run without `--preset` (or a checkpoint) starts from.
-pub const DEFAULT_PRESET: &str = "cpu";
-
 /// [`RunConfig::flat`]: the model's settings, then the training's, as one map.
 #[derive(Debug, Serialize)]
 pub struct FlatConfig<'a> {
@@ -668,7 +434,8 @@ const MAX_GRAD_ACCUM: usize = 1 << 16;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quill_model::{ModelKind, Norm};
+    use quill_data::TokenizerSpec;
+    use quill_model::{Activation, BigramConfig, GptConfig, ModelKind, Norm, Position};
 
     fn gpt(config: &RunConfig) -> &GptConfig {
         match &config.model {
@@ -753,6 +520,39 @@ mod tests {
         assert_eq!(
             Preset::named("shakespeare-gpt2").unwrap().tokenizer,
             TokenizerSpec::Gpt2
+        );
+    }
+
+    #[test]
+    fn the_defaults_are_nanogpts_train_py() {
+        let d = TrainConfig::default();
+        assert_eq!(
+            (
+                d.batch_size,
+                d.grad_accum,
+                d.max_iters,
+                d.eval_interval,
+                d.eval_iters
+            ),
+            (12, 40, 600_000, 2000, 200)
+        );
+        assert_eq!(
+            (d.lr, d.min_lr, d.warmup_iters, d.schedule),
+            (6e-4, 6e-5, 2000, Schedule::Cosine)
+        );
+        assert_eq!(
+            (d.weight_decay, d.beta1, d.beta2, d.grad_clip, d.seed),
+            (0.1, 0.9, 0.95, 1.0, 1337)
+        );
+        d.validate().unwrap();
+        // A config.json without a setting reads it as its default.
+        let t: TrainConfig = serde_json::from_str(r#"{"batch_size": 64}"#).unwrap();
+        assert_eq!(
+            t,
+            TrainConfig {
+                batch_size: 64,
+                ..Default::default()
+            }
         );
     }
 

@@ -18,7 +18,7 @@ use std::path::Path;
 use burn::tensor::backend::Backend;
 use quill_data::atomic::Marker;
 use quill_data::{Rng, Tokenizer};
-use quill_model::params::NamedTensor;
+use quill_model::params::{NamedTensor, transposed};
 use quill_model::{Activation, GptConfig, ModelConfig, Norm, Position};
 use safetensors::SafeTensors;
 use serde_json::{Value, json};
@@ -191,22 +191,10 @@ fn transpose(name: String, shape: &[usize], values: &[f32]) -> NamedTensor {
     }
 }
 
-/// The values of a `[r, c]` matrix laid out `[c, r]`.
-pub(crate) fn transposed(shape: &[usize], values: &[f32]) -> Vec<f32> {
-    let (r, c) = (shape[0], shape[1]);
-    let mut out = vec![0.0; values.len()];
-    for i in 0..r {
-        for j in 0..c {
-            out[j * r + i] = values[i * c + j];
-        }
-    }
-    out
-}
-
 /// nanoGPT's `finetune_shakespeare.py` training settings for an imported model: batch 1 × 32
 /// micro-batches of the full context, constant learning rate 3e-5, 20 steps,
-/// evaluation every 5 steps on 40 batches; the rest from nanoGPT's `train.py` defaults
-/// (weight decay 0.1, β2 0.95, clipping at 1).
+/// evaluation every 5 steps on 40 batches; the rest are `train.py`'s defaults
+/// ([`TrainConfig::default`]: weight decay 0.1, β2 0.95, clipping at 1).
 pub fn finetune_config() -> TrainConfig {
     TrainConfig {
         batch_size: 1,
@@ -219,20 +207,8 @@ pub fn finetune_config() -> TrainConfig {
         min_lr: 3e-5,
         schedule: Schedule::Constant,
         warmup_iters: 0,
-        cooldown_iters: 0,
-        optimizer: crate::config::OptimizerKind::Adamw,
-        muon_lr: crate::config::default_muon_lr(),
-        muon_momentum: crate::config::default_muon_momentum(),
-        weight_decay: 0.1,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        grad_clip: 1.0,
-        seed: 1337,
-        val_fraction: 0.1,
         sample_tokens: 100,
-        master_weights: crate::config::default_master_weights(),
-        emulate_bf16: false,
+        ..Default::default()
     }
 }
 

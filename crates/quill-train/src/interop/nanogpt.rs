@@ -364,7 +364,7 @@ impl NanoGpt {
                 }
                 // quill holds a Linear weight `[in, out]`, PyTorch `[out, in]`.
                 let values = match crate::interop::hf::is_linear_weight(name) {
-                    true => crate::interop::hf::transposed(&shape, &values),
+                    true => quill_model::params::transposed(&shape, &values),
                     false => values,
                 };
                 out.push(NamedTensor {

@@ -1,9 +1,129 @@
-//! AdamW's update of one parameter, as PyTorch's `torch.optim.AdamW` computes it
-//! (decoupled weight decay, bias-corrected moments): in tensor operations here, and as
-//! the fused CPU kernel's one pass (`quill_kernels::AdamWUpdate`) on Flex.
+//! AdamW, as PyTorch's `torch.optim.AdamW` computes it (decoupled weight decay,
+//! bias-corrected moments), element-wise: in tensor operations, and as the fused CPU
+//! kernel's one pass (`quill_kernels::AdamWUpdate`) on Flex. Its state is the two
+//! moments of each parameter, `exp_avg.<name>` and `exp_avg_sq.<name>` (PyTorch's).
+
+use std::collections::BTreeMap;
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+
+use super::host::adamw_on_host;
+use super::rule::{Member, StepContext, UpdateRule};
+use super::{to_f32, upload_f32};
+use crate::TrainError;
+
+const EXP_AVG: &str = "exp_avg.";
+const EXP_AVG_SQ: &str = "exp_avg_sq.";
+
+/// AdamW's settings and its moments, by parameter name.
+#[derive(Debug, Clone)]
+pub struct AdamW<B: Backend> {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    moments: BTreeMap<String, (Tensor<B, 1>, Tensor<B, 1>)>,
+    /// This step's gradients and whether each parameter decays, until applied.
+    pending: BTreeMap<String, (Tensor<B, 1>, bool)>,
+}
+
+impl<B: Backend> AdamW<B> {
+    /// AdamW with no moments yet.
+    pub fn new(beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Self {
+        AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            moments: BTreeMap::new(),
+            pending: BTreeMap::new(),
+        }
+    }
+}
+
+impl<B: Backend> UpdateRule<B> for AdamW<B> {
+    fn name(&self) -> &'static str {
+        "AdamW"
+    }
+
+    fn state_prefixes(&self) -> &'static [&'static str] {
+        &[EXP_AVG, EXP_AVG_SQ]
+    }
+
+    fn begin(&mut self, grads: Vec<(Member, Tensor<B, 1>)>, _ctx: &StepContext) {
+        self.pending = (grads.into_iter())
+            .map(|(member, g)| (member.name, (g, member.decays)))
+            .collect();
+    }
+
+    fn updates(&self, name: &str) -> bool {
+        self.pending.contains_key(name)
+    }
+
+    fn apply(&mut self, name: &str, p: Tensor<B, 1>, ctx: &StepContext) -> Tensor<B, 1> {
+        let (g, decays) = self.pending.remove(name).expect("updates(name)");
+        let (m, v) = self
+            .moments
+            .remove(name)
+            .unwrap_or_else(|| (p.zeros_like(), p.zeros_like()));
+        let (t, lr) = (ctx.step as i32, ctx.lr);
+        let hyper = Hyper {
+            scale: ctx.scale as f32,
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            decay: match decays && self.weight_decay > 0.0 {
+                true => (1.0 - lr * self.weight_decay) as f32,
+                false => 1.0,
+            },
+            step_size: (lr / (1.0 - self.beta1.powi(t))) as f32,
+            sqrt_bias_correction2: (1.0 - self.beta2.powi(t)).sqrt() as f32,
+            eps: self.eps as f32,
+        };
+        // In f32 whatever the parameters' dtype: in f16, eps (1e-8) is 0 and a
+        // parameter without gradient would get 0/0.
+        let g = to_f32(g);
+        let (p, m, v) = match adamw_on_host(&hyper, [&p, &g, &m, &v]) {
+            Some(new) => {
+                let device = p.device();
+                let [p, m, v] = new.map(|x| upload_f32(x, &device));
+                (p, m, v)
+            }
+            None => hyper.update_tensors(p, g, m, v),
+        };
+        self.moments.insert(name.to_string(), (m, v));
+        p
+    }
+
+    fn state(&self) -> Vec<(String, &Tensor<B, 1>)> {
+        (self.moments.iter())
+            .flat_map(|(name, (m, v))| {
+                [
+                    (format!("{EXP_AVG}{name}"), m),
+                    (format!("{EXP_AVG_SQ}{name}"), v),
+                ]
+            })
+            .collect()
+    }
+
+    fn load_state(&mut self, mut saved: BTreeMap<String, Tensor<B, 1>>) -> Result<(), TrainError> {
+        self.moments.clear();
+        let firsts: Vec<String> = (saved.keys())
+            .filter(|key| key.starts_with(EXP_AVG) && !key.starts_with(EXP_AVG_SQ))
+            .cloned()
+            .collect();
+        for key in firsts {
+            let name = &key[EXP_AVG.len()..];
+            let second = format!("{EXP_AVG_SQ}{name}");
+            let v = saved
+                .remove(&second)
+                .ok_or_else(|| TrainError::OptimizerState(format!("missing tensor {second}")))?;
+            let m = saved.remove(&key).expect("listed above");
+            self.moments.insert(name.to_string(), (m, v));
+        }
+        Ok(())
+    }
+}
 
 /// One AdamW step's constants for one parameter, as `f32` (the precision of the
 /// update).

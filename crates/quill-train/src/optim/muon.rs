@@ -4,9 +4,96 @@
 //! by a few Newton–Schulz iterations instead of an SVD. Every direction of the update
 //! then moves by the same amount, however small its gradient.
 //!
-//! Embeddings, the LM head, gains and biases stay with AdamW ([`crate::MuonAdamW`]).
+//! Embeddings, the LM head, gains and biases stay with AdamW ([`crate::Optimizer`]
+//! gives [`Muon`] the hidden matrices only). Its state is one momentum buffer per
+//! matrix, `momentum_buffer.<name>` (PyTorch's `SGD` name).
+
+use std::collections::BTreeMap;
 
 use burn::tensor::{Tensor, backend::Backend};
+
+use super::rule::{Member, StepContext, UpdateRule};
+use super::to_f32;
+use crate::TrainError;
+
+const MOMENTUM: &str = "momentum_buffer.";
+
+/// Muon's momentum, its buffers by parameter name, and this step's updates until
+/// applied.
+#[derive(Debug, Clone)]
+pub struct Muon<B: Backend> {
+    momentum: f64,
+    buffers: BTreeMap<String, Tensor<B, 1>>,
+    steps: BTreeMap<String, Tensor<B, 1>>,
+}
+
+impl<B: Backend> Muon<B> {
+    /// Muon with Nesterov momentum `momentum` and no buffers yet.
+    pub fn new(momentum: f64) -> Self {
+        Muon {
+            momentum,
+            buffers: BTreeMap::new(),
+            steps: BTreeMap::new(),
+        }
+    }
+}
+
+impl<B: Backend> UpdateRule<B> for Muon<B> {
+    fn name(&self) -> &'static str {
+        "Muon"
+    }
+
+    fn state_prefixes(&self) -> &'static [&'static str] {
+        &[MOMENTUM]
+    }
+
+    /// Each gradient (times the scale) into its momentum buffer; the Nesterov
+    /// directions orthogonalised together ([`orthogonalize_all`]), times
+    /// `lr·√max(1, out/in)`.
+    fn begin(&mut self, grads: Vec<(Member, Tensor<B, 1>)>, ctx: &StepContext) {
+        let mut names = Vec::new();
+        let mut directions = Vec::new();
+        for (member, g) in grads {
+            let [d_in, d_out] = member.dims[..] else {
+                unreachable!("Muon takes matrices only")
+            };
+            let g = to_f32(g) * ctx.scale;
+            let buf = (self.buffers.remove(&member.name)).unwrap_or_else(|| g.zeros_like());
+            let (direction, buf) = nesterov(g, buf, self.momentum);
+            self.buffers.insert(member.name.clone(), buf);
+            directions.push(direction.reshape([d_in, d_out]));
+            names.push((member.name, [d_in, d_out]));
+        }
+        let orthogonal = orthogonalize_all(directions);
+        self.steps = (names.into_iter().zip(orthogonal))
+            .map(|((name, [d_in, d_out]), o)| {
+                let step = o * (ctx.lr * shape_factor(d_in, d_out));
+                (name, step.reshape([d_in * d_out]))
+            })
+            .collect();
+    }
+
+    fn updates(&self, name: &str) -> bool {
+        self.steps.contains_key(name)
+    }
+
+    fn apply(&mut self, name: &str, p: Tensor<B, 1>, _ctx: &StepContext) -> Tensor<B, 1> {
+        p - self.steps.remove(name).expect("updates(name)")
+    }
+
+    fn state(&self) -> Vec<(String, &Tensor<B, 1>)> {
+        (self.buffers.iter())
+            .map(|(name, buf)| (format!("{MOMENTUM}{name}"), buf))
+            .collect()
+    }
+
+    fn load_state(&mut self, saved: BTreeMap<String, Tensor<B, 1>>) -> Result<(), TrainError> {
+        self.buffers = (saved.into_iter())
+            .filter_map(|(key, buf)| Some((key.strip_prefix(MOMENTUM)?.to_string(), buf)))
+            .collect();
+        Ok(())
+    }
+}
 
 /// Coefficients `(a, b, c)` of the quintic Newton–Schulz step
 /// `X ← a·X + (b·A + c·A²)·X`, `A = X·Xᵀ` (modded-nanogpt's: they push every singular

@@ -10,8 +10,7 @@ use quill_data::BatchSampler;
 use quill_model::LanguageModel;
 use quill_model::params::NamedTensor;
 
-use crate::config::OptimizerKind;
-use crate::optim::{GradBuffer, LossScaler, MuonAdamW, StepOptions, param_dtype};
+use crate::optim::{GradBuffer, LossScaler, Optimizer, StepOptions, param_dtype};
 use crate::schedule::learning_rate;
 use crate::{TrainConfig, TrainError};
 use shard::ShardPools;
@@ -93,7 +92,7 @@ pub struct StepOutput {
 pub struct Trainer<AB: AutodiffBackend> {
     /// `None` only while a step moves the model through the optimizer.
     model: Option<LanguageModel<AB>>,
-    optim: MuonAdamW<AB::InnerBackend>,
+    optim: Optimizer<AB::InnerBackend>,
     config: TrainConfig,
     iter: usize,
     /// Who shares each step: gradients and losses are summed over its ranks.
@@ -118,15 +117,12 @@ impl<AB: AutodiffBackend> Trainer<AB> {
         let c = config;
         let dtype = param_dtype(&model);
         let sixteen_bits = dtype != burn::tensor::DType::F32 || c.emulate_bf16;
-        let optim = MuonAdamW::new(c.beta1, c.beta2, c.eps, c.weight_decay)
+        let optim = Optimizer::for_run(c)
             .with_master_weights(sixteen_bits && c.master_weights)
             .with_bf16_rounding(c.emulate_bf16);
         Trainer {
             model: Some(model),
-            optim: match c.optimizer {
-                OptimizerKind::Adamw => optim,
-                OptimizerKind::Muon => optim.with_muon(c.muon_momentum),
-            },
+            optim,
             config: config.clone(),
             iter: 0,
             strategy: Box::new(SingleProcess),
@@ -202,7 +198,7 @@ impl<AB: AutodiffBackend> Trainer<AB> {
     }
 
     /// A trainer that continues at step `iter` with saved optimizer moments (see
-    /// [`MuonAdamW::state`]) and step count.
+    /// [`Optimizer::state`]) and step count.
     pub fn resume(
         model: LanguageModel<AB>,
         config: &TrainConfig,
@@ -221,7 +217,7 @@ impl<AB: AutodiffBackend> Trainer<AB> {
     }
 
     /// Continues 16-bit training from a checkpoint's f32 `weights` (see
-    /// [`MuonAdamW::load_masters`]) and loss scaler: the master copies are the saved
+    /// [`crate::Precision::load_masters`]) and loss scaler: the master copies are the saved
     /// weights, and the model holds their rounding. Nothing changes in f32 training.
     pub fn with_saved_precision(
         mut self,
@@ -232,7 +228,7 @@ impl<AB: AutodiffBackend> Trainer<AB> {
             .model
             .take()
             .expect("the model is back after each step");
-        self.model = Some(self.optim.load_masters(model, weights));
+        self.model = Some(self.optim.precision_mut().load_masters(model, weights));
         if let (Some(ours), Some(saved)) = (self.scaler.as_mut(), scaler) {
             *ours = saved;
         }
@@ -242,7 +238,7 @@ impl<AB: AutodiffBackend> Trainer<AB> {
     /// The model's weights as a checkpoint saves them: the f32 master copies where the
     /// optimizer keeps them, else the model's own.
     pub fn weights(&self) -> LanguageModel<AB::InnerBackend> {
-        self.optim.with_masters_of(self.model().valid())
+        self.optim.precision().with_masters_of(self.model().valid())
     }
 
     /// The model as it is now.
@@ -253,7 +249,7 @@ impl<AB: AutodiffBackend> Trainer<AB> {
     }
 
     /// The optimizer (its moments go into checkpoints).
-    pub fn optimizer(&self) -> &MuonAdamW<AB::InnerBackend> {
+    pub fn optimizer(&self) -> &Optimizer<AB::InnerBackend> {
         &self.optim
     }
 

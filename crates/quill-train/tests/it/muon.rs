@@ -14,7 +14,7 @@ use quill_data::batch::ids_to_tensor;
 use quill_model::params::export;
 use quill_model::{Activation, GptConfig, LanguageModel, ModelConfig, Norm, Position};
 use quill_train::muon::{self, NEWTON_SCHULZ, NEWTON_SCHULZ_STEPS};
-use quill_train::{GradBuffer, MuonAdamW, StepOptions};
+use quill_train::{GradBuffer, Optimizer, StepOptions};
 
 type Matrix = Vec<Vec<f64>>;
 
@@ -178,8 +178,8 @@ fn muon_moves_hidden_matrices_and_adamw_the_rest() {
     ];
     let is_hidden = |name: &str| hidden.iter().any(|h| name.ends_with(h));
     let (mut with_muon, mut adamw) = (tiny_gpt(), tiny_gpt());
-    let mut muon_optim = MuonAdamW::new(0.9, 0.99, 1e-8, 0.1).with_muon(MU);
-    let mut adamw_optim = MuonAdamW::new(0.9, 0.99, 1e-8, 0.1);
+    let mut muon_optim = Optimizer::new(0.9, 0.99, 1e-8, 0.1).with_muon(MU);
+    let mut adamw_optim = Optimizer::new(0.9, 0.99, 1e-8, 0.1);
     let mut buffers: BTreeMap<String, Matrix> = BTreeMap::new();
     let mut rng = Rng::new(9);
     for step in 0..2 {

@@ -13,7 +13,7 @@ use quill_data::Rng;
 use quill_data::batch::ids_to_tensor;
 use quill_model::params::export;
 use quill_model::{BigramConfig, LanguageModel, ModelConfig};
-use quill_train::{GradBuffer, MuonAdamW, StepOptions};
+use quill_train::{GradBuffer, Optimizer, StepOptions};
 
 type AB = Autodiff<Flex>;
 
@@ -125,7 +125,7 @@ fn matches_pytorch_adamw_with_global_norm_clipping<A: AutodiffBackend>() {
         v: BTreeMap::new(),
         t: 0,
     };
-    let mut optim = MuonAdamW::new(B1, B2, EPS, WD);
+    let mut optim = Optimizer::new(B1, B2, EPS, WD);
     let mut rng = Rng::new(11);
     let mut clipped = 0;
     for step in 0..5 {
@@ -194,8 +194,8 @@ fn two_accumulated_micro_batches_equal_one_of_their_mean() {
         lr: LR,
         grad_clip: 0.0,
     };
-    let (a, _) = MuonAdamW::new(B1, B2, EPS, WD).step(model.clone(), once, options);
-    let (b, _) = MuonAdamW::new(B1, B2, EPS, WD).step(model, twice, options);
+    let (a, _) = Optimizer::new(B1, B2, EPS, WD).step(model.clone(), once, options);
+    let (b, _) = Optimizer::new(B1, B2, EPS, WD).step(model, twice, options);
     for ((name, pa), (_, pb)) in params(&a).iter().zip(params(&b).iter()) {
         for (u, v) in pa.iter().zip(pb) {
             assert!((u - v).abs() < 1e-6, "{name}");

@@ -9,7 +9,7 @@ use quill_data::Rng;
 use quill_data::batch::ids_to_tensor;
 use quill_model::params::{NamedTensor, export};
 use quill_model::{GptConfig, LanguageModel, ModelConfig};
-use quill_train::{GradBuffer, MuonAdamW, StepOptions};
+use quill_train::{GradBuffer, Optimizer, StepOptions};
 
 type AB = Autodiff<Flex>;
 
@@ -46,8 +46,8 @@ fn model_and_gradients(scales: &[f64]) -> (LanguageModel<AB>, Vec<GradBuffer<Fle
     (model, grads)
 }
 
-fn adamw() -> MuonAdamW<Flex> {
-    MuonAdamW::new(0.9, 0.99, 1e-8, 0.1)
+fn adamw() -> Optimizer<Flex> {
+    Optimizer::new(0.9, 0.99, 1e-8, 0.1)
 }
 
 fn options(loss_scale: Option<f64>) -> StepOptions {
@@ -82,7 +82,7 @@ fn master_copies_take_the_f32_update_and_the_model_holds_its_bf16_rounding() {
         let f32_weights = weights(&a.valid());
         // The master copies are the f32 run's weights, bit for bit ...
         assert_eq!(
-            weights(&master.with_masters_of(b.valid())),
+            weights(&master.precision().with_masters_of(b.valid())),
             f32_weights,
             "step {step}"
         );
@@ -101,7 +101,7 @@ fn master_copies_take_the_f32_update_and_the_model_holds_its_bf16_rounding() {
         t.unwrap().values
     };
     assert!(gain(weights(&c.valid())).iter().all(|&g| g == 1.0));
-    let kept = gain(weights(&master.with_masters_of(b.valid())));
+    let kept = gain(weights(&master.precision().with_masters_of(b.valid())));
     assert!(
         kept.iter().all(|&g| g != 1.0 && (g - 1.0).abs() < 0.004),
         "{kept:?}"
