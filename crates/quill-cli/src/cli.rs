@@ -228,9 +228,10 @@ impl DeviceArgs {
     }
 }
 
-/// Where the corpus comes from.
+/// Where the corpus comes from: `--data` and `--val-data` ([`quill_data::source`]
+/// resolves them).
 #[derive(Debug, Default, Args)]
-pub struct DataSource {
+pub struct DataFlags {
     /// A UTF-8 text file, a directory of *.txt files, or a dataset directory made by
     /// 'quill data prepare' [default: tiny Shakespeare at data/tinyshakespeare/input.txt,
     /// downloaded if missing; with the gpt2 tokenizer, data/shakespeare-gpt2, prepared
@@ -243,10 +244,16 @@ pub struct DataSource {
     /// ('fineweb10B/fineweb_val_*.bin').
     #[arg(long, value_name = "PATTERN", requires = "data")]
     pub val_data: Option<String>,
-    /// Write nothing (--dry-run): a default dataset that is not prepared yet is
-    /// tokenized in memory instead.
-    #[arg(skip)]
-    pub read_only: bool,
+}
+
+impl From<&DataFlags> for quill_data::source::DataSource {
+    fn from(flags: &DataFlags) -> Self {
+        quill_data::source::DataSource {
+            data: flags.data.clone(),
+            val_data: flags.val_data.clone(),
+            read_only: false,
+        }
+    }
 }
 
 /// `quill data`.
@@ -260,7 +267,7 @@ pub struct DataArgs {
     #[arg(value_name = "PATH", conflicts_with = "data")]
     pub path: Option<PathBuf>,
     #[command(flatten)]
-    pub source: DataSource,
+    pub source: DataFlags,
     /// Fraction of the corpus held out for validation.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
@@ -343,7 +350,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub source: DataSource,
+    pub source: DataFlags,
     /// Run directory for checkpoints and metrics [default: runs/PRESET, or runs/PRESET-2,
     /// -3, … when that holds a run; a resumed run continues in its own directory]
     #[arg(long, value_name = "DIR")]
@@ -562,7 +569,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DIR")]
     pub checkpoint: PathBuf,
     #[command(flatten)]
-    pub source: DataSource,
+    pub source: DataFlags,
     /// Batches per split [default: the checkpoint's final_eval_iters].
     #[arg(long)]
     pub eval_iters: Option<usize>,
@@ -606,7 +613,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 50)]
     pub eval_every: usize,
     #[command(flatten)]
-    pub source: DataSource,
+    pub source: DataFlags,
     /// Timed training steps.
     #[arg(long, default_value_t = 20)]
     pub iters: usize,
@@ -646,7 +653,7 @@ pub struct ParityArgs {
     #[arg(long, long_help = presets_help("instead of the small default model (the cpu preset with 2 layers, 2 heads, n_embd 32, block 32, batch 4, no warm-up); dropout is set to 0"))]
     pub preset: Option<String>,
     #[command(flatten)]
-    pub source: DataSource,
+    pub source: DataFlags,
     /// AdamW steps after the initial loss.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,

@@ -148,6 +148,11 @@ pub enum DataError {
     /// A batch or block size of zero.
     #[error("{0} must be at least 1")]
     ZeroSize(&'static str),
+    /// Data that names something quill cannot read as asked (a pattern without its
+    /// validation shards, a tokenizer without default data); the message says what to
+    /// pass instead.
+    #[error("{0}")]
+    Source(String),
     /// A known corpus that is neither in place nor could be put there.
     #[error(
         "{path} is missing and could not be put in place ({reason}); copy tiny Shakespeare there (`cargo xtask data --from FILE`) or let quill download it"

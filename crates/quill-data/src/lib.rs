@@ -49,6 +49,8 @@ pub mod hugging_face;
 pub mod prepare;
 pub mod rng;
 pub mod shards;
+#[cfg(feature = "subword")]
+pub mod source;
 pub mod token_file;
 pub mod tokenizer;
 

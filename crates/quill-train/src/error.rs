@@ -24,6 +24,9 @@ pub enum TrainError {
     /// other's error is the cause).
     #[error("another device's worker stopped")]
     OtherWorkerFailed,
+    /// A device's worker panicked.
+    #[error("a device worker panicked")]
+    WorkerPanicked,
     /// An I/O error on `path`.
     #[error("{path}: {source}")]
     Io {
@@ -86,6 +89,10 @@ pub enum TrainError {
     /// The run would need more memory than the device has (see [`crate::MemoryEstimate`]).
     #[error("{0}")]
     OutOfMemory(String),
+    /// The directory a run would write to holds something it must not replace; the
+    /// message names the way out.
+    #[error("{0}")]
+    OutDir(String),
     /// Another process trains in the same run directory.
     #[error("{0} is in use by another `quill train` (one run directory, one trainer)")]
     Busy(PathBuf),

@@ -9,7 +9,8 @@ use quill_data::prepare::{Phase, PrepareOptions, prepare};
 use quill_data::token_file::TokenFormat;
 use quill_data::{Corpus, Dataset, TINY_SHAKESPEARE, TokenizerSpec};
 
-use crate::cli::{DataArgs, DataCommand, DataSource, GetArgs, PrepareArgs, TokenFileFormat};
+use crate::cli::{DataArgs, DataCommand, GetArgs, PrepareArgs, TokenFileFormat};
+use quill_data::source::DataSource;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -21,7 +22,7 @@ fn get(args: GetArgs) -> Result<()> {
         Some(from) => known.place_from(from, dest)?,
         None if Corpus::read_verified(known, dest).is_ok() => false,
         None => {
-            super::load_corpus(&DataSource::default())?;
+            super::load_corpus(None)?;
             true
         }
     };

@@ -7,6 +7,7 @@ mod eval;
 mod hub;
 mod launch;
 mod parity;
+mod prepared;
 mod runs;
 mod sample;
 mod serve;
@@ -15,14 +16,12 @@ mod train;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-use quill_data::prepare::{PrepareOptions, prepare};
-use quill_data::shards;
-use quill_data::token_file::TokenFormat;
-use quill_data::{Corpus, Dataset, TINY_SHAKESPEARE, Tokenizer, TokenizerSpec};
+use quill_data::source::{self, DataSource, LoadEvents, Loaded};
+use quill_data::{Corpus, DataError, TINY_SHAKESPEARE, Tokenizer, TokenizerSpec};
 use quill_train::{RunCheckpoint, Which, checkpoint_of_run};
 use serde::Serialize;
 
-use crate::cli::{Cli, Command, DataSource};
+use crate::cli::{Cli, Command};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -103,213 +102,74 @@ pub fn checkpoint_dir(dir: &Path, which: Which, flag: &str) -> Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-/// The corpus `--data` names, or tiny Shakespeare (downloaded, with a progress bar on
-/// stderr, and verified if missing).
-fn load_corpus(source: &DataSource) -> Result<Corpus> {
-    if let Some(path) = &source.data {
-        return Ok(Corpus::read(path)?);
-    }
-    let known = &TINY_SHAKESPEARE;
-    let path = known.default_path.as_ref();
-    let bar = crate::progress::bytes_bar();
-    let corpus = Corpus::read_or_fetch(known, path, |read, total| {
-        if bar.is_hidden() {
-            eprintln!("downloading {} from {}", known.name, known.url);
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+/// How loading shows itself: a progress bar while tiny Shakespeare downloads, a line
+/// when the default GPT-2 dataset is prepared.
+struct Shown {
+    bar: indicatif::ProgressBar,
+}
+
+impl Shown {
+    fn new() -> Self {
+        Shown {
+            bar: crate::progress::bytes_bar(),
         }
-        bar.set_length(total);
-        bar.set_position(read);
-    });
-    bar.finish_and_clear();
-    corpus.map_err(|e| match e {
-        quill_data::DataError::Download { reason, .. } => anyhow::anyhow!(
+    }
+}
+
+impl Drop for Shown {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl LoadEvents for Shown {
+    fn downloading(&mut self, read: u64, total: u64) {
+        if self.bar.is_hidden() {
+            eprintln!(
+                "downloading {} from {}",
+                TINY_SHAKESPEARE.name, TINY_SHAKESPEARE.url
+            );
+            (self.bar).set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        self.bar.set_length(total);
+        self.bar.set_position(read);
+    }
+
+    fn preparing(&mut self, out: &Path, from: &Path) {
+        eprintln!(
+            "preparing {} from {} with the gpt2 tokenizer",
+            out.display(),
+            from.display()
+        );
+    }
+}
+
+/// A failed download of the default corpus says how to work offline.
+fn offline_hint(e: DataError) -> anyhow::Error {
+    match e {
+        DataError::Download { reason, .. } => anyhow::anyhow!(
             "{} is not at {path} and could not be downloaded ({reason}): with a copy of it, `quill data get --from FILE` puts it there; or train on your own text with `--data FILE`",
-            known.name,
-            path = path.display()
+            TINY_SHAKESPEARE.name,
+            path = TINY_SHAKESPEARE.default_path
         ),
         e => e.into(),
-    })
+    }
 }
 
-/// Where the data of a run lives, for the configuration header.
-struct Loaded {
-    dataset: Dataset,
-    /// The path and what it holds.
-    description: String,
-    /// The path, as named (what a checkpoint records).
-    source: String,
-    /// The text, when the data was read into memory.
-    corpus: Option<Corpus>,
+/// The corpus at `path`, or tiny Shakespeare (downloaded, with a progress bar on
+/// stderr, and verified if missing).
+fn load_corpus(path: Option<&Path>) -> Result<Corpus> {
+    source::load_corpus(path, &mut Shown::new()).map_err(offline_hint)
 }
 
-/// Where the gpt2 tokenizer's default data is prepared (from tiny Shakespeare).
-const SHAKESPEARE_GPT2: &str = "data/shakespeare-gpt2";
-
-/// The data `--data` names, or the default for `spec` (the checkpoint's tokenizer when
-/// `tokenizer` is given): a prepared dataset is memory-mapped; a text is tokenized in
-/// memory with the checkpoint's tokenizer (which must be the text's own for characters)
-/// or with `spec`.
+/// The data `source` names, or the default ([`source::load`]), shown as it loads.
 fn load_dataset(
     source: &DataSource,
     tokenizer: Option<&Tokenizer>,
     spec: TokenizerSpec,
     val_fraction: f64,
 ) -> Result<Loaded> {
-    let spec = tokenizer.map_or(spec, Tokenizer::spec);
-    if let Some(paths) = llmc_shards(source)? {
-        let dataset = Dataset::open_llmc_shards(&paths)?;
-        if let Some(tokenizer) = tokenizer {
-            dataset.check_tokenizer(tokenizer)?;
-        }
-        let description = format!(
-            "{} ({}, {} tokens; {}, {} tokens; tokenizer {})",
-            source
-                .data
-                .as_ref()
-                .expect("shards come from --data")
-                .display(),
-            count(paths.train.len() as u64, "train shard"),
-            dataset.split.train.len(),
-            count(paths.val.len() as u64, "val shard"),
-            dataset.split.val.len(),
-            dataset.tokenizer.name(),
-        );
-        return Ok(Loaded {
-            dataset,
-            description,
-            source: pattern_source(source),
-            corpus: None,
-        });
-    }
-    // `--data data/shakespeare-gpt2`, the default named as the docs name it, is made
-    // as the default is when it is missing.
-    let names_default = |path: &Path| {
-        path == Path::new(SHAKESPEARE_GPT2) && spec == TokenizerSpec::Gpt2 && !path.exists()
-    };
-    let prepared = match (&source.data, spec) {
-        (Some(path), _) if Dataset::is_token_dir(path) => Some(path.clone()),
-        (Some(path), _) if names_default(path) && source.read_only => None,
-        (Some(path), _) if names_default(path) => Some(prepare_default_gpt2()?),
-        (Some(_), _) | (None, TokenizerSpec::Char) => None,
-        (None, TokenizerSpec::Gpt2)
-            if source.read_only && !Dataset::is_prepared(Path::new(SHAKESPEARE_GPT2)) =>
-        {
-            None
-        }
-        (None, TokenizerSpec::Gpt2) => Some(prepare_default_gpt2()?),
-        (None, TokenizerSpec::Bpe(_)) => anyhow::bail!(
-            "the {spec} tokenizer has no default data: pass --data DIR, a dataset made with `quill data prepare --tokenizer {spec}`"
-        ),
-    };
-    if let Some(dir) = prepared {
-        let dataset = Dataset::open(&dir)?;
-        if let Some(tokenizer) = tokenizer {
-            dataset.check_tokenizer(tokenizer)?;
-        }
-        let description = format!(
-            "{} ({} train + {} val tokens, tokenizer {})",
-            dir.display(),
-            dataset.split.train.len(),
-            dataset.split.val.len(),
-            dataset.tokenizer.name()
-        );
-        return Ok(Loaded {
-            dataset,
-            description,
-            source: dir.display().to_string(),
-            corpus: None,
-        });
-    }
-    let corpus = match &source.data {
-        Some(path) if names_default(path) => load_corpus(&DataSource::default())?,
-        _ => load_corpus(source)?,
-    };
-    let dataset = match (tokenizer, spec) {
-        (Some(tokenizer), _) => {
-            Dataset::with_tokenizer(&corpus.text, tokenizer.clone(), val_fraction)?
-        }
-        (None, TokenizerSpec::Char) => Dataset::new(&corpus.text, val_fraction)?,
-        (None, TokenizerSpec::Gpt2) => {
-            Dataset::with_tokenizer(&corpus.text, Tokenizer::gpt2(), val_fraction)?
-        }
-        (None, TokenizerSpec::Bpe(_)) => anyhow::bail!(
-            "a {spec} tokenizer is trained by `quill data prepare --tokenizer {spec}`; pass the dataset it writes as --data"
-        ),
-    };
-    let description = format!(
-        "{} ({} characters, tokenizer {})",
-        corpus.source.display(),
-        corpus.text.chars().count(),
-        dataset.tokenizer.name()
-    );
-    Ok(Loaded {
-        dataset,
-        description,
-        source: corpus.source.display().to_string(),
-        corpus: Some(corpus),
-    })
-}
-
-/// `--data PATTERN` (with `--val-data PATTERN`), as named.
-fn pattern_source(source: &DataSource) -> String {
-    let data = source
-        .data
-        .as_ref()
-        .map_or_else(String::new, |d| d.display().to_string());
-    match &source.val_data {
-        Some(val) => format!("{data} (val {val})"),
-        None => data,
-    }
-}
-
-/// The train and val shards `--data` (and `--val-data`) name, when they name llm.c
-/// shards rather than a text or a prepared dataset: a pattern, or a directory that
-/// holds `*train_*.bin` and `*val_*.bin` files.
-fn llmc_shards(source: &DataSource) -> Result<Option<shards::ShardPaths>> {
-    let Some(data) = &source.data else {
-        return Ok(None);
-    };
-    let pattern = data.to_string_lossy();
-    Ok(match (&source.val_data, shards::is_pattern(&pattern)) {
-        (Some(val), _) => Some(shards::ShardPaths {
-            train: shards::expand(&pattern)?,
-            val: shards::expand(val)?,
-        }),
-        (None, true) => anyhow::bail!(
-            "--data {pattern} is a pattern of training shards: name the validation shards with --val-data"
-        ),
-        (None, false) if data.is_dir() && !Dataset::is_prepared(data) => {
-            shards::in_directory(data)?
-        }
-        (None, false) => None,
-    })
-}
-
-/// `data/shakespeare-gpt2`, prepared from tiny Shakespeare with the gpt2 tokenizer if
-/// it is not there yet (nanoGPT's `data/shakespeare`).
-fn prepare_default_gpt2() -> Result<PathBuf> {
-    let out = PathBuf::from(SHAKESPEARE_GPT2);
-    if Dataset::is_prepared(&out) {
-        return Ok(out);
-    }
-    load_corpus(&DataSource::default())?;
-    eprintln!(
-        "preparing {} from {} with the gpt2 tokenizer",
-        out.display(),
-        TINY_SHAKESPEARE.default_path
-    );
-    let options = PrepareOptions {
-        input: TINY_SHAKESPEARE.default_path.into(),
-        extensions: vec!["txt".into()],
-        tokenizer: TokenizerSpec::Gpt2,
-        out: out.clone(),
-        val_fraction: 0.1,
-        format: TokenFormat::LlmC,
-        lossy: false,
-        shard_tokens: None,
-    };
-    prepare(&options, None, |_, _, _| {})?;
-    Ok(out)
+    source::load(source, tokenizer, spec, val_fraction, &mut Shown::new()).map_err(offline_hint)
 }
 
 /// The settings of a `--config` TOML file, or none.

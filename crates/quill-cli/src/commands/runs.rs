@@ -82,7 +82,7 @@ fn print_table(runs: &[RunSummary]) {
             [
                 r.path.display().to_string(),
                 r.preset.clone().unwrap_or_else(|| "-".into()),
-                r.data.as_ref().map_or("-".into(), |d| d.source.clone()),
+                r.data.as_ref().map_or("-".into(), |d| d.to_string()),
                 r.data.as_ref().map_or("-".into(), |d| d.tokenizer.clone()),
                 r.params.map_or("-".into(), |p| human_count(p as f64)),
                 match r.max_iters {
@@ -181,15 +181,15 @@ fn print_diff(runs: &[RunSummary]) {
     let configs: Vec<_> = with.iter().filter_map(|r| r.settings.as_ref()).collect();
     let mut differ = differing_settings(&configs);
     // What they trained on, beside the settings.
-    let data = |pick: fn(&quill_train::DataRecord) -> &String| -> Vec<Option<Value>> {
+    let data = |pick: fn(&quill_train::DataRecord) -> String| -> Vec<Option<Value>> {
         let values = with
             .iter()
-            .map(|r| r.data.as_ref().map(|d| Value::String(pick(d).clone())));
+            .map(|r| r.data.as_ref().map(|d| Value::String(pick(d))));
         values.collect()
     };
     for (name, values) in [
-        ("data", data(|d| &d.source)),
-        ("tokenizer", data(|d| &d.tokenizer)),
+        ("data", data(|d| d.to_string())),
+        ("tokenizer", data(|d| d.tokenizer.clone())),
     ] {
         if values.iter().any(|v| *v != values[0]) {
             differ.insert(0, (name.to_string(), values));

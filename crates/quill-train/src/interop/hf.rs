@@ -338,7 +338,7 @@ pub fn model_card(checkpoint: &Checkpoint, gpt: &quill_model::GptConfig) -> Stri
     let params = checkpoint.config.model.num_params();
     let state = &checkpoint.state;
     let data = match &state.data {
-        Some(d) => format!("`{}`, {} tokenizer", d.source, d.tokenizer),
+        Some(d) => format!("`{d}`, {} tokenizer", d.tokenizer),
         None => format!(
             "not recorded in the checkpoint ({} tokenizer)",
             checkpoint.tokenizer.name()

@@ -83,10 +83,39 @@ pub struct TrainState {
 /// The data a run trained on: where it came from and its tokenizer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataRecord {
-    /// The corpus or dataset as the user named it (`data/tinyshakespeare/input.txt`).
+    /// The corpus, dataset or training shards' pattern as the user named it
+    /// (`data/tinyshakespeare/input.txt`).
     pub source: String,
+    /// The validation shards' pattern, when `source` is a pattern of training shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<String>,
     /// The tokenizer's name (`char`, `gpt2`, `bpe:4096`).
     pub tokenizer: String,
+}
+
+impl DataRecord {
+    /// The data and the validation shards, as a run resumed from it reads them again.
+    /// (Records written before `val` existed held both in `source`, as
+    /// `PATTERN (val PATTERN)`.)
+    pub fn paths(&self) -> (String, Option<String>) {
+        if self.val.is_some() {
+            return (self.source.clone(), self.val.clone());
+        }
+        match (self.source.strip_suffix(')')).and_then(|s| s.split_once(" (val ")) {
+            Some((data, val)) => (data.to_string(), Some(val.to_string())),
+            None => (self.source.clone(), None),
+        }
+    }
+}
+
+impl std::fmt::Display for DataRecord {
+    /// `data/input.txt`, or `PATTERN (val PATTERN)` for shards.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.val {
+            Some(val) => write!(f, "{} (val {val})", self.source),
+            None => f.write_str(&self.source),
+        }
+    }
 }
 
 /// The float type of a run's parameters (and activations), as `--dtype` names it.

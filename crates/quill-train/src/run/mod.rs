@@ -107,8 +107,9 @@ pub struct Run<'a> {
     resume: Option<Checkpoint>,
     init_from: Option<Checkpoint>,
     stop: Option<&'a AtomicBool>,
-    /// Where the data came from, as the user named it.
-    data_source: Option<String>,
+    /// Where the data came from, as the user named it: the data and the validation
+    /// shards.
+    data_source: Option<(String, Option<String>)>,
     #[cfg(feature = "distributed")]
     world: Option<World>,
 }
@@ -130,10 +131,11 @@ impl<'a> Run<'a> {
     }
 
     /// Records in each checkpoint where the data came from (`source`, as the user named
-    /// it) and its tokenizer ([`crate::DataRecord`]): what `quill runs` and a model
-    /// card show.
-    pub fn with_data(mut self, source: impl Into<String>) -> Self {
-        self.data_source = Some(source.into());
+    /// it, and the validation shards' pattern `val` for shards named by a pattern) and
+    /// its tokenizer ([`crate::DataRecord`]): what `quill runs` and a model card show,
+    /// and what a resumed run reads again.
+    pub fn with_data(mut self, source: impl Into<String>, val: Option<String>) -> Self {
+        self.data_source = Some((source.into(), val));
         self
     }
 
@@ -206,9 +208,10 @@ pub fn train<AB: AutodiffBackend>(
     }
     let (trainer, mut state) = start::<AB>(&mut run, &settings, &mut sampler, device)?;
     let mut trainer = trainer.with_strategy(strategy);
-    if let Some(source) = run.data_source.take() {
+    if let Some((source, val)) = run.data_source.take() {
         state.data = Some(crate::DataRecord {
             source,
+            val,
             tokenizer: dataset.tokenizer.name(),
         });
     }

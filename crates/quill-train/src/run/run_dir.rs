@@ -113,6 +113,126 @@ pub fn fresh_run_dir(base: &Path) -> PathBuf {
         .expect("some numbered directory is free")
 }
 
+/// Where a run writes: the directory named (`--out`), checked, or the one chosen for it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutRequest<'a> {
+    /// The directory the user named.
+    pub named: Option<&'a Path>,
+    /// The checkpoint the run resumes from.
+    pub resume: Option<&'a Path>,
+    /// The checkpoint the run finetunes.
+    pub init_from: Option<&'a Path>,
+    /// The preset named (`cpu` when none is).
+    pub preset: Option<&'a str>,
+    /// A named directory holding another run may be replaced.
+    pub overwrite: bool,
+}
+
+impl OutRequest<'_> {
+    /// The directory, and why it is not the obvious one when it is not: a named one
+    /// holding another run is replaced only with `overwrite`, and never while the run
+    /// reads a checkpoint inside it; a resumed run writes to its checkpoint's run
+    /// directory (or a new one under `runs/` for a checkpoint outside one); a new run
+    /// gets `runs/<preset>` (`runs/finetune` for `--init-from` alone), or the first of
+    /// `-2`, `-3`, … that is free ([`fresh_run_dir`]).
+    pub fn choose(&self) -> Result<(PathBuf, Option<String>), TrainError> {
+        if let Some(out) = self.named {
+            self.check_named(out)?;
+            return Ok((out.to_path_buf(), None));
+        }
+        if let Some(checkpoint) = self.resume {
+            return Ok(resumed_run_dir(checkpoint));
+        }
+        let base = match (self.init_from, self.preset) {
+            (Some(_), None) => PathBuf::from("runs/finetune"),
+            (_, preset) => Path::new("runs").join(preset.unwrap_or(crate::config::DEFAULT_PRESET)),
+        };
+        let out = fresh_run_dir(&base);
+        let why = (out != base).then(|| format!("{} holds an earlier run", base.display()));
+        Ok((out, why))
+    }
+
+    /// Checks the directory a user named for this run.
+    fn check_named(&self, out: &Path) -> Result<(), TrainError> {
+        if !holds_run(out) || self.resume.is_some_and(|c| checkpoint_in(c, out)) {
+            return Ok(());
+        }
+        if !self.overwrite {
+            let what = super::summary::RunSummary::read(out).map_or_else(String::new, |run| {
+                let best = (run.best_val_loss)
+                    .map_or_else(String::new, |(loss, _)| format!(", best val {loss:.4}"));
+                format!(" ({} steps{best})", run.steps)
+            });
+            return Err(TrainError::OutDir(format!(
+                "{} holds another run{what}: --resume {} continues it, --overwrite replaces it, or name another --out (without --out a new run gets a directory of its own)",
+                out.display(),
+                out.join("last").display()
+            )));
+        }
+        for (flag, checkpoint) in [("--resume", self.resume), ("--init-from", self.init_from)] {
+            if let Some(checkpoint) = checkpoint.filter(|c| inside(c, out)) {
+                return Err(TrainError::OutDir(format!(
+                    "--overwrite would delete {} that {flag} reads: name another --out",
+                    checkpoint.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a run resumed from `checkpoint` writes: the run directory the checkpoint is
+/// in (`runs/x` for `runs/x/last`); for a checkpoint outside one (an import, a
+/// download), a new directory under `runs/` named after it ([`fresh_run_dir`]), with
+/// the reason.
+fn resumed_run_dir(checkpoint: &Path) -> (PathBuf, Option<String>) {
+    let parent = parent(checkpoint);
+    if is_run_dir(parent) {
+        return (parent.to_path_buf(), None);
+    }
+    let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let name = match named(checkpoint).as_deref() {
+        Some("last" | "best") | None => named(parent),
+        Some(name) => Some(name.to_string()),
+    };
+    let out = fresh_run_dir(&Path::new("runs").join(name.unwrap_or_else(|| "resumed".into())));
+    let why = format!(
+        "{} is not in a run directory; --out chooses another",
+        checkpoint.display()
+    );
+    (out, Some(why))
+}
+
+/// The directory a checkpoint is in (`.` for a bare name).
+fn parent(checkpoint: &Path) -> &Path {
+    match checkpoint.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Whether `checkpoint` is one of the directory `dir`'s own (`dir/last`): a run
+/// resumed from it continues the run in `dir`.
+pub fn checkpoint_in(checkpoint: &Path, dir: &Path) -> bool {
+    same_dir(parent(checkpoint), dir)
+}
+
+/// Whether two paths name the same existing directory.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Whether `path` is `dir` or inside it.
+fn inside(path: &Path, dir: &Path) -> bool {
+    match (path.canonicalize(), dir.canonicalize()) {
+        (Ok(path), Ok(dir)) => path.starts_with(dir),
+        _ => false,
+    }
+}
+
 /// The checkpoint of the run directory `path` a command should read when it was given
 /// the run rather than one of its checkpoints: `best/` (or `last/` when there is no
 /// `best/`) for [`Which::Best`], `last/` for [`Which::Last`].
