@@ -1411,8 +1411,9 @@ mod tests {
         }
     }
 
-    /// `n` values in [-1, 1) from a fixed sequence.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
+    /// `n` values in [−1, 1), from a xorshift generator seeded with `seed` (the kernels'
+    /// tests' data, `decode`'s too).
+    pub(super) fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {

@@ -1,21 +1,47 @@
 //! The OpenAI completions API, as quill speaks it: the request read field by field
 //! (every byte from the network is checked before use), the errors in OpenAI's shape,
-//! and the response objects.
+//! and the response objects as typed structs (serialised only at the HTTP edge).
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use quill_model::{Penalties, SamplingOptions};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 /// An error answer: `{"error": {"message", "type", "param", "code"}}`, as OpenAI's API
 /// writes them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// What went wrong, and the way out.
     pub message: String,
+    /// OpenAI's error type (`invalid_request_error`, `server_error`).
     pub kind: &'static str,
+    /// The request field at fault.
     pub param: Option<&'static str>,
+    /// OpenAI's error code (`invalid_api_key`, `server_overloaded`).
     pub code: Option<&'static str>,
+}
+
+/// [`ApiError`]'s body.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorResponse<'a> {
+    /// The error.
+    pub error: ErrorDetail<'a>,
+}
+
+/// The fields of an [`ErrorResponse`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ErrorDetail<'a> {
+    /// [`ApiError::message`].
+    pub message: &'a str,
+    /// [`ApiError::kind`].
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// [`ApiError::param`].
+    pub param: Option<&'a str>,
+    /// [`ApiError::code`].
+    pub code: Option<&'a str>,
 }
 
 impl ApiError {
@@ -47,26 +73,31 @@ impl ApiError {
         self
     }
 
-    /// The JSON body.
-    pub fn body(&self) -> Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body())).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    /// The body.
+    pub fn body(&self) -> ErrorResponse<'_> {
+        ErrorResponse {
+            error: ErrorDetail {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param,
+                code: self.code,
+            },
         }
-        response
+    }
+
+    /// 500: the model failed, or stopped.
+    pub fn failed(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+    }
+
+    /// 503: the queue is full.
+    pub fn busy() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the server is busy: its queue is full; retry shortly",
+        )
+        .code("server_overloaded")
     }
 }
 
@@ -75,9 +106,13 @@ impl IntoResponse for ApiError {
 pub struct CompletionRequest {
     /// One or more prompts; each gets `n` completions.
     pub prompts: Vec<String>,
+    /// Tokens to generate at most, per completion.
     pub max_tokens: usize,
+    /// Completions per prompt.
     pub n: usize,
+    /// Strings that end a completion (not included in its text).
     pub stop: Vec<String>,
+    /// Server-sent events instead of one response.
     pub stream: bool,
     /// Usage in a last chunk of the stream (`stream_options.include_usage`).
     pub stream_usage: bool,
@@ -224,41 +259,31 @@ pub fn completion_request(body: &[u8], limits: &Limits) -> Result<CompletionRequ
             format!("temperature must be between 0 and 2, got {temperature}"),
         ));
     }
-    let top_p = f.number("top_p")?;
-    if let Some(p) = top_p
-        && !(p > 0.0 && p <= 1.0)
-    {
-        return Err(ApiError::invalid(
-            Some("top_p"),
-            format!("top_p must be in (0, 1], got {p}"),
-        ));
-    }
-    let top_k = f.integer("top_k")?;
-    if top_k == Some(0) {
-        return Err(ApiError::invalid(Some("top_k"), "top_k must be at least 1"));
-    }
-    let seed = match f.integer("seed")? {
-        Some(seed) => seed,
-        None => random_seed(),
+    let options = SamplingOptions {
+        temperature,
+        top_k: f.integer("top_k")?.map(|k| k as usize),
+        top_p: f.number("top_p")?,
+        min_p: f.number("min_p")?,
+        penalties: Penalties {
+            repetition: f.number("repetition_penalty")?.unwrap_or(1.0),
+            frequency: f.number("frequency_penalty")?.unwrap_or(0.0),
+            presence: f.number("presence_penalty")?.unwrap_or(0.0),
+        },
+        seed: match f.integer("seed")? {
+            Some(seed) => seed,
+            None => random_seed(),
+        },
+        kv_cache: true,
     };
-    let min_p = f.number("min_p")?;
-    let penalties = Penalties {
-        repetition: f.number("repetition_penalty")?.unwrap_or(1.0),
-        frequency: f.number("frequency_penalty")?.unwrap_or(0.0),
-        presence: f.number("presence_penalty")?.unwrap_or(0.0),
-    };
-    let probe = SamplingOptions {
-        min_p,
-        penalties,
-        ..Default::default()
-    };
-    if let Err(err) = probe.validate() {
+    if let Err(err) = options.validate() {
         let message = match err {
             quill_model::ModelError::Sampling(message) => message,
             other => other.to_string(),
         };
         // The message begins with the field's name.
         let param = [
+            "top_k",
+            "top_p",
             "min_p",
             "repetition_penalty",
             "frequency_penalty",
@@ -291,15 +316,7 @@ pub fn completion_request(body: &[u8], limits: &Limits) -> Result<CompletionRequ
         stream,
         stream_usage,
         echo: f.boolean("echo")?.unwrap_or(false),
-        options: SamplingOptions {
-            temperature,
-            top_k: top_k.map(|k| k as usize),
-            top_p,
-            min_p,
-            penalties,
-            seed,
-            kv_cache: true,
-        },
+        options,
     })
 }
 
@@ -336,43 +353,38 @@ impl Fields<'_> {
         ApiError::invalid(Some(name), format!("{name} must be {what}"))
     }
 
-    fn string(&self, name: &'static str) -> Result<Option<String>, ApiError> {
-        self.get(name)
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| Self::wrong(name, "a string"))
-            })
+    /// The field `name` read by `read`, or an error saying it must be `what`.
+    fn typed<T>(
+        &self,
+        name: &'static str,
+        what: &str,
+        read: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Option<T>, ApiError> {
+        (self.get(name))
+            .map(|v| read(v).ok_or_else(|| Self::wrong(name, what)))
             .transpose()
+    }
+
+    fn string(&self, name: &'static str) -> Result<Option<String>, ApiError> {
+        self.typed(name, "a string", |v| v.as_str().map(str::to_string))
     }
 
     fn boolean(&self, name: &'static str) -> Result<Option<bool>, ApiError> {
-        self.get(name)
-            .map(|v| {
-                v.as_bool()
-                    .ok_or_else(|| Self::wrong(name, "true or false"))
-            })
-            .transpose()
+        self.typed(name, "true or false", Value::as_bool)
     }
 
     fn integer(&self, name: &'static str) -> Result<Option<u64>, ApiError> {
-        self.get(name)
-            .map(|v| {
-                v.as_u64()
-                    .ok_or_else(|| Self::wrong(name, "an integer ≥ 0"))
-            })
-            .transpose()
+        self.typed(name, "an integer ≥ 0", Value::as_u64)
     }
 
     fn number(&self, name: &'static str) -> Result<Option<f64>, ApiError> {
-        self.get(name)
-            .map(|v| v.as_f64().ok_or_else(|| Self::wrong(name, "a number")))
-            .transpose()
+        self.typed(name, "a number", Value::as_f64)
     }
 }
 
 /// Why a completion ended, as OpenAI names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Finish {
     /// A stop string was reached.
     Stop,
@@ -380,54 +392,95 @@ pub enum Finish {
     Length,
 }
 
-impl Finish {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Finish::Stop => "stop",
-            Finish::Length => "length",
+/// Token counts of a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    /// Tokens of the prompts.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+    /// Both.
+    pub total_tokens: usize,
+}
+
+impl Usage {
+    /// The usage of `prompt_tokens` read and `completion_tokens` generated.
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> Self {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
         }
     }
 }
 
-/// Token counts of a response.
-pub fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
-    json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    })
-}
-
 /// One choice of a completion (or of a chunk of its stream).
-pub fn choice(index: usize, text: &str, finish: Option<Finish>) -> Value {
-    json!({
-        "text": text,
-        "index": index,
-        "logprobs": null,
-        "finish_reason": finish.map(Finish::as_str),
-    })
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Choice {
+    /// The text (in a chunk: the new piece).
+    pub text: String,
+    /// Which choice: prompt × `n` + completion.
+    pub index: usize,
+    /// Always null: quill does not return log-probabilities yet.
+    pub logprobs: Option<()>,
+    /// Why it ended; null while it goes on.
+    pub finish_reason: Option<Finish>,
 }
 
-/// A `text_completion` object.
-pub fn completion(
-    id: &str,
-    created: u64,
-    model: &str,
-    choices: Vec<Value>,
-    usage: Option<Value>,
-) -> Value {
-    let mut object = json!({
-        "id": id,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": choices,
-        "system_fingerprint": null,
-    });
-    if let Some(usage) = usage {
-        object["usage"] = usage;
+impl Choice {
+    /// Choice `index` with `text`, ended for `finish` if it has.
+    pub fn new(index: usize, text: impl Into<String>, finish: Option<Finish>) -> Self {
+        Choice {
+            text: text.into(),
+            index,
+            logprobs: None,
+            finish_reason: finish,
+        }
     }
-    object
+}
+
+/// A `text_completion` object: the whole response, or a chunk of its stream.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Completion {
+    /// `cmpl-…`, the same for every chunk of a stream.
+    pub id: String,
+    /// Always `text_completion`.
+    pub object: &'static str,
+    /// When the request was accepted (Unix seconds).
+    pub created: u64,
+    /// The served model's name.
+    pub model: String,
+    /// The choices (in a chunk: those with news).
+    pub choices: Vec<Choice>,
+    /// Always null.
+    pub system_fingerprint: Option<()>,
+    /// Token counts: in the whole response, and in a stream's last chunk when asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// One model of `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelCard {
+    /// Its name.
+    pub id: String,
+    /// Always `model`.
+    pub object: &'static str,
+    /// When the server started (Unix seconds).
+    pub created: u64,
+    /// Always `quill`.
+    pub owned_by: &'static str,
+    /// The context length, in tokens.
+    pub context_length: usize,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// The one model served.
+    pub data: Vec<ModelCard>,
 }
 
 #[cfg(test)]
@@ -563,7 +616,7 @@ mod tests {
                 (StatusCode::BAD_REQUEST, param),
                 "{body}: {err:?}"
             );
-            assert_eq!(err.body()["error"]["type"], "invalid_request_error");
+            assert_eq!(err.body().error.kind, "invalid_request_error");
         }
         let err = read(r#"{"model": "other", "prompt": "a"}"#).unwrap_err();
         assert_eq!(

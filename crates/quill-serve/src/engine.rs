@@ -16,18 +16,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::api::Finish;
+use crate::api::Finish;
 
 /// One prompt of a request, with its `rows` completions (choices
 /// `first_choice..first_choice + rows`).
 #[derive(Debug)]
 pub struct Work {
+    /// The prompt's token ids.
     pub prompt: Vec<u32>,
+    /// Completions of it, sampled together.
     pub rows: usize,
+    /// The choice index of its first completion.
     pub first_choice: usize,
+    /// Tokens to generate at most.
     pub max_tokens: usize,
+    /// Strings that end a completion.
     pub stop: Vec<String>,
+    /// How to sample.
     pub options: SamplingOptions,
+    /// Where its events go.
     pub events: EventSender,
     /// The request's place in the queue, given back when the batch takes it.
     pub place: Option<OwnedSemaphorePermit>,
@@ -96,11 +103,19 @@ impl EventReceiver {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// New text of one choice.
-    Text { choice: usize, text: String },
+    Text {
+        /// The choice.
+        choice: usize,
+        /// Its new text.
+        text: String,
+    },
     /// A choice is complete, after `tokens` generated tokens.
     Finished {
+        /// The choice.
         choice: usize,
+        /// Why it ended.
         finish: Finish,
+        /// Tokens it generated.
         tokens: usize,
     },
     /// The model failed; the request cannot complete.

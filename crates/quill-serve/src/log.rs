@@ -10,7 +10,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::App;
+use crate::http::App;
 
 /// The address a connection came from, put on each of its requests.
 #[derive(Debug, Clone, Copy)]

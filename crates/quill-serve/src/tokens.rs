@@ -8,8 +8,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::App;
-use super::api::ApiError;
+use crate::api::ApiError;
+use crate::http::App;
 
 /// `{"content": TEXT, "with_pieces": bool}` → `{"tokens": [id, …]}`, or with pieces
 /// `{"tokens": [{"id": id, "piece": TEXT}, …]}`. A piece that is not whole UTF-8 (a
@@ -39,14 +39,18 @@ pub async fn tokenize(
             ));
         }
     };
-    let ids = (app.tokenizer.encode(content))
+    let ids = (app.completions.tokenizer.encode(content))
         .map_err(|e| ApiError::invalid(Some("content"), e.to_string()))?;
     let tokens: Vec<Value> = match pieces {
         false => ids.iter().map(|&id| json!(id)).collect(),
         true => ids
             .iter()
             .map(|&id| {
-                let bytes = app.tokenizer.decode_bytes(&[id]).unwrap_or_default();
+                let bytes = app
+                    .completions
+                    .tokenizer
+                    .decode_bytes(&[id])
+                    .unwrap_or_default();
                 let piece = match String::from_utf8(bytes) {
                     Ok(text) => json!(text),
                     Err(e) => json!(e.into_bytes()),
@@ -76,14 +80,14 @@ pub async fn detokenize(
         .map(|v| v.as_u64().and_then(|id| u32::try_from(id).ok()))
         .collect::<Option<Vec<u32>>>()
         .ok_or_else(|| ApiError::invalid(Some("tokens"), "tokens must be a list of token ids"))?;
-    let content = (app.tokenizer.decode(&ids))
+    let content = (app.completions.tokenizer.decode(&ids))
         .map_err(|e| ApiError::invalid(Some("tokens"), e.to_string()))?;
     Ok(axum::Json(json!({ "content": content })))
 }
 
 /// The body as a JSON object, within the server's body limit.
 async fn object(body: Body) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let bytes = axum::body::to_bytes(body, super::MAX_BODY_BYTES)
+    let bytes = axum::body::to_bytes(body, crate::http::MAX_BODY_BYTES)
         .await
         .map_err(|_| {
             ApiError::new(
@@ -91,7 +95,7 @@ async fn object(body: Body) -> Result<serde_json::Map<String, Value>, ApiError> 
                 "invalid_request_error",
                 format!(
                     "the request body is larger than {} bytes",
-                    super::MAX_BODY_BYTES
+                    crate::http::MAX_BODY_BYTES
                 ),
             )
         })?;

@@ -55,7 +55,7 @@ pub use config::{
 #[cfg(feature = "distributed")]
 pub use distributed::{
     Collective, DEFAULT_COORDINATOR, RunSecret, World, coordinator_from_env, parse_coordinator,
-    stop_in_process_workers,
+    run_on_devices, stop_in_process_workers,
 };
 pub use error::TrainError;
 pub use evaluate::{Losses, estimate_loss, estimate_loss_with, evaluate, evaluate_with};
@@ -67,8 +67,8 @@ pub use optim::{
 #[cfg(feature = "plot")]
 pub use run::plot::{LossPlot, PlotRun, PlotX, RunsPlot, smoothed};
 pub use run::run_dir::{
-    RUN, RunCheckpoint, RunDir, Which, check_run_dir, checkpoint_of_run, fresh_run_dir, holds_run,
-    is_run_dir,
+    OutRequest, RUN, RunCheckpoint, RunDir, Which, check_run_dir, checkpoint_in, checkpoint_of_run,
+    fresh_run_dir, holds_run, is_run_dir,
 };
 pub use run::summary::{
     RunRecords, RunState, RunSummary, differing_settings, flat_settings, preset_of,

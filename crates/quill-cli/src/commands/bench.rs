@@ -12,13 +12,13 @@ use quill_train::bench::{
     SampleBench, ToLossBench, TrainBench, bench_sampling, bench_to_loss, bench_training,
     peak_rss_mb, time_generation,
 };
-use quill_train::{
-    Checkpoint, MemoryEstimate, Preset, RunConfig, RunOverrides, Sources, TrainOverrides,
-};
+use quill_train::{MemoryEstimate, Preset, RunConfig, RunOverrides, Sources, TrainOverrides};
 use serde::Serialize;
 
 use crate::backend::{self, Job};
 use crate::cli::BenchArgs;
+
+use super::prepared::PreparedModel;
 
 /// Everything `quill bench --json` prints.
 #[derive(Debug, Serialize)]
@@ -65,7 +65,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     ensure!(args.eval_iters > 0, "--eval-iters must be at least 1");
     let target = backend::prepare(args.target.one()?, args.target.dtype())?;
     let spec = Preset::named(&args.preset)?.tokenizer;
-    let dataset = super::load_dataset(&args.source, None, spec, config.train.val_fraction)?;
+    let dataset = super::load_dataset(
+        &(&args.source).into(),
+        None,
+        spec,
+        config.train.val_fraction,
+    )?;
     let dataset = dataset.dataset;
     target.check_memory(&MemoryEstimate::training(
         &config,
@@ -249,21 +254,14 @@ fn checkpoint(dir: &Path, args: &BenchArgs) -> Result<()> {
     ensure!(args.sample_tokens > 0, "--sample-tokens must be at least 1");
     let target = backend::prepare(args.target.one()?, args.target.dtype())?;
     let start = Instant::now();
-    let dir = &super::checkpoint_dir(dir, quill_train::Which::Best, "--checkpoint")?;
-    let checkpoint = Checkpoint::load(dir)?;
-    target.check_memory(&MemoryEstimate::sampling(
-        &checkpoint.config.model,
-        1,
-        target.dtype_bytes(),
-    ))?;
-    let weights = args.weights.weights;
-    target.check_weights(weights)?;
+    let prepared = PreparedModel::open(dir, args.weights.weights)?;
+    prepared.check(&target, 1)?;
+    let (dir, weights) = (&prepared.dir.clone(), prepared.weights);
     let job = SampleJob {
-        checkpoint,
+        prepared,
         tokens: args.sample_tokens,
         seed: 1337,
         start,
-        weights,
     };
     let (backend, num_params, weight_bytes, load_s, tokens_per_s) = target.run(job)?;
     let bandwidth = quill_kernels::decode::read_bandwidth(weight_bytes, 5);
@@ -309,20 +307,18 @@ fn checkpoint(dir: &Path, args: &BenchArgs) -> Result<()> {
 }
 
 struct SampleJob {
-    checkpoint: Checkpoint,
+    prepared: PreparedModel,
     tokens: usize,
     seed: u64,
     start: Instant,
-    weights: WeightFormat,
 }
 
 impl Job for SampleJob {
     /// Backend, parameters, stored bytes, load seconds, tokens/s.
     type Output = (String, usize, usize, f64, f64);
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output> {
-        let model =
-            (self.checkpoint.model::<B::InnerBackend>(&device)?).with_weights(self.weights)?;
-        drop(self.checkpoint);
+        let model = self.prepared.model::<B::InnerBackend>(&device)?;
+        drop(self.prepared);
         let load_s = self.start.elapsed().as_secs_f64();
         // Timed as quill sample runs it: on a pool worker.
         let (_, seconds) = backend::on_pool_worker(|| {

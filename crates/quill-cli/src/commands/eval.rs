@@ -3,19 +3,16 @@
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use quill_data::{Dataset, Shard};
-use quill_model::WeightFormat;
-use quill_train::{
-    Checkpoint, Losses, MemoryEstimate, RunConfig, RunOverrides, Sources, TrainOverrides,
-    evaluate_with,
-};
+use quill_train::{Losses, RunConfig, RunOverrides, Sources, TrainOverrides, evaluate_with};
 
 use crate::backend::{self, Job};
 use crate::cli::EvalArgs;
 
+use super::prepared::PreparedModel;
+
 pub fn run(args: EvalArgs) -> Result<()> {
     let target = backend::prepare(args.target.one()?, args.target.dtype())?;
-    let dir = super::checkpoint_dir(&args.checkpoint, quill_train::Which::Best, "--checkpoint")?;
-    let checkpoint = Checkpoint::load(&dir)?;
+    let prepared = PreparedModel::open(&args.checkpoint, args.weights.weights)?;
     anyhow::ensure!(
         args.eval_iters != Some(0),
         "--eval-iters must be at least 1"
@@ -30,26 +27,21 @@ pub fn run(args: EvalArgs) -> Result<()> {
         ..Default::default()
     };
     let config = RunConfig::resolve(&Sources {
-        resume: Some(&checkpoint),
+        resume: Some(&prepared.checkpoint),
         flags: Some(&flags),
         ..Default::default()
     })?;
     let (train, eval_iters) = (&config.train, config.train.final_eval_iters);
     // A batch of evaluation is a forward pass of batch_size sequences.
-    target.check_memory(&MemoryEstimate::sampling(
-        &checkpoint.config.model,
-        train.batch_size,
-        target.dtype_bytes(),
-    ))?;
-    let tokenizer = Some(&checkpoint.tokenizer);
+    prepared.check(&target, train.batch_size)?;
+    let tokenizer = Some(&prepared.checkpoint.tokenizer);
     let spec = quill_data::TokenizerSpec::Char;
-    let dataset = super::load_dataset(&args.source, tokenizer, spec, train.val_fraction)?.dataset;
+    let dataset =
+        super::load_dataset(&(&args.source).into(), tokenizer, spec, train.val_fraction)?.dataset;
     dataset.split.check_block_size(config.block_size())?;
-    target.check_weights(args.weights.weights)?;
     let losses = target.run(EvalJob {
-        weights: args.weights.weights,
         batch_size: train.batch_size,
-        checkpoint,
+        prepared,
         dataset,
         eval_iters,
         seed: args.seed,
@@ -62,9 +54,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 struct EvalJob {
-    weights: WeightFormat,
     batch_size: usize,
-    checkpoint: Checkpoint,
+    prepared: PreparedModel,
     dataset: Dataset,
     eval_iters: usize,
     seed: u64,
@@ -73,8 +64,7 @@ struct EvalJob {
 impl Job for EvalJob {
     type Output = Losses;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Losses> {
-        let model =
-            (self.checkpoint.model::<B::InnerBackend>(&device)?).with_weights(self.weights)?;
+        let model = self.prepared.model::<B::InnerBackend>(&device)?;
         let (split, batch) = (&self.dataset.split, self.batch_size);
         let bar = crate::progress::batches_bar(2 * self.eval_iters);
         let losses = evaluate_with(

@@ -57,7 +57,12 @@ pub fn run(args: ParityArgs) -> Result<()> {
     // before the data is read and before the reference run.
     let target = backend::prepare(args.target.one()?, args.target.dtype())?;
     let spec = Preset::named(args.preset.as_deref().unwrap_or(DEFAULT_PRESET))?.tokenizer;
-    let dataset = super::load_dataset(&args.source, None, spec, config.train.val_fraction)?;
+    let dataset = super::load_dataset(
+        &(&args.source).into(),
+        None,
+        spec,
+        config.train.val_fraction,
+    )?;
     let dataset = dataset.dataset;
     let vocab_size = dataset.tokenizer.vocab_size();
     let job = |weights: Option<Vec<NamedTensor>>| ParityJob {

@@ -6,8 +6,9 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use std::time::{Duration, Instant};
 
-use quill_model::{Penalties, SampleRequest, SampleTimings, SamplingOptions, WeightFormat};
-use quill_train::{Checkpoint, MemoryEstimate};
+use quill_model::{Penalties, SampleRequest, SampleTimings, SamplingOptions};
+
+use super::prepared::PreparedModel;
 
 use crate::backend::{self, Job};
 use crate::cli::SampleArgs;
@@ -15,8 +16,7 @@ use crate::cli::SampleArgs;
 pub fn run(args: SampleArgs) -> Result<()> {
     let started = Instant::now();
     let target = backend::prepare(args.target.one()?, args.target.dtype())?;
-    let dir = super::checkpoint_dir(&args.checkpoint, quill_train::Which::Best, "--checkpoint")?;
-    let checkpoint = Checkpoint::load(&dir)?;
+    let prepared = PreparedModel::open(&args.checkpoint, args.weights.weights)?;
     let prompt = match (&args.prompt, &args.prompt_file) {
         (_, Some(file)) if file.as_os_str() == "-" => {
             let mut text = String::new();
@@ -50,28 +50,20 @@ pub fn run(args: SampleArgs) -> Result<()> {
         stop: args.stop,
     };
     request.options.validate()?;
-    checkpoint
-        .tokenizer
+    (prepared.checkpoint.tokenizer)
         .encode(&request.prompt)
         .context("prompt")?;
-    target.check_memory(&MemoryEstimate::sampling(
-        &checkpoint.config.model,
-        request.num_samples,
-        target.dtype_bytes(),
-    ))?;
-    target.check_weights(args.weights.weights)?;
+    prepared.check(&target, request.num_samples)?;
     target.run(SampleJob {
-        checkpoint,
+        prepared,
         request,
-        weights: args.weights.weights,
         verbose: args.verbose.then_some(started),
     })
 }
 
 struct SampleJob {
-    checkpoint: Checkpoint,
+    prepared: PreparedModel,
     request: SampleRequest,
-    weights: WeightFormat,
     /// With `--verbose`: when the command started.
     verbose: Option<Instant>,
 }
@@ -79,10 +71,9 @@ struct SampleJob {
 impl Job for SampleJob {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let model =
-            (self.checkpoint.model::<B::InnerBackend>(&device)?).with_weights(self.weights)?;
+        let model = self.prepared.model::<B::InnerBackend>(&device)?;
         let loaded = self.verbose.map(|started| started.elapsed());
-        let (checkpoint, request) = (&self.checkpoint, &self.request);
+        let (checkpoint, request) = (&self.prepared.checkpoint, &self.request);
         crate::backend::on_pool_worker(|| -> Result<()> {
             let mut stdout = std::io::stdout().lock();
             let streaming = request.num_samples == 1;

@@ -1,7 +1,7 @@
 //! `quill train`: preset + config file + flags → the trainer, with a progress bar,
 //! Ctrl-C handling, and a sample at the end.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,14 +11,14 @@ use burn::tensor::backend::AutodiffBackend;
 use quill_data::Dataset;
 use quill_train::{
     Agreement, Batch, Checkpoint, DEFAULT_PRESET, EvalRecord, FloatType, MemoryEstimate, Observer,
-    Outcome, Preset, Run, RunConfig, RunDir, RunSecret, RunSummary, Sources, StepReport,
-    TrainError, Trainer, Which, World, check_run_dir, fresh_run_dir, holds_run, human_bytes,
-    is_run_dir, train,
+    OutRequest, Outcome, Preset, Run, RunConfig, RunDir, RunSecret, Sources, StepReport,
+    TrainError, Trainer, Which, World, check_run_dir, checkpoint_in, holds_run, human_bytes, train,
 };
 
 use crate::backend::{self, Job};
-use crate::cli::{DataSource, ParallelArgs, TrainArgs};
+use crate::cli::{ParallelArgs, TrainArgs};
 use crate::progress::Progress;
+use quill_data::source::DataSource;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -70,8 +70,6 @@ fn secret(args: &ParallelArgs) -> Result<Option<RunSecret>> {
 pub fn run(args: TrainArgs) -> Result<()> {
     let preset = args.preset.as_deref().unwrap_or(DEFAULT_PRESET);
     let world = world(&args.parallel)?;
-    // Why the run directory is not the obvious one, for the first line of output.
-    let mut note: Option<String> = None;
     // Rank 0 of a data-parallel run (or the only process) writes and reports.
     let writer = world.as_ref().is_none_or(|w| w.rank == 0);
     // A run directory given for a checkpoint means its last/ (resume) or best/ (init).
@@ -81,36 +79,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let init_dir = (args.init_from.as_deref())
         .map(|dir| super::checkpoint_dir(dir, Which::Best, "--init-from"))
         .transpose()?;
-    // Only the writer needs (and checks) a run directory.
-    let out = match (&args.out, &resume_dir) {
-        (Some(out), _) if writer => {
-            check_named_out(
-                out,
-                resume_dir.as_deref(),
-                init_dir.as_deref(),
-                args.overwrite,
-            )?;
-            out.clone()
+    // Only the writer needs (and checks) a run directory; `note` says why it is not the
+    // obvious one, on the first line of output.
+    let (out, note) = match writer {
+        true => OutRequest {
+            named: args.out.as_deref(),
+            resume: resume_dir.as_deref(),
+            init_from: init_dir.as_deref(),
+            preset: args.preset.as_deref(),
+            overwrite: args.overwrite,
         }
-        (Some(out), _) => out.clone(),
-        (None, Some(checkpoint)) if writer => {
-            let (out, why) = resumed_run_dir(checkpoint);
-            note = why;
-            out
-        }
-        (None, _) if !writer => PathBuf::new(),
-        (None, Some(_)) => unreachable!("handled above"),
-        (None, None) => {
-            let base = match (&args.init_from, &args.preset) {
-                (Some(_), None) => PathBuf::from("runs/finetune"),
-                _ => PathBuf::from("runs").join(preset),
-            };
-            let out = fresh_run_dir(&base);
-            if out != base {
-                note = Some(format!("{} holds an earlier run", base.display()));
-            }
-            out
-        }
+        .choose()?,
+        false => (args.out.clone().unwrap_or_default(), None),
     };
     // Never among a user's files: the run directory is empty, new, or quill's.
     if writer {
@@ -172,7 +152,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // Only the writer may prepare a dataset; another rank that cannot see it stops.
     let source = DataSource {
         read_only: args.dry_run || !writer,
-        ..resumed_source(args.source, resume.as_ref())
+        ..resumed_source((&args.source).into(), resume.as_ref(), writer)
     };
     let loaded = super::load_dataset(&source, tokenizer, spec, config.train.val_fraction)?;
     let dataset = loaded.dataset;
@@ -247,7 +227,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     {
         let continues = resume_dir
             .as_deref()
-            .is_some_and(|c| same_dir(parent(c), &out));
+            .is_some_and(|c| checkpoint_in(c, &out));
         if !continues {
             eprintln!("{}: replacing the run it held (--overwrite)", out.display());
             dir.clear()?;
@@ -266,7 +246,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         world,
         log_interval: args.log_interval,
         on_cpu: target.on_cpu(),
-        data_source: loaded.source.clone(),
+        data_source: loaded.record.clone(),
     };
     if devices.len() == 1 {
         target.run(job)?;
@@ -315,67 +295,10 @@ fn run_dtype(
     }
 }
 
-/// Checks the `--out` a user named for this run: a directory holding another run is
-/// replaced only with `--overwrite`, and never while this run reads a checkpoint in it.
-fn check_named_out(
-    out: &Path,
-    resume: Option<&Path>,
-    init_from: Option<&Path>,
-    overwrite: bool,
-) -> Result<()> {
-    if !holds_run(out) || resume.is_some_and(|c| same_dir(parent(c), out)) {
-        return Ok(());
-    }
-    if !overwrite {
-        let what = RunSummary::read(out).map_or_else(String::new, |run| {
-            let best = (run.best_val_loss)
-                .map_or_else(String::new, |(loss, _)| format!(", best val {loss:.4}"));
-            format!(" ({} steps{best})", run.steps)
-        });
-        bail!(
-            "{} holds another run{what}: --resume {} continues it, --overwrite replaces it, or name another --out (without --out a new run gets a directory of its own)",
-            out.display(),
-            out.join("last").display()
-        );
-    }
-    for (flag, checkpoint) in [("--resume", resume), ("--init-from", init_from)] {
-        if let Some(checkpoint) = checkpoint.filter(|c| inside(c, out)) {
-            bail!(
-                "--overwrite would delete {} that {flag} reads: name another --out",
-                checkpoint.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// The directory a checkpoint is in (`.` for a bare name).
-fn parent(checkpoint: &Path) -> &Path {
-    match checkpoint.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
-/// Whether two paths name the same existing directory.
-fn same_dir(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
-}
-
-/// Whether `path` is `dir` or inside it.
-fn inside(path: &Path, dir: &Path) -> bool {
-    match (path.canonicalize(), dir.canonicalize()) {
-        (Ok(path), Ok(dir)) => path.starts_with(dir),
-        _ => false,
-    }
-}
-
 /// The data of a run: `source` as given, or, when it names none, the data a resumed
-/// checkpoint recorded (saying so); the default corpus stays the default.
-fn resumed_source(source: DataSource, resume: Option<&Checkpoint>) -> DataSource {
+/// checkpoint recorded (saying so, on the writing rank); the default corpus stays the
+/// default.
+fn resumed_source(source: DataSource, resume: Option<&Checkpoint>, writer: bool) -> DataSource {
     let record = resume.and_then(|c| c.state.data.as_ref());
     let (None, Some(record)) = (&source.data, record) else {
         return source;
@@ -383,19 +306,12 @@ fn resumed_source(source: DataSource, resume: Option<&Checkpoint>) -> DataSource
     if record.source == quill_data::TINY_SHAKESPEARE.default_path {
         return source;
     }
-    // llm.c shards are recorded as `PATTERN (val PATTERN)`.
-    let (data, val_data) = match record
-        .source
-        .strip_suffix(')')
-        .and_then(|s| s.split_once(" (val "))
-    {
-        Some((data, val)) => (data, Some(val.to_string())),
-        None => (record.source.as_str(), None),
-    };
-    eprintln!(
-        "note: the run continues on the data it trained on, {} (--data names other data)",
-        record.source
-    );
+    if writer {
+        eprintln!(
+            "note: the run continues on the data it trained on, {record} (--data names other data)"
+        );
+    }
+    let (data, val_data) = record.paths();
     DataSource {
         data: Some(data.into()),
         val_data,
@@ -403,31 +319,8 @@ fn resumed_source(source: DataSource, resume: Option<&Checkpoint>) -> DataSource
     }
 }
 
-/// Where a run resumed from `checkpoint` without `--out` writes: the run directory the
-/// checkpoint is in (`runs/x` for `runs/x/last`); for a checkpoint outside one (an
-/// import, a download), a new directory under `runs/` named after it
-/// ([`fresh_run_dir`]), with the reason.
-fn resumed_run_dir(checkpoint: &Path) -> (PathBuf, Option<String>) {
-    let parent = parent(checkpoint);
-    if is_run_dir(parent) {
-        return (parent.to_path_buf(), None);
-    }
-    let named = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
-    let name = match named(checkpoint).as_deref() {
-        Some("last" | "best") | None => named(parent),
-        Some(name) => Some(name.to_string()),
-    };
-    let out = fresh_run_dir(&Path::new("runs").join(name.unwrap_or_else(|| "resumed".into())));
-    let why = format!(
-        "{} is not in a run directory; --out chooses another",
-        checkpoint.display()
-    );
-    (out, Some(why))
-}
-
-/// Data parallelism in one process: one worker thread per device, each a rank of an
-/// in-process world (`job` is rank 0's, which writes). The first worker's error is the
-/// answer; the others stop when one fails.
+/// Data parallelism in one process: one worker per device, each a rank of an
+/// in-process world ([`quill_train::run_on_devices`]); `job` is rank 0's, which writes.
 fn run_on_devices(
     first: backend::Prepared,
     more: &[backend::DeviceChoice],
@@ -447,50 +340,39 @@ fn run_on_devices(
         }
         targets.push(target);
     }
-    let size = targets.len();
-    let mut jobs: Vec<TrainJob> = (0..size)
-        .map(|rank| TrainJob {
-            config: job.config.clone(),
-            dataset: job.dataset.clone(),
-            out: None,
-            resume: job.resume.clone(),
-            init_from: job.init_from.clone(),
-            world: Some(World::in_process(size, rank, timeout)),
-            data_source: job.data_source.clone(),
-            log_interval: job.log_interval,
-            on_cpu: job.on_cpu,
+    let mut jobs: Vec<(TrainJob, &backend::Prepared)> = (targets.iter())
+        .map(|target| {
+            let job = TrainJob {
+                config: job.config.clone(),
+                dataset: job.dataset.clone(),
+                out: None,
+                resume: job.resume.clone(),
+                init_from: job.init_from.clone(),
+                world: None,
+                data_source: job.data_source.clone(),
+                log_interval: job.log_interval,
+                on_cpu: job.on_cpu,
+            };
+            (job, target)
         })
         .collect();
-    jobs[0].out = job.out;
-    let results: Vec<Result<()>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (jobs.into_iter().zip(&targets))
-            .map(|(job, target)| {
-                scope.spawn(move || {
-                    let result = target.run(job);
-                    if result.is_err() {
-                        quill_train::stop_in_process_workers();
-                    }
-                    result
-                })
+    jobs[0].0.out = job.out;
+    quill_train::run_on_devices(
+        jobs,
+        timeout,
+        |(job, target), world| {
+            target.run(TrainJob {
+                world: Some(world),
+                ..job
             })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Err(anyhow!("a device worker panicked")))
-            })
-            .collect()
-    });
-    // A worker that stopped because another failed is not the cause.
-    let mut errors: Vec<anyhow::Error> = results.into_iter().filter_map(Result::err).collect();
-    errors.sort_by_key(|e| {
-        matches!(
-            e.downcast_ref::<TrainError>(),
-            Some(TrainError::OtherWorkerFailed)
-        )
-    });
-    errors.into_iter().next().map_or(Ok(()), Err)
+        },
+        |e: &anyhow::Error| {
+            matches!(
+                e.downcast_ref::<TrainError>(),
+                Some(TrainError::OtherWorkerFailed)
+            )
+        },
+    )
 }
 
 /// Ctrl-C saves a checkpoint and stops (all ranks together); a second one quits at once.
@@ -540,7 +422,7 @@ struct TrainJob {
     init_from: Option<Checkpoint>,
     world: Option<World>,
     /// Where the data came from, as named.
-    data_source: String,
+    data_source: quill_data::source::SourceRecord,
     /// Step lines every this many steps when stdout is not a terminal.
     log_interval: usize,
     /// Whether it trains on the CPU (for the time estimate's suggestion).
@@ -616,7 +498,7 @@ impl Job for TrainJob {
             .with_resume(self.resume)
             .with_init_from(self.init_from)
             .with_stop(&STOP)
-            .with_data(self.data_source)
+            .with_data(self.data_source.data, self.data_source.val)
             .with_world(self.world);
         let outcome = train::<B>(run, &device, &mut observer);
         let weights = agreed(&observer, size);

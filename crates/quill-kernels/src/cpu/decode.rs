@@ -664,18 +664,7 @@ fn one_head(rows: &Rows, b: usize, h: usize, t: usize, hs: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// `n` values in [−1, 1), from a xorshift generator seeded with `seed`.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
+    use crate::cpu::tests::values;
 
     /// `x·W` in f64 for `W` `[k, n]` row-major.
     fn reference(x: &[f32], w: &[f32], k: usize, n: usize) -> Vec<f32> {

@@ -20,14 +20,20 @@
 //!   settings at start-up, the weights at each evaluation) and names the ranks that
 //!   differ from rank 0.
 //!
-//! The module is three parts: [`world`] (where a process stands, the secret, the
-//! coordinator's address), [`collective`] (joining and the collective calls) and
-//! `watchdog` (a call run beside the checks that end it when a peer is gone).
+//! - **Devices.** Several devices of one process are ranks of an in-process world, one
+//!   worker thread each ([`run_on_devices`]).
+//!
+//! The module is four parts: [`world`] (where a process stands, the secret, the
+//! coordinator's address), [`collective`] (joining and the collective calls),
+//! `watchdog` (a call run beside the checks that end it when a peer is gone) and
+//! `devices` (the workers of an in-process world).
 
 mod collective;
+mod devices;
 mod watchdog;
 mod world;
 
 pub use collective::Collective;
+pub use devices::run_on_devices;
 pub use watchdog::stop_in_process_workers;
 pub use world::{DEFAULT_COORDINATOR, RunSecret, World, coordinator_from_env, parse_coordinator};
